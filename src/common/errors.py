@@ -1,0 +1,64 @@
+"""The one exception hierarchy. Exceptions carry fields and say whether a retry can help."""
+
+from __future__ import annotations
+
+from src.common.secret import scrub
+
+
+class S3ShiftError(Exception):
+    """Base of every error s3shift raises on purpose.
+
+    ``str(err)`` is the one-line, user-facing message: it names what and where and, where it
+    can, what to do. Known secret values are scrubbed from it.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        table: str | None = None,
+        column: str | None = None,
+        file: str | None = None,
+        key: str | None = None,
+        sqlstate: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        self.message = scrub(" ".join(message.split()))
+        self.table = table
+        self.column = column
+        self.file = file
+        self.key = key
+        self.sqlstate = sqlstate
+        if retryable is not None:
+            self.retryable = retryable
+        super().__init__(self.message)
+
+
+class ConfigError(S3ShiftError):
+    """Bad or missing configuration (file, key, reference, environment variable)."""
+
+
+class SourceError(S3ShiftError):
+    """MySQL could not be reached, queried, or described."""
+
+
+class UnsupportedTypeError(SourceError):
+    """A source column type that s3shift cannot carry exactly (yet)."""
+
+
+class StageError(S3ShiftError):
+    """Encoding Parquet or talking to S3 failed."""
+
+
+class WarehouseError(S3ShiftError):
+    """The target warehouse refused a statement or could not be reached."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line for any exception: ours verbatim, foreign ones prefixed with their class name."""
+    if isinstance(exc, S3ShiftError):
+        return exc.message
+    text = " ".join(str(exc).split()) or "no details"
+    return scrub(f"{type(exc).__name__}: {text}")

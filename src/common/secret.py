@@ -1,0 +1,49 @@
+"""Secrets: a type whose repr is redacted, and a scrubber for any text that may leak one."""
+
+from __future__ import annotations
+
+import threading
+from typing import Final
+
+REDACTED: Final = "***"
+_known: set[str] = set()
+_lock = threading.Lock()
+
+
+class Secret:
+    """A secret string. ``str()``/``repr()`` never show it; call ``reveal()`` at the point of use."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        if len(value) >= 4:
+            with _lock:
+                _known.add(value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return f"Secret({REDACTED!r})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+
+def scrub(text: str) -> str:
+    """Replace every known secret value in ``text`` (longest first) with ``***``."""
+    with _lock:
+        known = sorted(_known, key=len, reverse=True)
+    for value in known:
+        if value in text:
+            text = text.replace(value, REDACTED)
+    return text

@@ -1,0 +1,123 @@
+"""Typed configuration: frozen values built by ``src.config.loader`` from the YAML files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from src.common.secret import Secret
+
+Strategy = Literal["full_sync", "timestamp_only", "id_only", "hybrid"]
+Driver = Literal["asyncmy", "aiomysql"]
+TargetType = Literal["postgres", "redshift"]
+
+STRATEGY_ALIASES: dict[str, Strategy] = {
+    "full_sync": "full_sync",
+    "full": "full_sync",
+    "timestamp_only": "timestamp_only",
+    "timestamp": "timestamp_only",
+    "id_only": "id_only",
+    "id": "id_only",
+    "hybrid": "hybrid",
+}
+
+
+@dataclass(frozen=True)
+class SourceConn:
+    """A MySQL / MariaDB server (connections.sources.<name>)."""
+
+    name: str
+    host: str
+    port: int = 3306
+    username: str = "root"
+    password: Secret = field(default_factory=lambda: Secret(""))
+    database: str | None = None
+    max_connections: int = 8
+    driver: Driver = "asyncmy"
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class TargetConn:
+    """A warehouse (connections.targets.<name>): PostgreSQL or Redshift."""
+
+    name: str
+    type: TargetType
+    host: str
+    port: int
+    username: str
+    password: Secret = field(default_factory=lambda: Secret(""))
+    database: str = "dev"
+    schema: str = "public"
+    iam_role: str | None = None  # Redshift COPY role ARN
+    region: str | None = None  # Redshift COPY REGION, when the bucket is elsewhere
+    max_connections: int = 4  # concurrent loads (WLM slots)
+    connect_timeout: float = 15.0
+    ssl: bool = False
+
+
+@dataclass(frozen=True)
+class S3Conn:
+    """An S3 staging location (connections.s3.<name>)."""
+
+    name: str
+    bucket: str
+    prefix: str = ""
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    access_key_id: Secret | None = None
+    secret_access_key: Secret | None = None
+    session_token: Secret | None = None
+    profile: str | None = None
+    part_size_mb: int = 16
+    max_concurrency: int = 8  # S3 parts in flight
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """One entry of a pipeline's ``tables:`` (or the pipeline defaults for a table passed with -t only)."""
+
+    name: str  # "db.table" as requested
+    cdc_strategy: Strategy = "full_sync"
+    cdc_timestamp_column: str | None = None
+    cdc_id_column: str | None = None
+    target_name: str | None = None
+    batch_size: int = 50_000
+    file_size_mb: int = 128
+    primary_key: tuple[str, ...] | None = None
+
+    @property
+    def database(self) -> str:
+        return self.name.partition(".")[0]
+
+    @property
+    def table(self) -> str:
+        return self.name.partition(".")[2]
+
+    @property
+    def target_table(self) -> str:
+        return self.target_name or self.table
+
+
+@dataclass(frozen=True)
+class Processing:
+    max_parallel_tables: int = 4
+    batch_size: int = 50_000
+    file_size_mb: int = 128
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    source: SourceConn
+    target: TargetConn
+    s3: S3Conn
+    processing: Processing
+    tables: dict[str, TableConfig]
+    defaults: TableConfig  # what a table passed with -t but absent from ``tables:`` gets (name filled in)
+
+    def table(self, name: str) -> TableConfig:
+        from dataclasses import replace
+
+        return self.tables.get(name) or replace(self.defaults, name=name)

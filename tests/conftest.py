@@ -1,0 +1,213 @@
+"""Fixtures for the real services: MariaDB, PostgreSQL and a moto S3 server over HTTP on loopback.
+
+Each test gets its own MySQL database, PostgreSQL schema and S3 bucket, so tests never see each
+other's data. Endpoints come from the environment when set (S3SHIFT_TEST_*), else the local defaults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import boto3
+import pymysql
+import pytest
+
+from src.common.secret import Secret
+from src.config.models import S3Conn, SourceConn, TargetConn
+
+ROOT = Path(__file__).resolve().parent.parent
+MYSQL_HOST = os.environ.get("S3SHIFT_TEST_MYSQL_HOST", "127.0.0.1")
+MYSQL_PORT = int(os.environ.get("S3SHIFT_TEST_MYSQL_PORT", "3306"))
+MYSQL_USER = os.environ.get("S3SHIFT_TEST_MYSQL_USER", "root")
+MYSQL_PASSWORD = os.environ.get("S3SHIFT_TEST_MYSQL_PASSWORD", "")
+PG_HOST = os.environ.get("S3SHIFT_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("S3SHIFT_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("S3SHIFT_TEST_PG_USER", "postgres")
+PG_DATABASE = os.environ.get("S3SHIFT_TEST_PG_DATABASE", "test")
+S3_KEY = "testing"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _s3_up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):  # noqa: S310 - loopback only
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server in its own process (or S3SHIFT_TEST_S3_ENDPOINT if already running)."""
+    given = os.environ.get("S3SHIFT_TEST_S3_ENDPOINT")
+    if given:
+        yield given
+        return
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(ROOT / ".pytest_cache" / f"moto-{port}.log", "w") if (ROOT / ".pytest_cache").is_dir() else None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _s3_up(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto server did not start on {url}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if log:
+            log.close()
+
+
+@pytest.fixture(autouse=True)
+def _aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never let a test pick up real AWS credentials or config from the machine."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+
+
+def s3_client(endpoint: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_KEY,
+        region_name="us-east-1",
+    )
+
+
+@pytest.fixture
+def s3_conn(s3_endpoint: str) -> S3Conn:
+    """A fresh bucket on the moto server, as an S3Conn."""
+    bucket = f"s3shift-test-{uuid.uuid4().hex[:12]}"
+    s3_client(s3_endpoint).create_bucket(Bucket=bucket)
+    return S3Conn(
+        name="test_s3",
+        bucket=bucket,
+        prefix="staging/",
+        region="us-east-1",
+        endpoint_url=s3_endpoint,
+        access_key_id=Secret(S3_KEY),
+        secret_access_key=Secret(S3_KEY),
+        part_size_mb=5,
+    )
+
+
+def mysql_connect(database: str | None = None) -> Any:
+    return pymysql.connect(
+        host=MYSQL_HOST,
+        port=MYSQL_PORT,
+        user=MYSQL_USER,
+        password=MYSQL_PASSWORD,
+        database=database,
+        charset="utf8mb4",
+        autocommit=True,
+        init_command="SET time_zone='+00:00'",
+    )
+
+
+def mysql_exec(database: str | None, *statements: str) -> None:
+    conn = mysql_connect(database)
+    try:
+        with conn.cursor() as cur:
+            for stmt in statements:
+                cur.execute(stmt)
+    finally:
+        conn.close()
+
+
+def mysql_rows(database: str, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+    conn = mysql_connect(database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def mysql_db() -> Iterator[str]:
+    """A fresh MySQL database, dropped afterwards."""
+    name = f"s3s_{uuid.uuid4().hex[:10]}"
+    mysql_exec(None, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    try:
+        yield name
+    finally:
+        mysql_exec(None, f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture
+def source_conn(mysql_db: str) -> SourceConn:
+    return SourceConn(
+        name="test_mysql",
+        host=MYSQL_HOST,
+        port=MYSQL_PORT,
+        username=MYSQL_USER,
+        password=Secret(MYSQL_PASSWORD),
+        database=mysql_db,
+        max_connections=4,
+    )
+
+
+def pg_run(coro_fn: Any) -> Any:
+    async def go() -> Any:
+        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_DATABASE)
+        try:
+            return await coro_fn(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def pg_fetch(sql: str, *args: Any) -> list[Any]:
+    return list(pg_run(lambda c: c.fetch(sql, *args)))
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema name (not created: loaders must create it), dropped afterwards."""
+    name = f"s3s_{uuid.uuid4().hex[:10]}"
+    try:
+        yield name
+    finally:
+        pg_run(lambda c: c.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+
+
+@pytest.fixture
+def pg_target(pg_schema: str) -> TargetConn:
+    return TargetConn(
+        name="test_pg",
+        type="postgres",
+        host=PG_HOST,
+        port=PG_PORT,
+        username=PG_USER,
+        database=PG_DATABASE,
+        schema=pg_schema,
+    )
