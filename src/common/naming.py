@@ -9,7 +9,7 @@ def quote_mysql(name: str) -> str:
 
 
 def quote_pg(name: str) -> str:
-    """"name" with double quotes doubled (PostgreSQL and Redshift). NUL can never be an identifier."""
+    """ "name" with double quotes doubled (PostgreSQL and Redshift). NUL can never be an identifier."""
     if "\x00" in name:
         raise ValueError("identifier contains a NUL byte")
     return '"' + name.replace('"', '""') + '"'

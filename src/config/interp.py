@@ -1,0 +1,31 @@
+"""``${VAR}`` and ``${VAR:-default}`` in config values, resolved from the environment."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+from src.common.errors import ConfigError
+
+_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def interpolate(value: str, *, where: str, env: Mapping[str, str] | None = None) -> str:
+    """Replace every reference in ``value``. An unset variable without a default is an error naming
+    ``where`` (file and key) and the variable. ``$${`` escapes a literal ``${``."""
+    environ = os.environ if env is None else env
+
+    def sub(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{where}: environment variable {name} is not set; export it or write ${{{name}:-default}}",
+            key=where,
+        )
+
+    escaped = value.replace("$${", "\x00")
+    return _REF.sub(sub, escaped).replace("\x00", "${")
