@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from src.common.log import get_logger
 from src.report.models import RunReport, TableFailure, TableResult, utc_now
@@ -27,10 +27,10 @@ class Aggregator:
 
     def __post_init__(self) -> None:
         send, receive = anyio.create_memory_object_stream[TableResult](max_buffer_size=len(self.tables) or 1)
-        self._send: ObjectSendStream[TableResult] = send
-        self._receive: ObjectReceiveStream[TableResult] = receive
+        self._send: MemoryObjectSendStream[TableResult] = send
+        self._receive: MemoryObjectReceiveStream[TableResult] = receive
 
-    def sender(self) -> ObjectSendStream[TableResult]:
+    def sender(self) -> MemoryObjectSendStream[TableResult]:
         return self._send.clone()
 
     def close_origin(self) -> None:

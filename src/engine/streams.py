@@ -1,0 +1,53 @@
+"""A receive stream that only reports a clean end when its producer finished cleanly."""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+import anyio
+from anyio.abc import ObjectReceiveStream
+
+from src.common.errors import StageError
+
+T = TypeVar("T")
+
+
+class ProducerFailed(StageError):
+    """The consumer's view of a failed producer; the producer's own error is the one to report."""
+
+
+class Completion:
+    """Set by the producer's wrapper: ``ok`` once it returned normally, ``failed`` otherwise."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.ok = False
+
+    def succeed(self) -> None:
+        self.ok = True
+        self.done.set()
+
+    def fail(self) -> None:
+        self.done.set()
+
+
+class CheckedReceive(ObjectReceiveStream[T], Generic[T]):
+    """Wraps a memory receive stream. A producer that fails still closes its send side; without this
+    check the consumer would take that for the end of the data and publish a partial result."""
+
+    def __init__(self, inner: ObjectReceiveStream[T], completion: Completion, what: str) -> None:
+        self._inner = inner
+        self._completion = completion
+        self._what = what
+
+    async def receive(self) -> T:
+        try:
+            return await self._inner.receive()
+        except anyio.EndOfStream:
+            await self._completion.done.wait()
+            if not self._completion.ok:
+                raise ProducerFailed(f"{self._what} did not finish; nothing was published") from None
+            raise
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
