@@ -1,0 +1,191 @@
+"""Config loader: the file format of DESIGN.md section 3, strict keys, ${VAR} interpolation, clear errors."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from src.common.errors import ConfigError
+from src.common.secret import Secret
+from src.config.interp import interpolate
+from src.config.loader import config_dir, load_pipeline
+
+CONNECTIONS = """
+connections:
+  sources:
+    shop_mysql: {host: 127.0.0.1, port: 3306, username: root, password: "${T_MYSQL_PASSWORD:-}",
+                 database: shop, max_connections: 8}
+  targets:
+    local_pg: {type: postgres, host: 127.0.0.1, port: 5432, username: postgres, database: test,
+               schema: analytics}
+    prod_rs:  {type: redshift, host: "${T_RS_HOST}", port: 5439, username: loader,
+               password: "${T_RS_PASSWORD}", database: dw, schema: public, iam_role: "${T_RS_ROLE}"}
+  s3:
+    stage: {bucket: s3shift-stage, prefix: staging/, region: us-east-1,
+            endpoint_url: "${T_S3_ENDPOINT_URL:-}"}
+"""
+NIGHTLY = """
+pipeline: {name: nightly, source: shop_mysql, target: local_pg, s3_config: stage,
+           processing: {max_parallel_tables: 8, batch_size: 50000}}
+tables:
+  shop.orders: {cdc_strategy: full, cdc_timestamp_column: updated_at, cdc_id_column: id}
+  shop.customers: {cdc_strategy: full_sync, target_name: dim_customers}
+"""
+
+
+def write(tmp_path: Path, connections: str = CONNECTIONS, **pipelines: str) -> Path:
+    (tmp_path / "pipelines").mkdir(exist_ok=True)
+    (tmp_path / "connections.yml").write_text(textwrap.dedent(connections))
+    for name, text in (pipelines or {"nightly": NIGHTLY}).items():
+        (tmp_path / "pipelines" / f"{name}.yml").write_text(textwrap.dedent(text))
+    return tmp_path
+
+
+def test_design_example_loads(tmp_path: Path) -> None:
+    p = load_pipeline(write(tmp_path), "nightly")
+    assert p.name == "nightly"
+    assert (p.source.name, p.source.host, p.source.port, p.source.database) == (
+        "shop_mysql",
+        "127.0.0.1",
+        3306,
+        "shop",
+    )
+    assert p.source.max_connections == 8 and p.source.driver == "asyncmy"
+    assert (p.target.type, p.target.schema, p.target.port) == ("postgres", "analytics", 5432)
+    assert (p.s3.bucket, p.s3.prefix, p.s3.endpoint_url) == ("s3shift-stage", "staging/", None)
+    assert p.processing.max_parallel_tables == 8
+    assert p.table("shop.orders").cdc_strategy == "full_sync"
+    assert p.table("shop.customers").target_table == "dim_customers"
+    assert p.table("shop.orders").target_table == "orders"
+    other = p.table("shop.unlisted")
+    assert other.name == "shop.unlisted" and other.batch_size == 50000
+
+
+def test_unused_connections_need_no_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("T_RS_HOST", raising=False)
+    load_pipeline(write(tmp_path), "nightly")  # prod_rs references unset vars but is not used
+
+
+def test_env_interpolation_and_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_RS_HOST", "rs.example.internal")
+    monkeypatch.setenv("T_RS_PASSWORD", "pw-Very-Secret-1")
+    monkeypatch.setenv("T_RS_ROLE", "arn:aws:iam::123456789012:role/copy")
+    pipe = NIGHTLY.replace("target: local_pg", "target: prod_rs")
+    p = load_pipeline(write(tmp_path, nightly=pipe), "nightly")
+    assert p.target.host == "rs.example.internal" and p.target.port == 5439
+    assert isinstance(p.target.password, Secret)
+    assert p.target.password.reveal() == "pw-Very-Secret-1"
+    assert "pw-Very-Secret-1" not in repr(p) and "pw-Very-Secret-1" not in str(p.target)
+
+
+def test_missing_env_var_names_file_key_and_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("T_RS_HOST", raising=False)
+    pipe = NIGHTLY.replace("target: local_pg", "target: prod_rs")
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(write(tmp_path, nightly=pipe), "nightly")
+    msg = str(err.value)
+    assert "connections.yml" in msg and "connections.targets.prod_rs.host" in msg and "T_RS_HOST" in msg
+
+
+def test_interpolate_forms() -> None:
+    env = {"A": "x", "EMPTY": ""}
+    assert interpolate("${A}-${B:-dflt}-${EMPTY:-z}", where="w", env=env) == "x-dflt-"
+    assert interpolate("$${A} ${A}", where="w", env=env) == "${A} x"
+
+
+@pytest.mark.parametrize(
+    ("section", "old", "new", "expect"),
+    [
+        (
+            "connections",
+            "max_connections: 8",
+            "max_conections: 8",
+            "connections.sources.shop_mysql.max_conections",
+        ),
+        ("connections", "prefix: staging/", "prefx: staging/", "did you mean 'prefix'"),
+        ("pipeline", "batch_size: 50000}", "batchsize: 50000}", "pipeline.processing.batchsize"),
+        (
+            "pipeline",
+            "target_name: dim_customers",
+            "target_nme: dim_customers",
+            "tables.shop.customers.target_nme",
+        ),
+    ],
+)
+def test_unknown_keys_are_errors(tmp_path: Path, section: str, old: str, new: str, expect: str) -> None:
+    conns = CONNECTIONS.replace(old, new) if section == "connections" else CONNECTIONS
+    pipe = NIGHTLY.replace(old, new) if section == "pipeline" else NIGHTLY
+    assert conns != CONNECTIONS or pipe != NIGHTLY
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(write(tmp_path, conns, nightly=pipe), "nightly")
+    assert expect in str(err.value)
+    assert ("connections.yml" if section == "connections" else "nightly.yml") in str(err.value)
+
+
+def test_missing_reference(tmp_path: Path) -> None:
+    pipe = NIGHTLY.replace("source: shop_mysql", "source: nope")
+    with pytest.raises(ConfigError, match=r"pipeline.source 'nope' is not defined under connections.sources"):
+        load_pipeline(write(tmp_path, nightly=pipe), "nightly")
+
+
+def test_unknown_pipeline_lists_known(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"pipeline 'nope' not found.*known pipelines: nightly"):
+        load_pipeline(write(tmp_path), "nope")
+
+
+def test_missing_connections_file(tmp_path: Path) -> None:
+    write(tmp_path)
+    (tmp_path / "connections.yml").unlink()
+    with pytest.raises(ConfigError, match=r"connections.yml not found"):
+        load_pipeline(tmp_path, "nightly")
+
+
+def test_bad_yaml_names_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nightly.yml: invalid YAML at line \d+"):
+        load_pipeline(write(tmp_path, nightly="pipeline: {name: nightly\ntables: [\n"), "nightly")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expect"),
+    [
+        ("cdc_strategy: full_sync", "cdc_strategy: snapshot", "cdc_strategy' must be one of"),
+        ("shop.customers:", "customers:", "must be written as database.table"),
+        ("name: nightly", "name: other", "pipeline.name is 'other'"),
+        ("max_parallel_tables: 8", "max_parallel_tables: zero", "must be an integer"),
+        ("max_parallel_tables: 8", "max_parallel_tables: 0", "must be a positive integer"),
+    ],
+)
+def test_bad_values(tmp_path: Path, old: str, new: str, expect: str) -> None:
+    with pytest.raises(ConfigError, match=expect):
+        load_pipeline(write(tmp_path, nightly=NIGHTLY.replace(old, new)), "nightly")
+
+
+def test_strategy_short_forms(tmp_path: Path) -> None:
+    pipe = NIGHTLY + "  shop.a: {cdc_strategy: timestamp}\n  shop.b: {cdc_strategy: id}\n"
+    p = load_pipeline(write(tmp_path, nightly=pipe), "nightly")
+    assert p.table("shop.a").cdc_strategy == "timestamp_only"
+    assert p.table("shop.b").cdc_strategy == "id_only"
+
+
+def test_port_from_env_is_converted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_PORT", "3307")
+    conns = CONNECTIONS.replace("port: 3306", 'port: "${T_PORT}"')
+    assert load_pipeline(write(tmp_path, conns), "nightly").source.port == 3307
+
+
+def test_config_dir_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("S3SHIFT_CONFIG_DIR", raising=False)
+    assert config_dir(None) == Path("config")
+    monkeypatch.setenv("S3SHIFT_CONFIG_DIR", "/etc/s3shift")
+    assert config_dir(None) == Path("/etc/s3shift")
+    assert config_dir("/x") == Path("/x")
+
+
+def test_demo_config_in_repo_loads() -> None:
+    root = Path(__file__).resolve().parent.parent / "config"
+    if not (root / "pipelines" / "demo.yml").exists():
+        pytest.fail("config/pipelines/demo.yml is missing")
+    p = load_pipeline(root, "demo")
+    assert p.name == "demo"

@@ -1,0 +1,109 @@
+"""Run report: every rule of spec/json-output-format.md that does not need a database."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from src.common.jsonio import loads
+from src.report.models import RunReport, TableFailure, TableSuccess, iso, new_execution_id
+from src.report.render import render_json, render_text
+
+T0 = datetime(2025, 9, 26, 19, 54, 38, 135401, tzinfo=UTC)
+
+
+def ok(table: str, rows: int, files: int) -> TableSuccess:
+    return TableSuccess(table, rows, files, 1.5, T0 + timedelta(seconds=5), extra={"bytes_written": 10})
+
+
+def bad(table: str) -> TableFailure:
+    return TableFailure(
+        table, "Connection timeout to MySQL database", T0 + timedelta(seconds=3), {"phase": "x"}
+    )
+
+
+def report(*results: TableSuccess | TableFailure, order: tuple[str, ...] | None = None) -> RunReport:
+    tables = order or tuple(r.table for r in results)
+    return RunReport(
+        "sync_20250926_195438_2f01922d",
+        T0,
+        "pipe",
+        tables,
+        {r.table: r for r in results},
+        T0 + timedelta(seconds=134.331168),
+    )
+
+
+def test_status_rules_and_exit_codes() -> None:
+    assert (report(ok("a.x", 1, 1), ok("a.y", 2, 1)).status, report(ok("a.x", 1, 1)).exit_code) == (
+        "success",
+        0,
+    )
+    partial = report(bad("a.x"), ok("a.y", 2, 1))
+    assert (partial.status, partial.exit_code) == ("partial_success", 1)
+    failed = report(bad("a.x"), bad("a.y"))
+    assert (failed.status, failed.exit_code) == ("failed", 1)
+
+
+def test_document_shape_matches_spec() -> None:
+    doc = loads(
+        render_json(
+            report(
+                bad("settlement.orders"),
+                ok("settlement.payments", 12000, 2),
+                order=("settlement.orders", "settlement.payments"),
+            )
+        )
+    )
+    assert list(doc) == [
+        "execution_id",
+        "start_time",
+        "pipeline",
+        "tables_requested",
+        "total_tables",
+        "table_results",
+        "status",
+        "end_time",
+        "duration_seconds",
+        "summary",
+    ]
+    assert doc["tables_requested"] == ["settlement.orders", "settlement.payments"]
+    assert list(doc["table_results"]) == doc["tables_requested"]
+    assert doc["total_tables"] == 2
+    failure = doc["table_results"]["settlement.orders"]
+    assert {"status", "error_message", "failed_at"} <= set(failure)
+    assert not {"rows_processed", "files_created", "duration_seconds", "completed_at"} & set(failure)
+    success = doc["table_results"]["settlement.payments"]
+    assert {"status", "rows_processed", "files_created", "duration_seconds", "completed_at"} <= set(success)
+    assert not {"error_message", "failed_at"} & set(success)
+    assert success["bytes_written"] == 10  # added keys allowed inside a table result
+    assert doc["summary"] == {
+        "success_count": 1,
+        "failure_count": 1,
+        "total_rows_processed": 12000,
+        "total_files_created": 2,
+    }
+    assert doc["duration_seconds"] == 134.331168 and isinstance(doc["duration_seconds"], float)
+    assert doc["start_time"] == "2025-09-26T19:54:38.135401+00:00"
+    for stamp in (doc["end_time"], failure["failed_at"], success["completed_at"]):
+        assert stamp.endswith("+00:00")
+        datetime.fromisoformat(stamp)
+
+
+def test_execution_id_format_matches_start_time() -> None:
+    start = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    eid = new_execution_id(start)
+    assert re.fullmatch(r"sync_20260102_030405_[0-9a-f]{8}", eid)
+    assert new_execution_id(start) != eid
+
+
+def test_iso_converts_to_utc_and_keeps_microseconds() -> None:
+    aware = datetime(2026, 1, 2, 8, 4, 5, tzinfo=UTC).astimezone(
+        __import__("zoneinfo").ZoneInfo("Asia/Tokyo")
+    )
+    assert iso(aware) == "2026-01-02T08:04:05.000000+00:00"
+
+
+def test_text_summary_lists_every_table() -> None:
+    text = render_text(report(bad("a.x"), ok("a.y", 1234, 1)))
+    assert "partial_success" in text and "FAIL a.x" in text and "1,234 rows" in text
