@@ -46,7 +46,7 @@ def _free_port() -> int:
 
 def _s3_up(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):  # noqa: S310 - loopback only
+        with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
             return True
     except OSError:
         return False
@@ -61,11 +61,10 @@ def s3_endpoint() -> Iterator[str]:
         return
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(ROOT / ".pytest_cache" / f"moto-{port}.log", "w") if (ROOT / ".pytest_cache").is_dir() else None
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log or subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 30
@@ -77,8 +76,6 @@ def s3_endpoint() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        if log:
-            log.close()
 
 
 @pytest.fixture(autouse=True)

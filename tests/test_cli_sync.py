@@ -1,0 +1,280 @@
+"""End to end through the public CLI: MySQL -> S3 (moto server) -> PostgreSQL, and the JSON contract."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from src.config.models import S3Conn, SourceConn, TargetConn
+from tests.conftest import mysql_exec, pg_fetch, s3_client
+from tests.e2e import PASSWORD_ENV, assert_tables_equal, run_cli, run_json, write_config
+
+ORDERS = """CREATE TABLE orders (
+  id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  customer_id INT UNSIGNED NOT NULL,
+  status ENUM('new','paid','shipped','') NOT NULL,
+  amount DECIMAL(12,2) NOT NULL,
+  big DECIMAL(38,10) NULL,
+  ubig BIGINT UNSIGNED NULL,
+  qty SMALLINT NULL,
+  flag TINYINT(1) NULL,
+  ratio DOUBLE NULL,
+  f FLOAT NULL,
+  note TEXT NULL,
+  code CHAR(3) NULL,
+  tags SET('a','b','c') NULL,
+  payload JSON NULL,
+  raw VARBINARY(16) NULL,
+  created_at DATETIME(6) NOT NULL,
+  updated_at TIMESTAMP(6) NULL,
+  shipped_on DATE NULL
+) CHARACTER SET utf8mb4"""
+
+ROWS = [
+    "(1, 7, 'new', 12.34, 1234567890123456789012345678.0123456789, 18446744073709551615, -32768, 2, 1.5e300,"
+    " 3.25, 'héllo 😀 wörld', 'abc', 'a,c', '{\"k\": [1, 2, {\"z\": null}]}', X'00FF10',"
+    " '1000-01-01 00:00:00.000000', '2024-03-10 02:30:00.123456', '2024-02-29')",
+    "(2, 4294967295, '', -0.01, -0.0000000001, 0, 32767, -1, -0.0, -1.5, '', '   ', '', '[]', X'',"
+    " '9999-12-31 23:59:59.999999', '2038-01-19 03:14:07.999999', '9999-12-31')",
+    "(3, 0, 'paid', 0.00, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+    " '2024-01-01 00:00:00.000001', NULL, NULL)",
+]
+
+
+def make_orders(db: str, extra_rows: int = 0) -> None:
+    stmts = [ORDERS, "INSERT INTO orders VALUES " + ", ".join(ROWS)]
+    if extra_rows:
+        stmts.append(
+            "INSERT INTO orders (customer_id, status, amount, note, created_at, updated_at) "
+            "SELECT seq % 1000, ELT(1 + seq % 3, 'new', 'paid', 'shipped'), seq / 100, CONCAT('note ', seq), "
+            "'2024-01-01' + INTERVAL seq SECOND, '2024-06-01' + INTERVAL seq MICROSECOND "
+            f"FROM seq_1_to_{extra_rows}"
+        )
+    mysql_exec(db, *stmts)
+
+
+def make_customers(db: str) -> None:
+    mysql_exec(
+        db,
+        "CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(50) NOT NULL, born DATE, "
+        "`select` VARCHAR(10), `Mixed Case` INT) CHARACTER SET utf8mb4",
+        "INSERT INTO customers VALUES (1, 'Zoë', '1990-05-01', 'x', 1), (2, '李雷', NULL, NULL, NULL), "
+        "(3, 'O''Brien \"q\"', '2000-01-01', 'from', -5)",
+    )
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn) -> Path:
+    return write_config(
+        tmp_path / "config",
+        source_conn,
+        pg_target,
+        s3_conn,
+        {
+            f"{source_conn.database}.customers": {
+                "cdc_strategy": "full_sync",
+                "target_name": "dim_customers",
+            }
+        },
+    )
+
+
+def check_contract(doc: dict[str, Any], tables: list[str], pipeline: str = "p") -> None:
+    """Every rule of spec/json-output-format.md, for any report."""
+    assert list(doc) == [
+        "execution_id",
+        "start_time",
+        "pipeline",
+        "tables_requested",
+        "total_tables",
+        "table_results",
+        "status",
+        "end_time",
+        "duration_seconds",
+        "summary",
+    ]
+    m = re.fullmatch(r"sync_(\d{8})_(\d{6})_([0-9a-f]{8})", doc["execution_id"])
+    assert m, doc["execution_id"]
+    start = datetime.fromisoformat(doc["start_time"])
+    assert doc["start_time"].endswith("+00:00") and doc["end_time"].endswith("+00:00")
+    assert (m.group(1), m.group(2)) == (start.strftime("%Y%m%d"), start.strftime("%H%M%S"))
+    assert doc["pipeline"] == pipeline
+    assert doc["tables_requested"] == tables and doc["total_tables"] == len(tables)
+    assert list(doc["table_results"]) == tables
+    assert isinstance(doc["duration_seconds"], float) and doc["duration_seconds"] >= 0
+    ok = [r for r in doc["table_results"].values() if r["status"] == "success"]
+    bad = [r for r in doc["table_results"].values() if r["status"] == "failed"]
+    assert len(ok) + len(bad) == len(tables)
+    for r in ok:
+        assert {"rows_processed", "files_created", "duration_seconds", "completed_at"} <= set(r)
+        assert not {"error_message", "failed_at"} & set(r)
+        assert r["completed_at"].endswith("+00:00")
+    for r in bad:
+        assert {"error_message", "failed_at"} <= set(r) and r["error_message"]
+        assert not {"rows_processed", "files_created", "completed_at", "duration_seconds"} & set(r)
+        assert r["failed_at"].endswith("+00:00")
+    expected = "success" if not bad else ("failed" if not ok else "partial_success")
+    assert doc["status"] == expected
+    assert doc["summary"] == {
+        "success_count": len(ok),
+        "failure_count": len(bad),
+        "total_rows_processed": sum(r["rows_processed"] for r in ok),
+        "total_files_created": sum(r["files_created"] for r in ok),
+    }
+
+
+def test_full_sync_two_tables_value_by_value(
+    cfg: Path, mysql_db: str, pg_schema: str, s3_conn: S3Conn
+) -> None:
+    make_orders(mysql_db, extra_rows=5000)
+    make_customers(mysql_db)
+    tables = [f"{mysql_db}.orders", f"{mysql_db}.customers"]
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", tables[0], "-t", tables[1])
+    assert proc.returncode == 0, doc
+    check_contract(doc, tables)
+    assert doc["status"] == "success"
+    orders = doc["table_results"][tables[0]]
+    assert orders["rows_processed"] == 5003 and orders["files_created"] >= 1
+    assert (
+        assert_tables_equal(
+            mysql_db, "orders", pg_schema, "orders", "id", json_cols=("payload",), float32_cols=("f",)
+        )
+        == 5003
+    )
+    assert assert_tables_equal(mysql_db, "customers", pg_schema, "dim_customers", "id") == 3
+    # the staged files are where DESIGN.md section 5 says, with a manifest
+    keys = [
+        o["Key"]
+        for o in s3_client(s3_conn.endpoint_url or "").list_objects_v2(Bucket=s3_conn.bucket)["Contents"]
+    ]
+    prefix = f"staging/p/{mysql_db}.orders/{doc['execution_id']}/"
+    assert f"{prefix}manifest.json" in keys and f"{prefix}part-00000.parquet" in keys
+    assert "logs" not in proc.stdout and proc.stderr  # logs on stderr only
+
+
+def test_rerun_replaces_target(cfg: Path, mysql_db: str, pg_schema: str) -> None:
+    make_customers(mysql_db)
+    t = f"{mysql_db}.customers"
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", t)
+    assert proc.returncode == 0, doc
+    mysql_exec(
+        mysql_db,
+        "DELETE FROM customers WHERE id = 2",
+        "UPDATE customers SET name = 'new' WHERE id = 1",
+        "INSERT INTO customers VALUES (9, 'nine', NULL, NULL, NULL)",
+    )
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", t)
+    assert proc.returncode == 0, doc
+    assert doc["table_results"][t]["rows_processed"] == 3
+    assert assert_tables_equal(mysql_db, "customers", pg_schema, "dim_customers", "id") == 3
+
+
+def test_empty_table_empties_target(cfg: Path, mysql_db: str, pg_schema: str) -> None:
+    make_customers(mysql_db)
+    t = f"{mysql_db}.customers"
+    assert run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", t)[1].returncode == 0
+    mysql_exec(mysql_db, "DELETE FROM customers")
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", t)
+    assert proc.returncode == 0, doc
+    assert doc["table_results"][t]["rows_processed"] == 0 and doc["table_results"][t]["files_created"] == 0
+    assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".dim_customers')[0][0] == 0
+
+
+def test_one_failing_table_among_good_ones(cfg: Path, mysql_db: str, pg_schema: str) -> None:
+    make_customers(mysql_db)
+    make_orders(mysql_db)
+    tables = [f"{mysql_db}.customers", f"{mysql_db}.missing", f"{mysql_db}.orders"]
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", *[a for t in tables for a in ("-t", t)])
+    assert proc.returncode == 1
+    check_contract(doc, tables)
+    assert doc["status"] == "partial_success"
+    assert "missing" in doc["table_results"][tables[1]]["error_message"]
+    assert "not found" in doc["table_results"][tables[1]]["error_message"]
+    assert (
+        assert_tables_equal(
+            mysql_db, "orders", pg_schema, "orders", "id", json_cols=("payload",), float32_cols=("f",)
+        )
+        == 3
+    )
+
+
+def test_failed_table_leaves_previous_target_untouched(cfg: Path, mysql_db: str, pg_schema: str) -> None:
+    make_customers(mysql_db)
+    t = f"{mysql_db}.customers"
+    assert run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", t)[1].returncode == 0
+    # a column the target does not have: the load must fail and roll back, leaving the old rows
+    mysql_exec(mysql_db, "ALTER TABLE customers ADD COLUMN extra INT", "DELETE FROM customers WHERE id = 1")
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", t)
+    assert proc.returncode == 1 and doc["status"] == "failed"
+    assert "dim_customers" in doc["table_results"][t]["error_message"]
+    assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".dim_customers')[0][0] == 3
+
+
+def test_unknown_pipeline_fails_every_table(cfg: Path) -> None:
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "nope", "-t", "a.b", "-t", "c.d")
+    assert proc.returncode == 1
+    check_contract(doc, ["a.b", "c.d"], pipeline="nope")
+    assert doc["status"] == "failed"
+    for r in doc["table_results"].values():
+        assert "pipeline 'nope' not found" in r["error_message"]
+
+
+def test_default_pipeline_when_p_omitted(cfg: Path) -> None:
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-t", "a.b")
+    assert proc.returncode == 1 and doc["pipeline"] == "default"
+    assert "pipeline 'default' not found" in doc["table_results"]["a.b"]["error_message"]
+
+
+def test_bad_config_fails_every_table_naming_file_and_key(cfg: Path) -> None:
+    conns = cfg / "connections.yml"
+    conns.write_text(conns.read_text().replace('"max_connections"', '"max_conns"'))
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", "a.b")
+    assert proc.returncode == 1 and doc["status"] == "failed"
+    msg = doc["table_results"]["a.b"]["error_message"]
+    assert "connections.yml" in msg and "max_conns" in msg
+
+
+def test_unreachable_mysql_names_cause_and_hides_password(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    from dataclasses import replace
+
+    cfg = write_config(tmp_path / "c", replace(source_conn, port=port), pg_target, s3_conn)
+    secret = "Sup3r-Secret-Pw!"
+    doc, proc = run_json(
+        "--config-dir", str(cfg), "sync", "-p", "p", "-t", "a.b", "-t", "a.c", env={PASSWORD_ENV: secret}
+    )
+    assert proc.returncode == 1
+    check_contract(doc, ["a.b", "a.c"])
+    msg = doc["table_results"]["a.b"]["error_message"]
+    assert str(port) in msg and "MySQL" in msg
+    assert secret not in proc.stdout and secret not in proc.stderr
+
+
+def test_usage_error_exit_2() -> None:
+    proc = run_cli("sync", "-p", "x")
+    assert proc.returncode == 2 and proc.stdout == ""
+
+
+def test_human_summary_without_json(cfg: Path, mysql_db: str) -> None:
+    make_customers(mysql_db)
+    proc = run_cli("--config-dir", str(cfg), "sync", "-p", "p", "-t", f"{mysql_db}.customers")
+    assert proc.returncode == 0, proc.stderr
+    assert "success" in proc.stdout and "3 rows" in proc.stdout and not proc.stdout.lstrip().startswith("{")
+
+
+def test_verbose_keeps_stdout_pure(cfg: Path, mysql_db: str) -> None:
+    make_customers(mysql_db)
+    _doc, proc = run_json(
+        "--config-dir", str(cfg), "sync", "-p", "p", "-t", f"{mysql_db}.customers", "--verbose"
+    )
+    assert proc.returncode == 0 and "DEBUG" in proc.stderr
