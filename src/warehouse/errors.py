@@ -1,0 +1,77 @@
+"""Turn driver and network failures into ``WarehouseError``s that say where, what, and whether to retry.
+
+Classification looks only at exception classes and SQLSTATE codes, never at message text.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from src.common.errors import WarehouseError, describe
+from src.config.models import TargetConn
+
+# SQLSTATEs after which running the same transaction again can succeed.
+RETRYABLE_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization_failure (Redshift's serializable isolation violation)
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available (lock_timeout)
+        "57014",  # query_canceled (statement_timeout, WLM timeout)
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now
+    }
+)
+# SQLSTATE classes that are retryable as a whole: connection exceptions, insufficient resources.
+RETRYABLE_CLASSES = frozenset({"08", "53"})
+
+
+def where(cfg: TargetConn) -> str:
+    """'target NAME (host:port/database)' — never the user's password."""
+    return f"target {cfg.name!r} ({cfg.host}:{cfg.port}/{cfg.database})"
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    state = getattr(exc, "sqlstate", None)
+    return state if isinstance(state, str) and len(state) == 5 else None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, WarehouseError):
+        return exc.retryable
+    state = sqlstate_of(exc)
+    if state is not None:
+        return state in RETRYABLE_SQLSTATES or state[:2] in RETRYABLE_CLASSES
+    if isinstance(exc, asyncpg.InterfaceError):
+        return False  # client-side misuse: retrying does not help
+    return isinstance(exc, OSError | TimeoutError | ConnectionError)
+
+
+def cause_text(exc: BaseException) -> str:
+    state = sqlstate_of(exc)
+    if state is not None and isinstance(exc, asyncpg.PostgresError):
+        return f"{type(exc).__name__} (SQLSTATE {state}): {' '.join(str(exc).split())}"
+    return describe(exc)
+
+
+def classify(exc: BaseException, *, cfg: TargetConn, action: str, table: str | None = None) -> WarehouseError:
+    """A ``WarehouseError`` for ``exc`` raised while doing ``action`` on ``cfg`` (ours pass through)."""
+    if isinstance(exc, WarehouseError):
+        if table is None or exc.table is not None:
+            return exc
+        return WarehouseError(
+            f"{table}: {exc.message}",
+            table=table,
+            column=exc.column,
+            file=exc.file,
+            key=exc.key,
+            sqlstate=exc.sqlstate,
+            retryable=exc.retryable,
+        )
+    subject = f" {table}" if table else ""
+    return WarehouseError(
+        f"{action}{subject} on {where(cfg)} failed: {cause_text(exc)}",
+        table=table,
+        sqlstate=sqlstate_of(exc),
+        retryable=is_retryable(exc),
+    )

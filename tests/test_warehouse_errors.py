@@ -1,0 +1,146 @@
+"""Error classification from real PostgreSQL errors, DDL rules, and a backend killed mid-load."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import asyncpg
+import pyarrow as pa
+import pytest
+
+from src.common.errors import WarehouseError
+from src.common.schema import Column, TableSchema
+from src.config.models import S3Conn, TargetConn
+from src.stage.models import StageResult
+from src.warehouse.ddl import (
+    POSTGRES,
+    REDSHIFT,
+    check_iam_role,
+    check_identifiers,
+    redshift_literal,
+    redshift_type,
+    staging_name,
+)
+from src.warehouse.errors import classify
+from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER
+from tests.test_warehouse_load import (
+    arrow_table,
+    col,
+    load,
+    pg,
+    s3_batches,
+    stage,
+    target_conn,
+    target_rows,
+    warehouse,
+)
+
+CFG = TargetConn(name="wh", type="postgres", host="db.example", port=5432, username="u", database="dw")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def _raise(sql: str) -> BaseException:
+    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_DATABASE)
+    try:
+        await conn.execute(sql)
+    except asyncpg.PostgresError as exc:
+        error: BaseException = exc
+        return error
+    finally:
+        await conn.close()
+    raise AssertionError(f"{sql!r} did not fail")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("sql", "state", "retryable"),
+    [
+        ("SELEC 1", "42601", False),
+        ("SELECT * FROM no_such_table_s3shift", "42P01", False),
+        ("DO $$BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '40001'; END$$", "40001", True),
+        ("DO $$BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '40P01'; END$$", "40P01", True),
+        ("DO $$BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '55P03'; END$$", "55P03", True),
+        ("DO $$BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '42501'; END$$", "42501", False),
+        ("SET statement_timeout = 50; SELECT pg_sleep(1)", "57014", True),
+    ],
+)
+async def test_classify_real_postgres_errors(sql: str, state: str, retryable: bool) -> None:
+    err = classify(await _raise(sql), cfg=CFG, action="loading", table="s.t")
+    assert (err.sqlstate, err.retryable, err.table) == (state, retryable, "s.t")
+    assert "loading s.t on target 'wh' (db.example:5432/dw) failed:" in str(err) and state in str(err)
+
+
+def test_classify_network_and_client_errors() -> None:
+    assert classify(ConnectionRefusedError(111, "refused"), cfg=CFG, action="x").retryable
+    assert classify(TimeoutError(), cfg=CFG, action="x").retryable
+    assert not classify(asyncpg.InterfaceError("misuse"), cfg=CFG, action="x").retryable
+    ours = WarehouseError("already ours", retryable=True)
+    assert classify(ours, cfg=CFG, action="x") is ours
+    assert str(classify(ours, cfg=CFG, action="x", table="s.t")) == "s.t: already ours"
+
+
+def test_redshift_types() -> None:
+    def c(logical: str, **kw: int | None) -> Column:
+        return Column("c", logical, True, "t", **kw)  # type: ignore[arg-type]
+
+    assert redshift_type(c("string", byte_length=400)) == "VARCHAR(400)"
+    assert redshift_type(c("string", byte_length=None)) == "VARCHAR(65535)"
+    assert redshift_type(c("string", byte_length=4 * 65535)) == "VARCHAR(65535)"
+    assert redshift_type(c("json")) == "SUPER" and redshift_type(c("json"), staging=True) == "VARCHAR(65535)"
+    assert redshift_type(c("binary", byte_length=None)) == "VARBYTE(16777216)"
+    assert redshift_type(c("decimal", precision=20, scale=0)) == "DECIMAL(20,0)"
+    assert redshift_type(c("time")) == "BIGINT" and redshift_type(c("timestamptz")) == "TIMESTAMPTZ"
+    with pytest.raises(WarehouseError, match="up to 38"):
+        redshift_type(c("decimal", precision=39, scale=0))
+
+
+def test_literals_and_roles() -> None:
+    assert redshift_literal("s3://b/it's\\x", what="url") == "'s3://b/it''s\\\\x'"
+    with pytest.raises(WarehouseError, match="control character"):
+        redshift_literal("s3://b/a\nb", what="url")
+    check_iam_role("arn:aws:iam::123456789012:role/a,arn:aws:iam::123456789012:role/b")
+    for bad in ("arn:aws:iam::123:role/x", "arn:aws:iam::123456789012:role/x' --", ""):
+        with pytest.raises(WarehouseError, match="iam_role"):
+            check_iam_role(bad)
+
+
+def test_identifier_limits_and_staging_names() -> None:
+    long_name = TableSchema((Column("x" * 64, "int32", True, "t"),))
+    with pytest.raises(WarehouseError, match="longer than 63 bytes"):
+        check_identifiers(POSTGRES, "s", "t", long_name)
+    check_identifiers(REDSHIFT, "s", "t", long_name)  # Redshift allows 127 bytes
+    a, b = staging_name("run1", "s", "t"), staging_name("run2", "s", "t")
+    assert a != b and a == staging_name("run1", "s", "t") and a.startswith("s3shift_stage_")
+
+
+@pytest.mark.anyio
+async def test_backend_killed_mid_copy_is_retryable_and_target_untouched(
+    pg_schema: str, s3_conn: S3Conn
+) -> None:
+    schema = TableSchema((col("id", "int64"),))
+    inner = s3_batches(s3_conn)
+
+    async def killing(result: StageResult) -> AsyncIterator[pa.RecordBatch]:
+        async for batch in inner(result):
+            yield batch
+            await pg(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE 'COPY %s3shift_stage_%' AND pid <> pg_backend_pid()"
+            )
+            await anyio.sleep(0.5)
+
+    cfg = target_conn("postgres", pg_schema)
+    async with warehouse(cfg, s3_conn) as wh:
+        await load(wh, schema, stage(s3_conn, [arrow_table(schema, [{"id": 1}])]))
+    many = stage(s3_conn, [arrow_table(schema, [{"id": i} for i in range(10)])])
+    async with warehouse(cfg, s3_conn, batches=killing) as wh:
+        with pytest.raises(WarehouseError) as err:
+            await load(wh, schema, many)
+        assert err.value.retryable and err.value.sqlstate is not None, err.value
+        assert (await load(wh, schema, stage(s3_conn, []))).rows_deleted == 1  # the pool still works
+    assert await target_rows(pg_schema, "t", schema) == []
