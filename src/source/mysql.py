@@ -1,0 +1,357 @@
+"""MySQL / MariaDB connections: a small bounded pool over asyncmy (default) or aiomysql.
+
+Every connection speaks utf8mb4, pins ``time_zone='+00:00'``, runs in autocommit and sets its own
+``lock_wait_timeout`` and network timeouts. A connection that saw an error, a cancellation or an
+unfinished streaming result is closed hard (socket dropped): never drained, never reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import aiomysql
+import anyio
+import asyncmy
+import asyncmy.cursors
+
+from src.common.errors import SourceError
+from src.common.log import get_logger
+from src.config.models import SourceConn
+
+log = get_logger("source.mysql")
+T = TypeVar("T")
+
+LOCK_WAIT_TIMEOUT_S = 60  # our session never waits long behind DDL or LOCK TABLES
+IDLE_CHECK_AFTER_S = 30.0  # an idle pooled connection older than this is pinged before reuse
+CLOSE_TIMEOUT_S = 5.0
+
+_DRIVER_ERRORS = (asyncmy.errors.MySQLError, aiomysql.MySQLError)  # aiomysql raises PyMySQL's
+_RETRYABLE = frozenset(
+    {1040, 1053, 1077, 1152, 1153, 1158, 1159, 1160, 1161, 1180, 1181, 1205, 1213, 1226, 1317}
+    | {1927, 1969, 2002, 2003, 2006, 2013, 2055, 3024, 4031}
+)
+_HINTS = {
+    2002: "check host/port and that the server is running",
+    2003: "check host/port and that the server is running",
+    2005: "check the host name",
+    1045: "check the username and the password (from the environment)",
+    1044: "grant the user access to the database",
+    1142: "grant the user SELECT on the table",
+    1049: "check the database name",
+    1146: "check the table name",
+    1040: "the server has no free connections; lower max_connections or retry later",
+    1226: "the user has no free connections; lower max_connections or retry later",
+    1205: "another session holds a lock on the table (DDL or LOCK TABLES?); retry later",
+}
+
+
+def driver_error_code(exc: BaseException) -> int | None:
+    """The MySQL error number of a driver exception, if it carries one."""
+    if isinstance(exc, _DRIVER_ERRORS) and exc.args and isinstance(exc.args[0], int):
+        return exc.args[0]
+    return None
+
+
+def is_source_failure(exc: BaseException) -> bool:
+    """A driver, socket or timeout error (as opposed to a bug or a cancellation)."""
+    return isinstance(exc, (*_DRIVER_ERRORS, OSError, TimeoutError))
+
+
+def _cause(exc: BaseException) -> str:
+    """A short reason: the OS error's text when there is one (e.g. 'Connection refused')."""
+    code = driver_error_code(exc)
+    seen: BaseException | None = exc if code in (None, 2002, 2003) else None
+    while seen is not None:
+        if isinstance(seen, socket.gaierror) and seen.strerror:
+            return f"cannot resolve the host name ({seen.strerror})"
+        if isinstance(seen, OSError) and seen.errno:
+            return os.strerror(seen.errno)
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = " ".join(str(exc.args[1] if code is not None and len(exc.args) > 1 else exc).split())
+    return f"({code}) {text}" if code is not None else text or type(exc).__name__
+
+
+def source_error(cfg: SourceConn, exc: BaseException, *, doing: str, table: str | None = None) -> SourceError:
+    """A driver/socket/timeout error as a one-line ``SourceError`` (the password never appears)."""
+    code = driver_error_code(exc)
+    hint = _HINTS.get(code or 0, "")
+    if not hint and doing == "connect":
+        hint = "check host/port, the network path and that the server is running"
+    retryable = code in _RETRYABLE if code is not None else isinstance(exc, (OSError, TimeoutError))
+    where = f"MySQL source {cfg.name!r} at {cfg.host}:{cfg.port}"
+    head = f"cannot connect to {where}" if doing == "connect" else f"{where}: {doing} failed"
+    message = f"{head}: {_cause(exc)}" + (f" — {hint}" if hint else "")
+    return SourceError(message, table=table, retryable=retryable)
+
+
+class RowStream:
+    """An open unbuffered (server-side) result: its column description and ``fetchmany``."""
+
+    def __init__(self, conn: SourceConnection, cursor: Any) -> None:
+        self._conn = conn
+        self._cursor = cursor
+        self.done = False
+        description = cursor.description or ()
+        self.names: tuple[str, ...] = tuple(str(d[0]) for d in description)
+        self.type_codes: tuple[int, ...] = tuple(int(d[1]) for d in description)
+
+    async def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
+        """Up to ``size`` rows; fewer means the result is complete. Reads only while called."""
+        self._conn._resume_reading()
+        rows: list[tuple[Any, ...]] = await self._conn._run("reading rows", lambda: self._fetch(size))
+        if len(rows) < size:
+            self.done = True
+        else:
+            self._conn._pause_reading()
+        return rows
+
+    async def _fetch(self, size: int) -> list[tuple[Any, ...]]:
+        return list(await self._cursor.fetchmany(size))
+
+
+class SourceConnection:
+    """One MySQL connection, the same API for asyncmy and aiomysql. Errors become ``SourceError``."""
+
+    def __init__(self, raw: Any, cfg: SourceConn) -> None:
+        self._raw = raw
+        self.cfg = cfg
+        self._broken = False
+        self.last_used = time.monotonic()
+
+    @property
+    def broken(self) -> bool:
+        """True when the connection must not be reused (error, cancellation, unfinished stream)."""
+        if self._broken:
+            return True
+        if self.cfg.driver == "aiomysql":
+            return bool(self._raw.closed)
+        return not self._raw.connected
+
+    @property
+    def thread_id(self) -> int:
+        """The server's id of this session (for ``KILL QUERY`` from a side connection)."""
+        return int(self._raw.thread_id())
+
+    @property
+    def is_mariadb(self) -> bool:
+        return "mariadb" in str(self._raw.get_server_info()).lower()
+
+    async def fetchall(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Run a small query with a buffered cursor. With ``args``, placeholders are ``%s``."""
+
+        async def go() -> list[tuple[Any, ...]]:
+            cursor = await self._cursor(unbuffered=False)
+            await cursor.execute(sql, tuple(args) if args else None)
+            rows = list(await cursor.fetchall())
+            await cursor.close()
+            return rows
+
+        return await self._run("a query", go)
+
+    async def execute(self, sql: str, args: Sequence[object] = ()) -> None:
+        await self.fetchall(sql, args)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, sql: str, args: Sequence[object] = ()) -> AsyncIterator[RowStream]:
+        """Execute ``sql`` on an unbuffered server-side cursor. Leaving the block before the result is
+        complete (error, cancellation, early exit) marks the connection broken, so it is closed, not drained.
+        """
+        self._broken = True  # until the result is read to its end
+        cursor = await self._cursor(unbuffered=True)
+        await self._run("a streaming query", lambda: cursor.execute(sql, tuple(args) if args else None))
+        rows = RowStream(self, cursor)
+        yield rows
+        if rows.done:
+            self._resume_reading()
+            await self._run("closing a result", cursor.close)
+            self._broken = False
+
+    def close_hard(self) -> None:
+        """Drop the socket now: no QUIT, no draining of a pending result."""
+        self._broken = True
+        with contextlib.suppress(Exception):
+            self._raw.close()
+
+    async def close(self) -> None:
+        """Say goodbye politely (shielded, time-boxed), falling back to dropping the socket."""
+        if not self.broken:
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(CLOSE_TIMEOUT_S),
+                contextlib.suppress(Exception),
+            ):
+                await self._raw.ensure_closed()
+        self.close_hard()
+
+    async def _cursor(self, *, unbuffered: bool) -> Any:
+        if self.cfg.driver == "asyncmy":
+            return self._raw.cursor(asyncmy.cursors.SSCursor if unbuffered else asyncmy.cursors.Cursor)
+        return await self._raw.cursor(aiomysql.SSCursor if unbuffered else aiomysql.Cursor)
+
+    async def _run(self, doing: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Await ``fn()`` under the read timeout; failures become ``SourceError`` and break the connection
+        unless the server answered with an ordinary SQL error (which leaves the session usable)."""
+        try:
+            with anyio.fail_after(self.cfg.read_timeout):
+                result = await fn()
+        except BaseException as exc:
+            code = driver_error_code(exc)
+            if code is None or code >= 2000 or code in _RETRYABLE:
+                self._broken = True
+            if is_source_failure(exc):
+                raise source_error(self.cfg, exc, doing=doing) from exc
+            raise
+        self.last_used = time.monotonic()
+        return result
+
+    # asyncmy never stops reading its socket, so a stalled consumer would buffer the whole remaining
+    # result in memory. We read only while fetching: between fetches the server waits (net_write_timeout).
+    def _pause_reading(self) -> None:
+        transport = getattr(self._raw, "_transport", None) if self.cfg.driver == "asyncmy" else None
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        transport = getattr(self._raw, "_transport", None) if self.cfg.driver == "asyncmy" else None
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+
+def _session_sql(cfg: SourceConn) -> str:
+    net = max(int(cfg.read_timeout), 60)
+    return (
+        f"SET time_zone='+00:00', lock_wait_timeout={LOCK_WAIT_TIMEOUT_S}, "
+        f"net_write_timeout={net}, net_read_timeout={net}"
+    )
+
+
+async def open_connection(cfg: SourceConn) -> SourceConnection:
+    """Open one configured connection, or raise ``SourceError`` naming host:port and the cause."""
+    kwargs: dict[str, Any] = {
+        "host": cfg.host,
+        "port": cfg.port,
+        "user": cfg.username,
+        "password": cfg.password.reveal(),
+        "charset": "utf8mb4",
+        "autocommit": True,
+        "init_command": _session_sql(cfg),
+        "connect_timeout": cfg.connect_timeout,
+    }
+    if cfg.database:
+        kwargs["db" if cfg.driver == "aiomysql" else "database"] = cfg.database
+    connect = aiomysql.connect if cfg.driver == "aiomysql" else asyncmy.connect
+    try:
+        with anyio.fail_after(cfg.connect_timeout):
+            raw = await connect(**kwargs)
+    except BaseException as exc:
+        if is_source_failure(exc):
+            raise source_error(cfg, exc, doing="connect") from exc
+        raise
+    return SourceConnection(raw, cfg)
+
+
+@contextlib.asynccontextmanager
+async def _token(limiter: anyio.CapacityLimiter | None, borrower: object) -> AsyncIterator[None]:
+    if limiter is None:
+        yield
+        return
+    await limiter.acquire_on_behalf_of(borrower)
+    try:
+        yield
+    finally:
+        limiter.release_on_behalf_of(borrower)
+
+
+class MySQLSource:
+    """A bounded pool of connections to one source (never more than ``cfg.max_connections`` open)."""
+
+    def __init__(self, cfg: SourceConn, limiter: anyio.CapacityLimiter | None = None) -> None:
+        self.cfg = cfg
+        self._limiter = limiter
+        self._slots = anyio.CapacityLimiter(cfg.max_connections)
+        self._idle: list[SourceConnection] = []
+        self._open: set[SourceConnection] = set()
+        self._closed = False
+
+    async def __aenter__(self) -> MySQLSource:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT_S):
+            for conn in idle:
+                await conn.close()
+        for conn in list(self._open):
+            conn.close_hard()
+        self._open.clear()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    def connection(self) -> contextlib.AbstractAsyncContextManager[SourceConnection]:
+        """Borrow one connection (holding a token of the limiter while borrowed). On any error or
+        cancellation while borrowed the connection is closed hard, never returned to the pool."""
+        return self._borrow()
+
+    @contextlib.asynccontextmanager
+    async def _borrow(self) -> AsyncIterator[SourceConnection]:
+        if self._closed:
+            raise SourceError(f"MySQL source {self.cfg.name!r} is already closed")
+        borrower = object()
+        async with _token(self._limiter, borrower), _token(self._slots, borrower):
+            conn = await self._checkout()
+            try:
+                yield conn
+            except BaseException:
+                self._discard(conn)
+                raise
+            await self._checkin(conn)
+
+    async def ping(self) -> None:
+        """Prove the source answers; raise ``SourceError`` naming host:port, the cause and what to check."""
+        async with self.connection() as conn:
+            await conn.fetchall("SELECT 1")
+
+    async def _checkout(self) -> SourceConnection:
+        while self._idle:
+            conn = self._idle.pop()
+            if await self._still_alive(conn):
+                return conn
+            self._discard(conn)
+        conn = await open_connection(self.cfg)
+        self._open.add(conn)
+        log.debug("opened connection %d to %s", len(self._open), self.cfg.name)
+        return conn
+
+    async def _still_alive(self, conn: SourceConnection) -> bool:
+        if conn.broken:
+            return False
+        if time.monotonic() - conn.last_used < IDLE_CHECK_AFTER_S:
+            return True
+        with anyio.move_on_after(min(5.0, self.cfg.connect_timeout)):
+            with contextlib.suppress(SourceError):
+                await conn.fetchall("SELECT 1")
+                return True
+        return False
+
+    async def _checkin(self, conn: SourceConnection) -> None:
+        if conn.broken:
+            self._discard(conn)
+        elif self._closed:
+            self._open.discard(conn)
+            await conn.close()
+        else:
+            self._idle.append(conn)
+
+    def _discard(self, conn: SourceConnection) -> None:
+        conn.close_hard()
+        self._open.discard(conn)
