@@ -26,7 +26,8 @@ from src.source.mysql import MySQLSource
 from src.stage.models import StageResult
 from src.stage.reader import iter_staged_batches
 from src.stage.s3 import S3Stage
-from src.warehouse.factory import RedshiftConnect, open_warehouse
+from src.warehouse.factory import open_warehouse
+from src.warehouse.redshift import RedshiftConnect
 
 log = get_logger("engine")
 STALE_UPLOAD_SECONDS = 24 * 3600
@@ -103,7 +104,11 @@ async def _open(
 
     warehouse = await stack.enter_async_context(
         open_warehouse(
-            pipeline.target, batches=batches, load_limiter=limits.loads, redshift_connect=redshift_connect
+            pipeline.target,
+            batches=batches,
+            load_limiter=limits.loads,
+            redshift_connect=redshift_connect,
+            cpu_limiter=limits.cpu,
         )
     )
     async with anyio.create_task_group() as tg:

@@ -107,8 +107,8 @@ async def transaction(ex: Executor) -> AsyncIterator[None]:
 async def full_refresh(ex: Executor, spec: LoadSpec, fill: Fill, extra: Extra | None = None) -> LoadResult:
     """Replace the target's rows with the staged ones, atomically (see the module docstring)."""
     check_identifiers(spec.dialect, spec.schema_name, spec.target_table, spec.schema)
+    await ensure_schema(ex, spec)  # outside the transaction: concurrent loads may race to create it
     async with transaction(ex):
-        await ensure_schema(ex, spec)
         await ensure_target(ex, spec)
         loaded = await load_staging(ex, spec, fill)
         deleted = await replace_rows(ex, spec, loaded)
@@ -118,11 +118,19 @@ async def full_refresh(ex: Executor, spec: LoadSpec, fill: Fill, extra: Extra | 
 
 
 async def ensure_schema(ex: Executor, spec: LoadSpec) -> None:
-    """Create the schema only when missing (CREATE SCHEMA IF NOT EXISTS needs CREATE on the database)."""
+    """Create the schema only when missing (CREATE SCHEMA IF NOT EXISTS needs CREATE on the database).
+
+    Runs in its own implicit transaction: two loads creating the same schema at once make one of them
+    fail with a unique violation even with IF NOT EXISTS; that one then finds the schema and goes on."""
     name = spec.dialect.fold(spec.schema_name)
-    exists = await ex.fetchval("SELECT COUNT(*) FROM pg_catalog.pg_namespace WHERE nspname = $1", name)
-    if not exists:
+    query = "SELECT COUNT(*) FROM pg_catalog.pg_namespace WHERE nspname = $1"
+    if await ex.fetchval(query, name):
+        return
+    try:
         await ex.execute(f"CREATE SCHEMA IF NOT EXISTS {spec.dialect.ident(spec.schema_name)}")
+    except Exception:
+        if not await ex.fetchval(query, name):
+            raise
 
 
 async def existing_columns(ex: Executor, spec: LoadSpec) -> list[str]:
