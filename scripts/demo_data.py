@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import pymysql  # type: ignore[import-untyped]
+import pymysql
 
 DATABASE = "shop"
 TARGET_SCHEMA = "analytics"
