@@ -304,6 +304,17 @@ def _bool(value: Any) -> bool:
     raise ValueError(value)
 
 
+def _connection_values(
+    raw: Mapping[str, Any], allowed: Mapping[str, str], file: Path, where: str
+) -> dict[str, Any]:
+    """A database connection's values: checked, converted, ``user`` accepted for ``username``."""
+    values = _values(raw, allowed, file=file, where=where)
+    _no_tunnel(values, file, where)
+    if "user" in values:
+        values.setdefault("username", values.pop("user"))
+    return values
+
+
 def _no_tunnel(values: dict[str, Any], file: Path, where: str) -> None:
     tunnel = values.pop("ssh_tunnel", None)
     values.pop("description", None)
@@ -325,10 +336,7 @@ def _require(values: Mapping[str, Any], keys: tuple[str, ...], file: Path, where
 def _source(ref: tuple[str, dict[str, Any]], file: Path) -> SourceConn:
     name, raw = ref
     where = f"connections.sources.{name}"
-    v = _values(raw, _SOURCE_KEYS, file=file, where=where)
-    _no_tunnel(v, file, where)
-    if "user" in v:
-        v.setdefault("username", v.pop("user"))
+    v = _connection_values(raw, _SOURCE_KEYS, file, where)
     _require(v, ("host",), file, where)
     if v.get("driver", "asyncmy") not in ("asyncmy", "aiomysql"):
         raise ConfigError(
@@ -343,10 +351,7 @@ def _source(ref: tuple[str, dict[str, Any]], file: Path) -> SourceConn:
 def _target(ref: tuple[str, dict[str, Any]], file: Path) -> TargetConn:
     name, raw = ref
     where = f"connections.targets.{name}"
-    v = _values(raw, _TARGET_KEYS, file=file, where=where)
-    _no_tunnel(v, file, where)
-    if "user" in v:
-        v.setdefault("username", v.pop("user"))
+    v = _connection_values(raw, _TARGET_KEYS, file, where)
     kind = v.pop("type", "redshift")
     if kind not in ("postgres", "redshift"):
         raise ConfigError(

@@ -199,19 +199,26 @@ def ssl_context(cfg: TargetConn) -> ssl.SSLContext | bool:
     return ssl.create_default_context() if cfg.ssl else False
 
 
+def connect_kwargs(cfg: TargetConn, tls: ssl.SSLContext | bool) -> dict[str, Any]:
+    """asyncpg connection arguments for a target (PostgreSQL, or Redshift over the same protocol)."""
+    return {
+        "host": cfg.host,
+        "port": cfg.port,
+        "user": cfg.username,
+        "password": cfg.password.reveal() or None,
+        "database": cfg.database,
+        "ssl": tls,
+        "timeout": cfg.connect_timeout,
+    }
+
+
 @asynccontextmanager
 async def open_pool(cfg: TargetConn) -> AsyncIterator[Any]:
     """An asyncpg pool that connects lazily (so opening never fails; ``ping`` reports reachability)."""
     tls = await anyio.to_thread.run_sync(ssl_context, cfg)
     try:
         pool = await asyncpg.create_pool(
-            host=cfg.host,
-            port=cfg.port,
-            user=cfg.username,
-            password=cfg.password.reveal() or None,
-            database=cfg.database,
-            ssl=tls,
-            timeout=cfg.connect_timeout,
+            **connect_kwargs(cfg, tls),
             min_size=0,
             max_size=max(1, cfg.max_connections),
         )

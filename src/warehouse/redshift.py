@@ -29,7 +29,7 @@ from src.warehouse.ddl import (
     staging_name,
 )
 from src.warehouse.errors import classify, where
-from src.warehouse.postgres import ssl_context
+from src.warehouse.postgres import connect_kwargs, ssl_context
 
 RedshiftConnect = Callable[[TargetConn], AbstractAsyncContextManager[Executor]]
 CLOSE_TIMEOUT = 10.0
@@ -41,15 +41,7 @@ async def connect_asyncpg(cfg: TargetConn) -> AsyncIterator[Executor]:
     """The default ``RedshiftConnect``: one asyncpg connection, closed (or terminated) on exit."""
     tls = await anyio.to_thread.run_sync(ssl_context, cfg)
     try:
-        conn = await asyncpg.connect(
-            host=cfg.host,
-            port=cfg.port,
-            user=cfg.username,
-            password=cfg.password.reveal() or None,
-            database=cfg.database,
-            ssl=tls,
-            timeout=cfg.connect_timeout,
-        )
+        conn = await asyncpg.connect(**connect_kwargs(cfg, tls))
     except Exception as exc:
         raise classify(exc, cfg=cfg, action="connecting to") from exc
     try:
