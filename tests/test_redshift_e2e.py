@@ -68,25 +68,37 @@ def test_redshift_full_sync_through_emulator(
     assert not any("TRUNCATE" in s.upper() for s in sql)
 
 
-def test_redshift_copy_rule_violation_fails_table_and_keeps_target(
+def test_latin1_column_is_sized_for_its_utf8_bytes(
     tmp_path: Path, source_conn: SourceConn, pg_schema: str, s3_conn: S3Conn, s3_endpoint: str, mysql_db: str
 ) -> None:
-    # CHAR(2) of a latin1 column is 2 bytes in Redshift; a utf8mb4 value of 2 characters takes more bytes
-    # when the source column lies about its charset. Simulate with a VARCHAR(2) latin1 column holding 'éé'.
+    # latin1 'éé' is 2 bytes in MySQL but 4 in UTF-8: Redshift's VARCHAR(n) counts UTF-8 bytes.
     mysql_exec(
         mysql_db,
         "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(2) CHARACTER SET latin1)",
-        "INSERT INTO t VALUES (1, 'ab')",
+        "INSERT INTO t VALUES (1, 'éé')",
+    )
+    cfg = write_config(tmp_path / "cfg", source_conn, redshift_target(pg_schema), s3_conn)
+    doc = sync(cfg, [f"{mysql_db}.t"], s3_endpoint, [])
+    assert doc["status"] == "success", doc
+    assert [tuple(r) for r in pg_fetch(f'SELECT id, v FROM "{pg_schema}".t')] == [(1, "éé")]
+
+
+def test_copy_rule_violation_fails_table_and_keeps_target(
+    tmp_path: Path, source_conn: SourceConn, pg_schema: str, s3_conn: S3Conn, s3_endpoint: str, mysql_db: str
+) -> None:
+    """A MEDIUMTEXT value over Redshift's 65,535-byte VARCHAR limit fails the whole COPY, as on Redshift:
+    the table fails with a message naming it, and the target keeps its previous rows."""
+    mysql_exec(
+        mysql_db, "CREATE TABLE t (id INT PRIMARY KEY, v MEDIUMTEXT)", "INSERT INTO t VALUES (1, 'ok')"
     )
     cfg = write_config(tmp_path / "cfg", source_conn, redshift_target(pg_schema), s3_conn)
     table = f"{mysql_db}.t"
     assert sync(cfg, [table], s3_endpoint, [])["status"] == "success"
-    mysql_exec(mysql_db, "UPDATE t SET v = 'éé'")
+    mysql_exec(mysql_db, "INSERT INTO t VALUES (2, REPEAT('x', 70000))")
     doc = sync(cfg, [table], s3_endpoint, [])
     check_contract(doc, [table])
-    # Whatever the outcome, the target never holds a value Redshift would have refused, nor lost rows.
-    rows = pg_fetch(f'SELECT id, v FROM "{pg_schema}".t')
-    if doc["status"] == "failed":
-        assert [tuple(r) for r in rows] == [(1, "ab")]
-    else:
-        assert [tuple(r) for r in rows] == [(1, "éé")]
+    assert doc["status"] == "failed"
+    result = doc["table_results"][table]
+    assert isinstance(result, dict) and result["phase"] == "load"
+    assert "65535" in result["error_message"] or "65,535" in result["error_message"], result
+    assert [tuple(r) for r in pg_fetch(f'SELECT id, v FROM "{pg_schema}".t')] == [(1, "ok")]
