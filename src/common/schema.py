@@ -7,8 +7,8 @@ Parquet with exactly ``arrow_schema()``; each warehouse derives its DDL from the
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import pyarrow as pa
 
@@ -66,6 +66,14 @@ class TableSchema:
 
     def arrow_schema(self) -> pa.Schema:
         return pa.schema([c.arrow_field() for c in self.columns])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": [asdict(c) for c in self.columns], "primary_key": list(self.primary_key)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TableSchema:
+        columns = tuple(Column(**c) for c in data["columns"])
+        return cls(columns=columns, primary_key=tuple(data.get("primary_key") or ()))
 
     def schema_hash(self) -> str:
         """A stable fingerprint of names, order, logical types and sizes (not of nullability)."""
