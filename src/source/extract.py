@@ -6,7 +6,8 @@ column by column with explicit Arrow types in a worker thread, then sent on a bo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -69,19 +70,27 @@ async def extract_table(
         raise ValueError("batch_size must be at least 1")
     ref = f"{database}.{table}"
     async with send:
-        try:
+        with drift_errors(ref):
             async with conn.stream(select_sql(database, table, schema, where), args) as rows:
                 check_description(rows, schema, ref)
                 await _pump(rows, schema, ref, send, batch_size, stats, cpu_limiter)
-        except SourceError as exc:
-            exc.table = exc.table or ref
-            if exc.__cause__ is None or driver_error_code(exc.__cause__) != _UNKNOWN_COLUMN:
-                raise
-            raise SourceError(
-                f"table {ref} changed since it was planned: {exc.message} — retry to re-plan",
-                table=ref,
-                retryable=True,
-            ) from exc
+
+
+@contextlib.contextmanager
+def drift_errors(ref: str) -> Iterator[None]:
+    """Name the table in source errors; an unknown column (the table changed since it was planned)
+    becomes a retryable error that says so."""
+    try:
+        yield
+    except SourceError as exc:
+        exc.table = exc.table or ref
+        if exc.__cause__ is None or driver_error_code(exc.__cause__) != _UNKNOWN_COLUMN:
+            raise
+        raise SourceError(
+            f"table {ref} changed since it was planned: {exc.message} — retry to re-plan",
+            table=ref,
+            retryable=True,
+        ) from exc
 
 
 async def _pump(
@@ -97,14 +106,24 @@ async def _pump(
         chunk = await rows.fetchmany(batch_size)
         if not chunk:
             return
-        batch, coerced = await anyio.to_thread.run_sync(
-            rows_to_batch, chunk, schema, ref, limiter=cpu_limiter
-        )
-        for column, n in coerced.items():
-            stats.count(column, ZERO_DATE, n)
-        stats.rows += batch.num_rows
-        stats.batches += 1
-        await send.send(batch)
+        await send_rows(chunk, schema, ref, send, stats, cpu_limiter)
+
+
+async def send_rows(
+    chunk: Sequence[tuple[Any, ...]],
+    schema: TableSchema,
+    ref: str,
+    send: anyio.abc.ObjectSendStream[pa.RecordBatch],
+    stats: ExtractStats,
+    cpu_limiter: anyio.CapacityLimiter | None,
+) -> None:
+    """Convert row tuples to one record batch in a worker thread, count coercions and rows, send it."""
+    batch, coerced = await anyio.to_thread.run_sync(rows_to_batch, chunk, schema, ref, limiter=cpu_limiter)
+    for column, n in coerced.items():
+        stats.count(column, ZERO_DATE, n)
+    stats.rows += batch.num_rows
+    stats.batches += 1
+    await send.send(batch)
 
 
 def check_description(rows: RowStream, schema: TableSchema, ref: str) -> None:

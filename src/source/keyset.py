@@ -1,0 +1,131 @@
+"""Keyset paging over a window (pure): the read order, the page predicates and the page query text.
+
+A window is read in ``order``: ``(id)`` for id_only, ``(ts, id)`` for hybrid, ``(ts, key)`` for
+timestamp_only with a single-column primary key. A page after position ``(p_ts, p_id)`` is
+
+    ts >= p_ts AND (ts > p_ts OR (ts = p_ts AND id > p_id)) AND ts <= end ORDER BY ts, id LIMIT n
+
+which MariaDB and MySQL read as one range on an index over ``(ts, id)``, or over ``(ts)`` when id is the
+primary key (InnoDB appends it to every secondary index). The shorter ``ts > p_ts OR id > p_id`` is
+equivalent, but lets MariaDB pick an index merge of ``(ts)`` and ``PRIMARY`` plus a filesort of the whole
+remaining window on every page (measured: 3.4x slower on 500k rows, hence the longer form).
+
+A position without an id (a window start that is a previous window's end) is the plain bound
+``ts > p_ts``. NULL cursors never match these predicates, so NULL rows are never read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from src.common.naming import quote_mysql
+from src.common.schema import Column, TableSchema
+from src.plan.models import Watermark, Window
+from src.source.extract import select_sql
+
+Position = tuple[Any, ...]  # values of the order columns (the last one may be None: "after all of ts")
+
+
+@dataclass(frozen=True)
+class Keyset:
+    """How a window is read. ``paged`` is False only for timestamp_only without a single-column key:
+    then one streaming query reads the window (no page boundary, so no tie can be split)."""
+
+    strategy: str
+    order: tuple[Column, ...]
+    paged: bool
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.order)
+
+
+def tie_column(schema: TableSchema, window: Window) -> str | None:
+    """The column that breaks ties between rows sharing a timestamp (None: no paging possible)."""
+    if window.strategy == "hybrid" or window.id_column:
+        return window.id_column
+    return schema.primary_key[0] if len(schema.primary_key) == 1 else None
+
+
+def keyset_for(schema: TableSchema, window: Window) -> Keyset:
+    """The read order of a watermark window (``check_window`` has validated the columns)."""
+    if window.strategy == "id_only":
+        return Keyset("id_only", (schema.column(_need(window.id_column)),), paged=True)
+    ts = schema.column(_need(window.ts_column))
+    tie = tie_column(schema, window)
+    if tie is None:
+        return Keyset(window.strategy, (ts,), paged=False)
+    return Keyset(window.strategy, (ts, schema.column(tie)), paged=True)
+
+
+def _need(name: str | None) -> str:
+    if name is None:
+        raise ValueError("the window names no cursor column; call check_window first")
+    return name
+
+
+def start_position(keyset: Keyset, window: Window) -> Position | None:
+    """Where the window starts (exclusive): None = from the beginning."""
+    start = window.start
+    if start is None:
+        return None
+    if keyset.strategy == "id_only":
+        return None if start.id is None else (start.id,)
+    if start.ts is None:
+        return None
+    return (start.ts, start.id) if keyset.paged else (start.ts,)
+
+
+def end_value(keyset: Keyset, window: Window) -> Any:
+    """The window's inclusive upper bound on the first order column (None: nothing to read)."""
+    end: Watermark | None = window.end
+    if end is None:
+        return None
+    return end.id if keyset.strategy == "id_only" else end.ts
+
+
+def predicate(keyset: Keyset, after: Position | None, end: Any) -> tuple[str, list[object]]:
+    """``WHERE`` text (``%s`` placeholders) and its arguments for rows after ``after`` up to ``end``."""
+    first = quote_mysql(keyset.order[0].name)
+    parts: list[str] = []
+    args: list[object] = []
+    if after is not None and (len(after) == 1 or after[1] is None):
+        parts.append(f"{first} > %s")
+        args.append(after[0])
+    elif after is not None:
+        second = quote_mysql(keyset.order[1].name)
+        parts.append(f"{first} >= %s AND ({first} > %s OR ({first} = %s AND {second} > %s))")
+        args += [after[0], after[0], after[0], after[1]]
+    if end is not None:
+        parts.append(f"{first} <= %s")
+        args.append(end)
+    else:
+        parts.append(f"{first} IS NOT NULL")
+    parts += [f"{quote_mysql(c.name)} IS NOT NULL" for c in keyset.order[1:] if c.nullable]
+    return " AND ".join(parts), args
+
+
+def page_query(
+    database: str, table: str, schema: TableSchema, keyset: Keyset, where: str, batch_size: int
+) -> str:
+    """One page: the window predicate, the keyset order and a LIMIT (or the single streaming query)."""
+    sql = select_sql(database, table, schema, where)
+    if not keyset.paged:
+        return sql
+    order = ", ".join(quote_mysql(name) for name in keyset.names)
+    return f"{sql} ORDER BY {order} LIMIT {int(batch_size)}"
+
+
+def steady_position(keyset: Keyset) -> Position:
+    """A stand-in position of a page after the first (for query text: only its shape matters)."""
+    return tuple(
+        datetime.min if c.logical in ("date", "timestamp", "timestamptz") else 0 for c in keyset.order
+    )
+
+
+def position_of(row: tuple[Any, ...], keyset: Keyset, schema: TableSchema) -> Position:
+    """The position of a row as the driver returned it: bound back exactly as read (naive datetimes in
+    the session's +00:00 for TIMESTAMP, the stored wall time for DATETIME, ints for BIGINT UNSIGNED)."""
+    return tuple(row[schema.names.index(name)] for name in keyset.names)

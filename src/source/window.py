@@ -1,0 +1,383 @@
+"""Incremental windows on the source: validate the cursor, fix the upper bound, read the window in pages.
+
+A window is ``(start, end]`` in the cursor order (see ``src.plan.models.Window``). Its end is fixed from
+the source's own clock (timestamp strategies) or ``MAX(id)`` (id_only) before anything is read; every
+page is a short keyset query, so no cursor stays open while the consumer is slow, ties at a page boundary
+are neither lost nor read twice, and a row moved by an update mid-read never makes the reader loop.
+
+What a window guarantees (the tests prove each point):
+- every row whose cursor lies in ``(start, end]`` for the whole read is read exactly once, in order;
+- rows whose cursor is NULL are never read by a watermark strategy (only full_sync carries them);
+- a row updated mid-read to a cursor after ``end`` (``updated_at = NOW()``) belongs to the next window; a
+  row moved to a position the read already passed is read by neither (a backdated cursor, like a delete,
+  needs a full_sync to reconcile); a row moved forward inside the window is read at both positions and
+  the load's dedup by primary key keeps the later one;
+- with ``lag_seconds`` L, every row whose transaction commits within L seconds of the cursor value it
+  wrote is read: rows with ``ts <= now - L`` are committed before the first page runs. id_only has no
+  lag: AUTO_INCREMENT ids that commit out of order can be skipped (use hybrid when that can happen).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, time, timedelta
+from typing import Any
+
+import anyio
+import anyio.abc
+import pyarrow as pa
+
+from src.common.errors import ConfigError, SourceError
+from src.common.log import get_logger
+from src.common.naming import quote_mysql
+from src.common.schema import Column, TableSchema
+from src.plan.models import Watermark, Window
+from src.source.extract import (
+    ExtractStats,
+    check_description,
+    drift_errors,
+    extract_table,
+    select_sql,
+    send_rows,
+)
+from src.source.introspect import describe_table, server_now
+from src.source.keyset import (
+    Keyset,
+    Position,
+    end_value,
+    keyset_for,
+    page_query,
+    position_of,
+    predicate,
+    start_position,
+    steady_position,
+)
+from src.source.mysql import SourceConnection
+from src.source.typemap import data_type_of
+
+log = get_logger("source.window")
+TS_LOGICAL = frozenset({"date", "timestamp", "timestamptz"})
+ID_LOGICAL = frozenset({"int16", "int32", "int64"})
+_FSP = re.compile(r"\((\d)\)")
+_PROBE_LIMIT = 1
+_CLOCKS = "SELECT UTC_TIMESTAMP(6), CONVERT_TZ(UTC_TIMESTAMP(6), '+00:00', @@global.time_zone)"
+
+
+# ---- validation -------------------------------------------------------------------------------------
+
+
+def check_window(table: str, schema: TableSchema, window: Window) -> None:
+    """Raise ``ConfigError`` unless the window's cursor columns exist and have cursor types, and its
+    stored start/end carry the values the strategy needs. ``table`` is 'db.table'."""
+    if window.strategy == "full_sync":
+        return
+    if window.strategy in ("timestamp_only", "hybrid"):
+        _check_column(table, schema, window, "cdc_timestamp_column", window.ts_column)
+    if window.strategy in ("id_only", "hybrid") or window.id_column:
+        _check_column(table, schema, window, "cdc_id_column", window.id_column)
+    for name, mark in (("start", window.start), ("end", window.end)):
+        _check_mark(table, window, name, mark)
+
+
+def _check_column(table: str, schema: TableSchema, window: Window, key: str, name: str | None) -> None:
+    config_key = f"tables.{table}.{key}"
+    kind = "timestamp" if key == "cdc_timestamp_column" else "id"
+    if name is None:
+        example = "updated_at" if kind == "timestamp" else "id"
+        raise ConfigError(
+            f"{config_key} is required for cdc_strategy {window.strategy} — name the {kind} column "
+            f"to read {table} by (e.g. {example})",
+            table=table,
+            key=config_key,
+        )
+    if name not in schema.names:
+        raise ConfigError(
+            f"{config_key} names column {name!r}, which {table} does not have (columns: "
+            f"{', '.join(schema.names[:12])}{', …' if len(schema.names) > 12 else ''}) — fix {config_key}",
+            table=table,
+            column=name,
+            key=config_key,
+        )
+    column = schema.column(name)
+    if not (_is_ts(column) if kind == "timestamp" else _is_id(column)):
+        wanted = (
+            "DATE, DATETIME or TIMESTAMP" if kind == "timestamp" else "an integer (TINYINT … BIGINT UNSIGNED)"
+        )
+        raise ConfigError(
+            f"{config_key} names column {name!r} of {table}, which is {column.source_type}; a {kind} "
+            f"cursor must be {wanted} — pick another column or another cdc_strategy",
+            table=table,
+            column=name,
+            key=config_key,
+        )
+
+
+def _is_ts(column: Column) -> bool:
+    return column.logical in TS_LOGICAL
+
+
+def _is_id(column: Column) -> bool:
+    """Integers, BIGINT UNSIGNED (decimal(20,0)) and other DECIMAL(p,0); never BIT."""
+    if data_type_of(column) == "bit":
+        return False
+    return column.logical in ID_LOGICAL or (column.logical == "decimal" and column.scale == 0)
+
+
+def _check_mark(table: str, window: Window, name: str, mark: Watermark | None) -> None:
+    needs = "id" if window.strategy == "id_only" else "ts"
+    if mark is None or getattr(mark, needs) is not None:
+        return
+    raise ConfigError(
+        f"the {name} of the window of {table} ({mark}) has no {needs}, which cdc_strategy "
+        f"{window.strategy} reads by — set it with 's3shift watermark set' or clear it with "
+        "'s3shift watermark reset'",
+        table=table,
+        key="watermark",
+    )
+
+
+# ---- the source's clock ---------------------------------------------------------------------------------
+
+
+async def source_now(conn: SourceConnection) -> datetime:
+    """The source's clock: naive UTC with microseconds."""
+    return (await server_now(conn)).replace(tzinfo=None)
+
+
+async def upper_bound(
+    conn: SourceConnection,
+    database: str,
+    table: str,
+    schema: TableSchema,
+    window: Window,
+    *,
+    lag_seconds: float,
+) -> Watermark | None:
+    """The inclusive end of a window, from the source itself, fixed before reading.
+
+    - full_sync: None. id_only: ``MAX(id)`` (None when the table is empty).
+    - TIMESTAMP cursor: ``UTC_TIMESTAMP(6) - lag`` (sessions read TIMESTAMPs in +00:00).
+    - DATETIME cursor (no zone: the stored wall time): the earlier of the UTC clock and the clock of the
+      server's default zone, minus lag, so values written in either zone are safe; for DATETIMEs written
+      in a zone behind both, raise lag by the difference.
+    - Truncated (never rounded up) to the column's fractional digits, so the bound is a value the column
+      can hold and no comparison rounds it. A DATE cursor ends at the last complete day (yesterday).
+    """
+    if lag_seconds < 0:
+        raise ValueError("lag_seconds must not be negative")
+    check_window(f"{database}.{table}", schema, window)
+    if window.strategy == "full_sync":
+        return None
+    if window.strategy == "id_only":
+        return await _max_id(conn, database, table, _name(window.id_column))
+    column = schema.column(_name(window.ts_column))
+    utc, wall = await _clocks(conn)
+    now = utc if column.logical == "timestamptz" or wall is None else min(utc, wall)
+    return Watermark(ts=ts_bound(column, now - timedelta(seconds=lag_seconds)))
+
+
+def ts_bound(column: Column, value: datetime) -> datetime:
+    """``value`` truncated to what ``column`` can hold; DATE: the previous day (only complete days)."""
+    if column.logical == "date":
+        return datetime.combine(value.date() - timedelta(days=1), time())
+    match = _FSP.search(column.source_type)
+    unit = 10 ** (6 - (int(match[1]) if match else 0))
+    return value.replace(microsecond=value.microsecond - value.microsecond % unit)
+
+
+async def _clocks(conn: SourceConnection) -> tuple[datetime, datetime | None]:
+    rows = await conn.fetchall(_CLOCKS)
+    utc, wall = rows[0]
+    if not isinstance(utc, datetime):
+        raise SourceError(f"MySQL source {conn.cfg.name!r} returned {utc!r} for UTC_TIMESTAMP(6)")
+    return utc, wall if isinstance(wall, datetime) else None
+
+
+async def _max_id(conn: SourceConnection, database: str, table: str, column: str) -> Watermark | None:
+    sql = f"SELECT MAX({quote_mysql(column)}) FROM {quote_mysql(database)}.{quote_mysql(table)}"
+    with drift_errors(f"{database}.{table}"):
+        value = (await conn.fetchall(sql))[0][0]
+    return None if value is None else Watermark(id=int(value))
+
+
+def _name(column: str | None) -> str:
+    if column is None:
+        raise ValueError("check_window lets no window without its cursor column through")
+    return column
+
+
+# ---- reading -------------------------------------------------------------------------------------------
+
+
+async def extract_window(
+    conn: SourceConnection,
+    database: str,
+    table: str,
+    schema: TableSchema,
+    send: anyio.abc.ObjectSendStream[pa.RecordBatch],
+    *,
+    window: Window,
+    batch_size: int,
+    stats: ExtractStats,
+    cpu_limiter: anyio.CapacityLimiter | None = None,
+) -> None:
+    """Send the window's rows as record batches of ``schema.arrow_schema()``, then close ``send`` (on
+    failure too: the data is complete only when this returns normally).
+
+    full_sync streams one SELECT. Watermark strategies read ``(window.start, window.end]`` in keyset pages
+    of ``batch_size`` rows (one short query each; see the module docstring for the guarantees); a window
+    whose end is None (an empty table at bound time) reads nothing. Rows whose cursor is NULL are never
+    read. timestamp_only without a single-column primary key reads the window with one streaming query.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if window.strategy == "full_sync":
+        await extract_table(
+            conn, database, table, schema, send, batch_size=batch_size, stats=stats, cpu_limiter=cpu_limiter
+        )
+        return
+    ref = f"{database}.{table}"
+    async with send:
+        check_window(ref, schema, window)
+        keyset = keyset_for(schema, window)
+        end = end_value(keyset, window)
+        if end is None:
+            return
+        reader = _PageReader(conn, database, table, schema, keyset, batch_size, send, stats, cpu_limiter)
+        with drift_errors(ref):
+            if keyset.paged:
+                await reader.pages(start_position(keyset, window), end)
+            else:
+                await reader.stream(start_position(keyset, window), end)
+
+
+class _PageReader:
+    def __init__(
+        self,
+        conn: SourceConnection,
+        database: str,
+        table: str,
+        schema: TableSchema,
+        keyset: Keyset,
+        batch_size: int,
+        send: anyio.abc.ObjectSendStream[pa.RecordBatch],
+        stats: ExtractStats,
+        cpu_limiter: anyio.CapacityLimiter | None,
+    ) -> None:
+        self.conn, self.database, self.table, self.schema = conn, database, table, schema
+        self.keyset, self.batch_size, self.send, self.stats = keyset, batch_size, send, stats
+        self.cpu_limiter = cpu_limiter
+        self.ref = f"{database}.{table}"
+
+    async def pages(self, after: Position | None, end: Any) -> None:
+        """Keyset pages until one comes back short. The page's cursor is closed before its batch is sent,
+        so a slow consumer never holds a query open on the server."""
+        while True:
+            rows = await self._page(after, end)
+            if rows:
+                await send_rows(rows, self.schema, self.ref, self.send, self.stats, self.cpu_limiter)
+            if len(rows) < self.batch_size:
+                return
+            following = position_of(rows[-1], self.keyset, self.schema)
+            if following == after:
+                raise SourceError(
+                    f"reading {self.ref} by {', '.join(self.keyset.names)} did not advance past {after!r} "
+                    "— the cursor values do not compare as the server orders them (invalid dates?)",
+                    table=self.ref,
+                )
+            after = following
+
+    async def _page(self, after: Position | None, end: Any) -> list[tuple[Any, ...]]:
+        where, args = predicate(self.keyset, after, end)
+        sql = page_query(self.database, self.table, self.schema, self.keyset, where, self.batch_size)
+        async with self.conn.stream(sql, args) as rows:
+            check_description(rows, self.schema, self.ref)
+            return await rows.fetchmany(self.batch_size + 1)  # a page holds at most batch_size: done
+
+    async def stream(self, after: Position | None, end: Any) -> None:
+        where, args = predicate(self.keyset, after, end)
+        sql = page_query(self.database, self.table, self.schema, self.keyset, where, self.batch_size)
+        async with self.conn.stream(sql, args) as rows:
+            check_description(rows, self.schema, self.ref)
+            while not rows.done:
+                chunk = await rows.fetchmany(self.batch_size)
+                if chunk:
+                    await send_rows(chunk, self.schema, self.ref, self.send, self.stats, self.cpu_limiter)
+
+
+# ---- plans: query text, estimates, index ----------------------------------------------------------------
+
+
+def window_sql(database: str, table: str, schema: TableSchema, window: Window, *, batch_size: int) -> str:
+    """The query text (``%s`` placeholders) of a page after the first (the first page of a window that
+    starts at the beginning has no lower bound); full_sync: the one SELECT."""
+    if window.strategy == "full_sync":
+        return select_sql(database, table, schema)
+    check_window(f"{database}.{table}", schema, window)
+    keyset = keyset_for(schema, window)
+    after = steady_position(keyset) if keyset.paged else (datetime.min,)
+    where, _ = predicate(keyset, after, datetime.min)
+    return page_query(database, table, schema, keyset, where, batch_size)
+
+
+async def estimate_rows(
+    conn: SourceConnection, database: str, table: str, schema: TableSchema, window: Window
+) -> int:
+    """The optimizer's estimate of the window's rows (EXPLAIN, never a COUNT); full_sync: TABLE_ROWS.
+    Without an index on the cursor the estimate is the whole table's."""
+    if window.strategy == "full_sync":
+        rows = await conn.fetchall(
+            "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            (database, table),
+        )
+        return int(rows[0][0] or 0) if rows else 0
+    check_window(f"{database}.{table}", schema, window)
+    keyset = keyset_for(schema, window)
+    end = end_value(keyset, window)
+    if end is None:
+        return 0
+    where, args = predicate(keyset, start_position(keyset, window), end)
+    cursor = ", ".join(quote_mysql(name) for name in keyset.names)  # covered by the cursor's index
+    plan = await _explain(
+        conn, f"SELECT {cursor} FROM {quote_mysql(database)}.{quote_mysql(table)} WHERE {where}", args
+    )
+    estimate = float(plan.get("rows") or 0) * float(plan.get("filtered") or 100) / 100
+    return round(estimate)
+
+
+async def index_for(
+    conn: SourceConnection, database: str, table: str, window: Window, *, schema: TableSchema | None = None
+) -> str | None:
+    """The index EXPLAIN says the window's first page uses (None: a full table scan). The probe page is
+    tiny, so the answer is the index pages use on a table much larger than a page (on a small table the
+    optimizer may rightly prefer a scan). ``schema`` (with any configured primary key) defaults to the
+    catalog's. Logs a warning when the pages would also sort."""
+    if window.strategy == "full_sync":
+        return None
+    schema = schema or await describe_table(conn, database, table)
+    check_window(f"{database}.{table}", schema, window)
+    keyset = keyset_for(schema, window)
+    where, args = predicate(keyset, start_position(keyset, window), end_value(keyset, window))
+    plan = await _explain(conn, page_query(database, table, schema, keyset, where, _PROBE_LIMIT), args)
+    key = plan.get("key")
+    if key and keyset.paged and "filesort" in str(plan.get("Extra") or ""):
+        log.warning(
+            "%s.%s: pages use index %s but still sort; an index on (%s) reads each page directly",
+            database,
+            table,
+            key,
+            ", ".join(keyset.names),
+        )
+    return str(key) if key else None
+
+
+async def _explain(conn: SourceConnection, sql: str, args: list[object]) -> dict[str, Any]:
+    """The first row of EXPLAIN, by column name (MariaDB and MySQL differ in columns)."""
+    async with conn.stream(f"EXPLAIN {sql}", args) as rows:
+        names = rows.names
+        found = await rows.fetchmany(100)
+    return {name: _text(value) for name, value in zip(names, found[0], strict=True)} if found else {}
+
+
+def _text(value: object) -> object:
+    return value.decode() if isinstance(value, bytes | bytearray) else value
