@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -29,6 +29,7 @@ async def stage_batches(
     fail_after: int | None = None,
     fail_when: Callable[[], bool] = lambda: True,
     schema_hash: str | None = None,
+    meta: Mapping[str, Any] | None = None,
 ) -> StageResult:
     """Run a producer task and write_parquet side by side over a bounded stream, as the engine does."""
     send, receive = anyio.create_memory_object_stream[pa.RecordBatch](2)
@@ -53,6 +54,7 @@ async def stage_batches(
                     receive=receive,
                     file_size_bytes=file_size_bytes,
                     schema_hash=schema_hash,
+                    meta=meta,
                 )
             )
 

@@ -1,13 +1,14 @@
 """The run's manifest (Redshift COPY format) and its sidecar with what COPY has no field for.
 
 ``manifest.json`` holds only keys Redshift documents for COPY manifests: ``entries`` of ``url``,
-``mandatory`` and ``meta.content_length`` (required for Parquet). Rows per file and the schema hash
-go into ``_s3shift.json`` beside it, written first: the manifest is the marker that a run is staged.
+``mandatory`` and ``meta.content_length`` (required for Parquet). Rows per file, the schema hash and
+the engine's ``meta`` (window, schema, extracted_at, ...) go into ``_s3shift.json`` beside it,
+written first: the manifest is the marker that a run is staged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from src.common import jsonio
@@ -41,6 +42,16 @@ def _entry(entry: dict[str, Any]) -> tuple[str, int]:
     return url, size
 
 
+def encode_meta(meta: Mapping[str, Any]) -> bytes:
+    """``meta`` as JSON; a StageError (before anything is uploaded) when it is not JSON-able."""
+    try:
+        return jsonio.dumps_bytes(dict(meta))
+    except TypeError as exc:
+        raise StageError(
+            f"stage meta is not JSON-able: {exc} - this is a bug in the engine", retryable=False
+        ) from exc
+
+
 def build_sidecar(result: StageResult) -> bytes:
     files = [{"key": f.key, "url": f.url, "size_bytes": f.size_bytes, "rows": f.rows} for f in result.files]
     doc = {
@@ -50,6 +61,7 @@ def build_sidecar(result: StageResult) -> bytes:
         "rows": result.rows,
         "bytes": result.bytes,
         "files": files,
+        "meta": jsonio.loads(encode_meta(result.meta)),
     }
     return jsonio.dumps_bytes(doc)
 
@@ -57,7 +69,13 @@ def build_sidecar(result: StageResult) -> bytes:
 async def read_stage_result(s3: S3Stage, manifest_url: str) -> StageResult:
     """Rebuild a run's StageResult from its manifest and sidecar (for --load-only)."""
     key = _manifest_key(s3, manifest_url)
-    entries = parse_manifest(await s3.get_bytes(key))
+    return await stage_from_manifest(s3, key, await s3.get_bytes(key))
+
+
+async def stage_from_manifest(s3: S3Stage, key: str, manifest: bytes) -> StageResult:
+    """The StageResult of the manifest at ``key`` (whose bytes are given), checked against its sidecar."""
+    manifest_url = s3.url(key)
+    entries = parse_manifest(manifest)
     prefix = key[: -len(MANIFEST_NAME)]
     sidecar = _parse_sidecar(await s3.get_bytes(f"{prefix}{SIDECAR_NAME}"), manifest_url)
     files = tuple(StagedFile(**f) for f in sidecar["files"])
@@ -75,6 +93,7 @@ async def read_stage_result(s3: S3Stage, manifest_url: str) -> StageResult:
         rows=sum(f.rows for f in files),
         bytes=sum(f.size_bytes for f in files),
         schema_hash=sidecar.get("schema_hash"),
+        meta=sidecar["meta"],
     )
 
 
@@ -101,15 +120,10 @@ def _parse_sidecar(data: bytes, manifest_url: str) -> dict[str, Any]:
         doc = jsonio.loads(data)
         if doc.get("format") != SIDECAR_FORMAT:
             raise ValueError(f"unknown format {doc.get('format')!r}")
-        doc["files"] = [
-            {
-                "key": str(f["key"]),
-                "url": str(f["url"]),
-                "size_bytes": int(f["size_bytes"]),
-                "rows": int(f["rows"]),
-            }
-            for f in doc["files"]
-        ]
+        doc["files"] = [_sidecar_file(f) for f in doc["files"]]
+        doc["meta"] = doc.get("meta") or {}
+        if not isinstance(doc["meta"], dict):
+            raise ValueError(f"meta is a {type(doc['meta']).__name__}, not an object")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise StageError(f"bad {SIDECAR_NAME} beside {manifest_url}: {exc}", retryable=False) from exc
     return dict(doc)

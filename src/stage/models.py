@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,14 @@ class StageResult:
     rows: int
     bytes: int
     schema_hash: str | None = None
+    # JSON-able facts the engine keeps with the stage (window, TableSchema, extracted_at, strategy, ...),
+    # stored in the sidecar and restored by read_stage_result / list_stages
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def execution_id(self) -> str:
+        """The run that staged this: the last segment of ``prefix``."""
+        return self.prefix.rstrip("/").rsplit("/", 1)[-1]
 
     @property
     def files_created(self) -> int:

@@ -1,4 +1,4 @@
-"""S3 staging: one aioboto3 client per run; streaming multipart uploads that abort on every failure path.
+"""S3 staging: one aioboto3 client per run; listing, small objects, and streaming multipart uploads.
 
 Every S3 call goes through ``S3Stage._call``, which turns botocore/aiohttp failures into one-line
 ``StageError``s naming the bucket/key and what to check. Credentials are revealed only when the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -18,17 +19,15 @@ import aioboto3
 import aiohttp
 import anyio
 from aiobotocore.config import AioConfig
-from anyio.abc import TaskGroup
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from src.common.errors import S3ShiftError, StageError
 from src.common.log import get_logger
 from src.config.models import S3Conn
+from src.stage.multipart import CLEANUP_TIMEOUT, MultipartUpload, error_code
 
 MIB: Final = 1024 * 1024
 MIN_PART_BYTES: Final = 5 * MIB  # S3's minimum for every part but the last
-MAX_PARTS: Final = 10_000
-CLEANUP_TIMEOUT: Final = 30.0  # seconds a shielded abort/delete may take
 DOWNLOAD_CHUNK: Final = MIB
 DEFAULT_ATTEMPTS: Final = 5
 
@@ -46,6 +45,15 @@ _HINTS: Final = {
     "403": "access denied: check the credentials and the IAM policy for this bucket",
     "404": "not found: check the bucket name, prefix and region {region}",
 }
+
+
+@dataclass(frozen=True)
+class OpenUpload:
+    """An unfinished multipart upload (invisible in listings of objects, billed until aborted)."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
 
 
 class S3Stage:
@@ -99,10 +107,12 @@ class S3Stage:
         return max(self.cfg.part_size_mb * MIB, MIN_PART_BYTES)
 
     def run_prefix(self, pipeline: str, table: str, execution_id: str) -> str:
-        parts = [p.strip("/") for p in (self.cfg.prefix, pipeline, table, execution_id)]
-        for label, value in zip(("pipeline", "table", "execution_id"), parts[1:], strict=True):
-            if not value or value in (".", "..") or "/" in value:
-                raise StageError(f"invalid {label} {value!r} for an S3 run prefix", retryable=False)
+        """``<prefix><pipeline>/<db.table>/<execution_id>/``: one run's files of one table."""
+        return f"{self.table_prefix(pipeline, table)}{_segment('execution_id', execution_id)}/"
+
+    def table_prefix(self, pipeline: str, table: str) -> str:
+        """``<prefix><pipeline>/<db.table>/``: every run of one table, and its ``_runs/`` markers."""
+        parts = [self.cfg.prefix.strip("/"), _segment("pipeline", pipeline), _segment("table", table)]
         return "/".join(p for p in parts if p) + "/"
 
     def url(self, key: str) -> str:
@@ -114,17 +124,33 @@ class S3Stage:
 
     async def abort_stale_uploads(self, prefix: str, older_than_seconds: float = 3600) -> int:
         """Abort unfinished multipart uploads under ``prefix`` started more than the given age ago."""
-        _require_prefix(prefix)
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
-        stale = [
-            (u["Key"], u["UploadId"])
-            async for u in self._paginate("list_multipart_uploads", "Uploads", Prefix=prefix)
-            if u["Initiated"] <= cutoff
-        ]
-        for key, upload_id in stale:
-            await self._call("abort_multipart_upload", key, Key=key, UploadId=upload_id)
-            log.info("aborted stale multipart upload %s", self.url(key))
+        stale = [u for u in await self.list_uploads(prefix) if u.initiated <= cutoff]
+        for upload in stale:
+            await self.abort_upload(upload)
         return len(stale)
+
+    async def list_uploads(self, prefix: str) -> list[OpenUpload]:
+        """Every unfinished multipart upload under ``prefix`` (never the whole bucket)."""
+        _require_prefix(prefix)
+        pages = self._paginate("list_multipart_uploads", "Uploads", Prefix=prefix)
+        return [OpenUpload(u["Key"], u["UploadId"], u["Initiated"]) async for u in pages]
+
+    async def abort_upload(self, upload: OpenUpload) -> None:
+        await self._call("abort_multipart_upload", upload.key, Key=upload.key, UploadId=upload.upload_id)
+        log.info("aborted unfinished multipart upload %s", self.url(upload.key))
+
+    async def list_dirs(self, prefix: str) -> list[str]:
+        """The "directories" directly under ``prefix`` (each a key prefix ending with "/")."""
+        _require_prefix(prefix)
+        pages = self._paginate("list_objects_v2", "CommonPrefixes", Prefix=prefix, Delimiter="/")
+        return [str(p["Prefix"]) async for p in pages]
+
+    async def list_objects(self, prefix: str) -> list[tuple[str, datetime]]:
+        """(key, last modified) of every object under ``prefix``."""
+        _require_prefix(prefix)
+        pages = self._paginate("list_objects_v2", "Contents", Prefix=prefix)
+        return [(str(o["Key"]), o["LastModified"]) async for o in pages]
 
     async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         await self._call("put_object", key, Key=key, Body=data, ContentType=content_type)
@@ -138,6 +164,24 @@ class S3Stage:
         except _TRANSPORT_ERRORS as exc:
             raise self._error(exc, "get_object", key) from exc
         return data
+
+    async def get_optional(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is no such key."""
+        try:
+            return await self.get_bytes(key)
+        except StageError as exc:
+            if error_code(exc.__cause__) in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self._call("head_object", key, Key=key)
+        except StageError as exc:
+            if error_code(exc.__cause__) in ("NoSuchKey", "404"):
+                return False
+            raise
+        return True
 
     async def download_to(self, key: str, path: Path) -> int:
         """Stream an object into ``path`` chunk by chunk; return its size."""
@@ -197,7 +241,7 @@ class S3Stage:
             await upload._finish()
         except BaseExceptionGroup as group:
             await upload._abort()
-            raise _sole(group) from None
+            raise sole_error(group) from None
         except BaseException:
             await upload._abort()
             raise
@@ -279,127 +323,11 @@ class S3Stage:
         return StageError(message, key=key, retryable=status >= 500 or code in ("SlowDown", "RequestTimeout"))
 
 
-class MultipartUpload:
-    """One object being streamed to S3: ``write()`` buffers and uploads full parts concurrently."""
-
-    def __init__(self, stage: S3Stage, key: str, limiter: anyio.CapacityLimiter) -> None:
-        self.key = key
-        self.bytes_written = 0
-        self._stage = stage
-        self._limiter = limiter
-        self._part_bytes = stage.part_bytes
-        self._buffer = bytearray()
-        self._upload_id: str | None = None
-        self._parts: dict[int, dict[str, str]] = {}
-        self._next_part = 1
-        self._completing = False
-        self._tg: TaskGroup | None = None
-
-    async def write(self, data: bytes) -> None:
-        """Buffer ``data``; start an upload for each full part (waits while too many are in flight)."""
-        self._buffer += data
-        self.bytes_written += len(data)
-        while len(self._buffer) >= self._part_bytes:
-            body = bytes(self._buffer[: self._part_bytes])
-            del self._buffer[: self._part_bytes]
-            await self._start_part(body)
-
-    async def _start_part(self, body: bytes) -> None:
-        assert self._tg is not None
-        number = await self._claim_part_number()
-        token = object()
-        await self._limiter.acquire_on_behalf_of(token)
-        self._tg.start_soon(self._upload_part, number, body, token)
-
-    async def _claim_part_number(self) -> int:
-        if self._upload_id is None:
-            resp = await self._stage._call(
-                "create_multipart_upload", self.key, Key=self.key, ChecksumAlgorithm="CRC32"
-            )
-            self._upload_id = str(resp["UploadId"])
-        number = self._next_part
-        if number > MAX_PARTS:
-            raise StageError(f"{self._stage.url(self.key)} needs over {MAX_PARTS} parts; raise part_size_mb")
-        self._next_part += 1
-        return number
-
-    async def _upload_part(self, number: int, body: bytes, token: object) -> None:
-        try:
-            resp = await self._stage._call(
-                "upload_part",
-                self.key,
-                Key=self.key,
-                UploadId=self._upload_id,
-                PartNumber=number,
-                Body=body,
-                ChecksumAlgorithm="CRC32",
-            )
-            self._parts[number] = {"ETag": resp["ETag"], "ChecksumCRC32": resp["ChecksumCRC32"]}
-        finally:
-            self._limiter.release_on_behalf_of(token)
-
-    async def _finish(self) -> None:
-        """After every started part is done: upload the rest and complete (or one PUT if small)."""
-        if self._upload_id is None:
-            self._completing = True
-            await self._stage.put_bytes(self.key, bytes(self._buffer))
-        else:
-            if self._buffer or not self._parts:
-                number = await self._claim_part_number()
-                token = object()
-                await self._limiter.acquire_on_behalf_of(token)
-                await self._upload_part(number, bytes(self._buffer), token)
-            await self._complete()
-        self._buffer.clear()
-
-    async def _complete(self) -> None:
-        parts = [{"PartNumber": n, **self._parts[n]} for n in sorted(self._parts)]
-        self._completing = True
-        try:
-            await self._stage._call(
-                "complete_multipart_upload",
-                self.key,
-                Key=self.key,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": parts},
-            )
-        except StageError as exc:
-            if _code(exc.__cause__) != "NoSuchUpload" or not await self._landed():
-                raise
-            log.info("complete of %s was retried after success; size verified", self._stage.url(self.key))
-
-    async def _landed(self) -> bool:
-        """A Complete retried after it succeeded says NoSuchUpload: HEAD tells whether it landed."""
-        try:
-            return await self._stage.head_size(self.key) == self.bytes_written
-        except StageError:
-            return False
-
-    async def _abort(self) -> None:
-        """Shielded, time-boxed: abort the upload; remove the object if it may have been completed."""
-        with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True) as scope:
-            try:
-                if self._upload_id is not None:
-                    await self._stage._call(
-                        "abort_multipart_upload", self.key, Key=self.key, UploadId=self._upload_id
-                    )
-            except StageError as exc:
-                log.warning("could not abort the multipart upload of %s: %s", self.key, exc.message)
-            if self._completing:
-                await _delete_quietly(self._stage, self.key)
-        if scope.cancelled_caught:
-            log.warning("timed out aborting the upload of %s; a lifecycle rule will clean it", self.key)
-
-
-async def _delete_quietly(stage: S3Stage, key: str) -> None:
-    try:
-        await stage._call("delete_object", key, Key=key)
-    except StageError as exc:
-        log.warning("could not delete %s: %s", key, exc.message)
-
-
-def _code(exc: BaseException | None) -> str | None:
-    return str(exc.response.get("Error", {}).get("Code")) if isinstance(exc, ClientError) else None
+def _segment(label: str, value: str) -> str:
+    value = value.strip("/")
+    if not value or value in (".", "..") or "/" in value:
+        raise StageError(f"invalid {label} {value!r} for an S3 run prefix", retryable=False)
+    return value
 
 
 def _require_prefix(prefix: str) -> None:
@@ -407,7 +335,7 @@ def _require_prefix(prefix: str) -> None:
         raise StageError("refusing to act on the whole bucket: the prefix is empty", retryable=False)
 
 
-def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The one exception worth raising from a task group: ours first, then the first other one."""
     leaves: list[BaseException] = []
 

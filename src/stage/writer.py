@@ -9,8 +9,8 @@ by this call are deleted, so a run leaves either a verified manifest or nothing.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
-from typing import Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
 
 import anyio
 import anyio.abc
@@ -19,9 +19,10 @@ import pyarrow.parquet as pq
 
 from src.common.errors import StageError
 from src.common.log import get_logger
-from src.stage.manifest import MANIFEST_NAME, SIDECAR_NAME, build_manifest, build_sidecar
+from src.stage.manifest import MANIFEST_NAME, SIDECAR_NAME, build_manifest, build_sidecar, encode_meta
 from src.stage.models import StagedFile, StageResult
-from src.stage.s3 import CLEANUP_TIMEOUT, S3Stage
+from src.stage.multipart import CLEANUP_TIMEOUT
+from src.stage.s3 import S3Stage
 
 ROW_GROUP_ROWS: Final = 65_536  # small batches are coalesced up to this many rows ...
 ROW_GROUP_BYTES: Final = 16 * 1024 * 1024  # ... or this much Arrow memory per row group
@@ -151,14 +152,17 @@ async def write_parquet(
     cpu_limiter: anyio.CapacityLimiter | None = None,
     compression: str = "zstd",
     schema_hash: str | None = None,
+    meta: Mapping[str, Any] | None = None,
 ) -> StageResult:
     """Stage the stream under ``prefix`` as Parquet files plus a verified manifest (written last).
 
     Reads ``receive`` until it ends (the caller owns and closes it). On any failure or cancellation
-    open uploads are aborted and every object this call completed is deleted again.
+    open uploads are aborted and every object this call completed is deleted again. ``meta`` (JSON-able)
+    goes into the sidecar and comes back as ``StageResult.meta``.
     """
     if not prefix.endswith("/") or file_size_bytes <= 0:
         raise StageError(f"bad staging call: prefix {prefix!r} must end with '/', file size must be > 0")
+    encode_meta(meta or {})  # fail before uploading anything
     files: list[StagedFile] = []
     created: list[str] = []  # every complete object this call made, removed again if it fails
     try:
@@ -171,7 +175,8 @@ async def write_parquet(
             created.append(staged.key)
             group = await groups.next() if rolled else None
         await _verify(s3, files)
-        return await _publish(s3, prefix, tuple(files), schema_hash, created)
+        result = _result(s3, prefix, tuple(files), schema_hash, dict(meta or {}))
+        return await _publish(s3, result, created)
     except BaseException:
         await _discard(s3, created)
         raise
@@ -238,12 +243,11 @@ async def _verify(s3: S3Stage, files: Sequence[StagedFile]) -> None:
             )
 
 
-async def _publish(
-    s3: S3Stage, prefix: str, files: tuple[StagedFile, ...], schema_hash: str | None, created: list[str]
+def _result(
+    s3: S3Stage, prefix: str, files: tuple[StagedFile, ...], schema_hash: str | None, meta: dict[str, Any]
 ) -> StageResult:
-    """Write the sidecar, then the manifest: the manifest's presence marks the run as staged."""
     manifest_key = f"{prefix}{MANIFEST_NAME}"
-    result = StageResult(
+    return StageResult(
         prefix=prefix,
         files=files,
         manifest_key=manifest_key,
@@ -251,11 +255,16 @@ async def _publish(
         rows=sum(f.rows for f in files),
         bytes=sum(f.size_bytes for f in files),
         schema_hash=schema_hash,
+        meta=meta,
     )
-    created.append(f"{prefix}{SIDECAR_NAME}")
+
+
+async def _publish(s3: S3Stage, result: StageResult, created: list[str]) -> StageResult:
+    """Write the sidecar, then the manifest: the manifest's presence marks the run as staged."""
+    created.append(f"{result.prefix}{SIDECAR_NAME}")
     await s3.put_bytes(created[-1], build_sidecar(result), "application/json")
-    created.append(manifest_key)
-    await s3.put_bytes(manifest_key, build_manifest(files), "application/json")
+    created.append(result.manifest_key)
+    await s3.put_bytes(result.manifest_key, build_manifest(result.files), "application/json")
     return result
 
 

@@ -1,0 +1,132 @@
+"""Stages already in S3: the complete ones of a table in extraction order, and deleting one.
+
+A stage is complete when its ``manifest.json`` exists (written last) and its ``_s3shift.json``
+sidecar is valid. Run "directories" are found with one delimited listing of the table prefix; names
+starting with ``_`` (such as the ``_runs/`` liveness markers) are never stages. ``run_marker`` and
+``clean_dead_runs`` (in ``runs``) are re-exported here: this module is the engine's one entry point.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+import anyio
+
+from src.common.errors import StageError
+from src.common.log import get_logger
+from src.stage.manifest import MANIFEST_NAME, SIDECAR_NAME, stage_from_manifest
+from src.stage.models import StageResult
+from src.stage.multipart import error_code
+from src.stage.runs import clean_dead_runs, run_marker
+from src.stage.s3 import S3Stage, sole_error
+
+__all__ = ["clean_dead_runs", "delete_stage", "execution_time", "list_stages", "run_marker"]
+
+SINCE_SLACK: Final = timedelta(hours=1)  # clocks of different hosts may disagree this much
+READ_CONCURRENCY: Final = 8  # manifests and sidecars read at once
+_EXECUTION_ID: Final = re.compile(r"sync_(\d{8}_\d{6})_[0-9a-f]{8}")
+_EPOCH: Final = datetime.min.replace(tzinfo=UTC)
+
+log = get_logger("stage.pending")
+
+
+def execution_time(execution_id: str) -> datetime | None:
+    """The UTC start time in ``sync_YYYYMMDD_HHMMSS_<8 hex>``, or None for another shape."""
+    match = _EXECUTION_ID.fullmatch(execution_id)
+    if match is None:
+        return None
+    try:
+        return datetime.strptime(match.group(1), "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+async def list_stages(
+    s3: S3Stage, pipeline: str, table: str, *, since: str | None = None
+) -> list[StageResult]:
+    """Every complete stage of the table, oldest extraction first (``meta["extracted_at"]``, then id).
+
+    ``since`` is an execution id: runs whose id says they started more than an hour before it are
+    skipped without reading anything. Directories of another shape than an execution id are kept.
+    """
+    table_prefix = s3.table_prefix(pipeline, table)
+    floor = _floor(since)
+    ids = [d[len(table_prefix) : -1] for d in await s3.list_dirs(table_prefix)]
+    wanted = [i for i in ids if _is_candidate(i, floor)]
+    found: list[StageResult] = []
+    limiter = anyio.CapacityLimiter(READ_CONCURRENCY)
+    try:
+        async with anyio.create_task_group() as tg:
+            for execution_id in wanted:
+                tg.start_soon(_read_one, s3, f"{table_prefix}{execution_id}/", found, limiter)
+    except BaseExceptionGroup as group:
+        raise sole_error(group) from None
+    return sorted(found, key=_order)
+
+
+def _floor(since: str | None) -> datetime | None:
+    if since is None:
+        return None
+    at = execution_time(since)
+    if at is None:
+        raise StageError(
+            f"since={since!r} is not an execution id like sync_YYYYMMDD_HHMMSS_0123abcd", retryable=False
+        )
+    return at - SINCE_SLACK
+
+
+def _is_candidate(execution_id: str, floor: datetime | None) -> bool:
+    if not execution_id or execution_id.startswith(("_", ".")):
+        return False
+    at = execution_time(execution_id)
+    return floor is None or at is None or at >= floor
+
+
+async def _read_one(
+    s3: S3Stage, run_prefix: str, found: list[StageResult], limiter: anyio.CapacityLimiter
+) -> None:
+    async with limiter:
+        key = f"{run_prefix}{MANIFEST_NAME}"
+        manifest = await s3.get_optional(key)
+        if manifest is None:
+            log.debug("%s has no manifest: not staged (a running, failed or killed run)", s3.url(run_prefix))
+            return
+        try:
+            found.append(await stage_from_manifest(s3, key, manifest))
+        except StageError as exc:
+            if exc.retryable or error_code(exc.__cause__) not in (None, "NoSuchKey", "404"):
+                raise
+            log.warning("skipping the stage %s, it cannot be loaded: %s", s3.url(run_prefix), exc.message)
+
+
+def _order(stage: StageResult) -> tuple[datetime, str]:
+    execution_id = stage.execution_id
+    at = _parse_time(stage.meta.get("extracted_at")) or execution_time(execution_id) or _EPOCH
+    return at, execution_id
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+async def delete_stage(s3: S3Stage, stage: StageResult) -> None:
+    """Delete a stage: its manifest FIRST (so it is never seen half deleted), then files and sidecar."""
+    keys = [f.key for f in stage.files] + [f"{stage.prefix}{SIDECAR_NAME}"]
+    outside = [k for k in [stage.manifest_key, *keys] if not k.startswith(stage.prefix) or k == stage.prefix]
+    if not stage.prefix.strip("/") or outside:
+        raise StageError(
+            f"refusing to delete the stage {s3.url(stage.prefix)}: {outside[:1]} lies outside it",
+            key=stage.manifest_key,
+            retryable=False,
+        )
+    await s3.delete_keys([stage.manifest_key])
+    await s3.delete_keys(keys)
+    log.info("deleted the stage %s (%d files)", s3.url(stage.prefix), len(stage.files))
