@@ -2,7 +2,11 @@
 
 ``RedshiftEmulator`` is an ``Executor`` over an asyncpg connection. It rewrites Redshift-only syntax
 for PostgreSQL (DISTSTYLE/DISTKEY/SORTKEY/ENCODE/BACKUP clauses dropped, VARBYTE -> bytea,
-SUPER -> jsonb, JSON_PARSE(x) -> jsonb(x)) outside quoted identifiers and literals, and carries out
+SUPER -> jsonb, JSON_PARSE(x) -> jsonb(x), GETDATE() -> the statement's UTC start) outside quoted
+identifiers and literals, refuses PostgreSQL-only syntax Redshift lacks (ON CONFLICT, RETURNING,
+FOR UPDATE/SHARE, LOCK ... IN ... MODE, advisory locks, clock_timestamp, SET TRANSACTION, TRUNCATE
+inside a transaction: it commits there), runs transactions SERIALIZABLE (like Redshift, a
+transaction's snapshot is fixed by its first query, not by a LOCK it waited on), and carries out
 ``COPY t FROM 's3://.../manifest.json' IAM_ROLE '...' FORMAT AS PARQUET MANIFEST`` by reading the
 manifest and the Parquet files from the moto S3 server. Before inserting anything it ENFORCES the
 documented COPY-Parquet rules (research/reliability.md section 2.2): only the options Redshift accepts
@@ -31,7 +35,7 @@ import boto3
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from asyncpg.exceptions import InternalServerError, UndefinedTableError
+from asyncpg.exceptions import InternalServerError, PostgresSyntaxError, UndefinedTableError
 from pgpq import ArrowToPostgresBinaryEncoder
 
 from src.config.models import TargetConn
@@ -93,6 +97,9 @@ def rewrite(sql: str) -> str:
         elif word == "JSON_PARSE":
             out.append("jsonb")  # PostgreSQL's function-style cast text -> jsonb
             i += 1
+        elif word == "GETDATE":  # Redshift: the current statement's start, UTC by default
+            out.append("(statement_timestamp() AT TIME ZONE 'UTC')")
+            i = _skip_parens(tokens, i + 1)
         elif word in {"ENCODE", "DISTSTYLE", "BACKUP"}:
             i = _next(tokens, i + 1) + 1  # the keyword and its one-word argument
         elif word in {"DISTKEY", "SORTKEY"}:
@@ -107,6 +114,23 @@ def rewrite(sql: str) -> str:
             out.append(tokens[i])
             i += 1
     return "".join(out)
+
+
+_PG_ONLY_PAIRS = {("ON", "CONFLICT"), ("FOR", "UPDATE"), ("FOR", "SHARE"), ("SET", "TRANSACTION")}
+_PG_ONLY_WORDS = {"RETURNING", "CLOCK_TIMESTAMP", "STATEMENT_TIMESTAMP", "TRANSACTION_TIMESTAMP"}
+
+
+def check_redshift_sql(sql: str, *, in_transaction: bool) -> None:
+    """Refuse what the loader must never send to Redshift (it would fail or behave differently there)."""
+    words = [t.upper() for t in tokenize(sql) if not t.isspace() and not t.startswith(("'", '"'))]
+    found = next((" ".join(p) for p in itertools.pairwise(words) if p in _PG_ONLY_PAIRS), None)
+    found = found or next((w for w in words if w in _PG_ONLY_WORDS or w.startswith("PG_ADVISORY")), None)
+    if words[:1] == ["LOCK"] and "MODE" in words:
+        found = "LOCK ... IN ... MODE (Redshift's LOCK has no modes)"
+    if words[:1] == ["TRUNCATE"] and in_transaction:
+        found = "TRUNCATE inside a transaction (it commits implicitly on Redshift)"
+    if found:
+        raise PostgresSyntaxError(f"emulator: Redshift does not support {found}")
 
 
 # ---- COPY parsing ---------------------------------------------------------------------------------
@@ -287,23 +311,26 @@ class RedshiftEmulator:
         self.s3_endpoint = s3_endpoint
         self.statements: list[str] = []  # every statement as the loader sent it, for assertions
 
-    async def execute(self, query: str, *args: Any) -> str:
+    def _accept(self, query: str) -> str:
         self.statements.append(query)
+        check_redshift_sql(query, in_transaction=self.conn.is_in_transaction())
+        return rewrite(query)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        sql = self._accept(query)
         command = parse_copy(query)
         if command is not None:
             return await self._copy(command)
-        return str(await self.conn.execute(rewrite(query), *args))
+        return str(await self.conn.execute(sql, *args))
 
     async def fetch(self, query: str, *args: Any) -> list[Any]:
-        self.statements.append(query)
-        return list(await self.conn.fetch(rewrite(query), *args))
+        return list(await self.conn.fetch(self._accept(query), *args))
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        self.statements.append(query)
-        return await self.conn.fetchval(rewrite(query), *args)
+        return await self.conn.fetchval(self._accept(query), *args)
 
     def transaction(self) -> AbstractAsyncContextManager[Any]:
-        return self.conn.transaction()  # type: ignore[no-any-return]
+        return self.conn.transaction(isolation="serializable")  # type: ignore[no-any-return]
 
     async def _table(self, table: str) -> tuple[str, str, list[tuple[str, str]]]:
         """(schema, name, [(column, declared type)]) of the COPY's table, by to_regclass."""

@@ -25,7 +25,7 @@ from src.common.schema import TableSchema
 from src.config.models import S3Conn
 from src.warehouse.ddl import REDSHIFT, DistSort, create_table_sql, redshift_copy_sql, redshift_literal
 from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER, s3_client
-from tests.redshift_emulator import RedshiftEmulator, redshift_unquote, rewrite
+from tests.redshift_emulator import RedshiftEmulator, check_redshift_sql, redshift_unquote, rewrite
 from tests.test_warehouse_load import (
     ROLE,
     arrow_table,
@@ -206,3 +206,34 @@ def test_rewrite_leaves_quoted_names_alone() -> None:
 @pytest.mark.parametrize("value", ["plain", "it's", "back\\slash", "\\'", "''\\\\", "ünï 😀"])
 def test_loader_literals_read_back_under_redshift_rules(value: str) -> None:
     assert redshift_unquote(redshift_literal(value, what="x")) == value
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING",
+        "INSERT INTO t VALUES (1) RETURNING id",
+        "SELECT * FROM t FOR UPDATE",
+        'LOCK TABLE "s"."t" IN SHARE ROW EXCLUSIVE MODE',
+        "SELECT pg_advisory_xact_lock(1)",
+        "SELECT clock_timestamp()",
+        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    ],
+)
+def test_postgres_only_syntax_is_refused(sql: str) -> None:
+    with pytest.raises(asyncpg.PostgresSyntaxError, match="Redshift does not support"):
+        check_redshift_sql(sql, in_transaction=False)
+
+
+def test_truncate_only_outside_a_transaction_and_names_in_quotes_pass() -> None:
+    check_redshift_sql('TRUNCATE "t"', in_transaction=False)
+    with pytest.raises(asyncpg.PostgresSyntaxError, match="commits implicitly"):
+        check_redshift_sql('TRUNCATE "t"', in_transaction=True)
+    check_redshift_sql('SELECT "returning", \'ON CONFLICT\' FROM "clock_timestamp"', in_transaction=True)
+    check_redshift_sql('LOCK "s"."t"', in_transaction=True)
+
+
+async def test_getdate_is_the_utc_wall_clock(emulator: RedshiftEmulator) -> None:
+    assert rewrite("SELECT GETDATE()") == "SELECT (statement_timestamp() AT TIME ZONE 'UTC')"
+    now = await emulator.fetchval("SELECT GETDATE()")
+    assert abs(now - dt.datetime.now(dt.UTC).replace(tzinfo=None)) < dt.timedelta(minutes=1)

@@ -479,7 +479,8 @@ async def test_timestamps_do_not_depend_on_the_session_time_zone(
 @pytest.mark.parametrize("kind", KINDS)
 async def test_decimal_wider_than_38(kind: str, pg_schema: str, s3_conn: S3Conn) -> None:
     schema = TableSchema((col("id", "int64"), col("big", "decimal", precision=65, scale=5)))
-    rows = [{"id": 1, "big": Decimal("-" + "9" * 60 + ".12345")}, {"id": 2, "big": None}]
+    big = Decimal("-" + "9" * 60 + ".12345")
+    rows: list[dict[str, Any]] = [{"id": 1, "big": big}, {"id": 2, "big": None}]
     async with warehouse(target_conn(kind, pg_schema), s3_conn) as wh:
         if kind == "redshift":
             with pytest.raises(WarehouseError, match=r"DECIMAL\(65,5\).*up to 38") as err:

@@ -1,18 +1,30 @@
-"""The warehouse contract, and the one transaction both loaders share.
+"""The warehouse contract, and the commit protocol both loaders share.
 
-A full refresh (DESIGN.md section 4, research/reliability.md section 1.7) runs in ONE transaction on
-one connection: schema and target created if missing -> staging table mirroring the Parquet schema
-in order -> load it -> check its row count -> LOCK + DELETE (never TRUNCATE: it commits implicitly on
-Redshift) -> INSERT ... SELECT by column name -> drop the staging table -> ``extra`` statements (the
-state row, later) -> COMMIT. Any failure rolls everything back: the target is untouched.
+A load (DESIGN.md section 4, research/reliability.md sections 1.7-1.8):
+
+1. outside any data transaction, each race-safe: the target schema, the state schema and table, the
+   target table (created from the schema if missing; one with a different column set is refused);
+2. the staging table (a temp table mirroring the Parquet schema in order), filled by COPY, its row
+   count checked against the stage manifest;
+3. LOCK the target (serialising loads of one table), LOCK the state table for writing, read the latest
+   state row and compare it with the one the caller planned from (the concurrency guard);
+4. change the target by mode (``statements.apply_steps``), drop the staging table, append the state
+   row, COMMIT.
+
+Steps 2-4 are ONE transaction on PostgreSQL, in READ COMMITTED: the guard's SELECT sees every commit
+that the LOCK waited for. On Redshift a transaction's snapshot is fixed by its first query, so step 2
+runs before the transaction and the LOCKs are its first statements (``Dialect.snapshot_per_transaction``);
+Redshift's LOCK excludes everyone, so the commit phases of all loads into one state table take turns,
+which also keeps its serializable isolation from aborting them. Any failure rolls the transaction back:
+target and state are untouched; the staging table is dropped (or dies with the session).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
 import pyarrow as pa
@@ -21,16 +33,46 @@ from src.common.errors import WarehouseError
 from src.common.log import get_logger
 from src.common.schema import TableSchema
 from src.stage.models import StageResult
-from src.warehouse.ddl import Dialect, DistSort, check_identifiers, create_table_sql, insert_select_sql
+from src.warehouse import state as st
+from src.warehouse.catalog import Executor, ensure_schema, ensure_table, table_columns
+from src.warehouse.ddl import check_identifiers
+from src.warehouse.state import LoadRequest, Mode, StateRow
+from src.warehouse.statements import (
+    LoadSpec,
+    apply_steps,
+    check_keys,
+    count_sql,
+    drop_staging_sql,
+    staging_create_sql,
+    target_create_sql,
+    target_lock_sql,
+)
+
+__all__ = [
+    "BatchOpener",
+    "Commit",
+    "Executor",
+    "LoadRequest",
+    "LoadResult",
+    "LoadSpec",
+    "Mode",
+    "StateRow",
+    "Warehouse",
+    "render",
+    "run_load",
+    "transaction",
+]
 
 BatchOpener = Callable[[StageResult], AsyncIterator[pa.RecordBatch]]
+Fill = Callable[[str], Awaitable[None]]  # loads the staged files into the (quoted) staging table
 ROLLBACK_TIMEOUT = 30.0
+READ_COMMITTED = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
 log = get_logger("warehouse")
 
 
 @dataclass(frozen=True)
 class LoadResult:
-    rows_loaded: int
+    rows_loaded: int  # rows inserted into the target
     target: str  # "schema.table"
     rows_deleted: int = 0
 
@@ -38,53 +80,29 @@ class LoadResult:
 class Warehouse(Protocol):
     async def ping(self) -> None: ...
 
+    async def read_state(self, pipeline: str, table: str) -> StateRow | None: ...
+
+    async def committed_stage_ids(self, pipeline: str, table: str) -> set[str]: ...
+
+    async def write_state(self, row: StateRow) -> None: ...
+
+    async def load(self, req: LoadRequest) -> LoadResult: ...
+
+    def render_load(self, req: LoadRequest) -> list[str]: ...
+
     async def load_full_refresh(
         self, *, table: str, schema: TableSchema, target_table: str, stage: StageResult, execution_id: str
     ) -> LoadResult: ...
 
 
-class Executor(Protocol):
-    """What a loader needs from a connection; ``asyncpg.Connection`` is one, the Redshift emulator another."""
-
-    async def execute(self, query: str, *args: Any) -> str: ...
-
-    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
-
-    async def fetchval(self, query: str, *args: Any) -> Any: ...
-
-    def transaction(self) -> AbstractAsyncContextManager[Any]: ...
-
-
 @dataclass(frozen=True)
-class LoadSpec:
-    """One table's full refresh, with every column's SQL already chosen by the dialect."""
+class Commit:
+    """The state row a load appends with its data, and the guard: the stage_id of the latest state row
+    the caller planned from ("" or None: no state yet)."""
 
-    dialect: Dialect
-    schema_name: str
-    target_table: str
-    schema: TableSchema
-    stage: StageResult
-    staging_table: str
-    target_types: tuple[str, ...]  # per schema column, for CREATE TABLE target
-    staging_types: tuple[str, ...]  # per schema column, mirroring the Parquet schema in order
-    insert_exprs: tuple[str, ...]  # per schema column, an expression over the staging column
-    distsort: DistSort | None = None
-
-    @property
-    def target_name(self) -> str:
-        return f"{self.schema_name}.{self.target_table}"
-
-    @property
-    def target_sql(self) -> str:
-        return self.dialect.qualify(self.schema_name, self.target_table)
-
-    @property
-    def staging_sql(self) -> str:
-        return self.dialect.ident(self.staging_table)
-
-
-Fill = Callable[[str], Awaitable[None]]  # loads the staged files into the (quoted) staging table
-Extra = Callable[[Executor], Awaitable[None]]  # more statements inside the same transaction
+    row: StateRow
+    expect_stage: str | None
+    state_schema: str
 
 
 @asynccontextmanager
@@ -104,64 +122,33 @@ async def transaction(ex: Executor) -> AsyncIterator[None]:
     await tx.__aexit__(None, None, None)
 
 
-async def full_refresh(ex: Executor, spec: LoadSpec, fill: Fill, extra: Extra | None = None) -> LoadResult:
-    """Replace the target's rows with the staged ones, atomically (see the module docstring)."""
+async def run_load(ex: Executor, spec: LoadSpec, fill: Fill, commit: Commit | None) -> LoadResult:
+    """The protocol in the module docstring; ``commit`` None = no state row and no guard."""
     check_identifiers(spec.dialect, spec.schema_name, spec.target_table, spec.schema)
-    await ensure_schema(ex, spec)  # outside the transaction: concurrent loads may race to create it
-    async with transaction(ex):
-        await ensure_target(ex, spec)
-        loaded = await load_staging(ex, spec, fill)
-        deleted = await replace_rows(ex, spec, loaded)
-        if extra is not None:
-            await extra(ex)
-    return LoadResult(rows_loaded=loaded, target=spec.target_name, rows_deleted=deleted)
-
-
-async def ensure_schema(ex: Executor, spec: LoadSpec) -> None:
-    """Create the schema only when missing (CREATE SCHEMA IF NOT EXISTS needs CREATE on the database).
-
-    Runs in its own implicit transaction: two loads creating the same schema at once make one of them
-    fail with a unique violation even with IF NOT EXISTS; that one then finds the schema and goes on."""
-    name = spec.dialect.fold(spec.schema_name)
-    query = "SELECT COUNT(*) FROM pg_catalog.pg_namespace WHERE nspname = $1"
-    if await ex.fetchval(query, name):
-        return
+    check_keys(spec)
+    await ensure_schema(ex, spec.dialect, spec.schema_name)
+    if commit is not None:
+        await st.ensure(ex, spec.dialect, commit.state_schema)
+    await ensure_target(ex, spec)
+    if not spec.dialect.snapshot_per_transaction:
+        async with transaction(ex):
+            await ex.execute(READ_COMMITTED)
+            await load_staging(ex, spec, fill)
+            return await apply(ex, spec, commit)
     try:
-        await ex.execute(f"CREATE SCHEMA IF NOT EXISTS {spec.dialect.ident(spec.schema_name)}")
-    except Exception:
-        if not await ex.fetchval(query, name):
-            raise
-
-
-async def existing_columns(ex: Executor, spec: LoadSpec) -> list[str]:
-    rows = await ex.fetch(
-        "SELECT CAST(a.attname AS VARCHAR(128)) AS name FROM pg_catalog.pg_attribute a "
-        "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
-        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped "
-        "ORDER BY a.attnum",
-        spec.dialect.fold(spec.schema_name),
-        spec.dialect.fold(spec.target_table),
-    )
-    return [str(row["name"]) for row in rows]
+        await load_staging(ex, spec, fill)
+        async with transaction(ex):
+            return await apply(ex, spec, commit)
+    except BaseException:
+        await _drop_quietly(ex, spec)
+        raise
 
 
 async def ensure_target(ex: Executor, spec: LoadSpec) -> None:
     """Create the target from the schema if missing; refuse one whose column set differs."""
-    existing = await existing_columns(ex, spec)
-    if not existing:
-        columns = list(zip(spec.schema.names, spec.target_types, strict=True))
-        await ex.execute(
-            create_table_sql(
-                spec.dialect,
-                spec.target_sql,
-                columns,
-                primary_key=spec.schema.primary_key,
-                if_not_exists=True,
-                distsort=spec.distsort,
-            )
-        )
+    if await ensure_table(ex, spec.dialect, spec.schema_name, spec.target_table, target_create_sql(spec)):
         return
+    existing = await table_columns(ex, spec.dialect, spec.schema_name, spec.target_table)
     wanted = [spec.dialect.fold(n) for n in spec.schema.names]
     only_source = [n for n in wanted if n not in existing]
     only_target = [n for n in existing if n not in wanted]
@@ -181,11 +168,10 @@ def _names(names: Sequence[str]) -> str:
 async def load_staging(ex: Executor, spec: LoadSpec, fill: Fill) -> int:
     """Create and fill the staging table; return its row count, which must equal the stage's."""
     loaded = 0
-    if spec.stage.files:  # a manifest with no entries makes Redshift's COPY fail: skip it
-        columns = list(zip(spec.schema.names, spec.staging_types, strict=True))
-        await ex.execute(create_table_sql(spec.dialect, spec.staging_sql, columns, temp=True))
+    if spec.has_staging:
+        await ex.execute(staging_create_sql(spec))
         await fill(spec.staging_sql)
-        loaded = int(await ex.fetchval(f"SELECT COUNT(*) FROM {spec.staging_sql}"))
+        loaded = int(await ex.fetchval(count_sql(spec)))
     if loaded != spec.stage.rows:
         raise WarehouseError(
             f"loaded {loaded} rows into staging for {spec.target_name} but the stage manifest "
@@ -196,17 +182,46 @@ async def load_staging(ex: Executor, spec: LoadSpec, fill: Fill) -> int:
     return loaded
 
 
-async def replace_rows(ex: Executor, spec: LoadSpec, loaded: int) -> int:
-    """LOCK, DELETE every target row, INSERT the staged ones by name, drop the staging table."""
-    lock = "IN SHARE ROW EXCLUSIVE MODE" if spec.dialect.name == "postgres" else ""
-    await ex.execute(f"LOCK TABLE {spec.target_sql} {lock}".rstrip())
-    deleted = _affected(await ex.execute(f"DELETE FROM {spec.target_sql}"))
-    if spec.stage.files:
-        if loaded:
-            pairs = list(zip(spec.schema.names, spec.insert_exprs, strict=True))
-            await ex.execute(insert_select_sql(spec.dialect, spec.target_sql, spec.staging_sql, pairs))
-        await ex.execute(f"DROP TABLE {spec.staging_sql}")
-    return deleted
+async def apply(ex: Executor, spec: LoadSpec, commit: Commit | None) -> LoadResult:
+    """Inside the commit transaction: locks, guard, target changes, state row."""
+    await ex.execute(target_lock_sql(spec))
+    if commit is not None:
+        await ex.execute(st.lock_for_load(spec.dialect, commit.state_schema))
+        await guard(ex, spec, commit)
+    counts = {"delete": 0, "insert": 0}
+    for kind, sql in apply_steps(spec):
+        counts[kind] += _affected(await ex.execute(sql))
+    if spec.has_staging:
+        await ex.execute(drop_staging_sql(spec))
+    if commit is not None:
+        await st.insert(ex, spec.dialect, commit.state_schema, commit.row)
+    return LoadResult(rows_loaded=counts["insert"], target=spec.target_name, rows_deleted=counts["delete"])
+
+
+async def guard(ex: Executor, spec: LoadSpec, commit: Commit) -> None:
+    row = commit.row
+    records = await ex.fetch(st.latest_sql(spec.dialect, commit.state_schema), row.pipeline, row.table)
+    latest = st.row_from_record(records[0]) if records else None
+    current, expected = (latest.stage_id if latest else ""), (commit.expect_stage or "")
+    if current != expected:
+        seen = f"stage {current!r} loaded by {latest.loaded_by}" if latest else "no state"
+        raise WarehouseError(
+            f"another run loaded {row.table} meanwhile (the latest state is {seen}; this load planned from "
+            f"{'stage ' + repr(expected) if expected else 'no state'}): nothing was changed; rerun",
+            table=spec.target_name,
+            retryable=True,
+        )
+
+
+async def _drop_quietly(ex: Executor, spec: LoadSpec) -> None:
+    """Best effort: a staging table left by a failure also dies with the session."""
+    if not spec.has_staging:
+        return
+    with anyio.CancelScope(shield=True), anyio.move_on_after(ROLLBACK_TIMEOUT):
+        try:
+            await ex.execute(drop_staging_sql(spec, if_exists=True))
+        except Exception as exc:
+            log.debug("dropping staging table %s failed: %s", spec.staging_table, exc)
 
 
 def _affected(status: str) -> int:
@@ -215,6 +230,29 @@ def _affected(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
-def staging_ref(dialect: Dialect, name: str) -> str:
-    """The quoted staging column a loader's INSERT expression reads."""
-    return dialect.ident(name)
+def render(spec: LoadSpec, fill_sql: str, commit: Commit | None) -> list[str]:
+    """Every statement ``run_load`` may send, in order (creation statements run only when needed);
+    pure: no I/O. ``fill_sql`` stands for the COPY that fills the staging table."""
+    check_identifiers(spec.dialect, spec.schema_name, spec.target_table, spec.schema)
+    check_keys(spec)
+    d = spec.dialect
+    out = [f"CREATE SCHEMA IF NOT EXISTS {d.ident(spec.schema_name)}"]
+    if commit is not None:
+        if d.fold(commit.state_schema) != d.fold(spec.schema_name):
+            out.append(f"CREATE SCHEMA IF NOT EXISTS {d.ident(commit.state_schema)}")
+        out.append(st.create_sql(d, commit.state_schema))
+    out.append(target_create_sql(spec))
+    staging = [staging_create_sql(spec), fill_sql, count_sql(spec)] if spec.has_staging else []
+    if d.snapshot_per_transaction:
+        out += [*staging, "BEGIN"]
+    else:
+        out += ["BEGIN", READ_COMMITTED, *staging]
+    out.append(target_lock_sql(spec))
+    if commit is not None:
+        out += [st.lock_for_load(d, commit.state_schema), st.latest_sql(d, commit.state_schema)]
+    out += [sql for _, sql in apply_steps(spec)]
+    if spec.has_staging:
+        out.append(drop_staging_sql(spec))
+    if commit is not None:
+        out.append(st.insert_sql(d, commit.state_schema))
+    return [*out, "COMMIT"]

@@ -27,11 +27,21 @@ _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
 
 @dataclass(frozen=True)
 class Dialect:
-    """How one warehouse spells identifiers: Redshift folds ASCII letters to lowercase, even quoted."""
+    """How one warehouse spells identifiers (Redshift folds ASCII letters to lowercase, even quoted),
+    and the capabilities the load protocol depends on.
+
+    ``snapshot_per_transaction``: a transaction sees one snapshot, fixed by its first query (Redshift's
+    serializable and snapshot isolation); a lock taken later does not make the commits it waited for
+    visible. Such a warehouse fills the staging table before the commit transaction, whose first
+    statements are the LOCKs. PostgreSQL runs the commit transaction in READ COMMITTED instead, where
+    every statement sees what committed before it. ``now_sql``: the server's UTC wall clock.
+    """
 
     name: Literal["postgres", "redshift"]
     max_identifier_bytes: int
     folds_case: bool
+    snapshot_per_transaction: bool = False
+    now_sql: str = "(clock_timestamp() AT TIME ZONE 'UTC')"
 
     def fold(self, name: str) -> str:
         if not self.folds_case:
@@ -46,7 +56,9 @@ class Dialect:
 
 
 POSTGRES = Dialect("postgres", max_identifier_bytes=63, folds_case=False)
-REDSHIFT = Dialect("redshift", max_identifier_bytes=127, folds_case=True)
+REDSHIFT = Dialect(
+    "redshift", max_identifier_bytes=127, folds_case=True, snapshot_per_transaction=True, now_sql="GETDATE()"
+)
 
 
 @dataclass(frozen=True)
@@ -209,6 +221,19 @@ def insert_select_sql(dialect: Dialect, target: str, staging: str, columns: Sequ
     names = ", ".join(dialect.ident(name) for name, _ in columns)
     exprs = ", ".join(expr for _, expr in columns)
     return f"INSERT INTO {target} ({names}) SELECT {exprs} FROM {staging}"
+
+
+LockMode = Literal["writers", "exclusive"]
+
+
+def lock_sql(dialect: Dialect, qualified: str, mode: LockMode) -> str:
+    """LOCK a table. PostgreSQL: ``writers`` admits other writers (ROW EXCLUSIVE) but no ``exclusive``
+    holder, ``exclusive`` (SHARE ROW EXCLUSIVE) excludes every other writer; readers are never blocked.
+    Redshift has one lock mode (ACCESS EXCLUSIVE): both modes exclude everyone."""
+    if dialect.name != "postgres":
+        return f"LOCK {qualified}"
+    level = "ROW EXCLUSIVE" if mode == "writers" else "SHARE ROW EXCLUSIVE"
+    return f"LOCK TABLE {qualified} IN {level} MODE"
 
 
 def redshift_literal(value: str, *, what: str) -> str:

@@ -22,9 +22,13 @@ from src.common.errors import WarehouseError, describe
 from src.common.schema import Column, TableSchema
 from src.config.models import TargetConn
 from src.stage.models import StageResult
-from src.warehouse.base import BatchOpener, LoadResult, LoadSpec, full_refresh
+from src.warehouse.base import BatchOpener, Fill
+from src.warehouse.catalog import Executor
 from src.warehouse.ddl import POSTGRES, postgres_type, staging_name
 from src.warehouse.errors import classify, where
+from src.warehouse.sqlwarehouse import SqlWarehouse
+from src.warehouse.state import Mode
+from src.warehouse.statements import LoadSpec
 
 CLOSE_TIMEOUT = 10.0
 
@@ -40,8 +44,9 @@ def staging_arrow_schema(schema: TableSchema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def insert_expr(col: Column) -> str:
-    ref = POSTGRES.ident(col.name)
+def insert_expr(col: Column, table: str | None = None) -> str:
+    """The target value of ``col`` from its staging column (qualified by ``table`` when given)."""
+    ref = POSTGRES.ident(col.name) if table is None else f"{table}.{POSTGRES.ident(col.name)}"
     if col.logical == "json":
         return f"{ref}::jsonb"
     if col.logical == "timestamptz":
@@ -51,24 +56,42 @@ def insert_expr(col: Column) -> str:
     return ref
 
 
+def key_exprs(schema: TableSchema, key: tuple[str, ...], staging: str) -> tuple[str, ...]:
+    """Each key column's target value, from the staging column qualified by the staging table."""
+    return tuple(insert_expr(schema.column(k), POSTGRES.ident(staging)) for k in key if k in schema.names)
+
+
 def build_spec(
-    schema: TableSchema, *, schema_name: str, target_table: str, stage: StageResult, execution_id: str
-) -> tuple[LoadSpec, pa.Schema]:
+    schema: TableSchema,
+    *,
+    schema_name: str,
+    target_table: str,
+    stage: StageResult,
+    execution_id: str,
+    mode: Mode = "replace",
+    key: tuple[str, ...] = (),
+    order_by: tuple[str, ...] = (),
+) -> LoadSpec:
     arrow_schema = staging_arrow_schema(schema)
     pg_schema = ArrowToPostgresBinaryEncoder(arrow_schema).schema()
-    staging_types = tuple(str(c.data_type.ddl()) for c in pg_schema.columns)
-    spec = LoadSpec(
+    staging = staging_name(f"{execution_id}\x1f{stage.manifest_url}", schema_name, target_table)
+    return LoadSpec(
         dialect=POSTGRES,
         schema_name=schema_name,
         target_table=target_table,
         schema=schema,
         stage=stage,
-        staging_table=staging_name(execution_id, schema_name, target_table),
+        staging_table=staging,
         target_types=tuple(postgres_type(c) for c in schema.columns),
-        staging_types=staging_types,
+        staging_types=tuple(str(c.data_type.ddl()) for c in pg_schema.columns),
         insert_exprs=tuple(insert_expr(c) for c in schema.columns),
+        mode=mode,
+        key=key,
+        order_by=order_by,
+        key_exprs=tuple(
+            insert_expr(schema.column(k), POSTGRES.ident(staging)) for k in key if k in schema.names
+        ),
     )
-    return spec, arrow_schema
 
 
 def conform(batch: pa.RecordBatch, arrow_schema: pa.Schema, where_: str) -> pa.RecordBatch:
@@ -123,8 +146,10 @@ async def closing(batches: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[Async
                 await aclose()
 
 
-class PostgresWarehouse:
+class PostgresWarehouse(SqlWarehouse):
     """A PostgreSQL target over an asyncpg pool of at most ``cfg.max_connections`` connections."""
+
+    dialect = POSTGRES
 
     def __init__(
         self,
@@ -149,33 +174,49 @@ class PostgresWarehouse:
         except Exception as exc:
             raise classify(exc, cfg=self.cfg, action="connecting to") from exc
 
-    async def load_full_refresh(
-        self, *, table: str, schema: TableSchema, target_table: str, stage: StageResult, execution_id: str
-    ) -> LoadResult:
-        name = f"{self.cfg.schema}.{target_table}"
-        try:
-            spec, arrow_schema = build_spec(
-                schema,
-                schema_name=self.cfg.schema,
-                target_table=target_table,
-                stage=stage,
-                execution_id=execution_id,
-            )
-            async with _maybe(self._load_limiter), self._pool.acquire() as conn:
-                return await self._load(conn, spec, arrow_schema)
-        except Exception as exc:
-            raise classify(exc, cfg=self.cfg, action="full refresh of", table=name) from exc
+    @asynccontextmanager
+    async def _session(self, *, load: bool) -> AsyncIterator[Executor]:
+        async with _maybe(self._load_limiter if load else None), self._pool.acquire() as conn:
+            try:
+                yield conn
+            finally:
+                discard_if_in_transaction(conn)
 
-    async def _load(self, conn: Any, spec: LoadSpec, arrow_schema: pa.Schema) -> LoadResult:
+    def _spec(
+        self,
+        *,
+        schema: TableSchema,
+        target_table: str,
+        stage: StageResult,
+        execution_id: str,
+        mode: Mode,
+        key: tuple[str, ...] = (),
+        order_by: tuple[str, ...] = (),
+    ) -> LoadSpec:
+        return build_spec(
+            schema,
+            schema_name=self.cfg.schema,
+            target_table=target_table,
+            stage=stage,
+            execution_id=execution_id,
+            mode=mode,
+            key=key,
+            order_by=order_by,
+        )
+
+    def _fill(self, ex: Executor, spec: LoadSpec) -> Fill:
+        conn: Any = ex
+        arrow_schema = staging_arrow_schema(spec.schema)
+
         async def fill(_staging_sql: str) -> None:
             async with closing(self._batches(spec.stage)) as batches:
                 source = binary_copy_source(batches, arrow_schema, spec.target_name, self._cpu_limiter)
                 await conn.copy_to_table(spec.staging_table, source=source, format="binary")
 
-        try:
-            return await full_refresh(conn, spec, fill)
-        finally:
-            discard_if_in_transaction(conn)
+        return fill
+
+    def _fill_sql(self, spec: LoadSpec) -> str:
+        return f"COPY {spec.staging_sql} FROM STDIN (FORMAT binary)"
 
 
 def discard_if_in_transaction(conn: Any) -> None:

@@ -19,7 +19,8 @@ from src.common.log import get_logger
 from src.common.schema import Column, TableSchema
 from src.config.models import TargetConn
 from src.stage.models import StageResult
-from src.warehouse.base import Executor, LoadResult, LoadSpec, full_refresh
+from src.warehouse.base import Fill
+from src.warehouse.catalog import Executor
 from src.warehouse.ddl import (
     REDSHIFT,
     DistSort,
@@ -30,6 +31,9 @@ from src.warehouse.ddl import (
 )
 from src.warehouse.errors import classify, where
 from src.warehouse.postgres import connect_kwargs, ssl_context
+from src.warehouse.sqlwarehouse import SqlWarehouse
+from src.warehouse.state import Mode
+from src.warehouse.statements import LoadSpec
 
 RedshiftConnect = Callable[[TargetConn], AbstractAsyncContextManager[Executor]]
 CLOSE_TIMEOUT = 10.0
@@ -54,9 +58,15 @@ async def connect_asyncpg(cfg: TargetConn) -> AsyncIterator[Executor]:
                 conn.terminate()
 
 
-def insert_expr(col: Column) -> str:
-    ref = REDSHIFT.ident(col.name)
+def insert_expr(col: Column, table: str | None = None) -> str:
+    """The target value of ``col`` from its staging column (qualified by ``table`` when given)."""
+    ref = REDSHIFT.ident(col.name) if table is None else f"{table}.{REDSHIFT.ident(col.name)}"
     return f"JSON_PARSE({ref})" if col.logical == "json" else ref
+
+
+def key_exprs(schema: TableSchema, key: tuple[str, ...], staging: str) -> tuple[str, ...]:
+    """Each key column's target value, from the staging column qualified by the staging table."""
+    return tuple(insert_expr(schema.column(k), REDSHIFT.ident(staging)) for k in key if k in schema.names)
 
 
 def build_spec(
@@ -67,18 +77,28 @@ def build_spec(
     stage: StageResult,
     execution_id: str,
     distsort: DistSort | None = None,
+    mode: Mode = "replace",
+    key: tuple[str, ...] = (),
+    order_by: tuple[str, ...] = (),
 ) -> LoadSpec:
+    staging = staging_name(f"{execution_id}\x1f{stage.manifest_url}", schema_name, target_table)
     return LoadSpec(
         dialect=REDSHIFT,
         schema_name=schema_name,
         target_table=target_table,
         schema=schema,
         stage=stage,
-        staging_table=staging_name(execution_id, schema_name, target_table),
+        staging_table=staging,
         target_types=tuple(redshift_type(c) for c in schema.columns),
         staging_types=tuple(redshift_type(c, staging=True) for c in schema.columns),
         insert_exprs=tuple(insert_expr(c) for c in schema.columns),
         distsort=distsort,
+        mode=mode,
+        key=key,
+        order_by=order_by,
+        key_exprs=tuple(
+            insert_expr(schema.column(k), REDSHIFT.ident(staging)) for k in key if k in schema.names
+        ),
     )
 
 
@@ -97,8 +117,10 @@ def require_iam_role(cfg: TargetConn) -> str:
     return cfg.iam_role
 
 
-class RedshiftWarehouse:
+class RedshiftWarehouse(SqlWarehouse):
     """A Redshift target; at most ``cfg.max_connections`` connections and ``load_limiter`` loads at once."""
+
+    dialect = REDSHIFT
 
     def __init__(
         self,
@@ -120,15 +142,16 @@ class RedshiftWarehouse:
             )
 
     @asynccontextmanager
-    async def _session(self) -> AsyncIterator[Executor]:
-        if self._load_limiter is not None:
-            await self._load_limiter.acquire()
+    async def _session(self, *, load: bool) -> AsyncIterator[Executor]:
+        limiter = self._load_limiter if load else None
+        if limiter is not None:
+            await limiter.acquire()
         try:
             async with self._connections, self._connect(self.cfg) as ex:
                 yield ex
         finally:
-            if self._load_limiter is not None:
-                self._load_limiter.release()
+            if limiter is not None:
+                limiter.release()
 
     async def ping(self) -> None:
         try:
@@ -138,24 +161,34 @@ class RedshiftWarehouse:
         except Exception as exc:
             raise classify(exc, cfg=self.cfg, action="connecting to") from exc
 
-    async def load_full_refresh(
-        self, *, table: str, schema: TableSchema, target_table: str, stage: StageResult, execution_id: str
-    ) -> LoadResult:
-        role = require_iam_role(self.cfg)
-        name = f"{self.cfg.schema}.{target_table}"
-        try:
-            spec = build_spec(
-                schema,
-                schema_name=self.cfg.schema,
-                target_table=target_table,
-                stage=stage,
-                execution_id=execution_id,
-            )
-            async with self._session() as ex:
+    def _spec(
+        self,
+        *,
+        schema: TableSchema,
+        target_table: str,
+        stage: StageResult,
+        execution_id: str,
+        mode: Mode,
+        key: tuple[str, ...] = (),
+        order_by: tuple[str, ...] = (),
+    ) -> LoadSpec:
+        require_iam_role(self.cfg)
+        return build_spec(
+            schema,
+            schema_name=self.cfg.schema,
+            target_table=target_table,
+            stage=stage,
+            execution_id=execution_id,
+            mode=mode,
+            key=key,
+            order_by=order_by,
+        )
 
-                async def fill(staging_sql: str) -> None:
-                    await ex.execute(redshift_copy_sql(staging_sql, stage.manifest_url, role))
+    def _fill(self, ex: Executor, spec: LoadSpec) -> Fill:
+        async def fill(staging_sql: str) -> None:
+            await ex.execute(self._fill_sql(spec))
 
-                return await full_refresh(ex, spec, fill)
-        except Exception as exc:
-            raise classify(exc, cfg=self.cfg, action="full refresh of", table=name) from exc
+        return fill
+
+    def _fill_sql(self, spec: LoadSpec) -> str:
+        return redshift_copy_sql(spec.staging_sql, spec.stage.manifest_url, require_iam_role(self.cfg))

@@ -1,0 +1,68 @@
+"""What the loaders ask the catalog, and the race-safe creation of schemas and tables.
+
+Both warehouses answer the same ``pg_catalog`` queries. Creation runs outside any data transaction, in
+its own implicit one: two loads creating the same object at once make one of them fail even with
+IF NOT EXISTS (PostgreSQL's catalog unique index); that one then finds the object and goes on.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from src.warehouse.ddl import Dialect
+
+
+class Executor(Protocol):
+    """What a loader needs from a connection; ``asyncpg.Connection`` is one, the Redshift emulator another."""
+
+    async def execute(self, query: str, *args: Any) -> str: ...
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
+
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Any]: ...
+
+
+_SCHEMA_EXISTS = "SELECT COUNT(*) FROM pg_catalog.pg_namespace WHERE nspname = $1"
+_COLUMNS = (
+    "SELECT CAST(a.attname AS VARCHAR(128)) AS name FROM pg_catalog.pg_attribute a "
+    "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped "
+    "ORDER BY a.attnum"
+)
+
+
+async def table_columns(ex: Executor, dialect: Dialect, schema_name: str, table: str) -> list[str]:
+    """The table's column names in order; empty when the table does not exist."""
+    rows = await ex.fetch(_COLUMNS, dialect.fold(schema_name), dialect.fold(table))
+    return [str(row["name"]) for row in rows]
+
+
+async def schema_exists(ex: Executor, dialect: Dialect, schema_name: str) -> bool:
+    return bool(await ex.fetchval(_SCHEMA_EXISTS, dialect.fold(schema_name)))
+
+
+async def ensure_schema(ex: Executor, dialect: Dialect, schema_name: str) -> None:
+    """Create the schema only when missing (CREATE SCHEMA IF NOT EXISTS needs CREATE on the database)."""
+    if await schema_exists(ex, dialect, schema_name):
+        return
+    try:
+        await ex.execute(f"CREATE SCHEMA IF NOT EXISTS {dialect.ident(schema_name)}")
+    except Exception:
+        if not await schema_exists(ex, dialect, schema_name):
+            raise
+
+
+async def ensure_table(ex: Executor, dialect: Dialect, schema_name: str, table: str, create_sql: str) -> bool:
+    """Run ``create_sql`` (a CREATE TABLE IF NOT EXISTS) unless the table exists; True if it was missing."""
+    if await table_columns(ex, dialect, schema_name, table):
+        return False
+    try:
+        await ex.execute(create_sql)
+    except Exception:
+        if not await table_columns(ex, dialect, schema_name, table):
+            raise
+    return True

@@ -1,0 +1,136 @@
+"""What both warehouses share above their connections: the state log and the load protocol.
+
+A subclass says how to open a session (``_session``), how its columns map (``_spec``) and how the
+staging table is filled (``_fill``, ``_fill_sql``); everything else, including every error's
+classification, is here.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+
+from src.common.errors import WarehouseError
+from src.common.schema import TableSchema
+from src.config.models import TargetConn
+from src.stage.models import StageResult
+from src.warehouse import state as st
+from src.warehouse.base import Commit, Fill, LoadResult, render, run_load, transaction
+from src.warehouse.catalog import Executor
+from src.warehouse.ddl import Dialect
+from src.warehouse.errors import classify
+from src.warehouse.state import LoadRequest, Mode, StateRow
+from src.warehouse.statements import LoadSpec
+
+
+class SqlWarehouse:
+    cfg: TargetConn
+    dialect: Dialect
+
+    # ---- what a warehouse provides ---------------------------------------------------------------
+
+    def _session(self, *, load: bool) -> AbstractAsyncContextManager[Executor]:
+        raise NotImplementedError
+
+    def _spec(
+        self,
+        *,
+        schema: TableSchema,
+        target_table: str,
+        stage: StageResult,
+        execution_id: str,
+        mode: Mode,
+        key: tuple[str, ...] = (),
+        order_by: tuple[str, ...] = (),
+    ) -> LoadSpec:
+        raise NotImplementedError
+
+    def _fill(self, ex: Executor, spec: LoadSpec) -> Fill:
+        raise NotImplementedError
+
+    def _fill_sql(self, spec: LoadSpec) -> str:
+        raise NotImplementedError
+
+    # ---- the state log ---------------------------------------------------------------------------
+
+    @property
+    def state_schema(self) -> str:
+        return st.state_schema(self.cfg)
+
+    async def read_state(self, pipeline: str, table: str) -> StateRow | None:
+        """The latest state row; None when there is none. Never creates anything."""
+        try:
+            async with self._session(load=False) as ex:
+                return await st.read_latest(ex, self.dialect, self.state_schema, pipeline, table)
+        except Exception as exc:
+            raise self._error(exc, "reading the state of", table) from exc
+
+    async def committed_stage_ids(self, pipeline: str, table: str) -> set[str]:
+        try:
+            async with self._session(load=False) as ex:
+                return await st.stage_ids(ex, self.dialect, self.state_schema, pipeline, table)
+        except Exception as exc:
+            raise self._error(exc, "reading the state of", table) from exc
+
+    async def write_state(self, row: StateRow) -> None:
+        """Append a state row in its own transaction (watermark set / reset)."""
+        schema = self.state_schema
+        try:
+            async with self._session(load=False) as ex:
+                await st.ensure(ex, self.dialect, schema)
+                async with transaction(ex):
+                    await ex.execute(st.lock_for_command(self.dialect, schema))
+                    await st.insert(ex, self.dialect, schema, row)
+        except Exception as exc:
+            raise self._error(exc, "writing the state of", row.table) from exc
+
+    # ---- loads -----------------------------------------------------------------------------------
+
+    def _request_spec(self, req: LoadRequest) -> LoadSpec:
+        return self._spec(
+            schema=req.schema,
+            target_table=req.target_table,
+            stage=req.stage,
+            execution_id=req.execution_id,
+            mode=req.mode,
+            key=req.key,
+            order_by=req.order_by,
+        )
+
+    def _commit(self, req: LoadRequest) -> Commit:
+        return Commit(row=req.state, expect_stage=req.expect_stage, state_schema=self.state_schema)
+
+    async def load(self, req: LoadRequest) -> LoadResult:
+        """Stage, guard, change the target by ``req.mode`` and append ``req.state``: one commit."""
+        name = f"{self.cfg.schema}.{req.target_table}"
+        try:
+            spec = self._request_spec(req)
+            async with self._session(load=True) as ex:
+                return await run_load(ex, spec, self._fill(ex, spec), self._commit(req))
+        except Exception as exc:
+            raise self._error(exc, f"{req.mode} load of", name) from exc
+
+    def render_load(self, req: LoadRequest) -> list[str]:
+        """The DDL and SQL ``load(req)`` would run, in order; no I/O."""
+        spec = self._request_spec(req)
+        return render(spec, self._fill_sql(spec), self._commit(req))
+
+    async def load_full_refresh(
+        self, *, table: str, schema: TableSchema, target_table: str, stage: StageResult, execution_id: str
+    ) -> LoadResult:
+        """Replace the target's rows with the stage's, without a state row."""
+        name = f"{self.cfg.schema}.{target_table}"
+        try:
+            spec = self._spec(
+                schema=schema,
+                target_table=target_table,
+                stage=stage,
+                execution_id=execution_id,
+                mode="replace",
+            )
+            async with self._session(load=True) as ex:
+                return await run_load(ex, spec, self._fill(ex, spec), None)
+        except Exception as exc:
+            raise self._error(exc, "full refresh of", name) from exc
+
+    def _error(self, exc: Exception, action: str, table: str) -> WarehouseError:
+        return classify(exc, cfg=self.cfg, action=action, table=table)

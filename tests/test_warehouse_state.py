@@ -1,0 +1,162 @@
+"""The state log: read_state / committed_stage_ids / write_state, its creation, and render_load, on
+PostgreSQL and on Redshift-through-the-emulator (real services)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+
+import anyio
+import pytest
+
+from src.config.models import S3Conn
+from src.plan.models import Watermark
+from src.warehouse.base import StateRow
+from tests.redshift_emulator import RedshiftEmulator, check_redshift_sql
+from tests.test_warehouse_load import pg, stage, target_conn, warehouse
+from tests.test_warehouse_merge import U64_MAX, request, rows, staged
+
+pytestmark = pytest.mark.anyio
+KINDS = ["postgres", "redshift"]
+MICRO = dt.datetime(9999, 12, 31, 23, 59, 59, 999999)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def manual(watermark: Watermark | None, *, table: str = "db.t", by: str = "sync_cmd") -> StateRow:
+    return StateRow(
+        pipeline="p",
+        table=table,
+        target="x.t",
+        strategy="manual" if watermark else "reset",
+        stage_id="",
+        loaded_by=by,
+        watermark=watermark,
+        window_start=None,
+        rows=0,
+        schema_hash="",
+        extracted_at=None,
+    )
+
+
+async def relations(schema_name: str) -> list[str]:
+    found = await pg(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1",
+        schema_name,
+    )
+    return [r[0] for r in found]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_reading_state_creates_nothing(kind: str, pg_schema: str, s3_conn: S3Conn) -> None:
+    async with warehouse(target_conn(kind, pg_schema), s3_conn) as wh:
+        assert await wh.read_state("p", "db.t") is None
+        assert await wh.committed_stage_ids("p", "db.t") == set()
+        assert await pg("SELECT 1 FROM pg_namespace WHERE nspname = $1", pg_schema) == []
+        await pg(f'CREATE SCHEMA "{pg_schema}"')
+        assert await wh.read_state("p", "db.t") is None
+        assert await wh.committed_stage_ids("p", "db.t") == set()
+    assert await relations(pg_schema) == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_set_and_reset_round_trip(kind: str, pg_schema: str, s3_conn: S3Conn) -> None:
+    mark = Watermark(ts=MICRO, id=U64_MAX)
+    loaded = replace(
+        manual(mark),
+        strategy="hybrid",
+        stage_id="sync_x",
+        window_start=Watermark(ts=dt.datetime(2000, 1, 1, 0, 0, 0, 1), id=-(2**63)),
+        rows=12,
+        schema_hash="abc",
+        extracted_at=dt.datetime(2024, 2, 29, 23, 59, 59, 5),
+    )
+    async with warehouse(target_conn(kind, pg_schema), s3_conn) as wh:
+        await wh.write_state(loaded)
+        got = await wh.read_state("p", "db.t")
+        assert got is not None and got.committed_at is not None
+        assert replace(got, committed_at=None) == loaded
+        assert abs(got.committed_at - dt.datetime.now(dt.UTC).replace(tzinfo=None)) < dt.timedelta(minutes=1)
+        await wh.write_state(manual(None, by="sync_reset"))
+        reset = await wh.read_state("p", "db.t")
+        assert reset is not None and reset.watermark is None and reset.strategy == "reset"
+        assert reset.loaded_by == "sync_reset"
+        await wh.write_state(manual(Watermark(ts=dt.datetime(2024, 1, 1, 0, 0, 0, 1))))
+        again = await wh.read_state("p", "db.t")
+        assert again is not None and again.watermark == Watermark(ts=dt.datetime(2024, 1, 1, 0, 0, 0, 1))
+        assert await wh.read_state("p", "db.other") is None and await wh.read_state("q", "db.t") is None
+        assert await wh.committed_stage_ids("p", "db.t") == {"sync_x"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_latest_is_the_last_written_even_within_one_clock_tick(
+    kind: str, pg_schema: str, s3_conn: S3Conn
+) -> None:
+    async with warehouse(target_conn(kind, pg_schema), s3_conn) as wh:
+        for i in range(6):
+            await wh.write_state(manual(Watermark(id=i), by=f"sync_{i}"))
+            assert (await wh.read_state("p", "db.t")).loaded_by == f"sync_{i}"  # type: ignore[union-attr]
+    await pg(f'UPDATE "{pg_schema}".s3shift_state SET committed_at = $1', dt.datetime(2024, 1, 1))
+    async with warehouse(target_conn(kind, pg_schema), s3_conn) as wh:
+        assert (await wh.read_state("p", "db.t")).loaded_by == "sync_5"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_concurrent_first_writes_create_the_table_once(
+    kind: str, pg_schema: str, s3_conn: S3Conn
+) -> None:
+    cfg = target_conn(kind, pg_schema, max_connections=6)
+    async with warehouse(cfg, s3_conn) as wh, anyio.create_task_group() as tg:
+        for i in range(6):
+            tg.start_soon(wh.write_state, manual(Watermark(id=i), by=f"sync_{i}"))
+    seqs = await pg(f'SELECT seq FROM "{pg_schema}".s3shift_state ORDER BY seq')
+    assert [r[0] for r in seqs] == [1, 2, 3, 4, 5, 6]
+    assert sorted(await relations(pg_schema)) == ["s3shift_state"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_state_schema_apart_from_the_target(kind: str, pg_schema: str, s3_conn: S3Conn) -> None:
+    state_schema = pg_schema + "_st"
+    cfg = target_conn(kind, pg_schema, state_schema=state_schema)
+    try:
+        async with warehouse(cfg, s3_conn) as wh:
+            req = request(staged(s3_conn, rows((1, 1, "a"))))
+            await wh.load(req)
+            assert (await wh.read_state("p", "db.t")).stage_id == req.execution_id  # type: ignore[union-attr]
+            assert await wh.committed_stage_ids("p", "db.t") == {req.execution_id}
+        assert "t" in await relations(pg_schema) and "s3shift_state" not in await relations(pg_schema)
+        assert "s3shift_state" in await relations(state_schema)
+    finally:
+        await pg(f'DROP SCHEMA IF EXISTS "{state_schema}" CASCADE')
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_render_load_touches_nothing(kind: str, pg_schema: str, s3_conn: S3Conn) -> None:
+    sessions: list[RedshiftEmulator] = []
+    unreachable = target_conn(kind, pg_schema, port=1, connect_timeout=1.0)
+    req = request(staged(s3_conn, rows((1, 1, "a"))), expect="sync_prev")
+    async with warehouse(unreachable, s3_conn, sessions=sessions) as wh:
+        sql = wh.render_load(req)
+        empty = wh.render_load(request(replace(stage(s3_conn, []), files=(), rows=0), mode="replace"))
+    assert sessions == []
+    assert await pg("SELECT 1 FROM pg_namespace WHERE nspname = $1", pg_schema) == []
+    at = {key: next(i for i, s in enumerate(sql) if s.startswith(key)) for key in ("BEGIN", "LOCK", "COMMIT")}
+    copy = next(i for i, s in enumerate(sql) if s.startswith("COPY"))
+    guard = next(i for i, s in enumerate(sql) if s.startswith("SELECT") and "ORDER BY" in s)
+    assert at["LOCK"] < guard < at["COMMIT"] and sql[-1] == "COMMIT"
+    assert any(s.startswith("DELETE FROM") and "USING" in s for s in sql)
+    assert any("ROW_NUMBER() OVER (PARTITION BY" in s for s in sql)
+    assert any(s.startswith("INSERT INTO") and "s3shift_state" in s for s in sql)
+    if kind == "redshift":
+        assert req.stage.manifest_url in sql[copy] and "FORMAT AS PARQUET MANIFEST" in sql[copy]
+        assert copy < at["BEGIN"]  # the snapshot must not predate the LOCK
+        for s in sql:
+            check_redshift_sql(s, in_transaction=False)
+    else:
+        assert at["BEGIN"] < copy and "READ COMMITTED" in sql[at["BEGIN"] + 1]
+    assert not any(s.startswith("COPY") for s in empty)
+    assert any(s.startswith("DELETE FROM") and "USING" not in s for s in empty)
