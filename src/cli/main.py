@@ -5,13 +5,20 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 import click
 
 from src.common import log
-from src.common.errors import describe
+from src.common.errors import S3ShiftError, describe
+from src.common.jsonio import dumps
+from src.engine.dryrun import plan_sync
 from src.engine.run import SyncRequest, run_sync, unique
+from src.engine.table import RunMode
+from src.engine.watermarks import Action, WatermarkRequest, run_watermark
+from src.plan.models import Watermark
 from src.report.aggregator import Aggregator
 from src.report.models import RunReport, new_execution_id, utc_now
 from src.report.render import render_json, render_text
@@ -43,16 +50,41 @@ def cli(ctx: click.Context, config_dir: str | None) -> None:
     required=True,
     help="Table to sync as database.table; repeat for more (a comma-separated list also works).",
 )
-@click.option("--json-output", is_flag=True, help="Print exactly one JSON run report on stdout.")
+@click.option("--json-output", is_flag=True, help="Print exactly one JSON document on stdout.")
+@click.option("--backup-only", is_flag=True, help="Extract and stage to S3 (manifest written), load nothing.")
+@click.option(
+    "--load-only",
+    "--redshift-only",
+    "load_only",
+    is_flag=True,
+    help="Load the pending staged manifests in order; no MySQL reads. (--redshift-only is an alias.)",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan per table (window, rows, SQL); change nothing.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr, and tracebacks for failures.")
 @click.pass_context
-def sync(ctx: click.Context, pipeline: str, tables: Sequence[str], json_output: bool, verbose: bool) -> None:
+def sync(
+    ctx: click.Context,
+    pipeline: str,
+    tables: Sequence[str],
+    json_output: bool,
+    backup_only: bool,
+    load_only: bool,
+    dry_run: bool,
+    verbose: bool,
+) -> None:
     """Sync tables of a pipeline. Exit code 0 only when every table succeeded, 1 otherwise."""
     log.configure(verbose)
+    if backup_only and load_only:
+        raise click.UsageError("--backup-only and --load-only exclude each other (a normal run does both)")
     requested = unique([t for arg in tables for t in arg.split(",") if t.strip()])
     if not requested:
         raise click.UsageError("no table given: pass -t database.table")
-    request = SyncRequest(pipeline=pipeline, tables=requested, config_dir=ctx.obj["config_dir"])
+    mode: RunMode = "backup_only" if backup_only else "load_only" if load_only else "sync"
+    request = SyncRequest(pipeline=pipeline, tables=requested, config_dir=ctx.obj["config_dir"], mode=mode)
+    if dry_run:
+        plan = _guarded(lambda: anyio.run(plan_sync, request), verbose)
+        click.echo(dumps(plan, pretty=True))
+        ctx.exit(0 if all(t.get("status") == "planned" for t in plan.get("tables", {}).values()) else 1)
     report = _run(request, verbose)
     click.echo(render_json(report) if json_output else render_text(report))
     ctx.exit(report.exit_code)
@@ -71,6 +103,91 @@ def _run(request: SyncRequest, verbose: bool) -> RunReport:
     start = utc_now()
     agg = Aggregator(new_execution_id(start), start, request.pipeline, request.tables)
     return agg.report(missing_reason=reason)
+
+
+def _guarded(fn: Any, verbose: bool) -> dict[str, Any]:
+    try:
+        result: dict[str, Any] = fn()
+        return result
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        return {"status": "failed", "error_message": describe(exc)}
+
+
+@cli.group()
+def watermark() -> None:
+    """Read or move a table's watermark (kept in the warehouse state table)."""
+
+
+def _watermark_command(action: Action) -> Any:
+    @click.option("-p", "--pipeline", default="default", show_default=True, help="Pipeline name.")
+    @click.option("-t", "--table", required=True, help="The table, as database.table.")
+    @click.option("--json-output", is_flag=True, help="Print one JSON document on stdout.")
+    @click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr.")
+    @click.pass_context
+    def command(
+        ctx: click.Context, /, pipeline: str, table: str, json_output: bool, verbose: bool, **kw: Any
+    ) -> None:
+        log.configure(verbose)
+        mark = _parse_watermark(kw.get("timestamp"), kw.get("id")) if action == "set" else None
+        request = WatermarkRequest(action, pipeline, table, ctx.find_root().obj["config_dir"], mark)
+        try:
+            result: dict[str, Any] = anyio.run(run_watermark, request)
+            result["status"] = "success"
+        except S3ShiftError as exc:
+            if verbose:
+                traceback.print_exc(file=sys.stderr)
+            result = {
+                "pipeline": pipeline,
+                "table": table,
+                "status": "failed",
+                "error_message": describe(exc),
+            }
+        if json_output:
+            click.echo(dumps(result, pretty=True))
+        else:
+            click.echo(_watermark_text(result))
+        ctx.exit(0 if result["status"] == "success" else 1)
+
+    return command
+
+
+def _parse_watermark(timestamp: str | None, ident: int | None) -> Watermark:
+    if timestamp is None and ident is None:
+        raise click.UsageError("watermark set needs --timestamp and/or --id")
+    ts = None
+    if timestamp is not None:
+        try:
+            ts = datetime.fromisoformat(timestamp)
+        except ValueError:
+            raise click.BadParameter(
+                f"{timestamp!r} is not an ISO 8601 timestamp", param_hint="--timestamp"
+            ) from None
+        if ts.tzinfo is not None:
+            ts = ts.astimezone(UTC).replace(tzinfo=None)
+    return Watermark(ts=ts, id=ident)
+
+
+def _watermark_text(result: dict[str, Any]) -> str:
+    if result["status"] != "success":
+        return f"{result['table']}: FAILED: {result['error_message']}"
+    mark = result.get("watermark")
+    where = "none (next run starts from the beginning)" if not mark else f"ts={mark['ts']} id={mark['id']}"
+    return f"{result['pipeline']} {result['table']}: watermark {where}"
+
+
+watermark.command("get", help="Show the current watermark.")(_watermark_command("get"))
+watermark.command("reset", help="Forget the watermark: the next run reads from the beginning.")(
+    _watermark_command("reset")
+)
+watermark.command("set", help="Set the watermark (the next run reads after it).")(
+    click.option("--id", "id", type=int, default=None, help="Integer cursor value.")(
+        click.option("--timestamp", default=None, help="Timestamp cursor value, ISO 8601 (UTC).")(
+            _watermark_command("set")
+        )
+    )
+)
 
 
 def main() -> None:

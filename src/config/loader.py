@@ -9,6 +9,7 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ _TARGET_KEYS = {
     "ssl": "bool",
     "description": "str",
     "ssh_tunnel": "map",
+    "state_schema": "str",
 }
 _S3_KEYS = {
     "bucket": "str",
@@ -89,6 +91,8 @@ _TABLE_KEYS = {
     "description": "str",
     "table_type": "str",
     "full_sync_mode": "str",
+    "lag_seconds": "float",
+    "lookback_seconds": "float",
 }
 _TABLE_PROCESSING_KEYS = {"batch_size": "int", "file_size_mb": "int"}
 _PIPELINE_KEYS = {
@@ -443,6 +447,11 @@ def _table(name: str, raw: Any, base: TableConfig, file: Path, where: str) -> Ta
     if "primary_key" in v:
         v["primary_key"] = tuple(str(c) for c in v["primary_key"])
     _positive(v, ("batch_size", "file_size_mb"), file, where)
-    from dataclasses import replace
-
+    for key in ("lag_seconds", "lookback_seconds"):
+        if v.get(key, 0) < 0:
+            raise ConfigError(
+                f"{file}: '{where}.{key}' must be zero or more seconds (got {v[key]})",
+                file=str(file),
+                key=f"{where}.{key}",
+            )
     return replace(base, name=name, **v)

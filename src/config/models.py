@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from src.common.secret import Secret
@@ -55,6 +55,7 @@ class TargetConn:
     max_connections: int = 4  # concurrent loads (WLM slots)
     connect_timeout: float = 15.0
     ssl: bool = False
+    state_schema: str | None = None  # where s3shift_state lives; None = ``schema``
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ class TableConfig:
     batch_size: int = 50_000
     file_size_mb: int = 128
     primary_key: tuple[str, ...] | None = None
+    lag_seconds: float = 5.0  # the window ends at the source's NOW(6) minus this (late commits)
+    lookback_seconds: float = 0.0  # re-read this much before the watermark (needs a key: merged)
 
     @property
     def database(self) -> str:
@@ -118,6 +121,4 @@ class Pipeline:
     defaults: TableConfig  # what a table passed with -t but absent from ``tables:`` gets (name filled in)
 
     def table(self, name: str) -> TableConfig:
-        from dataclasses import replace
-
         return self.tables.get(name) or replace(self.defaults, name=name)

@@ -4,6 +4,7 @@ requested table ends up in the report, failed with a message naming the cause wh
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from src.common.log import get_logger
 from src.config.loader import config_dir, load_pipeline
 from src.config.models import Pipeline
 from src.engine.limits import Limits
-from src.engine.table import RunContext, first_error, sync_table
+from src.engine.table import RunContext, RunMode, first_error, sync_table
 from src.plan.planner import TablePlan, plan_table
 from src.report.aggregator import Aggregator
 from src.report.models import RunReport, TableFailure, TableResult, new_execution_id, utc_now
@@ -26,11 +27,11 @@ from src.source.mysql import MySQLSource
 from src.stage.models import StageResult
 from src.stage.reader import iter_staged_batches
 from src.stage.s3 import S3Stage
+from src.warehouse.base import Warehouse
 from src.warehouse.factory import open_warehouse
 from src.warehouse.redshift import RedshiftConnect
 
 log = get_logger("engine")
-STALE_UPLOAD_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class SyncRequest:
     pipeline: str
     tables: tuple[str, ...]
     config_dir: str | Path | None = None
+    mode: RunMode = "sync"
 
 
 def unique(tables: Sequence[str]) -> tuple[str, ...]:
@@ -45,14 +47,19 @@ def unique(tables: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t.strip() for t in tables))
 
 
+def load_config(request_pipeline: str, directory: str | Path | None) -> Pipeline:
+    return load_pipeline(config_dir(str(directory) if directory else None), request_pipeline)
+
+
 async def run_sync(request: SyncRequest, *, redshift_connect: RedshiftConnect | None = None) -> RunReport:
     start = utc_now()
     tables = unique(request.tables)
     agg = Aggregator(new_execution_id(start), start, request.pipeline, tables)
-    log.info("run %s: pipeline %s, %d table(s)", agg.execution_id, request.pipeline, len(tables))
+    log.info(
+        "run %s: pipeline %s, %d table(s), %s", agg.execution_id, request.pipeline, len(tables), request.mode
+    )
     try:
-        directory = config_dir(str(request.config_dir) if request.config_dir else None)
-        pipeline = load_pipeline(directory, request.pipeline)
+        pipeline = load_config(request.pipeline, request.config_dir)
     except S3ShiftError as exc:
         return _fail_all(agg, tables, exc, phase="config")
     plans: list[TablePlan] = []
@@ -61,26 +68,53 @@ async def run_sync(request: SyncRequest, *, redshift_connect: RedshiftConnect | 
             plans.append(plan_table(pipeline, table))
         except S3ShiftError as exc:
             agg.record(_failure(table, exc, phase="plan"))
+    interrupted: list[str] = []
     if plans:
-        await _run_plans(agg, pipeline, plans, redshift_connect)
-    return agg.report()
+        await _run_plans(agg, pipeline, plans, request.mode, redshift_connect, interrupted)
+    reason = "run interrupted ({}) before this table finished; target and watermark unchanged"
+    return agg.report(missing_reason=reason.format(interrupted[0] if interrupted else "cancelled"))
 
 
 async def _run_plans(
-    agg: Aggregator, pipeline: Pipeline, plans: list[TablePlan], redshift_connect: RedshiftConnect | None
+    agg: Aggregator,
+    pipeline: Pipeline,
+    plans: list[TablePlan],
+    mode: RunMode,
+    redshift_connect: RedshiftConnect | None,
+    interrupted: list[str],
 ) -> None:
     limits = Limits.for_pipeline(pipeline)
     async with AsyncExitStack() as stack:
         try:
-            ctx = await _open(stack, agg.execution_id, pipeline, limits, redshift_connect)
+            resources = await open_resources(
+                stack, pipeline, limits, redshift_connect, source=mode != "load_only"
+            )
         except Exception as exc:
             _fail_all(agg, [p.table for p in plans], first_error(exc), phase="connect")
             return
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(agg.run)
-            for plan in plans:
-                tg.start_soon(_one, ctx, plan, agg.sender())
-            agg.close_origin()
+        ctx = RunContext(
+            agg.execution_id, pipeline, limits, resources.source, resources.s3, resources.warehouse, mode
+        )
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(_watch_signals, outer.cancel_scope, interrupted)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(agg.run)
+                for plan in plans:
+                    tg.start_soon(_one, ctx, plan, agg.sender())
+                agg.close_origin()
+            outer.cancel_scope.cancel()
+
+
+async def _watch_signals(scope: anyio.CancelScope, interrupted: list[str]) -> None:
+    """SIGTERM/SIGINT cancel the run: in-flight loads roll back, uploads are aborted (shielded cleanup),
+    and the report still names every table."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            log.warning("%s received: cancelling the run", name)
+            interrupted.append(name)
+            scope.cancel()
+            return
 
 
 async def _one(ctx: RunContext, plan: TablePlan, send: MemoryObjectSendStream[TableResult]) -> None:
@@ -88,15 +122,25 @@ async def _one(ctx: RunContext, plan: TablePlan, send: MemoryObjectSendStream[Ta
         await send.send(await sync_table(ctx, plan))
 
 
-async def _open(
+@dataclass(frozen=True)
+class Resources:
+    source: MySQLSource | None
+    s3: S3Stage
+    warehouse: Warehouse
+
+
+async def open_resources(
     stack: AsyncExitStack,
-    execution_id: str,
     pipeline: Pipeline,
     limits: Limits,
     redshift_connect: RedshiftConnect | None,
-) -> RunContext:
-    """Open the source pool, the S3 client and the warehouse pool once for the run, checking each."""
-    source = await stack.enter_async_context(MySQLSource(pipeline.source, limits.mysql))
+    *,
+    source: bool = True,
+    s3_check: bool = True,
+) -> Resources:
+    """Open the source pool, the S3 client and the warehouse pool once for the run, checking each
+    concurrently. Read-only: nothing is written anywhere."""
+    mysql = await stack.enter_async_context(MySQLSource(pipeline.source, limits.mysql)) if source else None
     s3 = await stack.enter_async_context(S3Stage(pipeline.s3, limits.s3_parts))
 
     def batches(stage: StageResult) -> AsyncIterator[pa.RecordBatch]:
@@ -112,13 +156,12 @@ async def _open(
         )
     )
     async with anyio.create_task_group() as tg:
-        tg.start_soon(source.ping)
-        tg.start_soon(s3.check)
+        if mysql is not None:
+            tg.start_soon(mysql.ping)
+        if s3_check:
+            tg.start_soon(s3.check)
         tg.start_soon(warehouse.ping)
-    aborted = await s3.abort_stale_uploads(f"{pipeline.s3.prefix}{pipeline.name}/", STALE_UPLOAD_SECONDS)
-    if aborted:
-        log.warning("aborted %d stale multipart upload(s) under pipeline %s", aborted, pipeline.name)
-    return RunContext(execution_id, pipeline, limits, source, s3, warehouse)
+    return Resources(mysql, s3, warehouse)
 
 
 def _failure(table: str, exc: BaseException, *, phase: str) -> TableFailure:

@@ -1,11 +1,12 @@
-"""One table's sync: introspect -> extract || stage -> load. Returns a result; never raises a table error."""
+"""One table's run: backup (introspect -> window -> extract || stage) then load the pending chain.
+Returns a result; never raises a table error."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pyarrow as pa
@@ -15,19 +16,25 @@ from src.common.log import get_logger
 from src.common.schema import TableSchema
 from src.config.models import Pipeline
 from src.engine.limits import Limits
+from src.engine.pending import Chain, describe_stage, format_ts, parse_ts, select, stage_id, stage_window
 from src.engine.streams import CheckedReceive, Completion, ProducerFailed
-from src.plan.planner import TablePlan
+from src.plan.models import Window
+from src.plan.planner import Resolved, TablePlan, read_window, resolve, window
 from src.report.models import TableFailure, TableResult, TableSuccess, utc_now
-from src.source.extract import ExtractStats, extract_table
+from src.source.extract import ExtractStats
 from src.source.introspect import describe_table
 from src.source.mysql import MySQLSource, SourceConnection
+from src.source.window import check_window, extract_window, source_now, upper_bound
 from src.stage.models import StageResult
+from src.stage.pending import clean_dead_runs, delete_stage, list_stages, run_marker
 from src.stage.s3 import S3Stage
 from src.stage.writer import write_parquet
-from src.warehouse.base import Warehouse
+from src.warehouse.base import LoadRequest, StateRow, Warehouse
 
 log = get_logger("engine")
 BATCHES_IN_FLIGHT = 2  # bound of the stream between extract and stage, in record batches
+RunMode = Literal["sync", "backup_only", "load_only"]
+DELETES_NOTE = "deletes at the source are not captured by watermark strategies; run full_sync to reconcile"
 
 
 @dataclass(frozen=True)
@@ -35,22 +42,35 @@ class RunContext:
     execution_id: str
     pipeline: Pipeline
     limits: Limits
-    source: MySQLSource
+    source: MySQLSource | None  # None for --load-only: no MySQL reads at all
     s3: S3Stage
     warehouse: Warehouse
+    mode: RunMode = "sync"
 
 
 @dataclass
 class _Progress:
     phase: str = "plan"
-    started: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    phases: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def timed(self, name: str, since: float) -> None:
+        self.phases[name] = round(self.phases.get(name, 0.0) + time.monotonic() - since, 6)
+
+
+@dataclass(frozen=True)
+class _Backup:
+    stage: StageResult | None  # None: nothing new (empty incremental window)
+    stats: ExtractStats
+    window: Window
 
 
 async def sync_table(ctx: RunContext, plan: TablePlan) -> TableResult:
-    progress = _Progress(started=time.monotonic())
+    progress = _Progress()
     try:
         async with ctx.limits.tables:
-            return await _sync(ctx, plan, progress)
+            return await _run(ctx, plan, progress)
     except Exception as exc:  # a table's failure is a result; cancellation (BaseException) passes through
         err = first_error(exc)
         log.debug("%s failed in %s", plan.table, progress.phase, exc_info=err)
@@ -60,60 +80,195 @@ async def sync_table(ctx: RunContext, plan: TablePlan) -> TableResult:
         return TableFailure(table=plan.table, error_message=describe(err), failed_at=utc_now(), extra=extra)
 
 
-async def _sync(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSuccess:
-    stats = ExtractStats()
-    phases: dict[str, float] = {}
+async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSuccess:
+    progress.phase = "state"
+    state = await ctx.warehouse.read_state(ctx.pipeline.name, plan.table)
+    committed = await ctx.warehouse.committed_stage_ids(ctx.pipeline.name, plan.table)
+    stages = await list_stages(
+        ctx.s3, ctx.pipeline.name, plan.table, since=(state.stage_id or None) if state else None
+    )
+    chain = select(stages, state, committed)
+    rows_extracted, files_created = 0, 0
+    if ctx.mode != "load_only":
+        backup = await _backup(ctx, plan, chain, progress)
+        rows_extracted = backup.stats.rows
+        if backup.stage is not None:
+            files_created = backup.stage.files_created
+            chain = replace(chain, load=(*chain.load, backup.stage))
+            progress.extra["manifest"] = backup.stage.manifest_url
+            progress.extra["bytes_written"] = backup.stage.bytes
+        if backup.stats.coercions:
+            progress.extra["coercions"] = backup.stats.coercions
+        progress.extra["window"] = _window_dict(backup.window)
+        if plan.strategy != "full_sync":
+            progress.extra["deletes"] = DELETES_NOTE
+    if chain.skipped:
+        progress.extra["stages_skipped"] = [describe_stage(s) for s in chain.skipped]
+    rows_loaded = 0
+    if ctx.mode != "backup_only":
+        rows_loaded = await _load_chain(ctx, plan, chain, state, progress)
+    progress.extra.update(strategy=plan.strategy, phases=progress.phases)
+    return TableSuccess(
+        table=plan.table,
+        rows_processed=rows_loaded if ctx.mode == "load_only" else rows_extracted,
+        files_created=files_created,
+        duration_seconds=time.monotonic() - progress.started,
+        completed_at=utc_now(),
+        extra=progress.extra,
+    )
+
+
+async def _backup(ctx: RunContext, plan: TablePlan, chain: Chain, progress: _Progress) -> _Backup:
+    assert ctx.source is not None
+    progress.phase = "cleanup"
+    aborted = await clean_dead_runs(ctx.s3, ctx.pipeline.name, plan.table, own_execution_id=ctx.execution_id)
+    if aborted:
+        log.warning("%s: aborted %d multipart upload(s) left by killed runs", plan.table, aborted)
     async with ctx.source.connection() as conn:
         progress.phase = "introspect"
         schema = await describe_table(conn, plan.database, plan.source_table, primary_key=plan.primary_key)
+        resolved = resolve(plan, schema)
+        win = window(plan, resolved, chain.position)
+        check_window(plan.table, schema, win)
+        win = replace(
+            win,
+            end=await upper_bound(
+                conn, plan.database, plan.source_table, schema, win, lag_seconds=plan.lag_seconds
+            ),
+        )
+        stats = ExtractStats()
+        if window_is_empty(win):
+            return _Backup(None, stats, win)
+        extracted_at = await source_now(conn)
         progress.phase = "extract"
         mark = time.monotonic()
-        stage = await _extract_and_stage(ctx, conn, plan, schema, stats)
-        phases["extract_stage"] = round(time.monotonic() - mark, 6)
+        meta = stage_meta(ctx, plan, schema, resolved, win, extracted_at)
+        async with run_marker(ctx.s3, ctx.pipeline.name, plan.table, ctx.execution_id):
+            stage = await _extract_and_stage(ctx, conn, plan, schema, read_window(plan, win), stats, meta)
+            if stage.rows == 0 and plan.strategy != "full_sync":
+                await delete_stage(ctx.s3, stage)  # nothing new: no COPY, state untouched
+                progress.timed("extract_stage", mark)
+                return _Backup(None, stats, win)
+        progress.timed("extract_stage", mark)
+    return _Backup(stage, stats, win)
+
+
+def window_is_empty(win: Window) -> bool:
+    """A window that cannot hold a row (no rows yet, or the upper bound is not past the watermark)."""
+    if win.strategy == "full_sync":
+        return False
+    if win.end is None:
+        return True
+    if win.start is None:
+        return False
+    if win.strategy == "id_only":
+        return win.start.id is not None and win.end.id is not None and win.start.id >= win.end.id
+    return win.start.ts is not None and win.end.ts is not None and win.start.ts >= win.end.ts
+
+
+def stage_meta(
+    ctx: RunContext, plan: TablePlan, schema: TableSchema, resolved: Resolved, win: Window, extracted_at: Any
+) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "pipeline": ctx.pipeline.name,
+        "table": plan.table,
+        "execution_id": ctx.execution_id,
+        "extracted_at": format_ts(extracted_at),
+        "window": win.to_dict(),
+        "read_window": read_window(plan, win).to_dict(),
+        "schema": schema.to_dict(),
+        "target_table": plan.target_table,
+        "mode": resolved.mode,
+        "key": list(resolved.key),
+        "order_by": list(resolved.order_by),
+    }
+
+
+async def _load_chain(
+    ctx: RunContext, plan: TablePlan, chain: Chain, state: StateRow | None, progress: _Progress
+) -> int:
+    """Load each pending stage in order, each in its own transaction with its state row."""
     progress.phase = "load"
     mark = time.monotonic()
-    loaded = await ctx.warehouse.load_full_refresh(
-        table=plan.table,
+    rows = 0
+    loaded: list[str] = []
+    for stage in chain.load:
+        if stage.rows == 0 and stage_window(stage).strategy != "full_sync":
+            continue
+        req = load_request(ctx, stage, state)
+        result = await ctx.warehouse.load(req)
+        rows += result.rows_loaded
+        state = req.state
+        loaded.append(stage_id(stage))
+        progress.extra["target"] = result.target
+        progress.extra["watermark"] = state.watermark.to_dict() if state.watermark else None
+    progress.extra["rows_loaded"] = rows
+    progress.extra["stages_loaded"] = loaded
+    progress.timed("load", mark)
+    return rows
+
+
+def load_request(ctx: RunContext, stage: StageResult, state: StateRow | None) -> LoadRequest:
+    meta = stage.meta
+    schema = TableSchema.from_dict(meta["schema"])
+    win = stage_window(stage)
+    full = win.strategy == "full_sync"
+    row = StateRow(
+        pipeline=ctx.pipeline.name,
+        table=str(meta["table"]),
+        target=f"{ctx.pipeline.target.schema}.{meta['target_table']}",
+        strategy=win.strategy,
+        stage_id=stage_id(stage),
+        loaded_by=ctx.execution_id,
+        watermark=None if full else win.end,
+        window_start=None if full else win.start,
+        rows=stage.rows,
+        schema_hash=schema.schema_hash(),
+        extracted_at=parse_ts(meta["extracted_at"]),
+    )
+    return LoadRequest(
+        table=str(meta["table"]),
         schema=schema,
-        target_table=plan.target_table,
+        target_table=str(meta["target_table"]),
         stage=stage,
         execution_id=ctx.execution_id,
+        mode=meta["mode"],
+        key=tuple(meta["key"]),
+        order_by=tuple(meta["order_by"]),
+        state=row,
+        expect_stage=state.stage_id if state else None,
     )
-    phases["load"] = round(time.monotonic() - mark, 6)
-    extra: dict[str, Any] = {
-        "strategy": plan.strategy,
-        "target": loaded.target,
-        "rows_loaded": loaded.rows_loaded,
-        "bytes_written": stage.bytes,
-        "manifest": stage.manifest_url,
-        "phases": phases,
+
+
+def _window_dict(win: Window) -> dict[str, Any]:
+    return {
+        "start": win.start.to_dict() if win.start else None,
+        "end": win.end.to_dict() if win.end else None,
     }
-    if stats.coercions:
-        extra["coercions"] = stats.coercions
-    return TableSuccess(
-        table=plan.table,
-        rows_processed=stats.rows,
-        files_created=stage.files_created,
-        duration_seconds=time.monotonic() - progress.started,
-        completed_at=utc_now(),
-        extra=extra,
-    )
 
 
 async def _extract_and_stage(
-    ctx: RunContext, conn: SourceConnection, plan: TablePlan, schema: TableSchema, stats: ExtractStats
+    ctx: RunContext,
+    conn: SourceConnection,
+    plan: TablePlan,
+    schema: TableSchema,
+    win: Window,
+    stats: ExtractStats,
+    meta: dict[str, Any],
 ) -> StageResult:
     """Extract and stage run concurrently through a bounded stream; the manifest is written only when
     extraction finished cleanly."""
     send, receive = anyio.create_memory_object_stream[pa.RecordBatch](max_buffer_size=BATCHES_IN_FLIGHT)
     completion = Completion()
     extract = partial(
-        extract_table,
+        extract_window,
         conn,
         plan.database,
         plan.source_table,
         schema,
         send,
+        window=win,
         batch_size=plan.batch_size,
         stats=stats,
         cpu_limiter=ctx.limits.cpu,
@@ -139,6 +294,7 @@ async def _extract_and_stage(
                 file_size_bytes=plan.file_size_bytes,
                 cpu_limiter=ctx.limits.cpu,
                 schema_hash=schema.schema_hash(),
+                meta=meta,
             )
     return result
 

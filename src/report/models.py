@@ -15,8 +15,9 @@ def utc_now() -> datetime:
 
 
 def iso(ts: datetime) -> str:
-    """ISO 8601 in UTC with an explicit +00:00 offset and microseconds."""
-    return ts.astimezone(UTC).isoformat(timespec="microseconds")
+    """ISO 8601 in UTC with an explicit +00:00 offset and microseconds (naive values are UTC)."""
+    aware = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return aware.isoformat(timespec="microseconds")
 
 
 def new_execution_id(start: datetime) -> str:

@@ -1,0 +1,83 @@
+"""``watermark get|set|reset``: read or move a table's position in the warehouse state log."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from src.common.errors import ConfigError
+from src.common.naming import split_table
+from src.engine.limits import Limits
+from src.engine.run import load_config, open_resources
+from src.plan.models import Watermark
+from src.report.models import iso, new_execution_id, utc_now
+from src.warehouse.base import StateRow
+from src.warehouse.redshift import RedshiftConnect
+
+Action = Literal["get", "set", "reset"]
+
+
+@dataclass(frozen=True)
+class WatermarkRequest:
+    action: Action
+    pipeline: str
+    table: str
+    config_dir: str | Path | None = None
+    watermark: Watermark | None = None  # for "set"
+
+
+async def run_watermark(
+    req: WatermarkRequest, *, redshift_connect: RedshiftConnect | None = None
+) -> dict[str, Any]:
+    """Returns the table's state after the action. Raises S3ShiftError with a one-line message."""
+    try:
+        split_table(req.table)
+    except ValueError:
+        raise ConfigError(f"table '{req.table}' must be written as database.table", table=req.table) from None
+    if req.action == "set" and req.watermark is None:
+        raise ConfigError("watermark set needs --timestamp and/or --id")
+    pipeline = load_config(req.pipeline, req.config_dir)
+    limits = Limits.for_pipeline(pipeline)
+    async with AsyncExitStack() as stack:
+        res = await open_resources(stack, pipeline, limits, redshift_connect, source=False, s3_check=False)
+        wh = res.warehouse
+        if req.action != "get":
+            cfg = pipeline.table(req.table)
+            await wh.write_state(
+                StateRow(
+                    pipeline=pipeline.name,
+                    table=req.table,
+                    target=f"{pipeline.target.schema}.{cfg.target_table}",
+                    strategy="manual" if req.action == "set" else "reset",
+                    stage_id="",
+                    loaded_by=new_execution_id(utc_now()),
+                    watermark=req.watermark if req.action == "set" else None,
+                    window_start=None,
+                    rows=0,
+                    schema_hash="",
+                    extracted_at=None,
+                )
+            )
+        state = await wh.read_state(pipeline.name, req.table)
+    return describe_state(pipeline.name, req.table, state)
+
+
+def describe_state(pipeline: str, table: str, state: StateRow | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"pipeline": pipeline, "table": table, "watermark": None, "state": None}
+    if state is None:
+        return out
+    out["watermark"] = state.watermark.to_dict() if state.watermark else None
+    out["state"] = {
+        "strategy": state.strategy,
+        "target": state.target,
+        "stage_id": state.stage_id,
+        "loaded_by": state.loaded_by,
+        "rows": state.rows,
+        "schema_hash": state.schema_hash,
+        "window_start": state.window_start.to_dict() if state.window_start else None,
+        "extracted_at": iso(state.extracted_at) if state.extracted_at else None,
+        "committed_at": iso(state.committed_at) if state.committed_at else None,
+    }
+    return out

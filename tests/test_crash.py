@@ -1,0 +1,209 @@
+"""SIGKILL a real `sync` process at each point of the commit protocol, then rerun: the target must equal
+the source with no duplicate key, and no multipart upload may be left open. Also two runs at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from src.config.models import S3Conn, SourceConn, TargetConn
+from tests.conftest import ROOT, mysql_exec, pg_fetch, s3_client
+from tests.e2e import assert_tables_equal, run_json, write_config
+
+ROWS = 150_000
+BIG = """CREATE TABLE big (id BIGINT NOT NULL PRIMARY KEY, payload VARCHAR(200) NOT NULL,
+  updated_at DATETIME(6) NOT NULL, KEY ix (updated_at, id))"""
+FILL = (
+    "INSERT INTO big SELECT seq, CONCAT(SHA2(seq, 512), SHA2(seq + 1, 256)), "
+    "'2024-01-01' + INTERVAL seq SECOND FROM seq_{}_to_{}"
+)
+
+
+@pytest.fixture
+def setup(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
+) -> tuple[Path, str]:
+    mysql_exec(mysql_db, BIG, FILL.format(1, ROWS))
+    tables = {
+        f"{mysql_db}.big": {
+            "cdc_strategy": "hybrid",
+            "cdc_timestamp_column": "updated_at",
+            "cdc_id_column": "id",
+            "lag_seconds": 0,
+            "file_size_mb": 8,
+        }
+    }
+    cfg = write_config(
+        tmp_path / "cfg",
+        source_conn,
+        pg_target,
+        s3_conn,
+        tables,
+        processing={"max_parallel_tables": 2, "batch_size": 5000},
+    )
+    return cfg, f"{mysql_db}.big"
+
+
+def start_sync(cfg: Path, table: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "src.cli.main",
+            "--config-dir",
+            str(cfg),
+            "sync",
+            "-p",
+            "p",
+            "-t",
+            table,
+            "--json-output",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def kill_when(
+    proc: subprocess.Popen[str], condition: Callable[[], bool], what: str, timeout: float = 60
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"sync finished before {what}: {proc.stdout.read() if proc.stdout else ''}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def s3_keys(s3: S3Conn) -> list[str]:
+    client = s3_client(s3.endpoint_url or "")
+    return [o["Key"] for o in client.list_objects_v2(Bucket=s3.bucket).get("Contents", [])]
+
+
+def open_uploads(s3: S3Conn) -> list[Any]:
+    return list(s3_client(s3.endpoint_url or "").list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []))
+
+
+def rerun_and_check(cfg: Path, table: str, db: str, schema: str, s3: S3Conn) -> dict[str, Any]:
+    mysql_exec(
+        db,
+        "UPDATE big SET payload = 'changed', updated_at = '2030-01-01' WHERE id % 1000 = 0",
+        FILL.format(ROWS + 1, ROWS + 10),
+    )
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    assert proc.returncode == 0, doc
+    assert assert_tables_equal(db, "big", schema, "big", "id") == ROWS + 10
+    assert pg_fetch(f'SELECT id FROM "{schema}".big GROUP BY id HAVING count(*) > 1') == []
+    assert open_uploads(s3) == []
+    return doc
+
+
+def test_kill_during_read(setup: tuple[Path, str], mysql_db: str, pg_schema: str, s3_conn: S3Conn) -> None:
+    cfg, table = setup
+    proc = start_sync(cfg, table)
+    kill_when(proc, lambda: any("/_runs/" in k for k in s3_keys(s3_conn)), "the extraction to start")
+    rerun_and_check(cfg, table, mysql_db, pg_schema, s3_conn)
+
+
+def test_kill_during_multipart_upload(
+    setup: tuple[Path, str], mysql_db: str, pg_schema: str, s3_conn: S3Conn
+) -> None:
+    cfg, table = setup
+    proc = start_sync(cfg, table)
+    kill_when(proc, lambda: bool(open_uploads(s3_conn)), "a multipart upload")
+    assert open_uploads(s3_conn)  # the killed run left one open
+    rerun_and_check(cfg, table, mysql_db, pg_schema, s3_conn)
+
+
+def _lock_target_until(schema: str, proc: subprocess.Popen[str], condition: Callable[[], bool]) -> None:
+    """Hold an exclusive lock on the target so the loader blocks inside its transaction, then kill it."""
+    import anyio
+    import asyncpg
+
+    from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER
+
+    async def go() -> None:
+        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_DATABASE)
+        try:
+            async with conn.transaction():
+                await conn.execute(f'LOCK TABLE "{schema}".big IN ACCESS EXCLUSIVE MODE')
+                await anyio.to_thread.run_sync(kill_when, proc, condition, "the load to block")
+        finally:
+            await conn.close()
+
+    anyio.run(go)
+
+
+def test_kill_after_upload_and_during_merge(
+    setup: tuple[Path, str], mysql_db: str, pg_schema: str, s3_conn: S3Conn
+) -> None:
+    cfg, table = setup
+    assert run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)[1].returncode == 0
+    mysql_exec(mysql_db, "UPDATE big SET payload = 'second', updated_at = '2029-01-01' WHERE id % 7 = 0")
+    before = pg_fetch(f'SELECT count(*), max(updated_at) FROM "{pg_schema}".big')
+    proc = start_sync(cfg, table)
+
+    def load_waits() -> bool:
+        return bool(
+            pg_fetch(
+                "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE '%LOCK TABLE%'"
+            )
+        )
+
+    _lock_target_until(pg_schema, proc, load_waits)
+    assert pg_fetch(f'SELECT count(*), max(updated_at) FROM "{pg_schema}".big') == before  # rolled back
+    assert any(k.endswith("manifest.json") for k in s3_keys(s3_conn))  # staged, not loaded: pending
+    doc = rerun_and_check(cfg, table, mysql_db, pg_schema, s3_conn)
+    assert len(doc["table_results"][table]["stages_loaded"]) == 2  # the killed run's stage, then its own
+
+
+def test_two_concurrent_runs(setup: tuple[Path, str], mysql_db: str, pg_schema: str, s3_conn: S3Conn) -> None:
+    cfg, table = setup
+    procs = [start_sync(cfg, table) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    import json
+
+    docs = [json.loads(out) for out, _ in outs]
+    statuses = [d["table_results"][table]["status"] for d in docs]
+    assert "success" in statuses, docs
+    for d in docs:
+        r = d["table_results"][table]
+        if r["status"] == "failed":
+            assert r["retryable"] is True and "meanwhile" in r["error_message"], r
+    assert pg_fetch(f'SELECT id FROM "{pg_schema}".big GROUP BY id HAVING count(*) > 1') == []
+    rerun_and_check(cfg, table, mysql_db, pg_schema, s3_conn)
+
+
+def test_sigterm_reports_every_table(
+    setup: tuple[Path, str], mysql_db: str, pg_schema: str, s3_conn: S3Conn
+) -> None:
+    cfg, table = setup
+    proc = start_sync(cfg, table)
+    deadline = time.monotonic() + 60
+    while not any("/_runs/" in k for k in s3_keys(s3_conn)):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    import json
+
+    doc = json.loads(out)
+    assert proc.returncode == 1 and doc["status"] == "failed"
+    assert "SIGTERM" in doc["table_results"][table]["error_message"]
+    assert open_uploads(s3_conn) == []  # aborted on the way out
+    rerun_and_check(cfg, table, mysql_db, pg_schema, s3_conn)

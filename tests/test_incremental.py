@@ -1,0 +1,211 @@
+"""Incremental sync through the public CLI: strategies, the state table, reruns, backup/load split,
+dry-run and watermark commands (MySQL -> S3 moto -> PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from src.config.models import S3Conn, SourceConn, TargetConn
+from tests.conftest import mysql_exec, mysql_rows, pg_fetch, s3_client
+from tests.e2e import assert_tables_equal, run_cli, run_json, write_config
+
+EVENTS = """CREATE TABLE events (
+  id BIGINT UNSIGNED NOT NULL PRIMARY KEY, kind VARCHAR(20) NOT NULL, amount DECIMAL(10,2),
+  updated_at DATETIME(6) NOT NULL, KEY ix_upd (updated_at, id))"""
+LOG = "CREATE TABLE log (seq INT NOT NULL, msg VARCHAR(50), KEY (seq))"
+
+
+def tables_cfg(db: str, **extra: Any) -> dict[str, dict[str, Any]]:
+    return {
+        f"{db}.events": {
+            "cdc_strategy": "hybrid",
+            "cdc_timestamp_column": "updated_at",
+            "cdc_id_column": "id",
+            "lag_seconds": 0,
+            **extra,
+        },
+        f"{db}.log": {"cdc_strategy": "id_only", "cdc_id_column": "seq", "lag_seconds": 0},
+        f"{db}.snap": {"cdc_strategy": "full_sync"},
+    }
+
+
+@pytest.fixture
+def cfg(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
+) -> Path:
+    mysql_exec(mysql_db, EVENTS, LOG)
+    return write_config(
+        tmp_path / "cfg",
+        source_conn,
+        pg_target,
+        s3_conn,
+        tables_cfg(mysql_db),
+        processing={"max_parallel_tables": 4, "batch_size": 3},
+    )
+
+
+def sync(cfg: Path, *tables: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    doc, proc = run_json(
+        "--config-dir", str(cfg), "sync", "-p", "p", *[a for t in tables for a in ("-t", t)], *extra
+    )
+    assert proc.returncode in (0, 1), proc.stderr
+    return doc
+
+
+def insert_events(db: str, rows: list[tuple[int, str, str]]) -> None:
+    """``ts`` is a literal timestamp, or an SQL expression when it starts with NOW (the source clock)."""
+    values = ", ".join(
+        f"({i}, '{k}', {i % 1000}.5, {ts if ts.startswith('NOW') else repr(ts)})" for i, k, ts in rows
+    )
+    mysql_exec(db, f"INSERT INTO events VALUES {values}")
+
+
+def state_rows(schema: str, table: str) -> list[Any]:
+    return pg_fetch(f'SELECT * FROM "{schema}".s3shift_state WHERE source_table = $1 ORDER BY seq', table)
+
+
+def no_duplicates(schema: str, table: str, key: str) -> None:
+    dupes = pg_fetch(f'SELECT "{key}", count(*) FROM "{schema}"."{table}" GROUP BY 1 HAVING count(*) > 1')
+    assert dupes == [], dupes
+
+
+def test_hybrid_ties_at_page_boundary_then_updates_merge(cfg: Path, mysql_db: str, pg_schema: str) -> None:
+    same = "2024-01-01 00:00:00.000001"
+    insert_events(mysql_db, [(i, "a", same) for i in range(1, 11)] + [(11, "b", "2024-01-02 00:00:00")])
+    t = f"{mysql_db}.events"
+    doc = sync(cfg, t)
+    assert doc["status"] == "success", doc
+    r = doc["table_results"][t]
+    assert r["rows_processed"] == 11 and r["rows_loaded"] == 11
+    assert assert_tables_equal(mysql_db, "events", pg_schema, "events", "id") == 11
+    # updates move rows forward in cursor order; new rows arrive; everything merges on the key
+    mysql_exec(mysql_db, "UPDATE events SET kind = 'upd', updated_at = NOW(6) WHERE id IN (2, 7)")
+    insert_events(mysql_db, [(12, "c", "NOW(6)"), (18446744073709551615, "max", "NOW(6)")])
+    doc = sync(cfg, t)
+    r = doc["table_results"][t]
+    assert doc["status"] == "success" and r["rows_processed"] == 4, r
+    assert assert_tables_equal(mysql_db, "events", pg_schema, "events", "id") == 13
+    no_duplicates(pg_schema, "events", "id")
+    assert "deletes" in r and r["watermark"]["ts"].startswith("20")
+
+
+def test_no_change_rerun_touches_nothing(cfg: Path, mysql_db: str, pg_schema: str, s3_conn: S3Conn) -> None:
+    insert_events(mysql_db, [(1, "a", "2024-01-01 00:00:00")])
+    t = f"{mysql_db}.events"
+    assert sync(cfg, t)["status"] == "success"
+    before_state = state_rows(pg_schema, t)
+    s3 = s3_client(s3_conn.endpoint_url or "")
+    before_keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_conn.bucket).get("Contents", []))
+    doc = sync(cfg, t)
+    r = doc["table_results"][t]
+    assert doc["status"] == "success" and r["rows_processed"] == 0 and r["files_created"] == 0
+    assert r["rows_loaded"] == 0 and r["stages_loaded"] == []
+    assert state_rows(pg_schema, t) == before_state
+    after_keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_conn.bucket).get("Contents", []))
+    assert after_keys == before_keys
+
+
+def test_id_only_append_without_key_exactly_once(cfg: Path, mysql_db: str, pg_schema: str) -> None:
+    mysql_exec(mysql_db, "INSERT INTO log VALUES (1, 'a'), (2, 'b'), (2, 'b-dup'), (5, 'e')")
+    t = f"{mysql_db}.log"
+    doc = sync(cfg, t)
+    assert doc["status"] == "success" and doc["table_results"][t]["rows_processed"] == 4, doc
+    mysql_exec(mysql_db, "INSERT INTO log VALUES (6, 'f'), (7, 'g')")
+    assert sync(cfg, t)["table_results"][t]["rows_processed"] == 2
+    assert sync(cfg, t)["table_results"][t]["rows_processed"] == 0
+    rows = sorted(tuple(r) for r in pg_fetch(f'SELECT seq, msg FROM "{pg_schema}".log'))
+    assert rows == sorted(tuple(r) for r in mysql_rows(mysql_db, "SELECT seq, msg FROM log"))
+
+
+def test_lookback_without_key_is_refused(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
+) -> None:
+    mysql_exec(mysql_db, "CREATE TABLE nokey (v INT, updated_at DATETIME(6))")
+    tables = {f"{mysql_db}.nokey": {"cdc_strategy": "timestamp_only", "lookback_seconds": 60}}
+    cfg = write_config(tmp_path / "c", source_conn, pg_target, s3_conn, tables)
+    doc = sync(cfg, f"{mysql_db}.nokey")
+    msg = doc["table_results"][f"{mysql_db}.nokey"]["error_message"]
+    assert doc["status"] == "failed" and "primary key" in msg and "lookback_seconds" in msg
+
+
+def test_backup_only_then_load_only_equals_one_run(cfg: Path, mysql_db: str, pg_schema: str) -> None:
+    t = f"{mysql_db}.events"
+    insert_events(mysql_db, [(1, "a", "2024-01-01"), (2, "b", "2024-01-02")])
+    doc = sync(cfg, t, extra=("--backup-only",))
+    r = doc["table_results"][t]
+    assert doc["status"] == "success" and r["rows_processed"] == 2 and r["files_created"] == 1, doc
+    assert pg_fetch(f"SELECT to_regclass('\"{pg_schema}\".events')")[0][0] is None  # nothing loaded
+    insert_events(mysql_db, [(3, "c", "NOW(6)")])
+    r2 = sync(cfg, t, extra=("--backup-only",))["table_results"][t]
+    assert r2["rows_processed"] == 1, r2  # continues after the pending stage, no overlap
+    doc = sync(cfg, t, extra=("--load-only",))
+    r3 = doc["table_results"][t]
+    assert doc["status"] == "success" and r3["rows_processed"] == 3 and r3["files_created"] == 0, doc
+    assert len(r3["stages_loaded"]) == 2
+    assert assert_tables_equal(mysql_db, "events", pg_schema, "events", "id") == 3
+    assert sync(cfg, t, extra=("--load-only",))["table_results"][t]["rows_processed"] == 0
+
+
+def test_load_only_reads_no_mysql(cfg: Path, mysql_db: str, pg_schema: str, tmp_path: Path) -> None:
+    t = f"{mysql_db}.events"
+    insert_events(mysql_db, [(1, "a", "2024-01-01")])
+    assert sync(cfg, t, extra=("--backup-only",))["status"] == "success"
+    conns = json.loads((cfg / "connections.yml").read_text())
+    conns["connections"]["sources"]["src"]["port"] = 1  # MySQL unreachable now
+    (cfg / "connections.yml").write_text(json.dumps(conns))
+    doc = sync(cfg, t, extra=("--load-only",))
+    assert doc["status"] == "success" and doc["table_results"][t]["rows_processed"] == 1, doc
+    assert [r[0] for r in pg_fetch(f'SELECT id FROM "{pg_schema}".events')] == [1]
+
+
+def test_full_sync_writes_state_and_replaces(cfg: Path, mysql_db: str, pg_schema: str) -> None:
+    mysql_exec(
+        mysql_db, "CREATE TABLE snap (id INT PRIMARY KEY, v TEXT)", "INSERT INTO snap VALUES (1,'a'),(2,'b')"
+    )
+    t = f"{mysql_db}.snap"
+    assert sync(cfg, t)["status"] == "success"
+    mysql_exec(mysql_db, "DELETE FROM snap WHERE id = 1")
+    assert sync(cfg, t)["table_results"][t]["rows_processed"] == 1
+    assert assert_tables_equal(mysql_db, "snap", pg_schema, "snap", "id") == 1
+    assert len(state_rows(pg_schema, t)) == 2
+
+
+def test_watermark_get_set_reset(cfg: Path, mysql_db: str, pg_schema: str) -> None:
+    t = f"{mysql_db}.events"
+    insert_events(mysql_db, [(1, "a", "2024-01-01"), (2, "b", "2024-06-01")])
+    assert sync(cfg, t)["status"] == "success"
+    base = ("--config-dir", str(cfg), "watermark")
+    got = json.loads(run_cli(*base, "get", "-p", "p", "-t", t, "--json-output").stdout)
+    assert got["status"] == "success" and got["watermark"]["ts"] is not None
+    proc = run_cli(
+        *base, "set", "-p", "p", "-t", t, "--timestamp", "2024-03-01T00:00:00", "--id", "0", "--json-output"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["watermark"] == {"ts": "2024-03-01 00:00:00.000000", "id": 0}
+    r = sync(cfg, t)["table_results"][t]
+    assert r["rows_processed"] == 1  # only the row after the watermark that was set
+    assert run_cli(*base, "reset", "-p", "p", "-t", t).returncode == 0
+    got = json.loads(run_cli(*base, "get", "-p", "p", "-t", t, "--json-output").stdout)
+    assert got["watermark"] is None
+    assert sync(cfg, t)["table_results"][t]["rows_processed"] == 2  # from the beginning; merged
+    assert assert_tables_equal(mysql_db, "events", pg_schema, "events", "id") == 2
+    no_duplicates(pg_schema, "events", "id")
+
+
+def test_dry_run_changes_nothing(cfg: Path, mysql_db: str, pg_schema: str, s3_conn: S3Conn) -> None:
+    t = f"{mysql_db}.events"
+    insert_events(mysql_db, [(1, "a", "2024-01-01")])
+    s3 = s3_client(s3_conn.endpoint_url or "")
+    proc = run_cli("--config-dir", str(cfg), "sync", "-p", "p", "-t", t, "--dry-run", "--json-output")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    plan = json.loads(proc.stdout)["tables"][t]
+    assert plan["strategy"] == "hybrid" and plan["mode"] == "merge" and plan["key"] == ["id"]
+    assert plan["window"]["start"] is None and plan["window"]["end"]["ts"]
+    assert plan["index"] == "ix_upd" and plan["estimated_rows"] >= 1
+    assert "ORDER BY" in plan["sql"]["extract"] and any("INSERT" in s for s in plan["sql"]["load"])
+    assert s3.list_objects_v2(Bucket=s3_conn.bucket).get("KeyCount", 0) == 0
+    assert pg_fetch("SELECT count(*) FROM pg_namespace WHERE nspname = $1", pg_schema)[0][0] == 0
