@@ -102,8 +102,8 @@ def open_uploads(s3: S3Conn) -> list[Any]:
 def rerun_and_check(cfg: Path, table: str, db: str, schema: str, s3: S3Conn) -> dict[str, Any]:
     mysql_exec(
         db,
-        "UPDATE big SET payload = 'changed', updated_at = '2030-01-01' WHERE id % 1000 = 0",
-        FILL.format(ROWS + 1, ROWS + 10),
+        "UPDATE big SET payload = 'changed', updated_at = NOW(6) WHERE id % 1000 = 0",
+        FILL.format(ROWS + 1, ROWS + 10).replace("'2024-01-01' + INTERVAL seq SECOND", "NOW(6)"),
     )
     doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
     assert proc.returncode == 0, doc
@@ -154,7 +154,7 @@ def test_kill_after_upload_and_during_merge(
 ) -> None:
     cfg, table = setup
     assert run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)[1].returncode == 0
-    mysql_exec(mysql_db, "UPDATE big SET payload = 'second', updated_at = '2029-01-01' WHERE id % 7 = 0")
+    mysql_exec(mysql_db, "UPDATE big SET payload = 'second', updated_at = NOW(6) WHERE id % 7 = 0")
     before = pg_fetch(f'SELECT count(*), max(updated_at) FROM "{pg_schema}".big')
     proc = start_sync(cfg, table)
 
