@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from src.common.errors import ConfigError
+from src.common.policy import POLICY_CHOICES, ColumnSelection, TypePolicy
 from src.common.secret import Secret
 from src.config.interp import interpolate
 from src.config.models import (
@@ -93,6 +94,16 @@ _TABLE_KEYS = {
     "full_sync_mode": "str",
     "lag_seconds": "float",
     "lookback_seconds": "float",
+    "type_policies": "map",
+    "include_columns": "list",
+    "exclude_columns": "list",
+    "rename_columns": "map",
+    "where": "str",
+    "additional_where": "str",
+    "diststyle": "str",
+    "distkey": "str",
+    "sortkey": "list",
+    "encode": "map",
 }
 _TABLE_PROCESSING_KEYS = {"batch_size": "int", "file_size_mb": "int"}
 _PIPELINE_KEYS = {
@@ -417,6 +428,50 @@ def _processing(raw: Any, file: Path) -> Processing:
     return Processing(**v)
 
 
+def _table_types(v: dict[str, Any], base: TableConfig, file: Path, where: str) -> None:
+    """type_policies, column selection, row filter and Redshift physical design, validated in place."""
+    if "type_policies" in v:
+        raw = v.pop("type_policies")
+        _check_keys(raw, dict.fromkeys(POLICY_CHOICES, "str"), file=file, where=f"{where}.type_policies")
+        merged = {**base.type_policies.to_dict(), **raw}
+        for key, value in raw.items():
+            if value not in POLICY_CHOICES[key]:
+                raise ConfigError(
+                    f"{file}: '{where}.type_policies.{key}' must be one of {', '.join(POLICY_CHOICES[key])} "
+                    f"(got {value!r})",
+                    file=str(file),
+                    key=f"{where}.type_policies.{key}",
+                )
+        v["type_policies"] = TypePolicy.from_dict(merged)
+    if {"include_columns", "exclude_columns", "rename_columns"} & set(v):
+        rename = v.pop("rename_columns", None) or dict(base.columns.rename)
+        v["columns"] = ColumnSelection(
+            include=tuple(str(c) for c in v.pop("include_columns", base.columns.include)),
+            exclude=tuple(str(c) for c in v.pop("exclude_columns", base.columns.exclude)),
+            rename=tuple((str(a), str(b)) for a, b in rename.items()),
+        )
+    if "additional_where" in v:
+        if "where" in v:
+            raise ConfigError(
+                f"{file}: '{where}' sets both where and additional_where; keep one",
+                file=str(file),
+                key=f"{where}.where",
+            )
+        v["where"] = v.pop("additional_where")
+    if "diststyle" in v:
+        v["diststyle"] = str(v["diststyle"]).upper()
+        if v["diststyle"] not in ("AUTO", "EVEN", "ALL", "KEY"):
+            raise ConfigError(
+                f"{file}: '{where}.diststyle' must be AUTO, EVEN, ALL or KEY (got {v['diststyle']!r})",
+                file=str(file),
+                key=f"{where}.diststyle",
+            )
+    if "sortkey" in v:
+        v["sortkey"] = tuple(str(c) for c in v["sortkey"])
+    if "encode" in v:
+        v["encode"] = tuple((str(c), str(e).upper()) for c, e in v["encode"].items())
+
+
 def _table(name: str, raw: Any, base: TableConfig, file: Path, where: str) -> TableConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: '{where}' must be a mapping", file=str(file), key=where)
@@ -446,6 +501,7 @@ def _table(name: str, raw: Any, base: TableConfig, file: Path, where: str) -> Ta
         v["cdc_strategy"] = strategy
     if "primary_key" in v:
         v["primary_key"] = tuple(str(c) for c in v["primary_key"])
+    _table_types(v, base, file, where)
     _positive(v, ("batch_size", "file_size_mb"), file, where)
     for key in ("lag_seconds", "lookback_seconds"):
         if v.get(key, 0) < 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from src.common.policy import ColumnSelection, TypePolicy
 from src.common.secret import Secret
 
 Strategy = Literal["full_sync", "timestamp_only", "id_only", "hybrid"]
@@ -89,6 +90,13 @@ class TableConfig:
     primary_key: tuple[str, ...] | None = None
     lag_seconds: float = 5.0  # the window ends at the source's NOW(6) minus this (late commits)
     lookback_seconds: float = 0.0  # re-read this much before the watermark (needs a key: merged)
+    type_policies: TypePolicy = field(default_factory=TypePolicy)
+    columns: ColumnSelection = field(default_factory=ColumnSelection)
+    where: str | None = None  # a row filter (SQL) ANDed into every source query
+    diststyle: str | None = None  # Redshift: AUTO | EVEN | ALL | KEY
+    distkey: str | None = None
+    sortkey: tuple[str, ...] = ()
+    encode: tuple[tuple[str, str], ...] = ()  # (column, Redshift ENCODE)
 
     @property
     def database(self) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Literal
 
 from src.common.errors import ConfigError
+from src.common.policy import ColumnSelection, TypePolicy
 from src.common.naming import split_table
 from src.common.schema import TableSchema
 from src.config.models import Pipeline, Strategy
@@ -33,6 +34,13 @@ class TablePlan:
     id_column: str | None  # configured cdc_id_column
     lag_seconds: float
     lookback_seconds: float
+    policy: TypePolicy = field(default_factory=TypePolicy)
+    columns: ColumnSelection = field(default_factory=ColumnSelection)
+    where: str | None = None
+    diststyle: str | None = None
+    distkey: str | None = None
+    sortkey: tuple[str, ...] = ()
+    encode: tuple[tuple[str, str], ...] = ()
 
     def key_path(self, what: str) -> str:
         return f"tables.{self.table}.{what}"
@@ -72,6 +80,13 @@ def plan_table(pipeline: Pipeline, table: str) -> TablePlan:
         id_column=cfg.cdc_id_column,
         lag_seconds=cfg.lag_seconds,
         lookback_seconds=cfg.lookback_seconds,
+        policy=cfg.type_policies,
+        columns=cfg.columns,
+        where=cfg.where,
+        diststyle=cfg.diststyle,
+        distkey=cfg.distkey,
+        sortkey=cfg.sortkey,
+        encode=cfg.encode,
     )
 
 
