@@ -7,8 +7,8 @@ from datetime import timedelta
 from typing import Literal
 
 from src.common.errors import ConfigError
-from src.common.policy import ColumnSelection, TypePolicy
 from src.common.naming import split_table
+from src.common.policy import ColumnSelection, TypePolicy
 from src.common.schema import TableSchema
 from src.config.models import Pipeline, Strategy
 from src.plan.models import Watermark, Window
