@@ -102,3 +102,38 @@ def test_copy_rule_violation_fails_table_and_keeps_target(
     assert isinstance(result, dict) and result["phase"] == "load"
     assert "65535" in result["error_message"] or "65,535" in result["error_message"], result
     assert [tuple(r) for r in pg_fetch(f'SELECT id, v FROM "{pg_schema}".t')] == [(1, "ok")]
+
+
+def test_redshift_incremental_merge_and_state(
+    tmp_path: Path, source_conn: SourceConn, pg_schema: str, s3_conn: S3Conn, s3_endpoint: str, mysql_db: str
+) -> None:
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE ev (id BIGINT UNSIGNED PRIMARY KEY, v VARCHAR(10), updated_at DATETIME(6) NOT NULL,"
+        " KEY (updated_at, id))",
+        "INSERT INTO ev VALUES (1, 'a', NOW(6) - INTERVAL 1 HOUR),"
+        " (18446744073709551615, 'max', NOW(6) - INTERVAL 1 HOUR)",
+    )
+    table = f"{mysql_db}.ev"
+    tables = {table: {"cdc_strategy": "hybrid", "cdc_timestamp_column": "updated_at", "lag_seconds": 0}}
+    cfg = write_config(tmp_path / "cfg", source_conn, redshift_target(pg_schema), s3_conn, tables)
+    sessions: list[RedshiftEmulator] = []
+    first = sync(cfg, [table], s3_endpoint, sessions)
+    assert first["status"] == "success", first
+    mysql_exec(
+        mysql_db,
+        "UPDATE ev SET v = 'b', updated_at = NOW(6) WHERE id = 1",
+        "INSERT INTO ev VALUES (2, 'new', NOW(6))",
+    )
+    second = sync(cfg, [table], s3_endpoint, sessions)
+    result = second["table_results"][table]
+    assert second["status"] == "success" and isinstance(result, dict) and result["rows_processed"] == 2, (
+        second
+    )
+    assert assert_tables_equal(mysql_db, "ev", pg_schema, "ev", "id") == 3
+    states = pg_fetch(
+        f'SELECT stage_id FROM "{pg_schema}".s3shift_state WHERE source_table = $1 ORDER BY seq', table
+    )
+    assert [s[0] for s in states] == [first["execution_id"], second["execution_id"]]
+    sql = " ".join(s for e in sessions for s in e.statements).upper()
+    assert "ROW_NUMBER()" in sql and "DELETE FROM" in sql and "USING" in sql
