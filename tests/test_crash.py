@@ -74,7 +74,7 @@ def start_sync(cfg: Path, table: str) -> subprocess.Popen[str]:
     )
 
 
-def kill_when(
+def wait_until(
     proc: subprocess.Popen[str], condition: Callable[[], bool], what: str, timeout: float = 60
 ) -> None:
     deadline = time.monotonic() + timeout
@@ -85,6 +85,10 @@ def kill_when(
             proc.kill()
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+def kill_when(proc: subprocess.Popen[str], condition: Callable[[], bool], what: str) -> None:
+    wait_until(proc, condition, what)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
@@ -194,10 +198,7 @@ def test_sigterm_reports_every_table(
 ) -> None:
     cfg, table = setup
     proc = start_sync(cfg, table)
-    deadline = time.monotonic() + 60
-    while not any("/_runs/" in k for k in s3_keys(s3_conn)):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.01)
+    wait_until(proc, lambda: any("/_runs/" in k for k in s3_keys(s3_conn)), "the extraction to start")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     import json
