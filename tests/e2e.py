@@ -82,12 +82,16 @@ def write_config(
     return directory
 
 
+CLI = (sys.executable, "-m", "src.cli.main")
+
+
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 180
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180, cli: tuple[str, ...] = CLI
 ) -> subprocess.CompletedProcess[str]:
+    """The real CLI in its own process (``cli`` swaps in tests/redshift_cli.py for the emulator)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "src.cli.main", *args],
+        [*cli, *args],
         cwd=ROOT,
         env=full_env,
         capture_output=True,
@@ -98,9 +102,9 @@ def run_cli(
 
 
 def run_json(
-    *args: str, env: dict[str, str] | None = None
+    *args: str, env: dict[str, str] | None = None, cli: tuple[str, ...] = CLI
 ) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
-    proc = run_cli(*args, "--json-output", env=env)
+    proc = run_cli(*args, "--json-output", env=env, cli=cli)
     assert proc.returncode != 2, proc.stderr
     try:
         doc = json.loads(proc.stdout)  # stdout is exactly one JSON document, nothing else

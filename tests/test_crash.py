@@ -1,5 +1,7 @@
 """SIGKILL a real `sync` process at each point of the commit protocol, then rerun: the target must equal
-the source with no duplicate key, and no multipart upload may be left open. Also two runs at once."""
+the source with no duplicate key, and no multipart upload may be left open. Also two runs at once and
+SIGTERM. Every test runs on both targets: PostgreSQL, and Redshift through the emulation harness (the
+real CLI in its own process, tests/redshift_cli.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ import pytest
 
 from src.config.models import S3Conn, SourceConn, TargetConn
 from tests.conftest import ROOT, mysql_exec, pg_fetch, s3_client
-from tests.e2e import assert_tables_equal, run_json, write_config
+from tests.e2e import CLI, assert_tables_equal, run_json, write_config
 
 ROWS = 150_000
 BIG = """CREATE TABLE big (id BIGINT NOT NULL PRIMARY KEY, payload VARCHAR(200) NOT NULL,
@@ -27,11 +30,30 @@ FILL = (
 )
 
 
-@pytest.fixture
+@dataclass(frozen=True)
+class Setup:
+    cfg: Path
+    table: str
+    cli: tuple[
+        str, ...
+    ]  # the real CLI; for Redshift, tests/redshift_cli.py (the emulator) in its own process
+
+
+@pytest.fixture(params=["postgres", "redshift"])
 def setup(
-    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
-) -> tuple[Path, str]:
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    s3_endpoint: str,
+    mysql_db: str,
+) -> Setup:
     mysql_exec(mysql_db, BIG, FILL.format(1, ROWS))
+    target, cli = pg_target, CLI
+    if request.param == "redshift":
+        target = replace(pg_target, type="redshift", iam_role="arn:aws:iam::123456789012:role/s3shift-copy")
+        cli = (sys.executable, str(ROOT / "tests" / "redshift_cli.py"), s3_endpoint)
     tables = {
         f"{mysql_db}.big": {
             "cdc_strategy": "hybrid",
@@ -41,32 +63,14 @@ def setup(
             "file_size_mb": 8,
         }
     }
-    cfg = write_config(
-        tmp_path / "cfg",
-        source_conn,
-        pg_target,
-        s3_conn,
-        tables,
-        processing={"max_parallel_tables": 2, "batch_size": 5000},
-    )
-    return cfg, f"{mysql_db}.big"
+    processing = {"max_parallel_tables": 2, "batch_size": 5000}
+    cfg = write_config(tmp_path / "cfg", source_conn, target, s3_conn, tables, processing=processing)
+    return Setup(cfg, f"{mysql_db}.big", cli)
 
 
-def start_sync(cfg: Path, table: str) -> subprocess.Popen[str]:
+def start_sync(setup: Setup) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "src.cli.main",
-            "--config-dir",
-            str(cfg),
-            "sync",
-            "-p",
-            "p",
-            "-t",
-            table,
-            "--json-output",
-        ],
+        [*setup.cli, "--config-dir", str(setup.cfg), "sync", "-p", "p", "-t", setup.table, "--json-output"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -103,13 +107,13 @@ def open_uploads(s3: S3Conn) -> list[Any]:
     return list(s3_client(s3.endpoint_url or "").list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []))
 
 
-def rerun_and_check(cfg: Path, table: str, db: str, schema: str, s3: S3Conn) -> dict[str, Any]:
+def rerun_and_check(setup: Setup, db: str, schema: str, s3: S3Conn) -> dict[str, Any]:
     mysql_exec(
         db,
         "UPDATE big SET payload = 'changed', updated_at = NOW(6) WHERE id % 1000 = 0",
         FILL.format(ROWS + 1, ROWS + 10).replace("'2024-01-01' + INTERVAL seq SECOND", "NOW(6)"),
     )
-    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    doc, proc = run_json("--config-dir", str(setup.cfg), "sync", "-p", "p", "-t", setup.table, cli=setup.cli)
     assert proc.returncode == 0, doc
     assert assert_tables_equal(db, "big", schema, "big", "id") == ROWS + 10
     assert pg_fetch(f'SELECT id FROM "{schema}".big GROUP BY id HAVING count(*) > 1') == []
@@ -117,21 +121,25 @@ def rerun_and_check(cfg: Path, table: str, db: str, schema: str, s3: S3Conn) -> 
     return doc
 
 
-def test_kill_during_read(setup: tuple[Path, str], mysql_db: str, pg_schema: str, s3_conn: S3Conn) -> None:
-    cfg, table = setup
-    proc = start_sync(cfg, table)
+def test_kill_during_read(setup: Setup, mysql_db: str, pg_schema: str, s3_conn: S3Conn) -> None:
+    proc = start_sync(setup)
     kill_when(proc, lambda: any("/_runs/" in k for k in s3_keys(s3_conn)), "the extraction to start")
-    rerun_and_check(cfg, table, mysql_db, pg_schema, s3_conn)
+    rerun_and_check(setup, mysql_db, pg_schema, s3_conn)
 
 
-def test_kill_during_multipart_upload(
-    setup: tuple[Path, str], mysql_db: str, pg_schema: str, s3_conn: S3Conn
-) -> None:
-    cfg, table = setup
-    proc = start_sync(cfg, table)
+def test_kill_during_multipart_upload(setup: Setup, mysql_db: str, pg_schema: str, s3_conn: S3Conn) -> None:
+    proc = start_sync(setup)
     kill_when(proc, lambda: bool(open_uploads(s3_conn)), "a multipart upload")
     assert open_uploads(s3_conn)  # the killed run left one open
-    rerun_and_check(cfg, table, mysql_db, pg_schema, s3_conn)
+    rerun_and_check(setup, mysql_db, pg_schema, s3_conn)
+
+
+def test_kill_after_upload(setup: Setup, mysql_db: str, pg_schema: str, s3_conn: S3Conn) -> None:
+    proc = start_sync(setup)
+    kill_when(proc, lambda: any(k.endswith("/manifest.json") for k in s3_keys(s3_conn)), "the manifest")
+    doc = rerun_and_check(setup, mysql_db, pg_schema, s3_conn)
+    # the killed run's stage was either committed before the kill or loaded by the rerun: never lost
+    assert doc["table_results"][setup.table]["stages_loaded"]
 
 
 def _lock_target_until(schema: str, proc: subprocess.Popen[str], condition: Callable[[], bool]) -> None:
@@ -154,50 +162,45 @@ def _lock_target_until(schema: str, proc: subprocess.Popen[str], condition: Call
 
 
 def test_kill_after_upload_and_during_merge(
-    setup: tuple[Path, str], mysql_db: str, pg_schema: str, s3_conn: S3Conn
+    setup: Setup, mysql_db: str, pg_schema: str, s3_conn: S3Conn
 ) -> None:
-    cfg, table = setup
-    assert run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)[1].returncode == 0
+    first = run_json("--config-dir", str(setup.cfg), "sync", "-p", "p", "-t", setup.table, cli=setup.cli)
+    assert first[1].returncode == 0, first[0]
     mysql_exec(mysql_db, "UPDATE big SET payload = 'second', updated_at = NOW(6) WHERE id % 7 = 0")
     before = pg_fetch(f'SELECT count(*), max(updated_at) FROM "{pg_schema}".big')
-    proc = start_sync(cfg, table)
+    proc = start_sync(setup)
 
-    def load_waits() -> bool:
-        return bool(
-            pg_fetch(
-                "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE '%LOCK TABLE%'"
-            )
-        )
+    def load_waits() -> bool:  # the loader's session waits on our lock of its target (inside its transaction)
+        query = "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE $1"
+        return bool(pg_fetch(query, f"%LOCK%{pg_schema}%"))
 
     _lock_target_until(pg_schema, proc, load_waits)
     assert pg_fetch(f'SELECT count(*), max(updated_at) FROM "{pg_schema}".big') == before  # rolled back
     assert any(k.endswith("manifest.json") for k in s3_keys(s3_conn))  # staged, not loaded: pending
-    doc = rerun_and_check(cfg, table, mysql_db, pg_schema, s3_conn)
-    assert len(doc["table_results"][table]["stages_loaded"]) == 2  # the killed run's stage, then its own
+    doc = rerun_and_check(setup, mysql_db, pg_schema, s3_conn)
+    assert (
+        len(doc["table_results"][setup.table]["stages_loaded"]) == 2
+    )  # the killed run's stage, then its own
 
 
-def test_two_concurrent_runs(setup: tuple[Path, str], mysql_db: str, pg_schema: str, s3_conn: S3Conn) -> None:
-    cfg, table = setup
-    procs = [start_sync(cfg, table) for _ in range(2)]
+def test_two_concurrent_runs(setup: Setup, mysql_db: str, pg_schema: str, s3_conn: S3Conn) -> None:
+    procs = [start_sync(setup) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     import json
 
     docs = [json.loads(out) for out, _ in outs]
-    statuses = [d["table_results"][table]["status"] for d in docs]
+    statuses = [d["table_results"][setup.table]["status"] for d in docs]
     assert "success" in statuses, docs
     for d in docs:
-        r = d["table_results"][table]
+        r = d["table_results"][setup.table]
         if r["status"] == "failed":
             assert r["retryable"] is True and "meanwhile" in r["error_message"], r
     assert pg_fetch(f'SELECT id FROM "{pg_schema}".big GROUP BY id HAVING count(*) > 1') == []
-    rerun_and_check(cfg, table, mysql_db, pg_schema, s3_conn)
+    rerun_and_check(setup, mysql_db, pg_schema, s3_conn)
 
 
-def test_sigterm_reports_every_table(
-    setup: tuple[Path, str], mysql_db: str, pg_schema: str, s3_conn: S3Conn
-) -> None:
-    cfg, table = setup
-    proc = start_sync(cfg, table)
+def test_sigterm_reports_every_table(setup: Setup, mysql_db: str, pg_schema: str, s3_conn: S3Conn) -> None:
+    proc = start_sync(setup)
     wait_until(proc, lambda: any("/_runs/" in k for k in s3_keys(s3_conn)), "the extraction to start")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
@@ -205,6 +208,6 @@ def test_sigterm_reports_every_table(
 
     doc = json.loads(out)
     assert proc.returncode == 1 and doc["status"] == "failed"
-    assert "SIGTERM" in doc["table_results"][table]["error_message"]
+    assert "SIGTERM" in doc["table_results"][setup.table]["error_message"]
     assert open_uploads(s3_conn) == []  # aborted on the way out
-    rerun_and_check(cfg, table, mysql_db, pg_schema, s3_conn)
+    rerun_and_check(setup, mysql_db, pg_schema, s3_conn)
