@@ -1,11 +1,14 @@
 """Test-only Redshift emulation: the Redshift loader's SQL, unchanged, against a real PostgreSQL.
 
 ``RedshiftEmulator`` is an ``Executor`` over an asyncpg connection. It rewrites Redshift-only syntax
-for PostgreSQL (DISTSTYLE/DISTKEY/SORTKEY/ENCODE/BACKUP clauses dropped, VARBYTE -> bytea,
-SUPER -> jsonb, JSON_PARSE(x) -> jsonb(x), GETDATE() -> the statement's UTC start) outside quoted
-identifiers and literals, refuses PostgreSQL-only syntax Redshift lacks (ON CONFLICT, RETURNING,
-FOR UPDATE/SHARE, LOCK ... IN ... MODE, advisory locks, clock_timestamp, SET TRANSACTION, TRUNCATE
-inside a transaction: it commits there), runs transactions SERIALIZABLE (like Redshift, a
+for PostgreSQL (DISTSTYLE/DISTKEY/SORTKEY/ENCODE/BACKUP clauses dropped, VARBYTE(n) -> the domain
+public."varbyte(n)" over bytea with an octet_length check, created on demand, so the catalog and the
+COPY rules keep the length; SUPER -> jsonb, JSON_PARSE(x) -> jsonb(x), GETDATE() -> the statement's UTC
+start) outside quoted identifiers and literals, refuses PostgreSQL-only syntax Redshift lacks (ON CONFLICT,
+RETURNING, FOR UPDATE/SHARE, LOCK ... IN ... MODE, advisory locks, clock_timestamp, SET TRANSACTION,
+TRUNCATE inside a transaction: it commits there) and the ALTER TABLE forms Redshift refuses (several
+actions in one statement; ALTER COLUMN TYPE to anything but a VARCHAR, inside a transaction block, or on a
+primary-key column), runs transactions SERIALIZABLE (like Redshift, a
 transaction's snapshot is fixed by its first query, not by a LOCK it waited on), and carries out
 ``COPY t FROM 's3://.../manifest.json' IAM_ROLE '...' FORMAT AS PARQUET MANIFEST`` by reading the
 manifest and the Parquet files from the moto S3 server. Before inserting anything it ENFORCES the
@@ -89,8 +92,10 @@ def rewrite(sql: str) -> str:
     while i < len(tokens):
         word = tokens[i].upper()
         if word == "VARBYTE":
-            out.append("bytea")
-            i = _skip_parens(tokens, i + 1)
+            end = _skip_parens(tokens, i + 1)
+            size = "".join(tokens[i + 1 : end]).strip().strip("()").strip()
+            out.append(f'public."varbyte({int(size)})"' if size else "bytea")
+            i = end
         elif word == "SUPER":
             out.append("jsonb")
             i += 1
@@ -129,8 +134,44 @@ def check_redshift_sql(sql: str, *, in_transaction: bool) -> None:
         found = "LOCK ... IN ... MODE (Redshift's LOCK has no modes)"
     if words[:1] == ["TRUNCATE"] and in_transaction:
         found = "TRUNCATE inside a transaction (it commits implicitly on Redshift)"
+    found = found or _alter_problem(sql, words, in_transaction=in_transaction)
     if found:
         raise PostgresSyntaxError(f"emulator: Redshift does not support {found}")
+
+
+def _top_level_commas(sql: str) -> int:
+    depth, commas = 0, 0
+    for token in tokenize(sql):
+        depth += {"(": 1, ")": -1}.get(token, 0)
+        commas += token == "," and depth == 0
+    return commas
+
+
+def alter_type_target(sql: str) -> tuple[str, str] | None:
+    """(table as written, column name) of an ALTER TABLE ... ALTER COLUMN ... TYPE, else None."""
+    tokens = [t for t in tokenize(sql) if not t.isspace()]
+    upper = [t.upper() for t in tokens]
+    if upper[:2] != ["ALTER", "TABLE"] or "TYPE" not in upper or "ALTER" not in upper[2:]:
+        return None
+    at = upper.index("ALTER", 2)
+    column = tokens[at + 2] if upper[at + 1] == "COLUMN" else tokens[at + 1]
+    name = column[1:-1].replace('""', '"') if column.startswith('"') else column.lower()
+    return "".join(tokens[2:at]), name
+
+
+def _alter_problem(sql: str, words: list[str], *, in_transaction: bool) -> str | None:
+    if words[:2] != ["ALTER", "TABLE"]:
+        return None
+    if _top_level_commas(sql):
+        return "several actions in one ALTER TABLE (one column per statement)"
+    if alter_type_target(sql) is None:
+        return None
+    if in_transaction:
+        return "ALTER TABLE ALTER COLUMN TYPE inside a transaction block"
+    after = words[words.index("TYPE") + 1 :]
+    if after[:1] != ["VARCHAR"] and after[:2] != ["CHARACTER", "VARYING"]:
+        return "ALTER COLUMN TYPE to anything but a VARCHAR size (" + " ".join(after) + ")"
+    return None
 
 
 # ---- COPY parsing ---------------------------------------------------------------------------------
@@ -218,6 +259,7 @@ def fetch_file(s3: Any, url: str, length: int) -> bytes:
 
 
 _NUMERIC = re.compile(r"numeric\((\d+),(\d+)\)")
+_VARBYTE = re.compile(r'"varbyte\((\d+)\)"')
 _VARCHAR = re.compile(r"character(?: varying)?\((\d+)\)")
 _INT_BITS = {"smallint": 16, "integer": 32, "bigint": 64}
 _INT_ARROW = {"smallint": pa.int16(), "integer": pa.int32(), "bigint": pa.int64()}
@@ -240,7 +282,9 @@ def target_type(pg_type: str, src: pa.DataType, physical: str, where: str) -> pa
         ok = pa.float64() if pg_type == "double precision" else ok
     elif (_VARCHAR.fullmatch(pg_type) or pg_type == "text") and pa.types.is_string(src):
         ok = pa.string()
-    elif pg_type == "bytea" and (pa.types.is_binary(src) or pa.types.is_large_binary(src)):
+    elif (pg_type == "bytea" or _VARBYTE.fullmatch(pg_type)) and (
+        pa.types.is_binary(src) or pa.types.is_large_binary(src)
+    ):
         ok = pa.binary()
     elif pg_type == "date" and pa.types.is_date32(src):
         ok = pa.date32()
@@ -257,6 +301,10 @@ def target_type(pg_type: str, src: pa.DataType, physical: str, where: str) -> pa
 
 
 def check_values(arr: pa.ChunkedArray, pg_type: str, where: str) -> None:
+    if (m := _VARBYTE.fullmatch(pg_type)) and len(arr):
+        longest = pc.max(pc.binary_length(arr)).as_py() or 0
+        if longest > int(m[1]):
+            raise fail(f"{where}: value too long for type binary varying({m[1]}): {longest} bytes")
     if not pa.types.is_string(arr.type):
         return
     try:
@@ -302,6 +350,15 @@ def conform_file(data: bytes, url: str, columns: list[tuple[str, str]]) -> pa.Ta
 
 # ---- the Executor ---------------------------------------------------------------------------------
 
+# Redshift's VARBYTE(n), kept in the catalog: a domain per length, created once (concurrent creators and a
+# transaction's rollback are both fine: the check runs in a subtransaction).
+_VARBYTE_DOMAIN = """DO $$BEGIN
+  IF to_regtype('public."varbyte({n})"') IS NULL THEN
+    CREATE DOMAIN public."varbyte({n})" AS bytea CHECK (octet_length(VALUE) <= {n});
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END$$"""
+
 
 class RedshiftEmulator:
     """An Executor that behaves like Redshift for the SQL ``src.warehouse.redshift`` sends."""
@@ -311,23 +368,37 @@ class RedshiftEmulator:
         self.s3_endpoint = s3_endpoint
         self.statements: list[str] = []  # every statement as the loader sent it, for assertions
 
-    def _accept(self, query: str) -> str:
+    async def _accept(self, query: str) -> str:
         self.statements.append(query)
         check_redshift_sql(query, in_transaction=self.conn.is_in_transaction())
-        return rewrite(query)
+        sql = rewrite(query)
+        for size in sorted({int(n) for n in _VARBYTE.findall(sql)}):
+            await self.conn.execute(_VARBYTE_DOMAIN.format(n=size))
+        target = alter_type_target(query)
+        if target is not None and target[1] in await self._primary_key(target[0]):
+            raise InternalServerError(f"emulator: cannot alter type of column {target[1]!r}: it is a key")
+        return sql
+
+    async def _primary_key(self, table: str) -> set[str]:
+        rows = await self.conn.fetch(
+            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+            "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass($1) AND i.indisprimary",
+            table,
+        )
+        return {r[0] for r in rows}
 
     async def execute(self, query: str, *args: Any) -> str:
-        sql = self._accept(query)
+        sql = await self._accept(query)
         command = parse_copy(query)
         if command is not None:
             return await self._copy(command)
         return str(await self.conn.execute(sql, *args))
 
     async def fetch(self, query: str, *args: Any) -> list[Any]:
-        return list(await self.conn.fetch(self._accept(query), *args))
+        return list(await self.conn.fetch(await self._accept(query), *args))
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        return await self.conn.fetchval(self._accept(query), *args)
+        return await self.conn.fetchval(await self._accept(query), *args)
 
     def transaction(self) -> AbstractAsyncContextManager[Any]:
         return self.conn.transaction(isolation="serializable")  # type: ignore[no-any-return]

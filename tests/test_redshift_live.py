@@ -15,6 +15,7 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -27,9 +28,10 @@ import pytest
 
 from src.common.secret import Secret
 from src.config.models import TargetConn
+from src.plan.models import Watermark
 from src.stage.models import StagedFile, StageResult
 from src.warehouse.factory import open_warehouse
-from tests.test_warehouse_load import ALL_TYPES, ROWS, arrow_table
+from tests.test_warehouse_load import ALL_TYPES, ROWS, arrow_table, replace_request
 
 ENV = {k: v for k, v in os.environ.items() if k.startswith(("S3SHIFT_REDSHIFT_", "AWS_"))}  # before fixtures
 NEEDED = ("S3SHIFT_REDSHIFT_DSN", "S3SHIFT_REDSHIFT_IAM_ROLE", "S3SHIFT_REDSHIFT_S3_BUCKET")
@@ -85,7 +87,8 @@ async def _no_batches(_: StageResult) -> AsyncIterator[pa.RecordBatch]:
     yield  # pragma: no cover - Redshift reads S3 itself
 
 
-async def test_full_refresh_on_real_redshift(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_replace_and_merge_on_real_redshift(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two replace loads, then a merge load with a watermark: the state SQL runs on the real cluster."""
     for key in (
         "AWS_CONFIG_FILE",
         "AWS_SHARED_CREDENTIALS_FILE",
@@ -101,13 +104,23 @@ async def test_full_refresh_on_real_redshift(monkeypatch: pytest.MonkeyPatch) ->
     try:
         async with open_warehouse(cfg, batches=_no_batches) as wh:
             await wh.ping()
-            assert (await wh.load_full_refresh(
-                table="db.t", schema=ALL_TYPES, target_table="t", stage=result, execution_id="sync_smoke"
-            )).rows_loaded == len(ROWS)  # fmt: skip
-            again = await wh.load_full_refresh(
-                table="db.t", schema=ALL_TYPES, target_table="t", stage=result, execution_id="sync_smoke2"
+            first = replace_request(ALL_TYPES, result)
+            assert (await wh.load(first)).rows_loaded == len(ROWS)
+            second = replace_request(ALL_TYPES, result, expect=first.execution_id)
+            again = await wh.load(second)
+            mark = Watermark(ts=None, id=2**64 - 1)
+            merge = replace(
+                replace_request(ALL_TYPES, result, expect=second.execution_id),
+                mode="merge",
+                key=("id",),
+                order_by=("id",),
             )
+            merge = replace(merge, state=replace(merge.state, strategy="id_only", watermark=mark))
+            merged = await wh.load(merge)
+            state = await wh.read_state("test", "db.t")
         assert (again.rows_loaded, again.rows_deleted) == (len(ROWS), len(ROWS))
+        assert (merged.rows_loaded, merged.rows_deleted) == (len(ROWS), len(ROWS))
+        assert state is not None and state.stage_id == merge.execution_id and state.watermark == mark
         conn = await asyncpg.connect(ENV["S3SHIFT_REDSHIFT_DSN"], ssl="require")
         try:
             got = await conn.fetch(f'SELECT id, dec, u64, s, ts, tstz, tm FROM "{cfg.schema}".t ORDER BY id')

@@ -23,7 +23,14 @@ from asyncpg.exceptions import InternalServerError
 from src.common.errors import WarehouseError
 from src.common.schema import TableSchema
 from src.config.models import S3Conn
-from src.warehouse.ddl import REDSHIFT, DistSort, create_table_sql, redshift_copy_sql, redshift_literal
+from src.warehouse.ddl import (
+    REDSHIFT,
+    DistSort,
+    create_table_sql,
+    redshift_copy_sql,
+    redshift_literal,
+    redshift_type,
+)
 from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER, s3_client
 from tests.redshift_emulator import RedshiftEmulator, check_redshift_sql, redshift_unquote, rewrite
 from tests.test_warehouse_load import (
@@ -196,7 +203,7 @@ def test_rewrite_leaves_quoted_names_alone() -> None:
     out = rewrite(ddl + " BACKUP NO")
     assert (
         re.sub(r"\s+\)", ")", out).strip()
-        == 'CREATE TABLE "s"."t" ("super" jsonb, "varbyte" bytea, "encode" VARCHAR(10))'
+        == 'CREATE TABLE "s"."t" ("super" jsonb, "varbyte" public."varbyte(100)", "encode" VARCHAR(10))'
     )
     assert rewrite("SELECT JSON_PARSE(\"json_parse\") FROM x WHERE y = 'SUPER'") == (
         "SELECT jsonb(\"json_parse\") FROM x WHERE y = 'SUPER'"
@@ -237,3 +244,100 @@ async def test_getdate_is_the_utc_wall_clock(emulator: RedshiftEmulator) -> None
     assert rewrite("SELECT GETDATE()") == "SELECT (statement_timestamp() AT TIME ZONE 'UTC')"
     now = await emulator.fetchval("SELECT GETDATE()")
     assert abs(now - dt.datetime.now(dt.UTC).replace(tzinfo=None)) < dt.timedelta(minutes=1)
+
+
+# ---- the COPY-Parquet rule, type by type ---------------------------------------------------------------
+
+_DAY = dt.date(2024, 2, 29)
+_TS = dt.datetime(2024, 2, 29, 23, 59, 59, 999999)
+_UTC = dt.datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=dt.UTC)
+_BIG = Decimal("1234567890123456789012345678.0123456789")
+
+
+@pytest.mark.parametrize(
+    ("column", "good", "bad", "refusal"),
+    [
+        (col("x", "bool"), pa.array([True]), pa.array([1], pa.int8()), "incompatible"),
+        (col("x", "int16"), pa.array([-5], pa.int16()), pa.array([1], pa.int32()), "incompatible"),
+        (col("x", "int32"), pa.array([7], pa.int32()), pa.array([1], pa.int64()), "incompatible"),
+        (col("x", "int64"), pa.array([2**63 - 1], pa.int64()), pa.array([1], pa.uint64()), "incompatible"),
+        (
+            col("x", "decimal", precision=10, scale=2),
+            pa.array([Decimal("-12345678.90")], pa.decimal128(10, 2)),
+            pa.array([Decimal("1.50")], pa.decimal128(11, 2)),
+            "incompatible",
+        ),
+        (
+            col("x", "decimal", precision=38, scale=10),
+            pa.array([_BIG], pa.decimal128(38, 10)),
+            pa.array([_BIG], pa.decimal256(38, 10)),
+            "incompatible",
+        ),
+        (col("x", "float32"), pa.array([1.5], pa.float32()), pa.array([1.5], pa.float64()), "incompatible"),
+        (col("x", "float64"), pa.array([0.1], pa.float64()), pa.array(["0.1"]), "incompatible"),
+        (col("x", "string", byte_length=4), pa.array(["éé"]), pa.array(["ééé"]), "longer than the length"),
+        (col("x", "json"), pa.array(['{"a": [1]}']), pa.array([1], pa.int64()), "incompatible"),
+        (
+            col("x", "binary", byte_length=3),
+            pa.array([b"\x00\xff\x01"]),
+            pa.array([b"abcd"]),
+            r"varying\(3\)",
+        ),
+        (
+            col("x", "date"),
+            pa.array([_DAY], pa.date32()),
+            pa.array([_TS], pa.timestamp("us")),
+            "incompatible",
+        ),
+        (
+            col("x", "timestamp"),
+            pa.array([_TS], pa.timestamp("us")),
+            pa.array([_TS], pa.timestamp("ns")),
+            "NANOS",
+        ),
+        (
+            col("x", "timestamptz"),
+            pa.array([_UTC], pa.timestamp("us", tz="UTC")),
+            pa.array([_UTC], pa.timestamp("ns", tz="UTC")),
+            "NANOS",
+        ),
+        (col("x", "time"), pa.array([-1], pa.int64()), pa.array([1], pa.time64("us")), "incompatible"),
+    ],
+    ids=lambda v: v.logical if hasattr(v, "logical") else "",
+)
+async def test_copy_rule_for_every_logical_type(
+    emulator: RedshiftEmulator, s3_conn: S3Conn, column: Any, good: Any, bad: Any, refusal: str
+) -> None:
+    """The staging type the loader declares takes the Parquet type the stage writes, exactly; any other
+    Parquet type (or a value too long for the declared size) fails the COPY like Redshift."""
+    assert column.arrow_type() == good.type or column.logical == "binary"  # binary: Arrow binary
+    ddl = f"(x {redshift_type(column, staging=True)})"
+    await _copy(emulator, ddl, stage(s3_conn, [pa.table({"x": good})]).manifest_url)
+    assert [r[0] for r in await emulator.fetch("SELECT x FROM stage_t")] == good.to_pylist()
+    with pytest.raises(InternalServerError, match=refusal):
+        await _copy(emulator, ddl, stage(s3_conn, [pa.table({"x": bad})]).manifest_url)
+
+
+@pytest.mark.parametrize(
+    ("sql", "in_transaction", "refusal"),
+    [
+        ('ALTER TABLE "t" ALTER COLUMN "c" TYPE VARCHAR(10)', True, "inside a transaction block"),
+        ('ALTER TABLE "t" ALTER COLUMN "c" TYPE DECIMAL(12,2)', False, "anything but a VARCHAR"),
+        ('ALTER TABLE "t" ADD COLUMN "a" INTEGER, ADD COLUMN "b" INTEGER', True, "several actions"),
+    ],
+)
+def test_alter_table_forms_redshift_refuses(sql: str, in_transaction: bool, refusal: str) -> None:
+    with pytest.raises(asyncpg.PostgresSyntaxError, match=refusal):
+        check_redshift_sql(sql, in_transaction=in_transaction)
+
+
+def test_alter_table_forms_redshift_accepts() -> None:
+    check_redshift_sql('ALTER TABLE "t" ADD COLUMN "a" DECIMAL(10,2) ENCODE AZ64', in_transaction=True)
+    check_redshift_sql('ALTER TABLE "t" ALTER COLUMN "type" TYPE VARCHAR(10)', in_transaction=False)
+    check_redshift_sql('ALTER TABLE "s"."x" RENAME TO "t"', in_transaction=True)
+
+
+async def test_alter_type_of_a_key_column_is_refused(emulator: RedshiftEmulator) -> None:
+    await emulator.execute('CREATE TEMP TABLE "kt" ("k" VARCHAR(4), PRIMARY KEY ("k"))')
+    with pytest.raises(InternalServerError, match="it is a key"):
+        await emulator.execute('ALTER TABLE "kt" ALTER COLUMN "k" TYPE VARCHAR(8)')

@@ -3,12 +3,15 @@
 A load (DESIGN.md section 4, research/reliability.md sections 1.7-1.8):
 
 1. outside any data transaction, each race-safe: the target schema, the state schema and table, the
-   target table (created from the schema if missing; one with a different column set is refused);
+   target table (created from the schema if missing); an existing target is compared with the load's
+   columns (``evolve``): an incompatible change fails here, before anything changed, and the changes
+   a warehouse cannot make inside a transaction (Redshift's VARCHAR widening) are made here;
 2. the staging table (a temp table mirroring the Parquet schema in order), filled by COPY, its row
    count checked against the stage manifest;
 3. LOCK the target (serialising loads of one table), LOCK the state table for writing, read the latest
    state row and compare it with the one the caller planned from (the concurrency guard);
-4. change the target by mode (``statements.apply_steps``), drop the staging table, append the state
+4. evolve the target (ADD COLUMN, ALTER COLUMN TYPE, or a rebuild; planned again under the lock),
+   change the target by mode (``statements.apply_steps``), drop the staging table, append the state
    row, COMMIT.
 
 Steps 2-4 are ONE transaction on PostgreSQL, in READ COMMITTED: the guard's SELECT sees every commit
@@ -21,7 +24,7 @@ target and state are untouched; the staging table is dropped (or dies with the s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -31,11 +34,11 @@ import pyarrow as pa
 
 from src.common.errors import WarehouseError
 from src.common.log import get_logger
-from src.common.schema import TableSchema
 from src.stage.models import StageResult
+from src.warehouse import evolve
 from src.warehouse import state as st
-from src.warehouse.catalog import Executor, ensure_schema, ensure_table, table_columns
-from src.warehouse.ddl import check_identifiers
+from src.warehouse.catalog import Executor, ensure_schema, ensure_table
+from src.warehouse.ddl import check_distsort, check_identifiers
 from src.warehouse.state import LoadRequest, Mode, StateRow
 from src.warehouse.statements import (
     LoadSpec,
@@ -75,9 +78,15 @@ class LoadResult:
     rows_loaded: int  # rows inserted into the target
     target: str  # "schema.table"
     rows_deleted: int = 0
+    schema_changes: tuple[str, ...] = ()  # what evolving the target did, in words
 
 
 class Warehouse(Protocol):
+    @property
+    def max_varchar_bytes(self) -> int | None:
+        """The longest text a column can hold, in bytes (None: unbounded)."""
+        ...
+
     async def ping(self) -> None: ...
 
     async def read_state(self, pipeline: str, table: str) -> StateRow | None: ...
@@ -89,10 +98,6 @@ class Warehouse(Protocol):
     async def load(self, req: LoadRequest) -> LoadResult: ...
 
     def render_load(self, req: LoadRequest) -> list[str]: ...
-
-    async def load_full_refresh(
-        self, *, table: str, schema: TableSchema, target_table: str, stage: StageResult, execution_id: str
-    ) -> LoadResult: ...
 
 
 @dataclass(frozen=True)
@@ -124,45 +129,40 @@ async def transaction(ex: Executor) -> AsyncIterator[None]:
 
 async def run_load(ex: Executor, spec: LoadSpec, fill: Fill, commit: Commit | None) -> LoadResult:
     """The protocol in the module docstring; ``commit`` None = no state row and no guard."""
-    check_identifiers(spec.dialect, spec.schema_name, spec.target_table, spec.schema)
-    check_keys(spec)
+    check_spec(spec)
     await ensure_schema(ex, spec.dialect, spec.schema_name)
     if commit is not None:
         await st.ensure(ex, spec.dialect, commit.state_schema)
-    await ensure_target(ex, spec)
+    done = await prepare_target(ex, spec)
     if not spec.dialect.snapshot_per_transaction:
         async with transaction(ex):
             await ex.execute(READ_COMMITTED)
             await load_staging(ex, spec, fill)
-            return await apply(ex, spec, commit)
+            return await apply(ex, spec, commit, done)
     try:
         await load_staging(ex, spec, fill)
         async with transaction(ex):
-            return await apply(ex, spec, commit)
+            return await apply(ex, spec, commit, done)
     except BaseException:
         await _drop_quietly(ex, spec)
         raise
 
 
-async def ensure_target(ex: Executor, spec: LoadSpec) -> None:
-    """Create the target from the schema if missing; refuse one whose column set differs."""
+def check_spec(spec: LoadSpec) -> None:
+    check_identifiers(spec.dialect, spec.schema_name, spec.target_table, spec.schema)
+    check_keys(spec)
+    check_distsort(spec.distsort, spec.schema.names, spec.target_name)
+
+
+async def prepare_target(ex: Executor, spec: LoadSpec) -> tuple[str, ...]:
+    """Create the target if missing; else plan its evolution (raising for an incompatible change before
+    anything changed) and make the changes that cannot run inside a transaction. Returns their notes."""
     if await ensure_table(ex, spec.dialect, spec.schema_name, spec.target_table, target_create_sql(spec)):
-        return
-    existing = await table_columns(ex, spec.dialect, spec.schema_name, spec.target_table)
-    wanted = [spec.dialect.fold(n) for n in spec.schema.names]
-    only_source = [n for n in wanted if n not in existing]
-    only_target = [n for n in existing if n not in wanted]
-    if only_source or only_target:
-        raise WarehouseError(
-            f"target table {spec.target_name} exists with a different column set (only in the source: "
-            f"{_names(only_source)}; only in the target: {_names(only_target)}); schema evolution is not "
-            "supported yet: drop the table or rename it (or set target_name) and run again",
-            table=spec.target_name,
-        )
-
-
-def _names(names: Sequence[str]) -> str:
-    return ", ".join(repr(n) for n in names) or "none"
+        return ()
+    plan = await evolve.read(ex, spec)
+    for sql in plan.before:
+        await ex.execute(sql)
+    return plan.notes(before=True)
 
 
 async def load_staging(ex: Executor, spec: LoadSpec, fill: Fill) -> int:
@@ -182,12 +182,15 @@ async def load_staging(ex: Executor, spec: LoadSpec, fill: Fill) -> int:
     return loaded
 
 
-async def apply(ex: Executor, spec: LoadSpec, commit: Commit | None) -> LoadResult:
-    """Inside the commit transaction: locks, guard, target changes, state row."""
+async def apply(
+    ex: Executor, spec: LoadSpec, commit: Commit | None, done: tuple[str, ...] = ()
+) -> LoadResult:
+    """Inside the commit transaction: locks, guard, schema evolution, target changes, state row."""
     await ex.execute(target_lock_sql(spec))
     if commit is not None:
         await ex.execute(st.lock_for_load(spec.dialect, commit.state_schema))
         await guard(ex, spec, commit)
+    changes = (*done, *await evolve_locked(ex, spec))
     counts = {"delete": 0, "insert": 0}
     for kind, sql in apply_steps(spec):
         counts[kind] += _affected(await ex.execute(sql))
@@ -195,7 +198,23 @@ async def apply(ex: Executor, spec: LoadSpec, commit: Commit | None) -> LoadResu
         await ex.execute(drop_staging_sql(spec))
     if commit is not None:
         await st.insert(ex, spec.dialect, commit.state_schema, commit.row)
-    return LoadResult(rows_loaded=counts["insert"], target=spec.target_name, rows_deleted=counts["delete"])
+    deleted = counts["delete"]
+    return LoadResult(counts["insert"], spec.target_name, rows_deleted=deleted, schema_changes=changes)
+
+
+async def evolve_locked(ex: Executor, spec: LoadSpec) -> tuple[str, ...]:
+    """Plan again under the target's lock (another load may have changed it meanwhile) and apply."""
+    plan = await evolve.read(ex, spec)
+    if plan.before:
+        raise WarehouseError(
+            f"the columns of {spec.target_name} changed while this load prepared it: nothing was "
+            "changed; rerun",
+            table=spec.target_name,
+            retryable=True,
+        )
+    for sql in plan.inside:
+        await ex.execute(sql)
+    return plan.notes(before=False)
 
 
 async def guard(ex: Executor, spec: LoadSpec, commit: Commit) -> None:
@@ -232,9 +251,9 @@ def _affected(status: str) -> int:
 
 def render(spec: LoadSpec, fill_sql: str, commit: Commit | None) -> list[str]:
     """Every statement ``run_load`` may send, in order (creation statements run only when needed);
-    pure: no I/O. ``fill_sql`` stands for the COPY that fills the staging table."""
-    check_identifiers(spec.dialect, spec.schema_name, spec.target_table, spec.schema)
-    check_keys(spec)
+    pure: no I/O. ``fill_sql`` stands for the COPY that fills the staging table. Schema evolution
+    statements depend on the target's catalog at load time and are not shown."""
+    check_spec(spec)
     d = spec.dialect
     out = [f"CREATE SCHEMA IF NOT EXISTS {d.ident(spec.schema_name)}"]
     if commit is not None:

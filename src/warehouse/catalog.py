@@ -35,6 +35,22 @@ _COLUMNS = (
 )
 
 
+_COLUMN_TYPES = (
+    "SELECT CAST(a.attname AS VARCHAR(128)) AS name, "
+    "CAST(format_type(a.atttypid, a.atttypmod) AS VARCHAR(256)) AS sqltype FROM pg_catalog.pg_attribute a "
+    "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped "
+    "ORDER BY a.attnum"
+)
+
+
+async def column_types(ex: Executor, dialect: Dialect, schema_name: str, table: str) -> list[tuple[str, str]]:
+    """(name, type as the catalog spells it) of each of the table's columns, in order."""
+    rows = await ex.fetch(_COLUMN_TYPES, dialect.fold(schema_name), dialect.fold(table))
+    return [(str(row["name"]), str(row["sqltype"])) for row in rows]
+
+
 async def table_columns(ex: Executor, dialect: Dialect, schema_name: str, table: str) -> list[str]:
     """The table's column names in order; empty when the table does not exist."""
     rows = await ex.fetch(_COLUMNS, dialect.fold(schema_name), dialect.fold(table))

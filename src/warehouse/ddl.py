@@ -19,7 +19,8 @@ from src.common.schema import Column, TableSchema
 REDSHIFT_MAX_VARCHAR = 65_535
 REDSHIFT_MAX_VARBYTE = 16_777_216
 REDSHIFT_MAX_PRECISION = 38
-SYSTEM_COLUMNS = frozenset({"oid", "tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})
+PG_SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})  # "oid" since PG 12: no
+SYSTEM_COLUMNS = PG_SYSTEM_COLUMNS | {"oid"}  # Redshift's
 STAGING_PREFIX = "s3shift_stage_"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
@@ -35,6 +36,9 @@ class Dialect:
     visible. Such a warehouse fills the staging table before the commit transaction, whose first
     statements are the LOCKs. PostgreSQL runs the commit transaction in READ COMMITTED instead, where
     every statement sees what committed before it. ``now_sql``: the server's UTC wall clock.
+    ``max_varchar_bytes``: the longest text a column holds (None: unbounded), which the extractor's
+    ``long_text`` policy needs. ``alter_type_in_transaction``: ALTER COLUMN TYPE may run inside a
+    transaction (PostgreSQL; Redshift only widens a VARCHAR, and never inside one).
     """
 
     name: Literal["postgres", "redshift"]
@@ -42,6 +46,9 @@ class Dialect:
     folds_case: bool
     snapshot_per_transaction: bool = False
     now_sql: str = "(clock_timestamp() AT TIME ZONE 'UTC')"
+    max_varchar_bytes: int | None = None
+    alter_type_in_transaction: bool = True
+    system_columns: frozenset[str] = PG_SYSTEM_COLUMNS  # names a column cannot have (after folding)
 
     def fold(self, name: str) -> str:
         if not self.folds_case:
@@ -57,17 +64,66 @@ class Dialect:
 
 POSTGRES = Dialect("postgres", max_identifier_bytes=63, folds_case=False)
 REDSHIFT = Dialect(
-    "redshift", max_identifier_bytes=127, folds_case=True, snapshot_per_transaction=True, now_sql="GETDATE()"
+    "redshift",
+    max_identifier_bytes=127,
+    folds_case=True,
+    snapshot_per_transaction=True,
+    now_sql="GETDATE()",
+    max_varchar_bytes=REDSHIFT_MAX_VARCHAR,
+    alter_type_in_transaction=False,
+    system_columns=SYSTEM_COLUMNS,
 )
+ENCODINGS = frozenset(
+    {"RAW", "AZ64", "BYTEDICT", "DELTA", "DELTA32K", "LZO", "MOSTLY8", "MOSTLY16", "MOSTLY32", "RUNLENGTH"}
+    | {"TEXT255", "TEXT32K", "ZSTD"}
+)
+# Encodings a Redshift VARCHAR cannot be widened under (ALTER COLUMN TYPE refuses them).
+NO_ALTER_ENCODINGS = frozenset({"BYTEDICT", "RUNLENGTH", "TEXT255", "TEXT32K"})
 
 
 @dataclass(frozen=True)
 class DistSort:
-    """Redshift physical design for a new target table (DISTSTYLE / DISTKEY / SORTKEY)."""
+    """Redshift physical design of a target table (DISTSTYLE / DISTKEY / SORTKEY / per-column ENCODE),
+    by TARGET column name; ignored on PostgreSQL."""
 
     diststyle: Literal["AUTO", "EVEN", "ALL", "KEY"] | None = None
     distkey: str | None = None
     sortkey: tuple[str, ...] = ()
+    encode: tuple[tuple[str, str], ...] = ()  # (column, encoding)
+
+    def encoding(self, column: str) -> str | None:
+        return dict(self.encode).get(column)
+
+
+def check_distsort(distsort: DistSort | None, columns: Sequence[str], where: str) -> None:
+    """Every DISTKEY / SORTKEY / ENCODE column exists; encodings are Redshift's; DISTKEY goes with KEY."""
+    if distsort is None:
+        return
+    known = set(columns)
+    named = [("distkey", distsort.distkey)] if distsort.distkey else []
+    named += [("sortkey", c) for c in distsort.sortkey] + [("encode", c) for c, _ in distsort.encode]
+    for key, name in named:
+        if name not in known:
+            raise WarehouseError(
+                f"{key} column {name!r} is not a column of {where} (columns are named as in the target, "
+                "after rename_columns): fix the table's config",
+                table=where,
+                column=name,
+                key=key,
+            )
+    bad = [f"{c}: {e}" for c, e in distsort.encode if e.upper() not in ENCODINGS]
+    if bad:
+        raise WarehouseError(
+            f"unknown ENCODE for {where} ({', '.join(bad)}): use one of {', '.join(sorted(ENCODINGS))}",
+            table=where,
+            key="encode",
+        )
+    if distsort.distkey and distsort.diststyle not in (None, "KEY"):
+        raise WarehouseError(
+            f"{where} sets distkey with diststyle {distsort.diststyle}: a DISTKEY needs diststyle KEY",
+            table=where,
+            key="diststyle",
+        )
 
 
 # ---- column types -------------------------------------------------------------------------------
@@ -135,44 +191,44 @@ def _capped(length: int | None, cap: int) -> int:
 
 
 def check_identifiers(dialect: Dialect, schema_name: str, target_table: str, schema: TableSchema) -> None:
-    """Reject names the warehouse would mangle: control characters, over-long, system or colliding."""
+    """Reject names the warehouse would mangle: control characters, over-long, system or colliding.
+    Column problems are reported all at once, with the ``rename_columns`` that would fix them."""
     where = f"{schema_name}.{target_table}"
     for kind, name in (("schema", schema_name), ("table", target_table)):
-        _check_name(dialect, kind, name, where)
+        problem = _name_problem(dialect, name)
+        if problem:
+            raise WarehouseError(
+                f"{kind} name {name!r} of {where} {problem}, which {dialect.name} does not allow", table=where
+            )
+    problems: dict[str, str] = {}
     folded: dict[str, str] = {}
-    for col in schema.columns:
-        _check_name(dialect, "column", col.name, where)
-        if dialect.fold(col.name).lower() in SYSTEM_COLUMNS:
-            raise WarehouseError(
-                f"column {col.name!r} of {where} is a system column name in {dialect.name}: rename it "
-                "at the source or in a view",
-                table=where,
-                column=col.name,
-            )
-        other = folded.setdefault(dialect.fold(col.name), col.name)
-        if other != col.name:
-            raise WarehouseError(
-                f"columns {other!r} and {col.name!r} of {where} collide once {dialect.name} folds them "
-                "to lowercase: rename one at the source",
-                table=where,
-                column=col.name,
-            )
-
-
-def _check_name(dialect: Dialect, kind: str, name: str, where: str) -> None:
-    problem = None
-    if not name:
-        problem = "is empty"
-    elif _CONTROL.search(name):
-        problem = "contains a control character"
-    elif len(dialect.fold(name).encode()) > dialect.max_identifier_bytes:
-        problem = f"is longer than {dialect.max_identifier_bytes} bytes"
-    if problem:
+    for name in schema.names:
+        other = folded.setdefault(dialect.fold(name), name)
+        if other != name:
+            problems[name] = f"collides with {other!r} once {dialect.name} folds names to lowercase"
+        elif dialect.fold(name) in dialect.system_columns:
+            problems[name] = f"is a system column name in {dialect.name}"
+        elif problem := _name_problem(dialect, name):
+            problems[name] = problem
+    if problems:
         raise WarehouseError(
-            f"{kind} name {name!r} of {where} {problem}, which {dialect.name} does not allow",
+            f"columns of {where} that {dialect.name} cannot hold: "
+            + "; ".join(f"{n!r} {p}" for n, p in problems.items())
+            + f": set rename_columns: {{{', '.join(f'{n!r}: NEW_NAME' for n in problems)}}} "
+            "in the table's config",
             table=where,
-            column=name if kind == "column" else None,
+            column=next(iter(problems)),
         )
+
+
+def _name_problem(dialect: Dialect, name: str) -> str | None:
+    if not name:
+        return "is empty"
+    if _CONTROL.search(name):
+        return "contains a control character"
+    if len(dialect.fold(name).encode()) > dialect.max_identifier_bytes:
+        return f"is longer than {dialect.max_identifier_bytes} bytes"
+    return None
 
 
 def staging_name(execution_id: str, schema_name: str, target_table: str) -> str:
@@ -194,13 +250,18 @@ def create_table_sql(
     if_not_exists: bool = False,
     distsort: DistSort | None = None,
 ) -> str:
-    body = [f"{dialect.ident(name)} {sqltype}" for name, sqltype in columns]
+    body = [f"{dialect.ident(n)} {sqltype}{encode_sql(dialect, distsort, n)}" for n, sqltype in columns]
     if primary_key:
         body.append(f"PRIMARY KEY ({', '.join(dialect.ident(k) for k in primary_key)})")
     head = "CREATE TEMP TABLE" if temp else "CREATE TABLE"
     if if_not_exists:
         head += " IF NOT EXISTS"
     return f"{head} {qualified} ({', '.join(body)}){_distsort_sql(dialect, distsort)}"
+
+
+def encode_sql(dialect: Dialect, distsort: DistSort | None, column: str) -> str:
+    encoding = distsort.encoding(column) if distsort is not None and dialect.name == "redshift" else None
+    return f" ENCODE {encoding.upper()}" if encoding else ""
 
 
 def _distsort_sql(dialect: Dialect, distsort: DistSort | None) -> str:

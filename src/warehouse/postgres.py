@@ -19,6 +19,7 @@ import pyarrow as pa
 from pgpq import ArrowToPostgresBinaryEncoder
 
 from src.common.errors import WarehouseError, describe
+from src.common.policy import SchemaChange
 from src.common.schema import Column, TableSchema
 from src.config.models import TargetConn
 from src.stage.models import StageResult
@@ -27,7 +28,7 @@ from src.warehouse.catalog import Executor
 from src.warehouse.ddl import POSTGRES, postgres_type, staging_name
 from src.warehouse.errors import classify, where
 from src.warehouse.sqlwarehouse import SqlWarehouse
-from src.warehouse.state import Mode
+from src.warehouse.state import LoadRequest, Mode
 from src.warehouse.statements import LoadSpec
 
 CLOSE_TIMEOUT = 10.0
@@ -71,6 +72,7 @@ def build_spec(
     mode: Mode = "replace",
     key: tuple[str, ...] = (),
     order_by: tuple[str, ...] = (),
+    schema_change: SchemaChange = "fail",
 ) -> LoadSpec:
     arrow_schema = staging_arrow_schema(schema)
     pg_schema = ArrowToPostgresBinaryEncoder(arrow_schema).schema()
@@ -88,6 +90,7 @@ def build_spec(
         mode=mode,
         key=key,
         order_by=order_by,
+        schema_change=schema_change,
         key_exprs=tuple(
             insert_expr(schema.column(k), POSTGRES.ident(staging)) for k in key if k in schema.names
         ),
@@ -182,26 +185,17 @@ class PostgresWarehouse(SqlWarehouse):
             finally:
                 discard_if_in_transaction(conn)
 
-    def _spec(
-        self,
-        *,
-        schema: TableSchema,
-        target_table: str,
-        stage: StageResult,
-        execution_id: str,
-        mode: Mode,
-        key: tuple[str, ...] = (),
-        order_by: tuple[str, ...] = (),
-    ) -> LoadSpec:
+    def _spec(self, req: LoadRequest) -> LoadSpec:
         return build_spec(
-            schema,
+            req.schema,
             schema_name=self.cfg.schema,
-            target_table=target_table,
-            stage=stage,
-            execution_id=execution_id,
-            mode=mode,
-            key=key,
-            order_by=order_by,
+            target_table=req.target_table,
+            stage=req.stage,
+            execution_id=req.execution_id,
+            mode=req.mode,
+            key=req.key,
+            order_by=req.order_by,
+            schema_change=req.schema_change,
         )
 
     def _fill(self, ex: Executor, spec: LoadSpec) -> Fill:

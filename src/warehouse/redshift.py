@@ -16,6 +16,7 @@ import asyncpg
 
 from src.common.errors import WarehouseError
 from src.common.log import get_logger
+from src.common.policy import SchemaChange
 from src.common.schema import Column, TableSchema
 from src.config.models import TargetConn
 from src.stage.models import StageResult
@@ -32,7 +33,7 @@ from src.warehouse.ddl import (
 from src.warehouse.errors import classify, where
 from src.warehouse.postgres import connect_kwargs, ssl_context
 from src.warehouse.sqlwarehouse import SqlWarehouse
-from src.warehouse.state import Mode
+from src.warehouse.state import LoadRequest, Mode
 from src.warehouse.statements import LoadSpec
 
 RedshiftConnect = Callable[[TargetConn], AbstractAsyncContextManager[Executor]]
@@ -80,6 +81,7 @@ def build_spec(
     mode: Mode = "replace",
     key: tuple[str, ...] = (),
     order_by: tuple[str, ...] = (),
+    schema_change: SchemaChange = "fail",
 ) -> LoadSpec:
     staging = staging_name(f"{execution_id}\x1f{stage.manifest_url}", schema_name, target_table)
     return LoadSpec(
@@ -96,6 +98,7 @@ def build_spec(
         mode=mode,
         key=key,
         order_by=order_by,
+        schema_change=schema_change,
         key_exprs=tuple(
             insert_expr(schema.column(k), REDSHIFT.ident(staging)) for k in key if k in schema.names
         ),
@@ -161,27 +164,19 @@ class RedshiftWarehouse(SqlWarehouse):
         except Exception as exc:
             raise classify(exc, cfg=self.cfg, action="connecting to") from exc
 
-    def _spec(
-        self,
-        *,
-        schema: TableSchema,
-        target_table: str,
-        stage: StageResult,
-        execution_id: str,
-        mode: Mode,
-        key: tuple[str, ...] = (),
-        order_by: tuple[str, ...] = (),
-    ) -> LoadSpec:
+    def _spec(self, req: LoadRequest) -> LoadSpec:
         require_iam_role(self.cfg)
         return build_spec(
-            schema,
+            req.schema,
             schema_name=self.cfg.schema,
-            target_table=target_table,
-            stage=stage,
-            execution_id=execution_id,
-            mode=mode,
-            key=key,
-            order_by=order_by,
+            target_table=req.target_table,
+            stage=req.stage,
+            execution_id=req.execution_id,
+            mode=req.mode,
+            key=req.key,
+            order_by=req.order_by,
+            distsort=req.distsort,
+            schema_change=req.schema_change,
         )
 
     def _fill(self, ex: Executor, spec: LoadSpec) -> Fill:

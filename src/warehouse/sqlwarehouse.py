@@ -8,40 +8,52 @@ classification, is here.
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 
 from src.common.errors import WarehouseError
 from src.common.schema import TableSchema
 from src.config.models import TargetConn
-from src.stage.models import StageResult
 from src.warehouse import state as st
 from src.warehouse.base import Commit, Fill, LoadResult, render, run_load, transaction
 from src.warehouse.catalog import Executor
 from src.warehouse.ddl import Dialect
 from src.warehouse.errors import classify
-from src.warehouse.state import LoadRequest, Mode, StateRow
+from src.warehouse.state import LoadRequest, StateRow
 from src.warehouse.statements import LoadSpec
+
+
+def renamed(req: LoadRequest) -> LoadRequest:
+    """The request in TARGET column names: schema, primary key, merge key and order columns renamed by
+    ``req.rename`` (source -> target). Renames of columns the schema lacks are ignored (the source may
+    have dropped them; config validation is the config layer's)."""
+    if not req.rename:
+        return req
+    mapping = dict(req.rename)
+
+    def name(n: str) -> str:
+        return mapping.get(n, n)
+
+    columns = tuple(replace(c, name=name(c.name)) for c in req.schema.columns)
+    schema = TableSchema(columns, tuple(map(name, req.schema.primary_key)))
+    key, order_by = tuple(map(name, req.key)), tuple(map(name, req.order_by))
+    return replace(req, schema=schema, key=key, order_by=order_by, rename=())
 
 
 class SqlWarehouse:
     cfg: TargetConn
     dialect: Dialect
 
+    @property
+    def max_varchar_bytes(self) -> int | None:
+        return self.dialect.max_varchar_bytes
+
     # ---- what a warehouse provides ---------------------------------------------------------------
 
     def _session(self, *, load: bool) -> AbstractAsyncContextManager[Executor]:
         raise NotImplementedError
 
-    def _spec(
-        self,
-        *,
-        schema: TableSchema,
-        target_table: str,
-        stage: StageResult,
-        execution_id: str,
-        mode: Mode,
-        key: tuple[str, ...] = (),
-        order_by: tuple[str, ...] = (),
-    ) -> LoadSpec:
+    def _spec(self, req: LoadRequest) -> LoadSpec:
+        """The spec of a request already in target names (``renamed``)."""
         raise NotImplementedError
 
     def _fill(self, ex: Executor, spec: LoadSpec) -> Fill:
@@ -86,15 +98,7 @@ class SqlWarehouse:
     # ---- loads -----------------------------------------------------------------------------------
 
     def _request_spec(self, req: LoadRequest) -> LoadSpec:
-        return self._spec(
-            schema=req.schema,
-            target_table=req.target_table,
-            stage=req.stage,
-            execution_id=req.execution_id,
-            mode=req.mode,
-            key=req.key,
-            order_by=req.order_by,
-        )
+        return self._spec(renamed(req))
 
     def _commit(self, req: LoadRequest) -> Commit:
         return Commit(row=req.state, expect_stage=req.expect_stage, state_schema=self.state_schema)
@@ -113,24 +117,6 @@ class SqlWarehouse:
         """The DDL and SQL ``load(req)`` would run, in order; no I/O."""
         spec = self._request_spec(req)
         return render(spec, self._fill_sql(spec), self._commit(req))
-
-    async def load_full_refresh(
-        self, *, table: str, schema: TableSchema, target_table: str, stage: StageResult, execution_id: str
-    ) -> LoadResult:
-        """Replace the target's rows with the stage's, without a state row."""
-        name = f"{self.cfg.schema}.{target_table}"
-        try:
-            spec = self._spec(
-                schema=schema,
-                target_table=target_table,
-                stage=stage,
-                execution_id=execution_id,
-                mode="replace",
-            )
-            async with self._session(load=True) as ex:
-                return await run_load(ex, spec, self._fill(ex, spec), None)
-        except Exception as exc:
-            raise self._error(exc, "full refresh of", name) from exc
 
     def _error(self, exc: Exception, action: str, table: str) -> WarehouseError:
         return classify(exc, cfg=self.cfg, action=action, table=table)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+from src.common.policy import SchemaChange
 from src.common.schema import TableSchema
 from src.plan.models import Watermark
 from src.stage.models import StageResult
@@ -53,6 +54,9 @@ class LoadRequest:
     order_by: tuple[str, ...]  # cursor columns; the LAST row by these wins the dedup
     state: StateRow  # written in the same transaction
     expect_stage: str | None  # the stage_id of the latest state row the caller saw ("" / None: none)
+    rename: tuple[tuple[str, str], ...] = ()  # (source column, target column); key/order_by are source names
+    schema_change: SchemaChange = "fail"  # an incompatible column change: fail, or rebuild the target
+    distsort: DistSort | None = None  # Redshift DISTSTYLE/DISTKEY/SORTKEY/ENCODE, by target column name
 
 
 # (column, type); the first BOUND are bound from a StateRow, the last two computed by the server.

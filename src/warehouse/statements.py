@@ -1,6 +1,8 @@
 """The SQL of one load, as pure functions of a ``LoadSpec``: what ``load`` runs and ``render_load`` shows.
 
-Modes (the staging table mirrors the Parquet schema in order; the target is written by column name):
+A spec's column names are the TARGET names (after the request's rename map); the staging table has the
+Parquet file's columns, types and order, under those names (both fills map columns by position).
+Modes (the target is written by column name):
 - ``replace``: DELETE every target row, INSERT every staged row (never TRUNCATE: it commits on Redshift);
 - ``merge``: DELETE the target rows whose key is staged, INSERT the staged rows deduplicated by key,
   the last by ``order_by`` winning (ROW_NUMBER, which both warehouses have; no MERGE, no ON CONFLICT);
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from src.common.errors import WarehouseError
+from src.common.policy import SchemaChange
 from src.common.schema import TableSchema
 from src.stage.models import StageResult
 from src.warehouse.ddl import Dialect, DistSort, create_table_sql, insert_select_sql, lock_sql
@@ -40,6 +43,7 @@ class LoadSpec:
     key: tuple[str, ...] = ()
     order_by: tuple[str, ...] = ()
     key_exprs: tuple[str, ...] = ()  # per key column, an expression over the QUALIFIED staging column
+    schema_change: SchemaChange = "fail"  # what an incompatible change of the target's columns does
 
     @property
     def target_name(self) -> str:
