@@ -206,11 +206,17 @@ def test_failed_table_leaves_previous_target_untouched(cfg: Path, mysql_db: str,
     make_customers(mysql_db)
     t = f"{mysql_db}.customers"
     assert run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", t)[1].returncode == 0
-    # a column the target does not have: the load must fail and roll back, leaving the old rows
-    mysql_exec(mysql_db, "ALTER TABLE customers ADD COLUMN extra INT", "DELETE FROM customers WHERE id = 1")
+    # an incompatible type change (int -> varchar) under the default policy: the table fails, the
+    # target keeps its rows and its column type
+    mysql_exec(
+        mysql_db,
+        "ALTER TABLE customers MODIFY `Mixed Case` VARCHAR(10)",
+        "DELETE FROM customers WHERE id = 1",
+    )
     doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", t)
     assert proc.returncode == 1 and doc["status"] == "failed"
-    assert "dim_customers" in doc["table_results"][t]["error_message"]
+    msg = doc["table_results"][t]["error_message"]
+    assert "dim_customers" in msg and "Mixed Case" in msg and "schema_change" in msg, msg
     assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".dim_customers')[0][0] == 3
 
 

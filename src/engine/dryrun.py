@@ -91,7 +91,14 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
         }
         return out
     async with res.source.connection() as conn:
-        schema = await describe_table(conn, plan.database, plan.source_table, primary_key=plan.primary_key)
+        schema = await describe_table(
+            conn,
+            plan.database,
+            plan.source_table,
+            primary_key=plan.primary_key,
+            policy=plan.policy,
+            selection=plan.columns,
+        )
         resolved = resolve(plan, schema)
         win = window(plan, resolved, chain.position)
         check_window(plan.table, schema, win)

@@ -30,6 +30,7 @@ from src.stage.pending import clean_dead_runs, delete_stage, list_stages, run_ma
 from src.stage.s3 import S3Stage
 from src.stage.writer import write_parquet
 from src.warehouse.base import LoadRequest, StateRow, Warehouse
+from src.warehouse.ddl import DistSort
 
 log = get_logger("engine")
 BATCHES_IN_FLIGHT = 2  # bound of the stream between extract and stage, in record batches
@@ -126,7 +127,14 @@ async def _backup(ctx: RunContext, plan: TablePlan, chain: Chain, progress: _Pro
         log.warning("%s: aborted %d multipart upload(s) left by killed runs", plan.table, aborted)
     async with ctx.source.connection() as conn:
         progress.phase = "introspect"
-        schema = await describe_table(conn, plan.database, plan.source_table, primary_key=plan.primary_key)
+        schema = await describe_table(
+            conn,
+            plan.database,
+            plan.source_table,
+            primary_key=plan.primary_key,
+            policy=plan.policy,
+            selection=plan.columns,
+        )
         resolved = resolve(plan, schema)
         win = window(plan, resolved, chain.position)
         check_window(plan.table, schema, win)
@@ -182,6 +190,14 @@ def stage_meta(
         "mode": resolved.mode,
         "key": list(resolved.key),
         "order_by": list(resolved.order_by),
+        "rename": [list(pair) for pair in plan.columns.rename],
+        "schema_change": plan.policy.schema_change,
+        "distsort": {
+            "diststyle": plan.diststyle,
+            "distkey": plan.distkey,
+            "sortkey": list(plan.sortkey),
+            "encode": [list(pair) for pair in plan.encode],
+        },
     }
 
 
@@ -193,18 +209,22 @@ async def _load_chain(
     mark = time.monotonic()
     rows = 0
     loaded: list[str] = []
+    changes: list[str] = []
     for stage in chain.load:
         if stage.rows == 0 and stage_window(stage).strategy != "full_sync":
             continue
         req = load_request(ctx, stage, state)
         result = await ctx.warehouse.load(req)
         rows += result.rows_loaded
+        changes.extend(result.schema_changes)
         state = req.state
         loaded.append(stage_id(stage))
         progress.extra["target"] = result.target
         progress.extra["watermark"] = state.watermark.to_dict() if state.watermark else None
     progress.extra["rows_loaded"] = rows
     progress.extra["stages_loaded"] = loaded
+    if changes:
+        progress.extra["schema_changes"] = changes
     progress.timed("load", mark)
     return rows
 
@@ -238,6 +258,22 @@ def load_request(ctx: RunContext, stage: StageResult, state: StateRow | None) ->
         order_by=tuple(meta["order_by"]),
         state=row,
         expect_stage=state.stage_id if state else None,
+        rename=tuple((str(a), str(b)) for a, b in meta.get("rename", ())),
+        schema_change=meta.get("schema_change", "fail"),
+        distsort=_distsort(meta.get("distsort")),
+    )
+
+
+def _distsort(data: dict[str, Any] | None) -> DistSort | None:
+    if not data or not (
+        data.get("diststyle") or data.get("distkey") or data.get("sortkey") or data.get("encode")
+    ):
+        return None
+    return DistSort(
+        diststyle=data.get("diststyle"),
+        distkey=data.get("distkey"),
+        sortkey=tuple(data.get("sortkey") or ()),
+        encode=tuple((str(c), str(e)) for c, e in data.get("encode") or ()),
     )
 
 
@@ -272,6 +308,9 @@ async def _extract_and_stage(
         batch_size=plan.batch_size,
         stats=stats,
         cpu_limiter=ctx.limits.cpu,
+        policy=plan.policy,
+        where=plan.where,
+        max_text_bytes=ctx.warehouse.max_varchar_bytes,
     )
 
     async def produce() -> None:
