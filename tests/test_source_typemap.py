@@ -8,11 +8,12 @@ import pyarrow as pa
 import pytest
 
 from src.common.errors import UnsupportedTypeError
+from src.common.policy import TypePolicy
 from src.common.schema import Column
 from src.config.models import SourceConn
 from src.source.introspect import describe_table
 from src.source.mysql import MySQLSource
-from src.source.typemap import ColumnInfo, map_column
+from src.source.typemap import ColumnInfo, map_column, result_type_codes
 from tests.conftest import mysql_exec
 
 
@@ -64,7 +65,7 @@ def test_decimal_above_38_is_refused_with_the_policy_named() -> None:
         map_column(info("decimal", "decimal(65,30)", numeric_precision=65, numeric_scale=30), table="shop.t")
     message = str(err.value)
     assert "'c'" in message and "shop.t" in message and "decimal(65,30)" in message
-    assert "p>38 policy" in message and "not available yet" in message
+    assert "type_policies: {decimal_overflow: text}" in message and "exclude_columns" in message
     assert err.value.column == "c" and err.value.table == "shop.t" and not err.value.retryable
 
 
@@ -116,10 +117,55 @@ def test_binaries(data_type: str) -> None:
     assert map_column(info(data_type, char_octet_length=10), table="db.t").logical == "binary"
 
 
-@pytest.mark.parametrize("data_type", ["geometry", "point", "polygon", "vector", "whatever"])
+@pytest.mark.parametrize("data_type", ["vector", "whatever"])
 def test_unknown_types_fail_naming_table_column_and_type(data_type: str) -> None:
     with pytest.raises(UnsupportedTypeError, match=rf"'c' of shop\.t has type {data_type}\b"):
         map_column(info(data_type), table="shop.t")
+
+
+def test_decimal_above_38_as_exact_text_by_policy() -> None:
+    text = TypePolicy(decimal_overflow="text")
+    col = map_column(
+        info("decimal", "decimal(65,30)", numeric_precision=65, numeric_scale=30), table="t", policy=text
+    )
+    assert (col.logical, col.byte_length, col.arrow_type()) == ("string", 67, pa.string())
+    assert result_type_codes(col) == frozenset({0, 246})  # still read as DECIMAL: a type change is drift
+    small = map_column(
+        info("decimal", "decimal(38,2)", numeric_precision=38, numeric_scale=2), table="t", policy=text
+    )
+    assert small.logical == "decimal"  # the policy only governs p > 38
+
+
+@pytest.mark.parametrize(
+    ("column_type", "policy", "logical"),
+    [
+        ("tinyint(1)", "smallint", "int16"),
+        ("tinyint(1)", "boolean", "bool"),
+        ("tinyint(1) unsigned", "boolean", "bool"),
+        ("tinyint(4)", "boolean", "int16"),
+        ("tinyint(10)", "boolean", "int16"),
+    ],
+)
+def test_tinyint1_as_boolean_only_by_policy(column_type: str, policy: str, logical: str) -> None:
+    chosen = TypePolicy(tinyint1=policy)  # type: ignore[arg-type]
+    col = map_column(info("tinyint", column_type), table="t", policy=chosen)
+    assert col.logical == logical and result_type_codes(col) == frozenset({1})
+
+
+@pytest.mark.parametrize(
+    "data_type",
+    ["geometry", "point", "linestring", "polygon", "multipoint", "multilinestring", "multipolygon",
+     "geometrycollection"],
+)  # fmt: skip
+def test_geometry_family_is_binary_ewkb(data_type: str) -> None:
+    col = map_column(info(data_type), table="t")
+    assert (col.logical, col.byte_length) == ("binary", None) and result_type_codes(col) == frozenset({255})
+
+
+def test_binary_enum_and_set_leave_room_for_replacement_characters() -> None:
+    enum = info("enum", "enum('?','é','a')", charset="binary", char_octet_length=2)
+    set_ = info("set", "set('?','z')", charset="binary", char_octet_length=3)
+    assert map_column(enum, table="t").byte_length == 6 and map_column(set_, table="t").byte_length == 9
 
 
 WIDE_DDL = """CREATE TABLE wide (

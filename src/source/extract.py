@@ -1,15 +1,18 @@
 """Stream a table out of MySQL as Arrow record batches with exactly the planned schema.
 
 Rows come through an unbuffered server-side cursor in chunks of ``batch_size``; each chunk is converted
-column by column with explicit Arrow types in a worker thread, then sent on a bounded stream.
+column by column with explicit Arrow types in a worker thread (``src.source.convert``, applying the table's
+``TypePolicy`` and counting coercions), then sent on a bounded stream.
+
+A table's row filter (config ``where:``) is the user's SQL: it is ANDed into every query in parentheses on
+lines of its own (so a trailing ``-- comment`` cannot swallow the rest of the query).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
 import anyio
@@ -18,13 +21,14 @@ import pyarrow as pa
 
 from src.common.errors import SourceError
 from src.common.naming import quote_mysql
-from src.common.schema import Column, TableSchema
+from src.common.policy import TypePolicy
+from src.common.schema import TableSchema
+from src.source.convert import ZERO_DATE, Coercions, rows_to_batch
 from src.source.mysql import RowStream, SourceConnection, driver_error_code
-from src.source.typemap import data_type_of, result_type_codes
+from src.source.text import ReadRules
+from src.source.typemap import DEFAULT_POLICY, result_type_codes
 
-ZERO_DATE = "zero_date_to_null"
-_DURATION_US = pa.duration("us")
-_UINT64 = pa.uint64()
+__all__ = ["ZERO_DATE", "ExtractStats", "ReadRules", "extract_table", "rows_to_batch", "select_sql"]
 _UNKNOWN_COLUMN = 1054
 
 
@@ -39,12 +43,26 @@ class ExtractStats:
             kinds = self.coercions.setdefault(column, {})
             kinds[kind] = kinds.get(kind, 0) + n
 
+    def add(self, coerced: Coercions) -> None:
+        for column, kinds in coerced.items():
+            for kind, n in kinds.items():
+                self.count(column, kind, n)
+
 
 def select_sql(database: str, table: str, schema: TableSchema, where: str | None = None) -> str:
     """SELECT with an explicit, quoted column list (never ``*``)."""
     columns = ", ".join(quote_mysql(c.name) for c in schema.columns)
     sql = f"SELECT {columns} FROM {quote_mysql(database)}.{quote_mysql(table)}"
     return f"{sql} WHERE {where}" if where else sql
+
+
+def with_filter(condition: str | None, row_filter: str | None, *, bound: bool) -> str | None:
+    """``condition`` AND the user's ``row_filter``, in parentheses on lines of its own. ``bound``: the
+    query takes ``%s`` arguments, so a literal ``%`` of the filter is doubled."""
+    if not row_filter or not row_filter.strip():
+        return condition
+    wrapped = "(\n" + (row_filter.replace("%", "%%") if bound else row_filter) + "\n)"
+    return f"{condition} AND {wrapped}" if condition else wrapped
 
 
 async def extract_table(
@@ -59,21 +77,26 @@ async def extract_table(
     where: str | None = None,
     args: Sequence[object] = (),
     cpu_limiter: anyio.CapacityLimiter | None = None,
+    policy: TypePolicy = DEFAULT_POLICY,
+    max_text_bytes: int | None = None,
 ) -> None:
-    """Send the table's rows (filtered by ``where``, whose ``%s`` placeholders take ``args``) as record
-    batches of at most ``batch_size`` rows, then close ``send``. An empty result sends no batch.
+    """Send the table's rows (filtered by the SQL ``where``, whose ``%s`` placeholders take ``args``: with
+    ``args``, write ``%%`` for a literal ``%``) as record batches of at most ``batch_size`` rows, then close
+    ``send``. An empty result sends no batch. Values are converted by ``policy``; ``max_text_bytes`` is the
+    target's VARCHAR byte limit (65535 for Redshift, None for PostgreSQL).
 
     ``send`` is closed on failure too: a consumer must treat the data as complete only when this
     coroutine returned normally.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    ref = f"{database}.{table}"
+    rules = ReadRules(f"{database}.{table}", policy, max_text_bytes)
+    sql = select_sql(database, table, schema, with_filter(None, where, bound=False))
     async with send:
-        with drift_errors(ref):
-            async with conn.stream(select_sql(database, table, schema, where), args) as rows:
-                check_description(rows, schema, ref)
-                await _pump(rows, schema, ref, send, batch_size, stats, cpu_limiter)
+        with drift_errors(rules.ref):
+            async with conn.stream(sql, args) as rows:
+                check_description(rows, schema, rules.ref)
+                await _pump(rows, schema, rules, send, batch_size, stats, cpu_limiter)
 
 
 @contextlib.contextmanager
@@ -96,7 +119,7 @@ def drift_errors(ref: str) -> Iterator[None]:
 async def _pump(
     rows: RowStream,
     schema: TableSchema,
-    ref: str,
+    rules: ReadRules,
     send: anyio.abc.ObjectSendStream[pa.RecordBatch],
     batch_size: int,
     stats: ExtractStats,
@@ -106,21 +129,20 @@ async def _pump(
         chunk = await rows.fetchmany(batch_size)
         if not chunk:
             return
-        await send_rows(chunk, schema, ref, send, stats, cpu_limiter)
+        await send_rows(chunk, schema, rules, send, stats, cpu_limiter)
 
 
 async def send_rows(
     chunk: Sequence[tuple[Any, ...]],
     schema: TableSchema,
-    ref: str,
+    rules: ReadRules | str,
     send: anyio.abc.ObjectSendStream[pa.RecordBatch],
     stats: ExtractStats,
     cpu_limiter: anyio.CapacityLimiter | None,
 ) -> None:
     """Convert row tuples to one record batch in a worker thread, count coercions and rows, send it."""
-    batch, coerced = await anyio.to_thread.run_sync(rows_to_batch, chunk, schema, ref, limiter=cpu_limiter)
-    for column, n in coerced.items():
-        stats.count(column, ZERO_DATE, n)
+    batch, coerced = await anyio.to_thread.run_sync(rows_to_batch, chunk, schema, rules, limiter=cpu_limiter)
+    stats.add(coerced)
     stats.rows += batch.num_rows
     stats.batches += 1
     await send.send(batch)
@@ -145,84 +167,3 @@ def check_description(rows: RowStream, schema: TableSchema, ref: str) -> None:
                 column=column.name,
                 retryable=True,
             )
-
-
-def rows_to_batch(
-    rows: Sequence[tuple[Any, ...]], schema: TableSchema, ref: str
-) -> tuple[pa.RecordBatch, dict[str, int]]:
-    """Row tuples -> one record batch of ``schema.arrow_schema()``, plus zero dates nulled per column.
-    CPU work: call it in a worker thread."""
-    arrays: list[pa.Array] = []
-    coerced: dict[str, int] = {}
-    for index, column in enumerate(schema.columns):
-        array, nulled = _convert(column, list(map(itemgetter(index), rows)), ref)
-        arrays.append(array)
-        if nulled:
-            coerced[column.name] = nulled
-    return pa.RecordBatch.from_arrays(arrays, schema=schema.arrow_schema()), coerced
-
-
-def _convert(column: Column, values: Sequence[Any], ref: str) -> tuple[pa.Array, int]:
-    try:
-        return _CONVERTERS.get(column.logical, _plain)(column, values)
-    except (pa.ArrowException, OverflowError, TypeError, ValueError) as exc:
-        raise SourceError(
-            f"cannot convert column {column.name!r} of {ref} ({column.source_type}) to "
-            f"{column.arrow_type()}: {' '.join(str(exc).split())}",
-            table=ref,
-            column=column.name,
-            retryable=False,
-        ) from exc
-
-
-def _plain(column: Column, values: Sequence[Any]) -> tuple[pa.Array, int]:
-    return pa.array(values, type=column.arrow_type()), 0
-
-
-def _dates(column: Column, values: Sequence[Any]) -> tuple[pa.Array, int]:
-    """Zero or invalid dates reach us as ``str`` ('0000-00-00', '2024-00-15 10:00:00'): NULL, counted."""
-    nulled = 0
-    if str in set(map(type, values)):
-        nulled = sum(1 for v in values if isinstance(v, str))
-        values = [None if isinstance(v, str) else v for v in values]
-    return pa.array(values, type=column.arrow_type()), nulled
-
-
-def _time(column: Column, values: Sequence[Any]) -> tuple[pa.Array, int]:
-    """TIME arrives as ``timedelta`` (negative or beyond 24 h): signed microseconds, never wrapped."""
-    return pa.array(values, type=_DURATION_US).cast(column.arrow_type()), 0
-
-
-def _bits(values: Sequence[Any]) -> list[int | None]:
-    return [None if v is None else int.from_bytes(v, "big") for v in values]
-
-
-def _bool(column: Column, values: Sequence[Any]) -> tuple[pa.Array, int]:
-    return pa.array([None if v is None else bool(v) for v in _bits(values)], type=column.arrow_type()), 0
-
-
-def _integer(column: Column, values: Sequence[Any]) -> tuple[pa.Array, int]:
-    if data_type_of(column) == "bit":
-        return pa.array(_bits(values), type=column.arrow_type()), 0
-    return _plain(column, values)
-
-
-def _decimal(column: Column, values: Sequence[Any]) -> tuple[pa.Array, int]:
-    """DECIMAL arrives as ``Decimal`` (exact); BIGINT UNSIGNED and BIT(64) as int up to 2**64-1."""
-    data_type = data_type_of(column)
-    if data_type == "bit":
-        values = _bits(values)
-    if data_type in ("bit", "bigint"):
-        return pa.array(values, type=_UINT64).cast(column.arrow_type()), 0
-    return _plain(column, values)
-
-
-_CONVERTERS: dict[str, Callable[[Column, Sequence[Any]], tuple[pa.Array, int]]] = {
-    "date": _dates,
-    "timestamp": _dates,
-    "timestamptz": _dates,
-    "time": _time,
-    "bool": _bool,
-    "int64": _integer,
-    "decimal": _decimal,
-}

@@ -1,6 +1,9 @@
 """Describe source tables from information_schema: columns in order, primary key, planned types.
 
-One catalog query describes any number of tables, so thousands of small tables stay cheap.
+One catalog query describes any number of tables, so thousands of small tables stay cheap. The table's
+``ColumnSelection`` (include, then exclude) is applied before types are mapped, so an excluded column of a
+type s3shift cannot carry never fails the table; the ``TypePolicy`` decides the types a policy governs
+(see ``src.source.typemap``).
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from src.common.errors import ConfigError, S3ShiftError, SourceError
+from src.common.errors import ConfigError, S3ShiftError, SourceError, UnsupportedTypeError
+from src.common.naming import quote_mysql
+from src.common.policy import ColumnSelection, TypePolicy
 from src.common.schema import TableSchema
 from src.source.mysql import SourceConnection
-from src.source.typemap import ColumnInfo, map_column
+from src.source.typemap import DEFAULT_POLICY, ColumnInfo, data_type_of, map_column
 
+ALL_COLUMNS = ColumnSelection()
 _COLUMNS = """
 SELECT c.TABLE_NAME, c.COLUMN_NAME, c.DATA_TYPE, c.COLUMN_TYPE, c.IS_NULLABLE,
        c.CHARACTER_MAXIMUM_LENGTH, c.CHARACTER_OCTET_LENGTH, c.NUMERIC_PRECISION, c.NUMERIC_SCALE,
@@ -37,12 +43,50 @@ _JSON_VALID = re.compile(r"^\s*json_valid\(\s*`?(?P<col>(?:[^`]|``)+?)`?\s*\)\s*
 
 
 async def describe_tables(
-    conn: SourceConnection, database: str, tables: Sequence[str]
+    conn: SourceConnection,
+    database: str,
+    tables: Sequence[str],
+    *,
+    policy: TypePolicy = DEFAULT_POLICY,
+    selection: ColumnSelection = ALL_COLUMNS,
 ) -> dict[str, TableSchema | S3ShiftError]:
-    """Describe many tables of one database with one catalog query. Per table: its schema, or the error
-    that stops it (not found, unsupported type)."""
+    """Describe many tables of one database with one catalog query. Per table: its schema (the selected
+    columns, typed by ``policy``), or the error that stops it (not found, unsupported type, a selection
+    naming unknown or key columns, a TINYINT(1) that holds other values than 0/1 under ``tinyint1:
+    boolean``). The TINYINT(1) check costs one query per table that has such a column (only when opted in).
+    """
     if not tables:
         return {}
+    grouped = await _catalog(conn, database, tables)
+    found: dict[str, TableSchema | S3ShiftError] = {}
+    for table in tables:
+        rows = list(grouped.get(table, {}).values())
+        found[table] = await _describe(conn, database, table, rows, policy, selection, None)
+    return found
+
+
+async def describe_table(
+    conn: SourceConnection,
+    database: str,
+    table: str,
+    *,
+    primary_key: tuple[str, ...] | None = None,
+    policy: TypePolicy = DEFAULT_POLICY,
+    selection: ColumnSelection = ALL_COLUMNS,
+) -> TableSchema:
+    """Describe one table; ``primary_key`` overrides the catalog's key (its columns must exist and be
+    selected). Raises the error ``describe_tables`` would report."""
+    rows = list((await _catalog(conn, database, [table])).get(table, {}).values())
+    result = await _describe(conn, database, table, rows, policy, selection, primary_key)
+    if isinstance(result, S3ShiftError):
+        raise result
+    return result
+
+
+async def _catalog(
+    conn: SourceConnection, database: str, tables: Sequence[str]
+) -> dict[str, dict[str, tuple[Any, ...]]]:
+    """The one catalog query: per table, per column (in order), its information_schema row."""
     mariadb = conn.is_mariadb
     sql = _COLUMNS.format(
         check_clause="k.CHECK_CLAUSE" if mariadb else "NULL",
@@ -55,26 +99,120 @@ async def describe_tables(
         columns = grouped.setdefault(_text(row[0]), {})
         if _text(row[1]) not in columns or _is_json_check(row):
             columns[_text(row[1])] = row
-    return {t: _schema_or_error(conn, database, t, list(grouped.get(t, {}).values())) for t in tables}
+    return grouped
 
 
-async def describe_table(
-    conn: SourceConnection, database: str, table: str, *, primary_key: tuple[str, ...] | None = None
+async def _describe(
+    conn: SourceConnection,
+    database: str,
+    table: str,
+    rows: list[tuple[Any, ...]],
+    policy: TypePolicy,
+    selection: ColumnSelection,
+    primary_key: tuple[str, ...] | None,
+) -> TableSchema | S3ShiftError:
+    try:
+        schema = _schema(conn, f"{database}.{table}", rows, policy, selection, primary_key)
+        await check_booleans(conn, database, table, schema)
+    except S3ShiftError as exc:
+        return exc
+    return schema
+
+
+def _schema(
+    conn: SourceConnection,
+    ref: str,
+    rows: list[tuple[Any, ...]],
+    policy: TypePolicy,
+    selection: ColumnSelection,
+    primary_key: tuple[str, ...] | None,
 ) -> TableSchema:
-    """Describe one table; ``primary_key`` overrides the catalog's key (its columns must exist)."""
-    result = (await describe_tables(conn, database, [table]))[table]
-    if isinstance(result, S3ShiftError):
-        raise result
-    if primary_key is None:
-        return result
-    missing = [name for name in primary_key if name not in result.names]
+    if not rows:
+        raise SourceError(
+            f"table {ref} not found in MySQL source {conn.cfg.name!r} — check the database and table "
+            "names (they are case-sensitive) and that the user may see the table",
+            table=ref,
+            retryable=False,
+        )
+    infos = [_column_info(row) for row in rows]
+    names = tuple(info.name for info in infos)
+    keyed = sorted((int(row[11]), _text(row[1])) for row in rows if row[11] is not None)
+    key = tuple(name for _, name in keyed) if primary_key is None else _check_key(ref, names, primary_key)
+    kept = select_columns(ref, names, key, selection)
+    columns = tuple(map_column(info, table=ref, policy=policy) for info in infos if info.name in kept)
+    return TableSchema(columns, key)
+
+
+def _check_key(ref: str, names: tuple[str, ...], primary_key: tuple[str, ...]) -> tuple[str, ...]:
+    missing = [name for name in primary_key if name not in names]
     if missing:
         raise ConfigError(
-            f"primary_key of {database}.{table} names {', '.join(map(repr, missing))}, which the table "
-            f"does not have (columns: {_preview(result.names)}) — fix primary_key in the pipeline",
-            table=f"{database}.{table}",
+            f"primary_key of {ref} names {', '.join(map(repr, missing))}, which the table "
+            f"does not have (columns: {_preview(names)}) — fix primary_key in the pipeline",
+            table=ref,
+            key="primary_key",
         )
-    return TableSchema(result.columns, tuple(primary_key))
+    return tuple(primary_key)
+
+
+def select_columns(
+    ref: str, names: tuple[str, ...], key: tuple[str, ...], selection: ColumnSelection
+) -> frozenset[str]:
+    """The names ``selection`` keeps (include, then exclude). Unknown names and dropped key columns are a
+    ``ConfigError`` naming the table, the config key and the table's columns."""
+    renamed = tuple(source for source, _ in selection.rename)
+    for config_key, listed in (
+        ("include_columns", selection.include),
+        ("exclude_columns", selection.exclude),
+        ("rename_columns", renamed),
+    ):
+        unknown = [name for name in listed if name not in names]
+        if unknown:
+            raise ConfigError(
+                f"{config_key} of {ref} names {', '.join(map(repr, unknown))}, which the table does not have "
+                f"(columns: {_preview(names)}) — fix {config_key} in the pipeline",
+                table=ref,
+                key=config_key,
+            )
+    kept = frozenset(selection.include or names) - frozenset(selection.exclude)
+    dropped = [name for name in key if name not in kept]
+    if dropped:
+        config_key = "exclude_columns" if set(dropped) & set(selection.exclude) else "include_columns"
+        raise ConfigError(
+            f"{config_key} of {ref} leaves out key column(s) {', '.join(map(repr, dropped))}, which the "
+            f"merge needs (key: {', '.join(key)}) — keep them, or set primary_key to other columns",
+            table=ref,
+            column=dropped[0],
+            key=config_key,
+        )
+    return kept
+
+
+async def check_booleans(conn: SourceConnection, database: str, table: str, schema: TableSchema) -> None:
+    """TINYINT(1) planned as BOOLEAN (``tinyint1: boolean``): one query proves every value is 0, 1 or NULL,
+    else ``UnsupportedTypeError`` naming the column and the value."""
+    flags = [c.name for c in schema.columns if c.logical == "bool" and data_type_of(c) == "tinyint"]
+    if not flags:
+        return
+    quoted = [quote_mysql(name) for name in flags]
+    where = " OR ".join(f"{q} NOT IN (0, 1)" for q in quoted)
+    sql = (
+        f"SELECT {', '.join(quoted)} FROM {quote_mysql(database)}.{quote_mysql(table)} WHERE {where} LIMIT 1"
+    )
+    found = await conn.fetchall(sql)
+    if not found:
+        return
+    name, value = next(
+        (n, v) for n, v in zip(flags, found[0], strict=True) if v is not None and v not in (0, 1)
+    )
+    ref = f"{database}.{table}"
+    raise UnsupportedTypeError(
+        f"column {name!r} of {ref} is tinyint(1) and type_policies.tinyint1 is boolean, but it holds {value} "
+        "(only 0, 1 and NULL are booleans) — set type_policies: {tinyint1: smallint} to keep every value",
+        table=ref,
+        column=name,
+        retryable=False,
+    )
 
 
 async def server_now(conn: SourceConnection) -> datetime:
@@ -84,25 +222,6 @@ async def server_now(conn: SourceConnection) -> datetime:
     if not isinstance(value, datetime):
         raise SourceError(f"MySQL source {conn.cfg.name!r} returned {value!r} for UTC_TIMESTAMP(6)")
     return value.replace(tzinfo=UTC)
-
-
-def _schema_or_error(
-    conn: SourceConnection, database: str, table: str, rows: list[tuple[Any, ...]]
-) -> TableSchema | S3ShiftError:
-    ref = f"{database}.{table}"
-    if not rows:
-        return SourceError(
-            f"table {ref} not found in MySQL source {conn.cfg.name!r} — check the database and table "
-            "names (they are case-sensitive) and that the user may see the table",
-            table=ref,
-            retryable=False,
-        )
-    try:
-        columns = tuple(map_column(_column_info(row), table=ref) for row in rows)
-    except S3ShiftError as exc:
-        return exc
-    keyed = sorted((int(row[11]), _text(row[1])) for row in rows if row[11] is not None)
-    return TableSchema(columns, tuple(name for _, name in keyed))
 
 
 def _is_json_check(row: tuple[Any, ...]) -> bool:

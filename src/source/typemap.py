@@ -1,7 +1,18 @@
 """MySQL column types -> the logical vocabulary of ``src.common.schema``, from information_schema only.
 
-Types are never guessed from values. Every mapping is exact; a type we cannot carry exactly yet is an
-``UnsupportedTypeError`` that names the table, column and type.
+Types are never guessed from values. Every mapping is exact or follows a documented ``TypePolicy``; a type
+we cannot carry exactly is an ``UnsupportedTypeError`` that names the table, column and type.
+
+Mappings a policy or a choice of ours decides:
+- DECIMAL(p>38): ``decimal_overflow: fail`` (default) refuses the table; ``text`` plans a ``string`` of
+  at most p+2 bytes holding the exact decimal text (sign, digits, point; every scale digit kept).
+- TINYINT(1): ``int16`` (2 and -1 survive); ``tinyint1: boolean`` plans ``bool``, which the introspection
+  accepts only after a query finds no value other than 0, 1 and NULL (and extraction re-checks each batch).
+- GEOMETRY, POINT, LINESTRING, POLYGON, MULTI*, GEOMETRYCOLLECTION: ``binary`` holding EWKB (see
+  ``src.source.convert.mysql_geometry_to_ewkb``), so PostgreSQL stores exact bytes (bytea) and Redshift
+  can rebuild the value with ``ST_GeomFromEWKB`` from VARBYTE.
+- ENUM / SET with ``CHARACTER SET binary``: the driver hands over bytes that may not be UTF-8; they are
+  decoded by the ``invalid_utf8`` policy, so the planned size allows 3 bytes (U+FFFD) per source byte.
 """
 
 from __future__ import annotations
@@ -11,14 +22,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from src.common.errors import UnsupportedTypeError
+from src.common.policy import TypePolicy
 from src.common.schema import MAX_DECIMAL128_PRECISION, Column, Logical
 
+DEFAULT_POLICY = TypePolicy()
 UNBOUNDED_BYTES = 2**32 - 1  # LONGTEXT / LONGBLOB / JSON: reported as None (unbounded)
 
 # MySQL result-set field type codes (the second item of a cursor description entry).
 _TINY, _SHORT, _LONG, _FLOAT, _DOUBLE, _TIMESTAMP, _LONGLONG, _INT24 = 1, 2, 3, 4, 5, 7, 8, 9
 _DATE, _TIME, _DATETIME, _YEAR, _NEWDATE, _VARCHAR, _BIT = 10, 11, 12, 13, 14, 15, 16
 _JSON, _NEWDECIMAL, _ENUM, _SET, _BLOBS, _VAR_STRING, _STRING = 245, 246, 247, 248, 252, 253, 254
+_GEOMETRY_CODE = 255
 _TEXTUAL = frozenset({_VARCHAR, _JSON, _ENUM, _SET, 249, 250, 251, _BLOBS, _VAR_STRING, _STRING})
 
 
@@ -63,12 +77,16 @@ _SIMPLE: dict[str, Logical] = {
     "timestamp": "timestamptz",
     "time": "time",
 }
+GEOMETRIES = frozenset(
+    {"geometry", "point", "linestring", "polygon", "multipoint", "multilinestring", "multipolygon"}
+    | {"geometrycollection", "geomcollection"}
+)
 _ALWAYS_NULLABLE = frozenset({"date", "datetime", "timestamp"})  # zero dates become NULL
 _UTF8_BYTES_PER_CHAR = {"ascii": 1, "utf8mb4": 4, "utf16": 4, "utf16le": 4, "utf32": 4, "gb18030": 4}
 _MEMBER = re.compile(r"'((?:[^']|'')*)'")
 
 
-def map_column(info: ColumnInfo, *, table: str) -> Column:
+def map_column(info: ColumnInfo, *, table: str, policy: TypePolicy = DEFAULT_POLICY) -> Column:
     """One information_schema column -> a planned ``Column``. ``table`` is 'db.table' for messages."""
     data_type = info.data_type.lower()
     unsigned = "unsigned" in info.column_type.lower()
@@ -77,12 +95,14 @@ def map_column(info: ColumnInfo, *, table: str) -> Column:
     def col(logical: Logical, **kw: int | None) -> Column:
         return Column(info.name, logical, nullable, info.column_type, **kw)
 
+    if data_type == "tinyint" and is_tinyint1(info.column_type) and policy.tinyint1 == "boolean":
+        return col("bool")
     if (data_type, unsigned) in _INTEGERS:
         return col(_INTEGERS[data_type, unsigned])
     if data_type == "bigint":
         return col("decimal", precision=20, scale=0)
     if data_type == "decimal":
-        return _decimal(info, table, col)
+        return _decimal(info, table, col, policy)
     if data_type == "bit":
         return _bit(info, col)
     if data_type in _SIMPLE:
@@ -92,30 +112,38 @@ def map_column(info: ColumnInfo, *, table: str) -> Column:
     if data_type in _STRINGS:
         return col("string", byte_length=_bounded(_string_bytes(info)))
     if data_type in ("enum", "set"):
-        return col("string", byte_length=_member_bytes(info.column_type, data_type == "set"))
+        return col("string", byte_length=_member_bytes(info, data_type == "set"))
     if data_type in _FIXED_STRINGS:
         return col("string", byte_length=_FIXED_STRINGS[data_type])
     if data_type in _BINARIES:
         return col("binary", byte_length=_bounded(info.char_octet_length))
+    if data_type in GEOMETRIES:
+        return col("binary")
     raise UnsupportedTypeError(
         f"column {info.name!r} of {table} has type {info.column_type}, which s3shift cannot carry exactly "
-        "yet — leave the table out, or sync a view that converts the column (e.g. ST_AsWKB for geometry)",
+        "yet — leave the column out (exclude_columns), or sync a view that converts it",
         table=table,
         column=info.name,
     )
 
 
-def _decimal(info: ColumnInfo, table: str, col: Callable[..., Column]) -> Column:
+def is_tinyint1(column_type: str) -> bool:
+    return column_type.lower().replace(" ", "").startswith("tinyint(1)")
+
+
+def _decimal(info: ColumnInfo, table: str, col: Callable[..., Column], policy: TypePolicy) -> Column:
     precision, scale = info.numeric_precision or 10, info.numeric_scale or 0
-    if precision > MAX_DECIMAL128_PRECISION:
-        raise UnsupportedTypeError(
-            f"column {info.name!r} of {table} is {info.column_type}: precision above "
-            f"{MAX_DECIMAL128_PRECISION} does not fit a warehouse NUMERIC, and the p>38 policy (exact text) "
-            "is not available yet — leave the table out or sync a view that casts the column",
-            table=table,
-            column=info.name,
-        )
-    return col("decimal", precision=precision, scale=scale)
+    if precision <= MAX_DECIMAL128_PRECISION:
+        return col("decimal", precision=precision, scale=scale)
+    if policy.decimal_overflow == "text":
+        return col("string", byte_length=precision + 2)  # '-', the digits and the point
+    raise UnsupportedTypeError(
+        f"column {info.name!r} of {table} is {info.column_type}: precision above {MAX_DECIMAL128_PRECISION} "
+        "does not fit a warehouse NUMERIC — set type_policies: {decimal_overflow: text} on the table to "
+        "load the exact decimal text, or leave the column out (exclude_columns)",
+        table=table,
+        column=info.name,
+    )
 
 
 def _bit(info: ColumnInfo, col: Callable[..., Column]) -> Column:
@@ -137,8 +165,12 @@ def _string_bytes(info: ColumnInfo) -> int | None:
     return info.char_max_length * _UTF8_BYTES_PER_CHAR.get(charset, 3)
 
 
-def _member_bytes(column_type: str, is_set: bool) -> int:
-    """ENUM: the longest member; SET: every member joined by commas. In UTF-8 bytes."""
+def _member_bytes(info: ColumnInfo, is_set: bool) -> int:
+    """ENUM: the longest member; SET: every member joined by commas. In UTF-8 bytes. A binary ENUM/SET may
+    hold bytes that are not UTF-8: each may become U+FFFD (3 bytes) under ``invalid_utf8: replace``."""
+    if (info.charset or "").lower() == "binary" and info.char_octet_length is not None:
+        return info.char_octet_length * 3
+    column_type = info.column_type
     inner = column_type[column_type.index("(") + 1 : column_type.rindex(")")]
     sizes = [len(m.replace("''", "'").encode()) for m in _MEMBER.findall(inner)]
     if not sizes:
@@ -155,12 +187,20 @@ def data_type_of(column: Column) -> str:
     return column.source_type.lower().split("(")[0].split()[0]
 
 
+def is_geometry(column: Column) -> bool:
+    return data_type_of(column) in GEOMETRIES
+
+
 def result_type_codes(column: Column) -> frozenset[int]:
     """The result-set field types a SELECT of this column may report; anything else is schema drift."""
     data_type = data_type_of(column)
+    if data_type in GEOMETRIES:
+        return frozenset({_GEOMETRY_CODE})
+    if data_type in _RESULT_CODES:  # also DECIMAL read as text, TINYINT(1) read as BOOLEAN
+        return _RESULT_CODES[data_type]
     if column.logical in ("string", "json", "binary"):
         return _TEXTUAL
-    return _RESULT_CODES.get(data_type, frozenset())
+    return frozenset()
 
 
 _RESULT_CODES: dict[str, frozenset[int]] = {

@@ -30,30 +30,16 @@ import pyarrow as pa
 from src.common.errors import ConfigError, SourceError
 from src.common.log import get_logger
 from src.common.naming import quote_mysql
+from src.common.policy import TypePolicy
 from src.common.schema import Column, TableSchema
 from src.plan.models import Watermark, Window
-from src.source.extract import (
-    ExtractStats,
-    check_description,
-    drift_errors,
-    extract_table,
-    select_sql,
-    send_rows,
-)
+from src.source.extract import ExtractStats, drift_errors, extract_table, select_sql, with_filter
 from src.source.introspect import describe_table, server_now
-from src.source.keyset import (
-    Keyset,
-    Position,
-    end_value,
-    keyset_for,
-    page_query,
-    position_of,
-    predicate,
-    start_position,
-    steady_position,
-)
+from src.source.keyset import end_value, keyset_for, predicate, start_position, steady_position
 from src.source.mysql import SourceConnection
-from src.source.typemap import data_type_of
+from src.source.pages import PageQuery, PageReader
+from src.source.text import ReadRules
+from src.source.typemap import DEFAULT_POLICY, data_type_of
 
 log = get_logger("source.window")
 TS_LOGICAL = frozenset({"date", "timestamp", "timestamptz"})
@@ -220,9 +206,14 @@ async def extract_window(
     batch_size: int,
     stats: ExtractStats,
     cpu_limiter: anyio.CapacityLimiter | None = None,
+    policy: TypePolicy = DEFAULT_POLICY,
+    where: str | None = None,
+    max_text_bytes: int | None = None,
 ) -> None:
     """Send the window's rows as record batches of ``schema.arrow_schema()``, then close ``send`` (on
-    failure too: the data is complete only when this returns normally).
+    failure too: the data is complete only when this returns normally). ``where`` (the table's row filter,
+    SQL) is ANDed into every query; values are converted by ``policy`` and ``max_text_bytes`` (see
+    ``extract_table``).
 
     full_sync streams one SELECT. Watermark strategies read ``(window.start, window.end]`` in keyset pages
     of ``batch_size`` rows (one short query each; see the module docstring for the guarantees); a window
@@ -233,98 +224,74 @@ async def extract_window(
         raise ValueError("batch_size must be at least 1")
     if window.strategy == "full_sync":
         await extract_table(
-            conn, database, table, schema, send, batch_size=batch_size, stats=stats, cpu_limiter=cpu_limiter
+            conn,
+            database,
+            table,
+            schema,
+            send,
+            batch_size=batch_size,
+            stats=stats,
+            cpu_limiter=cpu_limiter,
+            where=where,
+            policy=policy,
+            max_text_bytes=max_text_bytes,
         )
         return
-    ref = f"{database}.{table}"
+    rules = ReadRules(f"{database}.{table}", policy, max_text_bytes)
     async with send:
-        check_window(ref, schema, window)
+        check_window(rules.ref, schema, window)
         keyset = keyset_for(schema, window)
         end = end_value(keyset, window)
         if end is None:
             return
-        reader = _PageReader(conn, database, table, schema, keyset, batch_size, send, stats, cpu_limiter)
-        with drift_errors(ref):
+        query = PageQuery(database, table, schema, keyset, batch_size, where)
+        reader = PageReader(conn, query, rules, send, stats, cpu_limiter)
+        with drift_errors(rules.ref):
             if keyset.paged:
                 await reader.pages(start_position(keyset, window), end)
             else:
                 await reader.stream(start_position(keyset, window), end)
 
 
-class _PageReader:
-    def __init__(
-        self,
-        conn: SourceConnection,
-        database: str,
-        table: str,
-        schema: TableSchema,
-        keyset: Keyset,
-        batch_size: int,
-        send: anyio.abc.ObjectSendStream[pa.RecordBatch],
-        stats: ExtractStats,
-        cpu_limiter: anyio.CapacityLimiter | None,
-    ) -> None:
-        self.conn, self.database, self.table, self.schema = conn, database, table, schema
-        self.keyset, self.batch_size, self.send, self.stats = keyset, batch_size, send, stats
-        self.cpu_limiter = cpu_limiter
-        self.ref = f"{database}.{table}"
-
-    async def pages(self, after: Position | None, end: Any) -> None:
-        """Keyset pages until one comes back short. The page's cursor is closed before its batch is sent,
-        so a slow consumer never holds a query open on the server."""
-        while True:
-            rows = await self._page(after, end)
-            if rows:
-                await send_rows(rows, self.schema, self.ref, self.send, self.stats, self.cpu_limiter)
-            if len(rows) < self.batch_size:
-                return
-            following = position_of(rows[-1], self.keyset, self.schema)
-            if following == after:
-                raise SourceError(
-                    f"reading {self.ref} by {', '.join(self.keyset.names)} did not advance past {after!r} "
-                    "— the cursor values do not compare as the server orders them (invalid dates?)",
-                    table=self.ref,
-                )
-            after = following
-
-    async def _page(self, after: Position | None, end: Any) -> list[tuple[Any, ...]]:
-        where, args = predicate(self.keyset, after, end)
-        sql = page_query(self.database, self.table, self.schema, self.keyset, where, self.batch_size)
-        async with self.conn.stream(sql, args) as rows:
-            check_description(rows, self.schema, self.ref)
-            return await rows.fetchmany(self.batch_size + 1)  # a page holds at most batch_size: done
-
-    async def stream(self, after: Position | None, end: Any) -> None:
-        where, args = predicate(self.keyset, after, end)
-        sql = page_query(self.database, self.table, self.schema, self.keyset, where, self.batch_size)
-        async with self.conn.stream(sql, args) as rows:
-            check_description(rows, self.schema, self.ref)
-            while not rows.done:
-                chunk = await rows.fetchmany(self.batch_size)
-                if chunk:
-                    await send_rows(chunk, self.schema, self.ref, self.send, self.stats, self.cpu_limiter)
-
-
 # ---- plans: query text, estimates, index ----------------------------------------------------------------
 
 
-def window_sql(database: str, table: str, schema: TableSchema, window: Window, *, batch_size: int) -> str:
+def window_sql(
+    database: str,
+    table: str,
+    schema: TableSchema,
+    window: Window,
+    *,
+    batch_size: int,
+    where: str | None = None,
+) -> str:
     """The query text (``%s`` placeholders) of a page after the first (the first page of a window that
-    starts at the beginning has no lower bound); full_sync: the one SELECT."""
+    starts at the beginning has no lower bound); full_sync: the one SELECT. ``where``: the row filter."""
     if window.strategy == "full_sync":
-        return select_sql(database, table, schema)
+        return select_sql(database, table, schema, with_filter(None, where, bound=False))
     check_window(f"{database}.{table}", schema, window)
     keyset = keyset_for(schema, window)
     after = steady_position(keyset) if keyset.paged else (datetime.min,)
-    where, _ = predicate(keyset, after, datetime.min)
-    return page_query(database, table, schema, keyset, where, batch_size)
+    return PageQuery(database, table, schema, keyset, batch_size, where).sql(after, datetime.min)[0]
 
 
 async def estimate_rows(
-    conn: SourceConnection, database: str, table: str, schema: TableSchema, window: Window
+    conn: SourceConnection,
+    database: str,
+    table: str,
+    schema: TableSchema,
+    window: Window,
+    *,
+    where: str | None = None,
 ) -> int:
-    """The optimizer's estimate of the window's rows (EXPLAIN, never a COUNT); full_sync: TABLE_ROWS.
-    Without an index on the cursor the estimate is the whole table's."""
+    """The optimizer's estimate of the window's rows (EXPLAIN, never a COUNT); full_sync: TABLE_ROWS
+    (EXPLAIN with a row filter ``where``). Without an index on the cursor the estimate is the whole
+    table's."""
+    source = f"{quote_mysql(database)}.{quote_mysql(table)}"
+    if window.strategy == "full_sync" and where:
+        return _estimate(
+            await _explain(conn, f"SELECT 1 FROM {source} WHERE {with_filter(None, where, bound=False)}", [])
+        )
     if window.strategy == "full_sync":
         rows = await conn.fetchall(
             "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
@@ -336,17 +303,24 @@ async def estimate_rows(
     end = end_value(keyset, window)
     if end is None:
         return 0
-    where, args = predicate(keyset, start_position(keyset, window), end)
+    condition, args = predicate(keyset, start_position(keyset, window), end)
+    condition = with_filter(condition, where, bound=bool(args)) or condition
     cursor = ", ".join(quote_mysql(name) for name in keyset.names)  # covered by the cursor's index
-    plan = await _explain(
-        conn, f"SELECT {cursor} FROM {quote_mysql(database)}.{quote_mysql(table)} WHERE {where}", args
-    )
-    estimate = float(plan.get("rows") or 0) * float(plan.get("filtered") or 100) / 100
-    return round(estimate)
+    return _estimate(await _explain(conn, f"SELECT {cursor} FROM {source} WHERE {condition}", args))
+
+
+def _estimate(plan: dict[str, Any]) -> int:
+    return round(float(plan.get("rows") or 0) * float(plan.get("filtered") or 100) / 100)
 
 
 async def index_for(
-    conn: SourceConnection, database: str, table: str, window: Window, *, schema: TableSchema | None = None
+    conn: SourceConnection,
+    database: str,
+    table: str,
+    window: Window,
+    *,
+    schema: TableSchema | None = None,
+    where: str | None = None,
 ) -> str | None:
     """The index EXPLAIN says the window's first page uses (None: a full table scan). The probe page is
     tiny, so the answer is the index pages use on a table much larger than a page (on a small table the
@@ -357,8 +331,8 @@ async def index_for(
     schema = schema or await describe_table(conn, database, table)
     check_window(f"{database}.{table}", schema, window)
     keyset = keyset_for(schema, window)
-    where, args = predicate(keyset, start_position(keyset, window), end_value(keyset, window))
-    plan = await _explain(conn, page_query(database, table, schema, keyset, where, _PROBE_LIMIT), args)
+    query = PageQuery(database, table, schema, keyset, _PROBE_LIMIT, where)
+    plan = await _explain(conn, *query.sql(start_position(keyset, window), end_value(keyset, window)))
     key = plan.get("key")
     if key and keyset.paged and "filesort" in str(plan.get("Extra") or ""):
         log.warning(
