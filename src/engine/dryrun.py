@@ -109,12 +109,10 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
         now: datetime = await source_now(conn)
         empty = window_is_empty(win)
         reading = read_window(plan, win)
-        estimate = (
-            0 if empty else await estimate_rows(conn, plan.database, plan.source_table, schema, reading)
-        )
-        index = (
-            None if empty else await index_for(conn, plan.database, plan.source_table, reading, schema=schema)
-        )
+        where = plan.where
+        db, name = plan.database, plan.source_table
+        estimate = 0 if empty else await estimate_rows(conn, db, name, schema, reading, where=where)
+        index = None if empty else await index_for(conn, db, name, reading, schema=schema, where=where)
     meta = stage_meta(ctx, plan, schema, resolved, win, now)
     prefix = res.s3.run_prefix(ctx.pipeline.name, plan.table, ctx.execution_id)
     would_be = StageResult(
@@ -145,9 +143,7 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
         target=f"{ctx.pipeline.target.schema}.{plan.target_table}",
         s3_prefix=res.s3.url(prefix),
         sql={
-            "extract": window_sql(
-                plan.database, plan.source_table, schema, reading, batch_size=plan.batch_size
-            ),
+            "extract": window_sql(db, name, schema, reading, batch_size=plan.batch_size, where=where),
             "load": load_sql,
         },
     )
