@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
+import boto3  # type: ignore[import-untyped]
 import pymysql
 
 ROOT = Path(__file__).resolve().parent.parent
