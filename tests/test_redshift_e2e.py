@@ -83,11 +83,13 @@ def test_latin1_column_is_sized_for_its_utf8_bytes(
     assert [tuple(r) for r in pg_fetch(f'SELECT id, v FROM "{pg_schema}".t')] == [(1, "éé")]
 
 
-def test_copy_rule_violation_fails_table_and_keeps_target(
+def test_text_over_redshift_limit_fails_table_and_keeps_target(
     tmp_path: Path, source_conn: SourceConn, pg_schema: str, s3_conn: S3Conn, s3_endpoint: str, mysql_db: str
 ) -> None:
-    """A MEDIUMTEXT value over Redshift's 65,535-byte VARCHAR limit fails the whole COPY, as on Redshift:
-    the table fails with a message naming it, and the target keeps its previous rows."""
+    """A MEDIUMTEXT value over Redshift's 65,535-byte VARCHAR limit: under the default long_text policy the
+    table fails at extraction, before anything is staged, naming the column and the policy; the target
+    keeps its rows. (The emulator also rejects such a value at COPY, as Redshift does: see
+    test_warehouse_emulator.) With long_text: truncate the value is cut at a character boundary, counted."""
     mysql_exec(
         mysql_db, "CREATE TABLE t (id INT PRIMARY KEY, v MEDIUMTEXT)", "INSERT INTO t VALUES (1, 'ok')"
     )
@@ -99,9 +101,16 @@ def test_copy_rule_violation_fails_table_and_keeps_target(
     check_contract(doc, [table])
     assert doc["status"] == "failed"
     result = doc["table_results"][table]
-    assert isinstance(result, dict) and result["phase"] == "load"
-    assert "65535" in result["error_message"] or "65,535" in result["error_message"], result
+    assert isinstance(result, dict) and result["phase"] == "extract", result
+    assert "70000 bytes" in result["error_message"] and "long_text" in result["error_message"], result
     assert [tuple(r) for r in pg_fetch(f'SELECT id, v FROM "{pg_schema}".t')] == [(1, "ok")]
+    tables = {table: {"type_policies": {"long_text": "truncate"}}}
+    cfg = write_config(tmp_path / "cfg2", source_conn, redshift_target(pg_schema), s3_conn, tables)
+    doc = sync(cfg, [table], s3_endpoint, [])
+    result = doc["table_results"][table]
+    assert doc["status"] == "success" and isinstance(result, dict), doc
+    assert result["coercions"] == {"v": {"truncated_to_65535_bytes": 1}}
+    assert pg_fetch(f'SELECT octet_length(v) FROM "{pg_schema}".t WHERE id = 2')[0][0] == 65535
 
 
 def test_redshift_incremental_merge_and_state(
