@@ -146,3 +146,44 @@ def test_redshift_incremental_merge_and_state(
     assert [s[0] for s in states] == [first["execution_id"], second["execution_id"]]
     sql = " ".join(s for e in sessions for s in e.statements).upper()
     assert "ROW_NUMBER()" in sql and "DELETE FROM" in sql and "USING" in sql
+
+
+def test_redshift_names_selection_filter_and_physical_design(
+    tmp_path: Path, source_conn: SourceConn, pg_schema: str, s3_conn: S3Conn, s3_endpoint: str, mysql_db: str
+) -> None:
+    # MySQL column names are case-insensitive, so only Redshift's system names (or a rename) can collide
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE t (id INT PRIMARY KEY, `xmin` INT, `Mixed` INT, `select` VARCHAR(5), secret VARCHAR(5),"
+        " region CHAR(2))",
+        "INSERT INTO t VALUES (1, 10, 20, 'a', 'x', 'eu'), (2, 11, 21, 'b', 'y', 'us'),"
+        " (3, 12, 22, 'c', 'z', 'eu')",
+    )
+    table = f"{mysql_db}.t"
+    cfg = write_config(tmp_path / "bad", source_conn, redshift_target(pg_schema), s3_conn)
+    doc = sync(cfg, [table], s3_endpoint, [])
+    msg = doc["table_results"][table]
+    assert doc["status"] == "failed" and isinstance(msg, dict), doc
+    assert "xmin" in msg["error_message"] and "rename_columns" in msg["error_message"], msg
+    tables = {
+        table: {
+            "rename_columns": {"xmin": "x_min"},
+            "exclude_columns": ["secret"],
+            "where": "region = 'eu'",
+            "diststyle": "key",
+            "distkey": "id",
+            "sortkey": ["id"],
+            "encode": {"select": "zstd"},
+            "target_name": "renamed",
+        }
+    }
+    cfg = write_config(tmp_path / "good", source_conn, redshift_target(pg_schema), s3_conn, tables)
+    sessions: list[RedshiftEmulator] = []
+    doc = sync(cfg, [table], s3_endpoint, sessions)
+    assert doc["status"] == "success", doc["table_results"]
+    query = f'SELECT id, x_min, mixed, "select" FROM "{pg_schema}".renamed ORDER BY id'
+    assert [tuple(r) for r in pg_fetch(query)] == [(1, 10, 20, "a"), (3, 12, 22, "c")]
+    sql = "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2"
+    assert "secret" not in [r[0] for r in pg_fetch(sql, pg_schema, "renamed")]
+    ddl = " ".join(s for e in sessions for s in e.statements if "CREATE TABLE" in s.upper()).upper()
+    assert "DISTSTYLE KEY" in ddl and "DISTKEY" in ddl and "SORTKEY" in ddl and "ENCODE ZSTD" in ddl, ddl

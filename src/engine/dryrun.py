@@ -86,7 +86,9 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
     if ctx.mode == "load_only" or res.source is None:
         out["sql"] = {
             "load": [
-                sql for s in chain.load for sql in res.warehouse.render_load(load_request(ctx, s, state))
+                sql
+                for s in chain.load
+                for sql in res.warehouse.render_load(load_request(ctx, plan, s, state))
             ]
         }
         return out
@@ -127,7 +129,9 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
         meta=meta,
     )
     load_sql = [
-        sql for s in (*chain.load, would_be) for sql in res.warehouse.render_load(load_request(ctx, s, state))
+        sql
+        for s in (*chain.load, would_be)
+        for sql in res.warehouse.render_load(load_request(ctx, plan, s, state))
     ]
     out.update(
         mode=resolved.mode,

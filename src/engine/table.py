@@ -95,7 +95,10 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
         rows_extracted = backup.stats.rows
         if backup.stage is not None:
             files_created = backup.stage.files_created
-            chain = replace(chain, load=(*chain.load, backup.stage))
+            if plan.strategy == "full_sync":  # a fresh snapshot supersedes every pending one
+                chain = replace(chain, load=(backup.stage,), skipped=chain.skipped + chain.load)
+            else:
+                chain = replace(chain, load=(*chain.load, backup.stage))
             progress.extra["manifest"] = backup.stage.manifest_url
             progress.extra["bytes_written"] = backup.stage.bytes
         if backup.stats.coercions:
@@ -213,7 +216,7 @@ async def _load_chain(
     for stage in chain.load:
         if stage.rows == 0 and stage_window(stage).strategy != "full_sync":
             continue
-        req = load_request(ctx, stage, state)
+        req = load_request(ctx, plan, stage, state)
         result = await ctx.warehouse.load(req)
         rows += result.rows_loaded
         changes.extend(result.schema_changes)
@@ -229,15 +232,18 @@ async def _load_chain(
     return rows
 
 
-def load_request(ctx: RunContext, stage: StageResult, state: StateRow | None) -> LoadRequest:
+def load_request(ctx: RunContext, plan: TablePlan, stage: StageResult, state: StateRow | None) -> LoadRequest:
+    """What the stage holds (schema, window, key) comes from its sidecar; how it is loaded (target name,
+    renames, schema-change policy, physical design) from the current config, so fixing the config
+    unblocks a stage staged under the old one."""
     meta = stage.meta
     schema = TableSchema.from_dict(meta["schema"])
     win = stage_window(stage)
     full = win.strategy == "full_sync"
     row = StateRow(
         pipeline=ctx.pipeline.name,
-        table=str(meta["table"]),
-        target=f"{ctx.pipeline.target.schema}.{meta['target_table']}",
+        table=plan.table,
+        target=f"{ctx.pipeline.target.schema}.{plan.target_table}",
         strategy=win.strategy,
         stage_id=stage_id(stage),
         loaded_by=ctx.execution_id,
@@ -248,9 +254,9 @@ def load_request(ctx: RunContext, stage: StageResult, state: StateRow | None) ->
         extracted_at=parse_ts(meta["extracted_at"]),
     )
     return LoadRequest(
-        table=str(meta["table"]),
+        table=plan.table,
         schema=schema,
-        target_table=str(meta["target_table"]),
+        target_table=plan.target_table,
         stage=stage,
         execution_id=ctx.execution_id,
         mode=meta["mode"],
@@ -258,22 +264,21 @@ def load_request(ctx: RunContext, stage: StageResult, state: StateRow | None) ->
         order_by=tuple(meta["order_by"]),
         state=row,
         expect_stage=state.stage_id if state else None,
-        rename=tuple((str(a), str(b)) for a, b in meta.get("rename", ())),
-        schema_change=meta.get("schema_change", "fail"),
-        distsort=_distsort(meta.get("distsort")),
+        rename=plan.columns.rename,
+        schema_change=plan.policy.schema_change,
+        distsort=_distsort(plan),
     )
 
 
-def _distsort(data: dict[str, Any] | None) -> DistSort | None:
-    if not data or not (
-        data.get("diststyle") or data.get("distkey") or data.get("sortkey") or data.get("encode")
-    ):
+def _distsort(plan: TablePlan) -> DistSort | None:
+    if not (plan.diststyle or plan.distkey or plan.sortkey or plan.encode):
         return None
+    style = plan.diststyle
     return DistSort(
-        diststyle=data.get("diststyle"),
-        distkey=data.get("distkey"),
-        sortkey=tuple(data.get("sortkey") or ()),
-        encode=tuple((str(c), str(e)) for c, e in data.get("encode") or ()),
+        diststyle=style if style in ("AUTO", "EVEN", "ALL", "KEY") else None,  # type: ignore[arg-type]
+        distkey=plan.distkey,
+        sortkey=plan.sortkey,
+        encode=plan.encode,
     )
 
 
