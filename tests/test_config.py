@@ -189,3 +189,43 @@ def test_demo_config_in_repo_loads() -> None:
         pytest.fail("config/pipelines/demo.yml is missing")
     p = load_pipeline(root, "demo")
     assert p.name == "demo"
+
+
+def test_type_policies_selection_filter_and_physical_design(tmp_path: Path) -> None:
+    pipe = NIGHTLY + (
+        "  shop.t:\n"
+        "    type_policies: {zero_date: fail, long_text: truncate}\n"
+        "    include_columns: [id, name]\n"
+        "    rename_columns: {name: full_name}\n"
+        "    additional_where: \"region = 'eu'\"\n"
+        "    diststyle: key\n"
+        "    distkey: id\n"
+        "    sortkey: [id]\n"
+        "    encode: {full_name: zstd}\n"
+        "    lag_seconds: 1.5\n"
+    )
+    t = load_pipeline(write(tmp_path, nightly=pipe), "nightly").table("shop.t")
+    assert (t.type_policies.zero_date, t.type_policies.long_text, t.type_policies.decimal_overflow) == (
+        "fail",
+        "truncate",
+        "fail",
+    )
+    assert t.columns.include == ("id", "name") and t.columns.rename == (("name", "full_name"),)
+    assert t.where == "region = 'eu'" and t.lag_seconds == 1.5
+    assert (t.diststyle, t.distkey, t.sortkey, t.encode) == ("KEY", "id", ("id",), (("full_name", "ZSTD"),))
+
+
+@pytest.mark.parametrize(
+    ("entry", "expect"),
+    [
+        ("type_policies: {zero_date: maybe}", "type_policies.zero_date' must be one of null, fail"),
+        ("type_policies: {zero_dates: null}", "did you mean 'zero_date'"),
+        ("diststyle: random", "diststyle' must be AUTO, EVEN, ALL or KEY"),
+        ("{where: a, additional_where: b}", "sets both where and additional_where"),
+        ("lag_seconds: -1", "lag_seconds' must be zero or more"),
+    ],
+)
+def test_bad_table_keys(tmp_path: Path, entry: str, expect: str) -> None:
+    body = entry if entry.startswith("{") else "{" + entry + "}"
+    with pytest.raises(ConfigError, match=expect):
+        load_pipeline(write(tmp_path, nightly=NIGHTLY + f"  shop.t: {body}\n"), "nightly")
