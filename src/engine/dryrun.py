@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -13,11 +12,10 @@ from src.common.errors import S3ShiftError, describe
 from src.engine.limits import Limits
 from src.engine.pending import describe_stage, format_ts, select
 from src.engine.run import Resources, SyncRequest, load_config, open_resources, unique
-from src.engine.table import RunContext, first_error, load_request, stage_meta, window_is_empty
-from src.plan.planner import TablePlan, plan_table, read_window, resolve, window
+from src.engine.table import RunContext, first_error, load_request, plan_window, stage_meta, window_is_empty
+from src.plan.planner import TablePlan, plan_table, read_window
 from src.report.models import iso, new_execution_id, utc_now
-from src.source.introspect import describe_table
-from src.source.window import check_window, estimate_rows, index_for, source_now, upper_bound, window_sql
+from src.source.window import estimate_rows, index_for, source_now, window_sql
 from src.stage.models import StagedFile, StageResult
 from src.stage.pending import list_stages
 from src.warehouse.redshift import RedshiftConnect
@@ -93,21 +91,7 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
         }
         return out
     async with res.source.connection() as conn:
-        schema = await describe_table(
-            conn,
-            plan.database,
-            plan.source_table,
-            primary_key=plan.primary_key,
-            policy=plan.policy,
-            selection=plan.columns,
-        )
-        resolved = resolve(plan, schema)
-        win = window(plan, resolved, chain.position)
-        check_window(plan.table, schema, win)
-        end = await upper_bound(
-            conn, plan.database, plan.source_table, schema, win, lag_seconds=plan.lag_seconds
-        )
-        win = replace(win, end=end)
+        schema, resolved, win = await plan_window(conn, plan, chain.position)
         now: datetime = await source_now(conn)
         empty = window_is_empty(win)
         reading = read_window(plan, win)

@@ -18,7 +18,7 @@ from src.config.models import Pipeline
 from src.engine.limits import Limits
 from src.engine.pending import Chain, describe_stage, format_ts, parse_ts, select, stage_id, stage_window
 from src.engine.streams import CheckedReceive, Completion, ProducerFailed
-from src.plan.models import Window
+from src.plan.models import Watermark, Window
 from src.plan.planner import Resolved, TablePlan, read_window, resolve, window
 from src.report.models import TableFailure, TableResult, TableSuccess, utc_now
 from src.source.extract import ExtractStats
@@ -130,23 +130,7 @@ async def _backup(ctx: RunContext, plan: TablePlan, chain: Chain, progress: _Pro
         log.warning("%s: aborted %d multipart upload(s) left by killed runs", plan.table, aborted)
     async with ctx.source.connection() as conn:
         progress.phase = "introspect"
-        schema = await describe_table(
-            conn,
-            plan.database,
-            plan.source_table,
-            primary_key=plan.primary_key,
-            policy=plan.policy,
-            selection=plan.columns,
-        )
-        resolved = resolve(plan, schema)
-        win = window(plan, resolved, chain.position)
-        check_window(plan.table, schema, win)
-        win = replace(
-            win,
-            end=await upper_bound(
-                conn, plan.database, plan.source_table, schema, win, lag_seconds=plan.lag_seconds
-            ),
-        )
+        schema, resolved, win = await plan_window(conn, plan, chain.position)
         stats = ExtractStats()
         if window_is_empty(win):
             return _Backup(None, stats, win)
@@ -162,6 +146,25 @@ async def _backup(ctx: RunContext, plan: TablePlan, chain: Chain, progress: _Pro
                 return _Backup(None, stats, win)
         progress.timed("extract_stage", mark)
     return _Backup(stage, stats, win)
+
+
+async def plan_window(
+    conn: SourceConnection, plan: TablePlan, position: Watermark | None
+) -> tuple[TableSchema, Resolved, Window]:
+    """Describe the table, choose how it is read and loaded, and fix the window's end from the source."""
+    schema = await describe_table(
+        conn,
+        plan.database,
+        plan.source_table,
+        primary_key=plan.primary_key,
+        policy=plan.policy,
+        selection=plan.columns,
+    )
+    resolved = resolve(plan, schema)
+    win = window(plan, resolved, position)
+    check_window(plan.table, schema, win)
+    end = await upper_bound(conn, plan.database, plan.source_table, schema, win, lag_seconds=plan.lag_seconds)
+    return schema, resolved, replace(win, end=end)
 
 
 def window_is_empty(win: Window) -> bool:
