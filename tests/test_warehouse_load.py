@@ -345,6 +345,26 @@ async def test_row_count_mismatch_rolls_back(kind: str, pg_schema: str, s3_conn:
     assert await target_rows(pg_schema, "t", schema) == before
 
 
+@pytest.mark.parametrize("kind", KINDS)
+async def test_insert_failing_after_the_target_was_emptied_rolls_back(
+    kind: str, pg_schema: str, s3_conn: S3Conn
+) -> None:
+    """PostgreSQL empties the target with TRUNCATE, Redshift with DELETE: either is undone when the
+    INSERT after it fails (here: a key staged twice), and the state does not move."""
+    schema = TableSchema((col("id", "int64"), col("name", "string", byte_length=4)), ("id",))
+    async with warehouse(target_conn(kind, pg_schema), s3_conn) as wh:
+        before = await _prior(kind, pg_schema, s3_conn, wh, schema)
+        state = await wh.read_state("test", "db.t")
+        twice = stage(s3_conn, [arrow_table(schema, [{"id": 9, "name": "a"}, {"id": 9, "name": "b"}])])
+        with pytest.raises(WarehouseError):
+            await load(wh, schema, twice)
+        assert await wh.read_state("test", "db.t") == state
+        assert await load(wh, schema, stage(s3_conn, [arrow_table(schema, [{"id": 3, "name": "c"}])])) == (
+            LoadResult(1, f"{pg_schema}.t", rows_deleted=2)
+        )
+    assert len(before) == 2 and [r["id"] for r in await target_rows(pg_schema, "t", schema)] == [3]
+
+
 async def test_varchar_too_long_in_bytes_fails_copy_and_rolls_back(pg_schema: str, s3_conn: S3Conn) -> None:
     schema = TableSchema((col("id", "int64"), col("name", "string", byte_length=4)), ("id",))
     async with warehouse(target_conn("redshift", pg_schema), s3_conn) as wh:

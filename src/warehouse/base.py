@@ -67,7 +67,9 @@ __all__ = [
 ]
 
 BatchOpener = Callable[[StageResult], AsyncIterator[pa.RecordBatch]]
-Fill = Callable[[str], Awaitable[None]]  # loads the staged files into the (quoted) staging table
+# Loads the staged files into the (quoted) staging table; returns the rows it loaded when the COPY's
+# command tag says so (PostgreSQL's "COPY n"), else None and the staging table is counted.
+Fill = Callable[[str], Awaitable[int | None]]
 ROLLBACK_TIMEOUT = 30.0
 READ_COMMITTED = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
 log = get_logger("warehouse")
@@ -170,8 +172,8 @@ async def load_staging(ex: Executor, spec: LoadSpec, fill: Fill) -> int:
     loaded = 0
     if spec.has_staging:
         await ex.execute(staging_create_sql(spec))
-        await fill(spec.staging_sql)
-        loaded = int(await ex.fetchval(count_sql(spec)))
+        copied = await fill(spec.staging_sql)
+        loaded = int(await ex.fetchval(count_sql(spec))) if copied is None else copied
     if loaded != spec.stage.rows:
         raise WarehouseError(
             f"loaded {loaded} rows into staging for {spec.target_name} but the stage manifest "
@@ -193,7 +195,10 @@ async def apply(
     changes = (*done, *await evolve_locked(ex, spec))
     counts = {"delete": 0, "insert": 0}
     for kind, sql in apply_steps(spec):
-        counts[kind] += _affected(await ex.execute(sql))
+        if kind == "count_deleted":
+            counts["delete"] = int(await ex.fetchval(sql))
+        else:  # TRUNCATE's tag has no count: it adds 0 to the one counted just before
+            counts[kind] += _affected(await ex.execute(sql))
     if spec.has_staging:
         await ex.execute(drop_staging_sql(spec))
     if commit is not None:
@@ -244,14 +249,16 @@ async def _drop_quietly(ex: Executor, spec: LoadSpec) -> None:
 
 
 def _affected(status: str) -> int:
-    """Rows from a command tag such as 'DELETE 42' (a protocol field, not an error message)."""
+    """Rows from a command tag such as 'DELETE 42' or 'COPY 42' (a protocol field, not an error
+    message); 0 for a tag without a count, such as 'TRUNCATE TABLE'."""
     last = status.rsplit(" ", 1)[-1] if status else ""
     return int(last) if last.isdigit() else 0
 
 
-def render(spec: LoadSpec, fill_sql: str, commit: Commit | None) -> list[str]:
+def render(spec: LoadSpec, fill_sql: str, commit: Commit | None, *, fill_counts: bool = False) -> list[str]:
     """Every statement ``run_load`` may send, in order (creation statements run only when needed);
-    pure: no I/O. ``fill_sql`` stands for the COPY that fills the staging table. Schema evolution
+    pure: no I/O. ``fill_sql`` stands for the COPY that fills the staging table (``fill_counts``: its
+    command tag gives the row count, so the staging table is not counted). Schema evolution
     statements depend on the target's catalog at load time and are not shown."""
     check_spec(spec)
     d = spec.dialect
@@ -261,7 +268,8 @@ def render(spec: LoadSpec, fill_sql: str, commit: Commit | None) -> list[str]:
             out.append(f"CREATE SCHEMA IF NOT EXISTS {d.ident(commit.state_schema)}")
         out.append(st.create_sql(d, commit.state_schema))
     out.append(target_create_sql(spec))
-    staging = [staging_create_sql(spec), fill_sql, count_sql(spec)] if spec.has_staging else []
+    counting = [] if fill_counts else [count_sql(spec)]
+    staging = [staging_create_sql(spec), fill_sql, *counting] if spec.has_staging else []
     if d.snapshot_per_transaction:
         out += [*staging, "BEGIN"]
     else:

@@ -39,6 +39,11 @@ class Dialect:
     ``max_varchar_bytes``: the longest text a column holds (None: unbounded), which the extractor's
     ``long_text`` policy needs. ``alter_type_in_transaction``: ALTER COLUMN TYPE may run inside a
     transaction (PostgreSQL; Redshift only widens a VARCHAR, and never inside one).
+    ``truncate_in_transaction``: TRUNCATE is transactional (PostgreSQL: rolled back with the load), so a
+    replace may empty the target with it instead of DELETE (Redshift's TRUNCATE commits implicitly:
+    DELETE there). TRUNCATE gives the target a fresh, empty file and index (no dead rows for the INSERT
+    to step over, no VACUUM debt) but takes ACCESS EXCLUSIVE: readers of the target wait for the commit
+    instead of reading the old rows meanwhile, and it fails on a table that a foreign key references.
     """
 
     name: Literal["postgres", "redshift"]
@@ -48,6 +53,7 @@ class Dialect:
     now_sql: str = "(clock_timestamp() AT TIME ZONE 'UTC')"
     max_varchar_bytes: int | None = None
     alter_type_in_transaction: bool = True
+    truncate_in_transaction: bool = False
     system_columns: frozenset[str] = PG_SYSTEM_COLUMNS  # names a column cannot have (after folding)
 
     def fold(self, name: str) -> str:
@@ -62,7 +68,7 @@ class Dialect:
         return f"{self.ident(schema)}.{self.ident(table)}"
 
 
-POSTGRES = Dialect("postgres", max_identifier_bytes=63, folds_case=False)
+POSTGRES = Dialect("postgres", max_identifier_bytes=63, folds_case=False, truncate_in_transaction=True)
 REDSHIFT = Dialect(
     "redshift",
     max_identifier_bytes=127,

@@ -149,10 +149,17 @@ async def closing(batches: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[Async
                 await aclose()
 
 
+def copied_rows(status: str) -> int | None:
+    """The row count of a COPY's command tag ('COPY 42': a protocol field); None when it has none."""
+    verb, _, count = (status or "").partition(" ")
+    return int(count) if verb == "COPY" and count.isdigit() else None
+
+
 class PostgresWarehouse(SqlWarehouse):
     """A PostgreSQL target over an asyncpg pool of at most ``cfg.max_connections`` connections."""
 
     dialect = POSTGRES
+    fill_counts = True
 
     def __init__(
         self,
@@ -202,10 +209,11 @@ class PostgresWarehouse(SqlWarehouse):
         conn: Any = ex
         arrow_schema = staging_arrow_schema(spec.schema)
 
-        async def fill(_staging_sql: str) -> None:
+        async def fill(_staging_sql: str) -> int | None:
             async with closing(self._batches(spec.stage)) as batches:
                 source = binary_copy_source(batches, arrow_schema, spec.target_name, self._cpu_limiter)
-                await conn.copy_to_table(spec.staging_table, source=source, format="binary")
+                status = await conn.copy_to_table(spec.staging_table, source=source, format="binary")
+                return copied_rows(status)
 
         return fill
 

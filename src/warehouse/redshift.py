@@ -180,8 +180,9 @@ class RedshiftWarehouse(SqlWarehouse):
         )
 
     def _fill(self, ex: Executor, spec: LoadSpec) -> Fill:
-        async def fill(staging_sql: str) -> None:
+        async def fill(staging_sql: str) -> int | None:
             await ex.execute(self._fill_sql(spec))
+            return None  # counted by SELECT COUNT(*): Redshift's COPY tag is not relied on
 
         return fill
 

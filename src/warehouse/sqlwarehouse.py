@@ -62,6 +62,8 @@ class SqlWarehouse:
     def _fill_sql(self, spec: LoadSpec) -> str:
         raise NotImplementedError
 
+    fill_counts = False  # the fill returns the rows it loaded (so the staging table is not counted)
+
     # ---- the state log ---------------------------------------------------------------------------
 
     @property
@@ -116,7 +118,7 @@ class SqlWarehouse:
     def render_load(self, req: LoadRequest) -> list[str]:
         """The DDL and SQL ``load(req)`` would run, in order; no I/O."""
         spec = self._request_spec(req)
-        return render(spec, self._fill_sql(spec), self._commit(req))
+        return render(spec, self._fill_sql(spec), self._commit(req), fill_counts=self.fill_counts)
 
     def _error(self, exc: Exception, action: str, table: str) -> WarehouseError:
         return classify(exc, cfg=self.cfg, action=action, table=table)

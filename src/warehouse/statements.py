@@ -3,7 +3,9 @@
 A spec's column names are the TARGET names (after the request's rename map); the staging table has the
 Parquet file's columns, types and order, under those names (both fills map columns by position).
 Modes (the target is written by column name):
-- ``replace``: DELETE every target row, INSERT every staged row (never TRUNCATE: it commits on Redshift);
+- ``replace``: DELETE every target row, INSERT every staged row; where TRUNCATE is transactional
+  (``Dialect.truncate_in_transaction``: PostgreSQL) COUNT the target's rows and TRUNCATE it instead
+  (never on Redshift, where TRUNCATE commits);
 - ``merge``: DELETE the target rows whose key is staged, INSERT the staged rows deduplicated by key,
   the last by ``order_by`` winning (ROW_NUMBER, which both warehouses have; no MERGE, no ON CONFLICT);
 - ``append``: INSERT every staged row.
@@ -21,7 +23,7 @@ from src.stage.models import StageResult
 from src.warehouse.ddl import Dialect, DistSort, create_table_sql, insert_select_sql, lock_sql
 from src.warehouse.state import Mode
 
-Step = tuple[Literal["delete", "insert"], str]
+Step = tuple[Literal["delete", "count_deleted", "insert"], str]  # count_deleted: a SELECT COUNT(*)
 ROW_NUMBER_ALIAS = "s3shift_rn"
 
 
@@ -115,14 +117,23 @@ def target_lock_sql(spec: LoadSpec) -> str:
 
 def apply_steps(spec: LoadSpec) -> list[Step]:
     """The statements that change the target, in order."""
-    delete_all: Step = ("delete", f"DELETE FROM {spec.target_sql}")
     if not spec.has_staging:
-        return [delete_all] if spec.mode == "replace" else []
+        return _empty_all(spec) if spec.mode == "replace" else []
     if spec.mode == "replace":
-        return [delete_all, ("insert", _insert_all(spec))]
+        return [*_empty_all(spec), ("insert", _insert_all(spec))]
     if spec.mode == "append":
         return [("insert", _insert_all(spec))]
     return [("delete", _delete_staged_keys(spec)), ("insert", _insert_latest(spec))]
+
+
+def _empty_all(spec: LoadSpec) -> list[Step]:
+    """Remove every target row, counting them (the caller holds a lock that excludes other writers)."""
+    if not spec.dialect.truncate_in_transaction:
+        return [("delete", f"DELETE FROM {spec.target_sql}")]
+    return [
+        ("count_deleted", f"SELECT COUNT(*) FROM {spec.target_sql}"),
+        ("delete", f"TRUNCATE {spec.target_sql}"),
+    ]
 
 
 def _pairs(spec: LoadSpec) -> list[tuple[str, str]]:
