@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from src.common.log import get_logger
 from src.plan.models import TS_FORMAT, Watermark, Window
 from src.stage.models import StageResult
 from src.warehouse.base import StateRow
+
+log = get_logger("engine.pending")
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,30 @@ def format_ts(ts: datetime) -> str:
     return ts.strftime(TS_FORMAT)
 
 
+REQUIRED_META = (
+    "execution_id",
+    "extracted_at",
+    "window",
+    "schema",
+    "target_table",
+    "mode",
+    "key",
+    "order_by",
+)
+
+
+def loadable(stage: StageResult) -> bool:
+    """A stage whose sidecar carries everything a load needs (stages of older versions do not)."""
+    return all(key in stage.meta for key in REQUIRED_META)
+
+
 def select(stages: list[StageResult], state: StateRow | None, committed: set[str]) -> Chain:
-    """``stages``: complete stages in extraction order; ``state``: the latest committed state row."""
+    """``stages``: complete stages in extraction order; ``state``: the latest committed state row.
+    Stages without the metadata a load needs are ignored (logged), never loaded."""
+    for stage in stages:
+        if not loadable(stage):
+            log.warning("ignoring staged run %s: its sidecar lacks the load metadata", stage.manifest_url)
+    stages = [s for s in stages if loadable(s)]
     fresh = [s for s in stages if stage_id(s) not in committed and _newer(s, state)]
     stale = [s for s in stages if stage_id(s) not in committed and not _newer(s, state)]
     fulls = [i for i, s in enumerate(fresh) if stage_window(s).strategy == "full_sync"]
