@@ -68,9 +68,9 @@ def classify(exc: BaseException, *, cfg: TargetConn, action: str, table: str | N
             sqlstate=exc.sqlstate,
             retryable=exc.retryable,
         )
-    subject = f" {table}" if table else ""
+    subject = f"{action} {table} on {where(cfg)}" if table else f"{action} {where(cfg)}"
     return WarehouseError(
-        f"{action}{subject} on {where(cfg)} failed: {cause_text(exc)}",
+        f"{subject} failed: {cause_text(exc)}",
         table=table,
         sqlstate=sqlstate_of(exc),
         retryable=is_retryable(exc),
