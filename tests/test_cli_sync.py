@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from pathlib import Path
@@ -153,6 +154,12 @@ def test_full_sync_two_tables_value_by_value(
     ]
     prefix = f"staging/p/{mysql_db}.orders/{doc['execution_id']}/"
     assert f"{prefix}manifest.json" in keys and f"{prefix}part-00000.parquet" in keys
+    # the run report is persisted beside the data, equal to what stdout printed
+    report_key = f"staging/p/_reports/{doc['execution_id']}.json"
+    body = (
+        s3_client(s3_conn.endpoint_url or "").get_object(Bucket=s3_conn.bucket, Key=report_key)["Body"].read()
+    )
+    assert json.loads(body) == doc
     assert "logs" not in proc.stdout and proc.stderr  # logs on stderr only
 
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 from anyio.streams.memory import MemoryObjectSendStream
 
 from src.common.errors import S3ShiftError, describe
+from src.common.jsonio import dumps_bytes
 from src.common.log import get_logger
 from src.config.loader import config_dir, load_pipeline
 from src.config.models import Pipeline
@@ -32,6 +33,7 @@ from src.warehouse.factory import open_warehouse
 from src.warehouse.redshift import RedshiftConnect
 
 log = get_logger("engine")
+REPORT_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,12 @@ async def run_sync(request: SyncRequest, *, redshift_connect: RedshiftConnect | 
             plans.append(plan_table(pipeline, table))
         except S3ShiftError as exc:
             agg.record(_failure(table, exc, phase="plan"))
-    interrupted: list[str] = []
-    if plans:
-        await _run_plans(agg, pipeline, plans, request.mode, redshift_connect, interrupted)
+    if not plans:
+        return agg.report()
+    return await _run_plans(agg, pipeline, plans, request.mode, redshift_connect)
+
+
+def _final(agg: Aggregator, interrupted: list[str]) -> RunReport:
     reason = "run interrupted ({}) before this table finished; target and watermark unchanged"
     return agg.report(missing_reason=reason.format(interrupted[0] if interrupted else "cancelled"))
 
@@ -81,17 +86,16 @@ async def _run_plans(
     plans: list[TablePlan],
     mode: RunMode,
     redshift_connect: RedshiftConnect | None,
-    interrupted: list[str],
-) -> None:
+) -> RunReport:
     limits = Limits.for_pipeline(pipeline)
+    interrupted: list[str] = []
     async with AsyncExitStack() as stack:
         try:
             resources = await open_resources(
                 stack, pipeline, limits, redshift_connect, source=mode != "load_only"
             )
         except Exception as exc:
-            _fail_all(agg, [p.table for p in plans], first_error(exc), phase="connect")
-            return
+            return _fail_all(agg, [p.table for p in plans], first_error(exc), phase="connect")
         ctx = RunContext(
             agg.execution_id, pipeline, limits, resources.source, resources.s3, resources.warehouse, mode
         )
@@ -103,6 +107,22 @@ async def _run_plans(
                     tg.start_soon(_one, ctx, plan, agg.sender())
                 agg.close_origin()
             outer.cancel_scope.cancel()
+        report = _final(agg, interrupted)
+        await _persist(resources.s3, pipeline, report)
+        return report
+
+
+async def _persist(s3: S3Stage, pipeline: Pipeline, report: RunReport) -> None:
+    """The run report, beside the data: ``<prefix><pipeline>/_reports/<execution_id>.json``. Best effort:
+    a report that cannot be written is logged, never turns a run into a failure."""
+    key = f"{pipeline.s3.prefix}{pipeline.name}/_reports/{report.execution_id}.json"
+    with anyio.CancelScope(shield=True), anyio.move_on_after(REPORT_TIMEOUT):
+        try:
+            await s3.put_bytes(key, dumps_bytes(report.to_dict()), content_type="application/json")
+        except Exception as exc:
+            log.warning(
+                "could not write the run report to s3://%s/%s: %s", pipeline.s3.bucket, key, describe(exc)
+            )
 
 
 async def _watch_signals(scope: anyio.CancelScope, interrupted: list[str]) -> None:
