@@ -19,16 +19,14 @@ import pyarrow as pa
 from pgpq import ArrowToPostgresBinaryEncoder
 
 from src.common.errors import WarehouseError, describe
-from src.common.policy import SchemaChange
 from src.common.schema import Column, TableSchema
 from src.config.models import TargetConn
-from src.stage.models import StageResult
 from src.warehouse.base import BatchOpener, Fill
 from src.warehouse.catalog import Executor
 from src.warehouse.ddl import POSTGRES, postgres_type, staging_name
 from src.warehouse.errors import classify, where
 from src.warehouse.sqlwarehouse import SqlWarehouse
-from src.warehouse.state import LoadRequest, Mode
+from src.warehouse.state import LoadRequest
 from src.warehouse.statements import LoadSpec
 
 CLOSE_TIMEOUT = 10.0
@@ -62,21 +60,12 @@ def key_exprs(schema: TableSchema, key: tuple[str, ...], staging: str) -> tuple[
     return tuple(insert_expr(schema.column(k), POSTGRES.ident(staging)) for k in key if k in schema.names)
 
 
-def build_spec(
-    schema: TableSchema,
-    *,
-    schema_name: str,
-    target_table: str,
-    stage: StageResult,
-    execution_id: str,
-    mode: Mode = "replace",
-    key: tuple[str, ...] = (),
-    order_by: tuple[str, ...] = (),
-    schema_change: SchemaChange = "fail",
-) -> LoadSpec:
+def build_spec(req: LoadRequest, *, schema_name: str) -> LoadSpec:
+    """The spec of a request already in target names."""
+    schema, target_table, stage = req.schema, req.target_table, req.stage
     arrow_schema = staging_arrow_schema(schema)
     pg_schema = ArrowToPostgresBinaryEncoder(arrow_schema).schema()
-    staging = staging_name(f"{execution_id}\x1f{stage.manifest_url}", schema_name, target_table)
+    staging = staging_name(f"{req.execution_id}\x1f{stage.manifest_url}", schema_name, target_table)
     return LoadSpec(
         dialect=POSTGRES,
         schema_name=schema_name,
@@ -87,13 +76,11 @@ def build_spec(
         target_types=tuple(postgres_type(c) for c in schema.columns),
         staging_types=tuple(str(c.data_type.ddl()) for c in pg_schema.columns),
         insert_exprs=tuple(insert_expr(c) for c in schema.columns),
-        mode=mode,
-        key=key,
-        order_by=order_by,
-        schema_change=schema_change,
-        key_exprs=tuple(
-            insert_expr(schema.column(k), POSTGRES.ident(staging)) for k in key if k in schema.names
-        ),
+        mode=req.mode,
+        key=req.key,
+        order_by=req.order_by,
+        schema_change=req.schema_change,
+        key_exprs=key_exprs(schema, req.key, staging),
     )
 
 
@@ -193,17 +180,7 @@ class PostgresWarehouse(SqlWarehouse):
                 discard_if_in_transaction(conn)
 
     def _spec(self, req: LoadRequest) -> LoadSpec:
-        return build_spec(
-            req.schema,
-            schema_name=self.cfg.schema,
-            target_table=req.target_table,
-            stage=req.stage,
-            execution_id=req.execution_id,
-            mode=req.mode,
-            key=req.key,
-            order_by=req.order_by,
-            schema_change=req.schema_change,
-        )
+        return build_spec(req, schema_name=self.cfg.schema)
 
     def _fill(self, ex: Executor, spec: LoadSpec) -> Fill:
         conn: Any = ex

@@ -16,15 +16,12 @@ import asyncpg
 
 from src.common.errors import WarehouseError
 from src.common.log import get_logger
-from src.common.policy import SchemaChange
 from src.common.schema import Column, TableSchema
 from src.config.models import TargetConn
-from src.stage.models import StageResult
 from src.warehouse.base import Fill
 from src.warehouse.catalog import Executor
 from src.warehouse.ddl import (
     REDSHIFT,
-    DistSort,
     check_iam_role,
     redshift_copy_sql,
     redshift_type,
@@ -33,7 +30,7 @@ from src.warehouse.ddl import (
 from src.warehouse.errors import classify, where
 from src.warehouse.postgres import connect_kwargs, ssl_context
 from src.warehouse.sqlwarehouse import SqlWarehouse
-from src.warehouse.state import LoadRequest, Mode
+from src.warehouse.state import LoadRequest
 from src.warehouse.statements import LoadSpec
 
 RedshiftConnect = Callable[[TargetConn], AbstractAsyncContextManager[Executor]]
@@ -70,20 +67,10 @@ def key_exprs(schema: TableSchema, key: tuple[str, ...], staging: str) -> tuple[
     return tuple(insert_expr(schema.column(k), REDSHIFT.ident(staging)) for k in key if k in schema.names)
 
 
-def build_spec(
-    schema: TableSchema,
-    *,
-    schema_name: str,
-    target_table: str,
-    stage: StageResult,
-    execution_id: str,
-    distsort: DistSort | None = None,
-    mode: Mode = "replace",
-    key: tuple[str, ...] = (),
-    order_by: tuple[str, ...] = (),
-    schema_change: SchemaChange = "fail",
-) -> LoadSpec:
-    staging = staging_name(f"{execution_id}\x1f{stage.manifest_url}", schema_name, target_table)
+def build_spec(req: LoadRequest, *, schema_name: str) -> LoadSpec:
+    """The spec of a request already in target names."""
+    schema, target_table, stage = req.schema, req.target_table, req.stage
+    staging = staging_name(f"{req.execution_id}\x1f{stage.manifest_url}", schema_name, target_table)
     return LoadSpec(
         dialect=REDSHIFT,
         schema_name=schema_name,
@@ -94,14 +81,12 @@ def build_spec(
         target_types=tuple(redshift_type(c) for c in schema.columns),
         staging_types=tuple(redshift_type(c, staging=True) for c in schema.columns),
         insert_exprs=tuple(insert_expr(c) for c in schema.columns),
-        distsort=distsort,
-        mode=mode,
-        key=key,
-        order_by=order_by,
-        schema_change=schema_change,
-        key_exprs=tuple(
-            insert_expr(schema.column(k), REDSHIFT.ident(staging)) for k in key if k in schema.names
-        ),
+        distsort=req.distsort,
+        mode=req.mode,
+        key=req.key,
+        order_by=req.order_by,
+        schema_change=req.schema_change,
+        key_exprs=key_exprs(schema, req.key, staging),
     )
 
 
@@ -166,18 +151,7 @@ class RedshiftWarehouse(SqlWarehouse):
 
     def _spec(self, req: LoadRequest) -> LoadSpec:
         require_iam_role(self.cfg)
-        return build_spec(
-            req.schema,
-            schema_name=self.cfg.schema,
-            target_table=req.target_table,
-            stage=req.stage,
-            execution_id=req.execution_id,
-            mode=req.mode,
-            key=req.key,
-            order_by=req.order_by,
-            distsort=req.distsort,
-            schema_change=req.schema_change,
-        )
+        return build_spec(req, schema_name=self.cfg.schema)
 
     def _fill(self, ex: Executor, spec: LoadSpec) -> Fill:
         async def fill(staging_sql: str) -> int | None:
