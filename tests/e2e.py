@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -83,6 +84,14 @@ def write_config(
 
 
 CLI = (sys.executable, "-m", "src.cli.main")
+REDSHIFT_ROLE = "arn:aws:iam::123456789012:role/s3shift-copy"
+
+
+def as_redshift(pg_target: TargetConn, s3_endpoint: str) -> tuple[TargetConn, tuple[str, ...]]:
+    """The same database as a Redshift target served by the emulation harness, and the real CLI in its
+    own process with only the Redshift connection factory swapped (tests/redshift_cli.py)."""
+    target = replace(pg_target, name="rs", type="redshift", iam_role=REDSHIFT_ROLE)
+    return target, (sys.executable, str(ROOT / "tests" / "redshift_cli.py"), s3_endpoint)
 
 
 def run_cli(

@@ -8,10 +8,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 
 from src.config.models import S3Conn, SourceConn, TargetConn
 from tests.conftest import ROOT, mysql_exec, pg_fetch, s3_client
-from tests.e2e import CLI, assert_tables_equal, run_json, write_config
+from tests.e2e import CLI, as_redshift, assert_tables_equal, run_json, write_config
 
 ROWS = 150_000
 BIG = """CREATE TABLE big (id BIGINT NOT NULL PRIMARY KEY, payload VARCHAR(200) NOT NULL,
@@ -52,8 +51,7 @@ def setup(
     mysql_exec(mysql_db, BIG, FILL.format(1, ROWS))
     target, cli = pg_target, CLI
     if request.param == "redshift":
-        target = replace(pg_target, type="redshift", iam_role="arn:aws:iam::123456789012:role/s3shift-copy")
-        cli = (sys.executable, str(ROOT / "tests" / "redshift_cli.py"), s3_endpoint)
+        target, cli = as_redshift(pg_target, s3_endpoint)
     tables = {
         f"{mysql_db}.big": {
             "cdc_strategy": "hybrid",

@@ -12,24 +12,22 @@ from src.config.models import S3Conn, SourceConn, TargetConn
 from src.engine.run import SyncRequest, run_sync
 from src.report.render import render_json
 from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER, mysql_exec, pg_fetch
-from tests.e2e import assert_tables_equal, write_config
+from tests.e2e import REDSHIFT_ROLE, as_redshift, assert_tables_equal, write_config
 from tests.redshift_emulator import RedshiftEmulator, emulator_connect
 from tests.test_cli_sync import check_contract, make_orders
 
-ROLE = "arn:aws:iam::123456789012:role/s3shift-copy"
-
 
 def redshift_target(schema: str) -> TargetConn:
-    return TargetConn(
-        name="rs",
-        type="redshift",
+    pg = TargetConn(
+        name="pg",
+        type="postgres",
         host=PG_HOST,
         port=PG_PORT,
         username=PG_USER,
         database=PG_DATABASE,
         schema=schema,
-        iam_role=ROLE,
     )
+    return as_redshift(pg, "")[0]  # in-process runs pass the emulator themselves
 
 
 def sync(
@@ -64,7 +62,7 @@ def test_redshift_full_sync_through_emulator(
     sql = [s for e in sessions for s in e.statements]
     copies = [s for s in sql if s.lstrip().upper().startswith("COPY")]
     assert len(copies) == 1, "one COPY per non-empty table, none for the empty one"
-    assert "FORMAT AS PARQUET" in copies[0] and "MANIFEST" in copies[0] and ROLE in copies[0]
+    assert "FORMAT AS PARQUET" in copies[0] and "MANIFEST" in copies[0] and REDSHIFT_ROLE in copies[0]
     assert not any("TRUNCATE" in s.upper() for s in sql)
 
 

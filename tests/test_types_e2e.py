@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
-from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -17,8 +15,8 @@ from typing import Any
 import pytest
 
 from src.config.models import S3Conn, SourceConn, TargetConn
-from tests.conftest import ROOT, mysql_exec, pg_fetch
-from tests.e2e import CLI, run_json, write_config
+from tests.conftest import mysql_exec, pg_fetch
+from tests.e2e import CLI, as_redshift, run_json, write_config
 
 DDL = """CREATE TABLE alltypes (
   id INT PRIMARY KEY,
@@ -163,12 +161,7 @@ def target(
 ) -> tuple[TargetConn, tuple[str, ...]]:
     if request.param == "postgres":
         return pg_target, CLI
-    role = "arn:aws:iam::123456789012:role/s3shift-copy"
-    return replace(pg_target, type="redshift", iam_role=role), (
-        sys.executable,
-        str(ROOT / "tests" / "redshift_cli.py"),
-        s3_endpoint,
-    )
+    return as_redshift(pg_target, s3_endpoint)
 
 
 def normalise(column: str, value: Any) -> Any:
