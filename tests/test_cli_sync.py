@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from src.config.models import S3Conn, SourceConn, TargetConn
 from tests.conftest import mysql_exec, pg_fetch, s3_client
-from tests.e2e import PASSWORD_ENV, assert_tables_equal, run_cli, run_json, write_config
+from tests.e2e import PASSWORD_ENV, assert_tables_equal, check_contract, run_cli, run_json, write_config
 
 ORDERS = """CREATE TABLE orders (
   id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -82,50 +79,6 @@ def cfg(tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn:
             }
         },
     )
-
-
-def check_contract(doc: dict[str, Any], tables: list[str], pipeline: str = "p") -> None:
-    """Every rule of spec/json-output-format.md, for any report."""
-    assert list(doc) == [
-        "execution_id",
-        "start_time",
-        "pipeline",
-        "tables_requested",
-        "total_tables",
-        "table_results",
-        "status",
-        "end_time",
-        "duration_seconds",
-        "summary",
-    ]
-    m = re.fullmatch(r"sync_(\d{8})_(\d{6})_([0-9a-f]{8})", doc["execution_id"])
-    assert m, doc["execution_id"]
-    start = datetime.fromisoformat(doc["start_time"])
-    assert doc["start_time"].endswith("+00:00") and doc["end_time"].endswith("+00:00")
-    assert (m.group(1), m.group(2)) == (start.strftime("%Y%m%d"), start.strftime("%H%M%S"))
-    assert doc["pipeline"] == pipeline
-    assert doc["tables_requested"] == tables and doc["total_tables"] == len(tables)
-    assert list(doc["table_results"]) == tables
-    assert isinstance(doc["duration_seconds"], float) and doc["duration_seconds"] >= 0
-    ok = [r for r in doc["table_results"].values() if r["status"] == "success"]
-    bad = [r for r in doc["table_results"].values() if r["status"] == "failed"]
-    assert len(ok) + len(bad) == len(tables)
-    for r in ok:
-        assert {"rows_processed", "files_created", "duration_seconds", "completed_at"} <= set(r)
-        assert not {"error_message", "failed_at"} & set(r)
-        assert r["completed_at"].endswith("+00:00")
-    for r in bad:
-        assert {"error_message", "failed_at"} <= set(r) and r["error_message"]
-        assert not {"rows_processed", "files_created", "completed_at", "duration_seconds"} & set(r)
-        assert r["failed_at"].endswith("+00:00")
-    expected = "success" if not bad else ("failed" if not ok else "partial_success")
-    assert doc["status"] == expected
-    assert doc["summary"] == {
-        "success_count": len(ok),
-        "failure_count": len(bad),
-        "total_rows_processed": sum(r["rows_processed"] for r in ok),
-        "total_files_created": sum(r["files_created"] for r in ok),
-    }
 
 
 def test_full_sync_two_tables_value_by_value(

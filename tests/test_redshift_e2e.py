@@ -12,9 +12,9 @@ from src.config.models import S3Conn, SourceConn, TargetConn
 from src.engine.run import SyncRequest, run_sync
 from src.report.render import render_json
 from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER, mysql_exec, pg_fetch
-from tests.e2e import REDSHIFT_ROLE, as_redshift, assert_tables_equal, write_config
+from tests.e2e import REDSHIFT_ROLE, as_redshift, assert_tables_equal, check_contract, write_config
 from tests.redshift_emulator import RedshiftEmulator, emulator_connect
-from tests.test_cli_sync import check_contract, make_orders
+from tests.test_cli_sync import make_orders
 
 
 def redshift_target(schema: str) -> TargetConn:
