@@ -116,6 +116,9 @@ class Processing:
     max_parallel_tables: int = 4
     batch_size: int = 50_000
     file_size_mb: int = 128
+    fast_path: bool = True  # big full reads through connectorx key ranges (src.source.fastpath)
+    range_rows: int = 250_000  # rows per key range of the fast path
+    range_workers: int = 2  # connectorx connections per table (within the source's max_connections)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,14 @@ from src.common.policy import POLICY_CHOICES, ColumnSelection, TypePolicy
 from src.config.fields import check_keys, checked_values, positive
 from src.config.models import STRATEGY_ALIASES, Processing, TableConfig
 
-_PROCESSING_KEYS = {"max_parallel_tables": "int", "batch_size": "int", "file_size_mb": "int"}
+_PROCESSING_KEYS = {
+    "max_parallel_tables": "int",
+    "batch_size": "int",
+    "file_size_mb": "int",
+    "fast_path": "bool",
+    "range_rows": "int",
+    "range_workers": "int",
+}
 
 _TABLE_KEYS = {
     "cdc_strategy": "str",
@@ -48,7 +55,7 @@ def parse_processing(raw: Any, file: Path) -> Processing:
         )
     raw = {k: v for k, v in raw.items() if k not in ("strategy", "timeout_minutes")}
     v = checked_values(raw, _PROCESSING_KEYS, file=file, where="pipeline.processing")
-    positive(v, tuple(v), file, "pipeline.processing")
+    positive(v, tuple(k for k in v if k != "fast_path"), file, "pipeline.processing")
     return Processing(**v)
 
 

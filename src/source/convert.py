@@ -132,7 +132,11 @@ def _bool(column: Column, values: Sequence[Any], rules: ReadRules) -> tuple[pa.A
 
 def _tinyint_bool(column: Column, values: Sequence[Any], rules: ReadRules) -> tuple[pa.Array, Counts]:
     """TINYINT(1) as BOOLEAN: checked when planned, and again here (a 2 written since then fails)."""
-    numbers = pa.array(values, type=_INT16)
+    return numbers_to_bool(column, pa.array(values, type=_INT16), rules), {}
+
+
+def numbers_to_bool(column: Column, numbers: pa.Array, rules: ReadRules) -> pa.Array:
+    """An integer array of a TINYINT(1) read as BOOLEAN -> bool, refusing any value but 0, 1 and NULL."""
     low, high = pc.min_max(numbers).values()
     if low.as_py() is not None and (low.as_py() < 0 or high.as_py() > 1):
         bad = low.as_py() if low.as_py() < 0 else high.as_py()
@@ -143,7 +147,7 @@ def _tinyint_bool(column: Column, values: Sequence[Any], rules: ReadRules) -> tu
             column=column.name,
             retryable=False,
         )
-    return numbers.cast(pa.bool_()), {}
+    return numbers.cast(pa.bool_())
 
 
 def _integer(column: Column, values: Sequence[Any], rules: ReadRules) -> tuple[pa.Array, Counts]:

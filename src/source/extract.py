@@ -22,11 +22,11 @@ import pyarrow as pa
 from src.common.errors import SourceError
 from src.common.naming import quote_mysql
 from src.common.policy import TypePolicy
-from src.common.schema import TableSchema
+from src.common.schema import Column, TableSchema
 from src.source.convert import ZERO_DATE, Coercions, rows_to_batch
 from src.source.mysql import RowStream, SourceConnection, driver_error_code
 from src.source.text import ReadRules
-from src.source.typemap import DEFAULT_POLICY, result_type_codes
+from src.source.typemap import DEFAULT_POLICY, data_type_of, result_type_codes
 
 __all__ = ["ZERO_DATE", "ExtractStats", "ReadRules", "extract_table", "rows_to_batch", "select_sql"]
 _UNKNOWN_COLUMN = 1054
@@ -37,6 +37,7 @@ class ExtractStats:
     rows: int = 0
     batches: int = 0
     coercions: dict[str, dict[str, int]] = field(default_factory=dict)  # {column: {kind: count}}
+    path: dict[str, Any] = field(default_factory=dict)  # how the rows were read (reported when set)
 
     def count(self, column: str, kind: str, n: int) -> None:
         if n:
@@ -51,9 +52,19 @@ class ExtractStats:
 
 def select_sql(database: str, table: str, schema: TableSchema, where: str | None = None) -> str:
     """SELECT with an explicit, quoted column list (never ``*``)."""
-    columns = ", ".join(quote_mysql(c.name) for c in schema.columns)
+    columns = ", ".join(select_item(c) for c in schema.columns)
     sql = f"SELECT {columns} FROM {quote_mysql(database)}.{quote_mysql(table)}"
     return f"{sql} WHERE {where}" if where else sql
+
+
+def select_item(column: Column) -> str:
+    """How a column is selected. FLOAT goes through ``CAST(... AS DOUBLE)``: the text protocol prints a FLOAT
+    with 6 significant digits (0.45125502 arrives as 0.451255), a DOUBLE with every digit it needs, and
+    every FLOAT value is exactly a DOUBLE, so the planned float32 gets the stored value back."""
+    name = quote_mysql(column.name)
+    if column.logical == "float32" and data_type_of(column) == "float":
+        return f"CAST({name} AS DOUBLE) AS {name}"
+    return name
 
 
 def with_filter(condition: str | None, row_filter: str | None, *, bound: bool) -> str | None:
@@ -91,12 +102,31 @@ async def extract_table(
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     rules = ReadRules(f"{database}.{table}", policy, max_text_bytes)
-    sql = select_sql(database, table, schema, with_filter(None, where, bound=False))
     async with send:
-        with drift_errors(rules.ref):
-            async with conn.stream(sql, args) as rows:
-                check_description(rows, schema, rules.ref)
-                await _pump(rows, schema, rules, send, batch_size, stats, cpu_limiter)
+        await stream_query(
+            conn, database, table, schema, send, rules, where, args, batch_size, stats, cpu_limiter
+        )
+
+
+async def stream_query(
+    conn: SourceConnection,
+    database: str,
+    table: str,
+    schema: TableSchema,
+    send: anyio.abc.ObjectSendStream[pa.RecordBatch],
+    rules: ReadRules,
+    where: str | None,
+    args: Sequence[object],
+    batch_size: int,
+    stats: ExtractStats,
+    cpu_limiter: anyio.CapacityLimiter | None,
+) -> None:
+    """The body of ``extract_table``: one streaming SELECT into ``send``, which it leaves open."""
+    sql = select_sql(database, table, schema, with_filter(None, where, bound=False))
+    with drift_errors(rules.ref):
+        async with conn.stream(sql, args) as rows:
+            check_description(rows, schema, rules.ref)
+            await _pump(rows, schema, rules, send, batch_size, stats, cpu_limiter)
 
 
 @contextlib.contextmanager

@@ -269,6 +269,16 @@ async def _token(limiter: anyio.CapacityLimiter | None, borrower: object) -> Asy
         limiter.release_on_behalf_of(borrower)
 
 
+def _try_token(limiter: anyio.CapacityLimiter | None, borrower: object) -> bool:
+    if limiter is None:
+        return True
+    try:
+        limiter.acquire_on_behalf_of_nowait(borrower)
+    except anyio.WouldBlock:
+        return False
+    return True
+
+
 class MySQLSource:
     """A bounded pool of connections to one source (never more than ``cfg.max_connections`` open)."""
 
@@ -278,6 +288,9 @@ class MySQLSource:
         self._slots = anyio.CapacityLimiter(cfg.max_connections)
         self._idle: list[SourceConnection] = []
         self._open: set[SourceConnection] = set()
+        self._reserved = 0  # tokens held for connections opened outside the pool
+        self.connectorx_lock = anyio.Lock()
+        self.connectorx_error: str | None = None  # why connectorx cannot connect ("" once it did)
         self._closed = False
 
     async def __aenter__(self) -> MySQLSource:
@@ -315,6 +328,35 @@ class MySQLSource:
                 self._discard(conn)
                 raise
             await self._checkin(conn)
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, wanted: int) -> AsyncIterator[int]:
+        """Take up to ``wanted`` connection tokens without waiting, for connections opened outside the pool
+        (connectorx's); yields how many were taken. Idle pooled connections are closed to make room, so the
+        server never sees more than ``max_connections`` of ours."""
+        borrowers: list[object] = []  # a limiter lends one token per borrower
+        try:
+            while len(borrowers) < wanted:
+                borrower = object()
+                if not _try_token(self._limiter, borrower):
+                    break
+                if not _try_token(self._slots, borrower):
+                    if self._limiter is not None:
+                        self._limiter.release_on_behalf_of(borrower)
+                    break
+                borrowers.append(borrower)
+            self._reserved += len(borrowers)
+            while self._idle and len(self._open) + self._reserved > self.cfg.max_connections:
+                conn = self._idle.pop()
+                self._open.discard(conn)
+                await conn.close()
+            yield len(borrowers)
+        finally:
+            self._reserved -= len(borrowers)
+            for borrower in borrowers:
+                self._slots.release_on_behalf_of(borrower)
+                if self._limiter is not None:
+                    self._limiter.release_on_behalf_of(borrower)
 
     async def ping(self) -> None:
         """Prove the source answers; raise ``SourceError`` naming host:port, the cause and what to check."""

@@ -61,6 +61,13 @@ def text_array(column: Column, values: Sequence[Any], rules: ReadRules) -> tuple
         array = pa.array(values, type=_STRING)  # bytes are accepted when they are valid UTF-8
     except pa.ArrowInvalid:
         array = pa.array(_decode(column, values, rules, counts), type=_STRING)
+    array, more = text_rules(column, array, rules)
+    return array, {**counts, **more}
+
+
+def text_rules(column: Column, array: pa.Array, rules: ReadRules) -> tuple[pa.Array, Counts]:
+    """The NUL and long-text policies on a string array that is already valid UTF-8."""
+    counts: Counts = {}
     array = _nul(column, array, rules, counts)
     return _long(column, array, rules, counts), counts
 

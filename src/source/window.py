@@ -309,6 +309,11 @@ async def estimate_rows(
     return _estimate(await _explain(conn, f"SELECT {cursor} FROM {source} WHERE {condition}", args))
 
 
+async def explain_rows(conn: SourceConnection, sql: str, args: list[object]) -> int:
+    """The optimizer's estimate of the rows ``sql`` reads (EXPLAIN; index dives for a key range)."""
+    return _estimate(await _explain(conn, sql, args))
+
+
 def _estimate(plan: dict[str, Any]) -> int:
     return round(float(plan.get("rows") or 0) * float(plan.get("filtered") or 100) / 100)
 

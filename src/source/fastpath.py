@@ -1,0 +1,341 @@
+"""The bulk extract path: primary-key ranges read in parallel by connectorx (Rust, MySQL binary protocol,
+straight into Arrow), for full reads of big tables whose every column it carries exactly.
+
+The asyncmy path (``src.source.extract``) stays canonical: this one must give the same Arrow data, which
+``tests/test_source_fastpath.py`` proves type by type on edge values. How it stays exact:
+- only columns whose connectorx type converts losslessly are allowed (``blocker`` names the first that is
+  not: TIME, BIT, GEOMETRY, DECIMAL beyond what its 28-digit decimal holds at scale 10, DECIMAL as text,
+  MariaDB's UUID/INET types); each batch is cast to the planned Arrow types with safe casts (DECIMAL
+  arrives as decimal128(38,10), unsigned and small integers widened), then the canonical path's text
+  policies and the TINYINT(1)-as-BOOLEAN check run on the arrays;
+- connectorx aborts on zero or invalid dates, so every DATE/DATETIME/TIMESTAMP is selected as
+  ``col + INTERVAL 0 DAY`` (NULL for exactly those dates) next to a flag column that marks such rows; a
+  batch holding one goes to the canonical path, which applies ``type_policies.zero_date``;
+- any error of connectorx on a range (and a flagged batch) hands the rest of that range, after the last
+  key already sent, to the canonical path on the table's own connection. Rows are read in key order, so
+  nothing is read twice or skipped.
+
+Connections: the table's own pooled connection plans the ranges and serves the fallbacks; connectorx
+opens one connection per worker, each under a token of the source's connection budget taken without
+waiting (``MySQLSource.reserve``): with no token free the table is read by the canonical path. The
+workers share a queue of ranges (``src.source.ranges``); memory stays bounded by the stream between
+extract and stage (connectorx's own read-ahead is a few batches).
+
+Like any multi-connection read, the ranges are not one snapshot: a row inserted or deleted while the
+table is read may or may not be in this run's copy (the next run has it); an updated row is read once,
+in one state or the other.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import re
+import threading
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import anyio.lowlevel
+import connectorx
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from src.common.errors import S3ShiftError
+from src.common.log import get_logger
+from src.common.naming import quote_mysql
+from src.common.schema import Column, TableSchema
+from src.common.secret import Secret, scrub
+from src.config.models import SourceConn
+from src.source.convert import Coercions, numbers_to_bool
+from src.source.extract import ExtractStats, stream_query, with_filter
+from src.source.mysql import LOCK_WAIT_TIMEOUT_S, MySQLSource, SourceConnection
+from src.source.ranges import KeyRange, key_bounds, range_key, split
+from src.source.text import ReadRules, text_rules
+from src.source.typemap import data_type_of
+from src.source.window import explain_rows
+
+log = get_logger("source.fastpath")
+MIN_ROWS = 100_000  # below this (estimated) one pooled asyncmy connection is as quick
+DECIMAL_DIGITS = 28  # connectorx reads DECIMAL into rust_decimal (28 digits), then at scale 10
+_INTEGERS = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint", "year"})
+_TEXTS = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set", "json"})
+_BINARIES = frozenset({"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"})
+_DATES = {"date": "date", "timestamp": "datetime", "timestamptz": "timestamp"}  # logical -> DATA_TYPE
+_URL = re.compile(r"mysql://\S*")
+
+
+def column_blocker(column: Column) -> str | None:
+    """Why connectorx cannot carry this column exactly (None: it can)."""
+    data_type, logical = data_type_of(column), column.logical
+    if logical in ("int16", "int32", "int64"):
+        ok = data_type in _INTEGERS
+    elif logical == "bool":
+        ok = data_type == "tinyint"
+    elif logical == "decimal" and data_type == "decimal":
+        precision, scale = column.precision or 0, column.scale or 0
+        ok = scale <= 10 and precision - scale + 10 <= DECIMAL_DIGITS
+    elif logical == "decimal":
+        ok = data_type == "bigint"  # BIGINT UNSIGNED arrives as uint64
+    elif logical in ("float32", "float64"):
+        ok = data_type in ("float", "double")
+    elif logical in ("string", "json"):
+        ok = data_type in _TEXTS
+    elif logical == "binary":
+        ok = data_type in _BINARIES
+    else:
+        ok = _DATES.get(logical) == data_type
+    return None if ok else f"{column.source_type} is read by the asyncmy path only"
+
+
+def blocker(schema: TableSchema) -> str | None:
+    """Why the table cannot take the fast path (None: it can)."""
+    if range_key(schema) is None:
+        return "the primary key is not a single integer column"
+    for column in schema.columns:
+        if reason := column_blocker(column):
+            return f"column {column.name!r}: {reason}"
+    return None
+
+
+def connection_url(cfg: SourceConn, database: str) -> str:
+    """connectorx's URL; the quoted password is registered as a secret so no message can show it."""
+    password = cfg.password.reveal()
+    quoted = quote(password, safe="")
+    Secret(quoted)
+    user = quote(cfg.username, safe="")
+    auth = f"{user}:{quoted}" if password else user
+    return f"mysql://{auth}@{cfg.host}:{cfg.port}/{quote(database, safe='')}"
+
+
+def fast_select(database: str, table: str, schema: TableSchema, where: str) -> str:
+    """The planned columns (dates through ``+ INTERVAL 0 DAY``), the invalid-date flag last, key order."""
+    items = []
+    dates = []
+    for column in schema.columns:
+        name = quote_mysql(column.name)
+        if column.logical in _DATES:
+            items.append(f"{name} + INTERVAL 0 DAY AS {name}")
+            dates.append(f"({name} IS NOT NULL AND {name} + INTERVAL 0 DAY IS NULL)")
+        else:
+            items.append(name)
+    items.append(" OR ".join(dates) if dates else "0")
+    key = range_key(schema)
+    assert key is not None
+    source = f"{quote_mysql(database)}.{quote_mysql(table)}"
+    return f"SELECT {', '.join(items)} FROM {source} WHERE {where} ORDER BY {quote_mysql(key.name)}"
+
+
+def to_planned(
+    raw: pa.RecordBatch, schema: TableSchema, rules: ReadRules
+) -> tuple[pa.RecordBatch | None, Coercions]:
+    """connectorx's batch -> one of exactly the planned schema with the table's policies applied; None when
+    a row holds an invalid date (the canonical path must read it). CPU work: call it in a worker thread."""
+    width = len(schema.columns)
+    if raw.num_columns != width + 1 or tuple(raw.schema.names[:width]) != schema.names:
+        raise ValueError(f"connectorx returned columns {raw.schema.names}, not {list(schema.names)}")
+    if pc.max(raw.column(width)).as_py():
+        return None, {}
+    arrays: list[pa.Array] = []
+    coerced: Coercions = {}
+    for index, column in enumerate(schema.columns):
+        array = raw.column(index)
+        if column.logical == "bool":
+            array = numbers_to_bool(column, array, rules)
+        else:
+            array = array.cast(column.arrow_type(), safe=True)
+        if column.logical in ("string", "json"):
+            array, counts = text_rules(column, array, rules)
+            if counts:
+                coerced[column.name] = counts
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema.arrow_schema()), coerced
+
+
+@dataclass
+class FastRead:
+    """One table's fast read: what to read, how to convert it, and where the rows go."""
+
+    source: MySQLSource
+    conn: SourceConnection  # the table's own connection: range checks and fallbacks
+    database: str
+    table: str
+    schema: TableSchema
+    rules: ReadRules
+    send: anyio.abc.ObjectSendStream[pa.RecordBatch]
+    stats: ExtractStats
+    batch_size: int
+    range_rows: int
+    workers: int
+    where: str | None = None
+    cpu_limiter: anyio.CapacityLimiter | None = None
+    fallbacks: list[str] = field(default_factory=list)
+    _queue: collections.deque[KeyRange] = field(default_factory=collections.deque)
+    _lock: anyio.Lock = field(default_factory=anyio.Lock)
+    _bounds: tuple[int, int] = (0, 0)
+
+    @property
+    def key(self) -> Column:
+        key = range_key(self.schema)
+        assert key is not None
+        return key
+
+    async def estimate(self) -> int:
+        """The optimizer's estimate of the rows to read (0 for an empty table)."""
+        source = f"{quote_mysql(self.database)}.{quote_mysql(self.table)}"
+        sql = f"SELECT {quote_mysql(self.key.name)} FROM {source}"
+        return await explain_rows(self.conn, select_sql_where(sql, self.where), [])
+
+    async def run(self, estimated_rows: int) -> None:
+        """Read every range into ``send`` (left open), with at most ``workers`` connectorx connections."""
+        bounds = await key_bounds(self.conn, self.database, self.table, self.key.name)
+        if bounds is None:
+            self.stats.path = {"path": "connectorx", "ranges": 0}
+            return
+        self._bounds = bounds
+        self._queue.extend(split(*bounds, estimated_rows, self.range_rows, self.workers))
+        planned = len(self._queue)
+        refused = await connectorx_refused(self.source, self.database)
+        async with self.source.reserve(0 if refused else self.workers) as workers:
+            if workers == 0:
+                self.fallbacks.append(refused or "no free connection in the source's budget")
+                await self._canonical(KeyRange(None, None))
+            else:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(workers):
+                        tg.start_soon(self._worker)
+        self.stats.path = {"path": "connectorx", "workers": workers, "ranges": planned}
+        if self.fallbacks:
+            self.stats.path["fallbacks"] = self.fallbacks[:10]
+
+    async def _worker(self) -> None:
+        url = connection_url(self.source.cfg, self.database)
+        while self._queue:
+            part = self._queue.popleft()
+            halves = part.halves(*self._bounds)
+            # An integer key holds at most one row per value: only a wide span can be too big.
+            wide = halves is not None and part.span(*self._bounds) > 2 * self.range_rows
+            if halves and wide and await self._estimate_range(part) > 2 * self.range_rows:
+                self._queue.extendleft(reversed(halves))
+                continue
+            await self._read(url, part)
+
+    async def _estimate_range(self, part: KeyRange) -> int:
+        source = f"{quote_mysql(self.database)}.{quote_mysql(self.table)}"
+        sql = f"SELECT {quote_mysql(self.key.name)} FROM {source} WHERE {part.condition(self.key.name)}"
+        async with self._lock:
+            return await explain_rows(self.conn, sql, [])
+
+    async def _read(self, url: str, part: KeyRange) -> None:
+        last: int | None = None
+        key_index = self.schema.names.index(self.key.name)
+        where = with_filter(part.condition(self.key.name), self.where, bound=False) or ""
+        sql = fast_select(self.database, self.table, self.schema, where)
+        try:
+            reader = await anyio.to_thread.run_sync(_open, url, sql, self.batch_size)
+            while (raw := await anyio.to_thread.run_sync(_next, reader)) is not None:
+                batch, coerced = await anyio.to_thread.run_sync(
+                    to_planned, raw, self.schema, self.rules, limiter=self.cpu_limiter
+                )
+                if batch is None:
+                    raise _Handover("a zero or invalid date")
+                if batch.num_rows:
+                    self.stats.add(coerced)
+                    self.stats.rows += batch.num_rows
+                    self.stats.batches += 1
+                    await self.send.send(batch)
+                    last = batch.column(key_index)[-1].as_py()
+        except S3ShiftError:
+            raise  # a policy of the table refused a value: the canonical path would refuse it too
+        except BaseException as exc:  # connectorx raises PanicException, a BaseException
+            if isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt | SystemExit):
+                raise
+            reason = _reason(exc)
+            log.debug("%s: range %s handed to the asyncmy path: %s", self.rules.ref, part, reason)
+            self.fallbacks.append(reason)
+            await self._canonical(part if last is None else part.after(last))
+
+    async def _canonical(self, part: KeyRange) -> None:
+        condition = with_filter(part.condition(self.key.name), self.where, bound=False)
+        async with self._lock:
+            await stream_query(
+                self.conn,
+                self.database,
+                self.table,
+                self.schema,
+                self.send,
+                self.rules,
+                condition,
+                (),
+                self.batch_size,
+                self.stats,
+                self.cpu_limiter,
+            )
+
+
+async def connectorx_refused(source: MySQLSource, database: str) -> str | None:
+    """Why connectorx cannot read from ``source`` (None: it can), found out once per run. connectorx
+    retries a refused login for 30 s before it reports it, so the probe gives up after the source's
+    ``connect_timeout`` and every table takes the asyncmy path instead."""
+    async with source.connectorx_lock:
+        if source.connectorx_error is None:
+            source.connectorx_error = await _probe(connection_url(source.cfg, database), source.cfg)
+            if source.connectorx_error:
+                log.warning(
+                    "MySQL source %r: %s — reading with asyncmy", source.cfg.name, source.connectorx_error
+                )
+    return source.connectorx_error or None
+
+
+async def _probe(url: str, cfg: SourceConn) -> str:
+    """One round trip through connectorx in a daemon thread: a login it keeps retrying must neither hold
+    the run up past ``connect_timeout`` nor keep the process from exiting."""
+    done = anyio.Event()
+    token = anyio.lowlevel.current_token()
+    failure: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            connectorx.read_sql(url, "SELECT 1", return_type="arrow")  # lets go of the GIL to connect
+        except BaseException as exc:  # PanicException is a BaseException
+            failure.append(exc)
+        with contextlib.suppress(Exception):  # the run may be over
+            anyio.from_thread.run_sync(done.set, token=token)
+
+    threading.Thread(target=attempt, name="connectorx-probe", daemon=True).start()
+    with anyio.move_on_after(cfg.connect_timeout):
+        await done.wait()
+        return f"connectorx cannot connect: {_reason(failure[0])}" if failure else ""
+    return f"connectorx could not connect within connect_timeout ({cfg.connect_timeout:g} s)"
+
+
+class _Handover(Exception):
+    """A batch the canonical path must read (not an error of the table)."""
+
+
+def select_sql_where(sql: str, where: str | None) -> str:
+    condition = with_filter(None, where, bound=False)
+    return f"{sql} WHERE {condition}" if condition else sql
+
+
+def _open(url: str, sql: str, batch_size: int) -> pa.RecordBatchReader:
+    setup = ["SET time_zone = '+00:00'", f"SET SESSION lock_wait_timeout = {LOCK_WAIT_TIMEOUT_S}"]
+    reader: pa.RecordBatchReader = connectorx.read_sql(
+        url, sql, return_type="arrow_stream", batch_size=batch_size, pre_execution_query=setup
+    )
+    return reader
+
+
+def _next(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
+    try:
+        return reader.read_next_batch()
+    except StopIteration:
+        return None
+
+
+def _reason(exc: BaseException) -> str:
+    """A one-line reason, with no connection URL and no secret."""
+    text = _URL.sub("mysql://…", " ".join(str(exc).split()))
+    return scrub(f"{type(exc).__name__}: {text}"[:300])

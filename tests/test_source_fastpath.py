@@ -1,0 +1,387 @@
+"""The connectorx fast path against the canonical asyncmy path: the same Arrow data, type by type, on the
+real MariaDB — plus range planning on sparse and skewed keys, hand-over on zero dates and on connectorx
+failures mid-range, the connection budget, and secrets kept out of its messages."""
+
+from __future__ import annotations
+
+import random
+import struct
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import pyarrow as pa
+import pytest
+
+import src.source.fastpath as fastpath
+from src.common.errors import SourceError
+from src.common.policy import TypePolicy
+from src.common.schema import Column, TableSchema
+from src.common.secret import Secret
+from src.config.models import SourceConn
+from src.source.extract import ExtractStats, extract_table
+from src.source.fastpath import FastRead, blocker, to_planned
+from src.source.introspect import describe_table
+from src.source.mysql import MySQLSource
+from src.source.ranges import KeyRange, split
+from src.source.text import ReadRules
+from tests.conftest import mysql_connect, mysql_exec
+
+pytestmark = pytest.mark.anyio
+
+SHARED_DDL = """CREATE TABLE shared (
+  id BIGINT PRIMARY KEY, ti TINYINT, tu TINYINT UNSIGNED, tb TINYINT(1), si SMALLINT, su SMALLINT UNSIGNED,
+  mi MEDIUMINT, mu MEDIUMINT UNSIGNED, i INT, iu INT UNSIGNED, bi BIGINT, bu BIGINT UNSIGNED, yr YEAR,
+  d1 DECIMAL(12,2), d2 DECIMAL(28,10), d3 DECIMAL(18,0), d4 DECIMAL(5,5), f FLOAT, db DOUBLE,
+  c CHAR(5), vc VARCHAR(40), tx TEXT, e ENUM('a','bé'), st SET('x','y'), j JSON,
+  bn BINARY(4), vb VARBINARY(16), bl BLOB, dt DATE, dtm DATETIME, dtm6 DATETIME(6), ts TIMESTAMP NULL,
+  ts6 TIMESTAMP(6) NULL)"""
+COLUMNS = 32  # besides id
+TEXTS = ["", "a", "héllo wörld", "😀" * 10, "tab\there", "new\nline", "quote ' \" \\", "NUL\x00inside"]
+
+
+def _double(rng: random.Random) -> float:
+    while True:  # any finite double, from its bits (MariaDB stores no NaN/inf)
+        value: float = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+        if value == value and abs(value) != float("inf"):
+            return value
+
+
+def _float(rng: random.Random) -> float:
+    while True:
+        value: float = struct.unpack("<f", rng.getrandbits(32).to_bytes(4, "little"))[0]
+        if value == value and abs(value) != float("inf"):
+            return value
+
+
+def _row(key: int, rng: random.Random) -> tuple[Any, ...]:
+    if key % 7 == 0:
+        return (key, *[None] * COLUMNS)
+    text = rng.choice(TEXTS)
+    return (
+        key,
+        rng.randint(-128, 127),
+        rng.randint(0, 255),
+        rng.randint(0, 1),
+        rng.choice([-32768, 32767, rng.randint(-32768, 32767)]),
+        rng.choice([0, 65535]),
+        rng.randint(-8388608, 8388607),
+        16777215,
+        rng.choice([-(2**31), 2**31 - 1, 0]),
+        2**32 - 1,
+        rng.choice([-(2**63), 2**63 - 1, rng.randint(-(2**63), 2**63 - 1)]),
+        rng.choice([0, 2**64 - 1, rng.randint(0, 2**64 - 1)]),
+        rng.choice([1901, 2155, 2024]),
+        Decimal(rng.randint(-(10**12) + 1, 10**12 - 1)) / 100,
+        Decimal(rng.randint(-(10**28) + 1, 10**28 - 1)) / 10**10,
+        Decimal(rng.choice([10**18 - 1, -(10**18) + 1, rng.randint(0, 10**18)])),
+        Decimal(rng.randint(-99999, 99999)) / 10**5,
+        _float(rng),
+        _double(rng),
+        text[:5],
+        text,
+        text * 3,
+        rng.choice(["a", "bé"]),
+        rng.choice(["", "x", "x,y"]),
+        '{"k": [1, "😀"]}',
+        bytes([0, 255, key % 256, 0]),
+        rng.randbytes(rng.randint(0, 16)),
+        rng.randbytes(rng.randint(0, 300)),
+        rng.choice(["1000-01-01", "9999-12-31", "2024-02-29"]),
+        rng.choice(["1000-01-01 00:00:00", "9999-12-31 23:59:59"]),
+        rng.choice(["2024-02-29 12:34:56.123456", "1970-01-01 00:00:00.000001"]),
+        rng.choice(["1970-01-01 00:00:01", "2038-01-19 03:14:07"]),
+        rng.choice(["2038-01-19 03:14:07.999999", "2000-06-01 12:00:00.5"]),
+    )
+
+
+def fill_shared(database: str, keys: list[int], zero_dates: tuple[int, ...] = ()) -> None:
+    rng = random.Random(20261126)
+    mysql_exec(database, SHARED_DDL)
+    conn = mysql_connect(database)
+    try:
+        with conn.cursor() as cur:
+            marks = ", ".join(["%s"] * (COLUMNS + 1))
+            cur.executemany(f"INSERT INTO shared VALUES ({marks})", [_row(k, rng) for k in keys])
+            cur.execute("SET SESSION sql_mode = 'ALLOW_INVALID_DATES'")
+            for key in zero_dates:
+                cur.execute(
+                    "UPDATE shared SET dt = '0000-00-00', dtm = '2024-02-30 10:00:00',"
+                    " ts = '0000-00-00 00:00:00' WHERE id = %s",
+                    (key,),
+                )
+    finally:
+        conn.close()
+
+
+async def _collect(fill: Any) -> list[pa.RecordBatch]:
+    send, receive = anyio.create_memory_object_stream[pa.RecordBatch](2)
+    batches: list[pa.RecordBatch] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(fill, send)
+        async with receive:
+            batches.extend([b async for b in receive])
+    return batches
+
+
+async def read_both(
+    cfg: SourceConn,
+    table: str,
+    *,
+    range_rows: int = 40,
+    workers: int = 2,
+    policy: TypePolicy | None = None,
+    max_text_bytes: int | None = None,
+    where: str | None = None,
+) -> tuple[pa.Table, pa.Table, ExtractStats, ExtractStats]:
+    """(canonical, fast, their stats): the whole table read both ways, sorted by id."""
+    assert cfg.database
+    policy = policy or TypePolicy()
+    async with MySQLSource(cfg) as source, source.connection() as conn:
+        schema = await describe_table(conn, cfg.database, table, policy=policy)
+        slow_stats, fast_stats = ExtractStats(), ExtractStats()
+
+        async def slow(send: Any) -> None:
+            await extract_table(
+                conn,
+                cfg.database or "",
+                table,
+                schema,
+                send,
+                batch_size=25,
+                stats=slow_stats,
+                policy=policy,
+                max_text_bytes=max_text_bytes,
+                where=where,
+            )
+
+        slow_batches = await _collect(slow)
+
+        async def fast(send: Any) -> None:
+            reader = FastRead(
+                source=source,
+                conn=conn,
+                database=cfg.database or "",
+                table=table,
+                schema=schema,
+                rules=ReadRules(f"{cfg.database}.{table}", policy, max_text_bytes),
+                send=send,
+                stats=fast_stats,
+                batch_size=25,
+                range_rows=range_rows,
+                workers=workers,
+                where=where,
+            )
+            async with send:
+                await reader.run(await reader.estimate())
+
+        fast_batches = await _collect(fast)
+    arrow = schema.arrow_schema()
+    canonical = pa.Table.from_batches(slow_batches, schema=arrow).sort_by("id")
+    quick = pa.Table.from_batches(fast_batches, schema=arrow).sort_by("id")
+    return canonical, quick, slow_stats, fast_stats
+
+
+def assert_same(canonical: pa.Table, quick: pa.Table) -> None:
+    assert quick.schema.equals(canonical.schema)
+    assert quick.num_rows == canonical.num_rows
+    for name in canonical.column_names:  # column by column, so a failure names the column
+        assert quick.column(name).equals(canonical.column(name)), name
+
+
+async def test_every_shared_type_reads_identically(source_conn: SourceConn, mysql_db: str) -> None:
+    fill_shared(mysql_db, list(range(1, 301)))
+    canonical, quick, slow, fast = await read_both(source_conn, "shared")
+    assert canonical.num_rows == 300
+    assert_same(canonical, quick)
+    assert fast.coercions == slow.coercions and fast.coercions["vc"] == {
+        "nul_stripped": slow.coercions["vc"]["nul_stripped"]
+    }
+    assert fast.path["path"] == "connectorx" and fast.path["workers"] == 2 and fast.path["ranges"] >= 7
+    assert "fallbacks" not in fast.path
+
+
+async def test_boolean_policy_and_long_text_policy_match(source_conn: SourceConn, mysql_db: str) -> None:
+    fill_shared(mysql_db, list(range(1, 101)))
+    policy = TypePolicy(tinyint1="boolean", long_text="truncate")
+    canonical, quick, slow, fast = await read_both(source_conn, "shared", policy=policy, max_text_bytes=20)
+    assert canonical.schema.field("tb").type == pa.bool_()
+    assert_same(canonical, quick)
+    assert fast.coercions == slow.coercions and "truncated_to_20_bytes" in str(fast.coercions)
+    boolean = canonical.schema.field("tb")
+    schema = TableSchema(
+        (Column("id", "int64", False, "bigint"), Column("tb", "bool", True, "tinyint(1)")), ("id",)
+    )
+    raw = pa.record_batch([pa.array([1, 2], pa.int64()), pa.array([1, 2], pa.int8()), pa.array([0, 0])],
+                          names=["id", "tb", "flag"])  # fmt: skip
+    assert boolean.type == schema.arrow_schema().field("tb").type
+    with pytest.raises(SourceError, match=r"column 'tb' .* now holds 2"):  # written since it was planned
+        to_planned(raw, schema, ReadRules("db.t", policy))
+
+
+async def test_zero_and_invalid_dates_are_handed_to_the_canonical_path(
+    source_conn: SourceConn, mysql_db: str
+) -> None:
+    fill_shared(mysql_db, list(range(1, 201)), zero_dates=(3, 150))
+    canonical, quick, slow, fast = await read_both(source_conn, "shared")
+    assert_same(canonical, quick)
+    assert slow.coercions["dt"] == {"zero_date_to_null": 2} and fast.coercions == slow.coercions
+    assert fast.path["fallbacks"] == ["_Handover: a zero or invalid date"] * 2
+
+
+async def test_sparse_and_skewed_keys(source_conn: SourceConn, mysql_db: str) -> None:
+    keys = [*range(1, 400), *range(10**12, 10**12 + 300), 2**62, 2**63 - 1]
+    fill_shared(mysql_db, keys)
+    mysql_exec(mysql_db, "ANALYZE TABLE shared")
+    canonical, quick, _, fast = await read_both(source_conn, "shared", range_rows=50)
+    assert_same(canonical, quick)
+    assert canonical.num_rows == len(keys)
+    assert fast.path["ranges"] <= 16  # from the row estimate, not from the key span
+
+
+async def test_row_filter_applies_to_every_range(source_conn: SourceConn, mysql_db: str) -> None:
+    fill_shared(mysql_db, list(range(1, 301)))
+    canonical, quick, _, _ = await read_both(source_conn, "shared", where="id % 3 = 0 -- a comment")
+    assert canonical.num_rows == 100
+    assert_same(canonical, quick)
+
+
+async def test_connectorx_failing_mid_range_resumes_after_the_last_key(
+    source_conn: SourceConn, mysql_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill_shared(mysql_db, list(range(1, 301)))
+    calls = {"n": 0}
+    real_next = fastpath._next
+
+    def flaky(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
+        calls["n"] += 1
+        if calls["n"] % 2 == 0:  # every range loses its connection after its first batch
+            raise RuntimeError("Lost connection to MySQL server during query")
+        return real_next(reader)
+
+    monkeypatch.setattr(fastpath, "_next", flaky)
+    canonical, quick, slow, fast = await read_both(source_conn, "shared")
+    assert_same(canonical, quick)  # nothing read twice, nothing skipped
+    assert fast.coercions == slow.coercions
+    assert fast.path["fallbacks"] and all("Lost connection" in f for f in fast.path["fallbacks"])
+
+
+async def test_a_refused_connection_falls_back_without_showing_the_password(
+    source_conn: SourceConn, mysql_db: str
+) -> None:
+    fill_shared(mysql_db, list(range(1, 121)))
+    secret = "s3cr3t/p@ss:word"
+    cfg = replace(source_conn, username="s3shift_nobody", password=Secret(secret), connect_timeout=1.0)
+    async with MySQLSource(source_conn) as good, good.connection() as conn:
+        schema = await describe_table(conn, mysql_db, "shared")
+        stats = ExtractStats()
+
+        async def fast(send: Any) -> None:
+            reader = FastRead(
+                source=MySQLSource(cfg),  # connectorx logs in as a user that does not exist
+                conn=conn,
+                database=mysql_db,
+                table="shared",
+                schema=schema,
+                rules=ReadRules(f"{mysql_db}.shared"),
+                send=send,
+                stats=stats,
+                batch_size=50,
+                range_rows=40,
+                workers=2,
+            )
+            async with send:
+                await reader.run(120)
+
+        batches = await _collect(fast)
+    assert sum(b.num_rows for b in batches) == 120
+    reasons = " ".join(stats.path["fallbacks"])
+    assert reasons == "connectorx could not connect within connect_timeout (1 s)"
+    assert (
+        "s3cr3t" not in reasons
+        and "p%40ss" not in reasons
+        and "mysql://" not in reasons.replace("mysql://…", "")
+    )
+
+
+async def test_no_free_connection_reads_canonically(source_conn: SourceConn, mysql_db: str) -> None:
+    fill_shared(mysql_db, list(range(1, 61)))
+    canonical, _, _, _ = await read_both(source_conn, "shared")
+    cfg = replace(source_conn, max_connections=1)  # the table's own connection takes the whole budget
+    async with MySQLSource(cfg) as source, source.connection() as conn:
+        schema = await describe_table(conn, mysql_db, "shared")
+        stats = ExtractStats()
+
+        async def fast(send: Any) -> None:
+            reader = FastRead(
+                source, conn, mysql_db, "shared", schema, ReadRules("x"), send, stats, 25, 10, 2
+            )
+            async with send:
+                await reader.run(60)
+
+        batches = await _collect(fast)
+    assert_same(canonical, pa.Table.from_batches(batches, schema=schema.arrow_schema()).sort_by("id"))
+    assert stats.path["workers"] == 0 and stats.path["fallbacks"] == [
+        "no free connection in the source's budget"
+    ]
+
+
+async def test_reserve_closes_idle_connections_to_stay_within_the_budget(source_conn: SourceConn) -> None:
+    cfg = replace(source_conn, max_connections=3)
+    async with MySQLSource(cfg) as source:
+        async with source.connection(), source.connection(), source.connection():
+            pass
+        assert source.open_connections == 3  # idle in the pool
+        async with source.connection():
+            async with source.reserve(5) as taken:
+                assert taken == 2
+                assert source.open_connections == 1
+            async with source.reserve(1) as taken:
+                assert taken == 1
+
+
+async def test_blockers_name_the_column(source_conn: SourceConn, mysql_db: str) -> None:
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE t_time (id INT PRIMARY KEY, tm TIME)",
+        "CREATE TABLE t_bit (id INT PRIMARY KEY, b BIT(3))",
+        "CREATE TABLE t_dec (id INT PRIMARY KEY, d DECIMAL(20,0))",
+        "CREATE TABLE t_scale (id INT PRIMARY KEY, d DECIMAL(30,12))",
+        "CREATE TABLE t_geo (id INT PRIMARY KEY, g POINT)",
+        "CREATE TABLE t_pair (a INT, b INT, PRIMARY KEY (a, b))",
+        "CREATE TABLE t_text_key (k VARCHAR(10) PRIMARY KEY)",
+        "CREATE TABLE t_none (a INT)",
+        "CREATE TABLE t_ok (id INT UNSIGNED PRIMARY KEY, d DECIMAL(18,0), e DECIMAL(28,10))",
+    )
+    expected = {
+        "t_time": "column 'tm': time",
+        "t_bit": "column 'b': bit(3)",
+        "t_dec": "column 'd': decimal(20,0)",
+        "t_scale": "column 'd': decimal(30,12)",
+        "t_geo": "column 'g': point",
+        "t_pair": "the primary key is not a single integer column",
+        "t_text_key": "the primary key is not a single integer column",
+        "t_none": "the primary key is not a single integer column",
+    }
+    async with MySQLSource(source_conn) as source, source.connection() as conn:
+        for table, reason in expected.items():
+            schema: TableSchema = await describe_table(conn, mysql_db, table)
+            assert reason in (blocker(schema) or ""), table
+        assert blocker(await describe_table(conn, mysql_db, "t_ok")) is None
+
+
+def test_split_plans_spans_from_the_row_estimate() -> None:
+    assert split(1, 2_000_000, 2_000_000, 250_000, 2) == [
+        KeyRange(None, 250_001),
+        *[KeyRange(1 + i * 250_000, 1 + (i + 1) * 250_000) for i in range(1, 7)],
+        KeyRange(1_750_001, None),
+    ]
+    assert split(5, 5, 1, 10, 2) == [KeyRange(None, None)]
+    assert len(split(0, 2**63 - 1, 1_000, 250_000, 2)) == 1  # sparse: as many spans as the rows need
+    assert len(split(0, 10, 10**9, 1, 2)) == 11  # never more spans than keys
+    part = KeyRange(None, 100)
+    assert part.halves(0, 1000) == (KeyRange(None, 50), KeyRange(50, 100))
+    assert KeyRange(7, 8).halves(0, 10) is None
+    assert part.after(41) == KeyRange(42, 100)
+    assert KeyRange(None, None).condition("id") == "`id` IS NOT NULL"
