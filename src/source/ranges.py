@@ -93,3 +93,12 @@ async def key_bounds(conn: SourceConnection, database: str, table: str, key: str
     if not rows or rows[0][0] is None:
         return None
     return int(rows[0][0]), int(rows[0][1])
+
+
+async def row_bytes(conn: SourceConnection, database: str, table: str) -> int:
+    """MySQL's average row length of the table (its statistics; 1 when it has none)."""
+    rows = await conn.fetchall(
+        "SELECT AVG_ROW_LENGTH FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+        (database, table),
+    )
+    return max(1, int(rows[0][0] or 1)) if rows else 1
