@@ -20,12 +20,14 @@ from src.common.policy import TypePolicy
 from src.common.schema import Column, TableSchema
 from src.common.secret import Secret
 from src.config.models import SourceConn
-from src.source.extract import ExtractStats, extract_table
+from src.plan.models import Watermark, Window
+from src.source.extract import ExtractStats
 from src.source.fastpath import FastRead, blocker, to_planned
 from src.source.introspect import describe_table
 from src.source.mysql import MySQLSource
 from src.source.ranges import KeyRange, split
 from src.source.text import ReadRules
+from src.source.window import extract_window
 from tests.conftest import mysql_connect, mysql_exec
 
 pytestmark = pytest.mark.anyio
@@ -134,6 +136,7 @@ async def read_both(
     policy: TypePolicy | None = None,
     max_text_bytes: int | None = None,
     where: str | None = None,
+    window: Window | None = None,
 ) -> tuple[pa.Table, pa.Table, ExtractStats, ExtractStats]:
     """(canonical, fast, their stats): the whole table read both ways, sorted by id."""
     assert cfg.database
@@ -143,12 +146,13 @@ async def read_both(
         slow_stats, fast_stats = ExtractStats(), ExtractStats()
 
         async def slow(send: Any) -> None:
-            await extract_table(
+            await extract_window(
                 conn,
                 cfg.database or "",
                 table,
                 schema,
                 send,
+                window=window or Window("full_sync"),
                 batch_size=25,
                 stats=slow_stats,
                 policy=policy,
@@ -172,6 +176,8 @@ async def read_both(
                 range_rows=range_rows,
                 workers=workers,
                 where=where,
+                after=window.start.id if window and window.start else None,
+                upto=window.end.id if window and window.end else None,
             )
             async with send:
                 await reader.run(await reader.estimate())
@@ -385,3 +391,17 @@ def test_split_plans_spans_from_the_row_estimate() -> None:
     assert KeyRange(7, 8).halves(0, 10) is None
     assert part.after(41) == KeyRange(42, 100)
     assert KeyRange(None, None).condition("id") == "`id` IS NOT NULL"
+
+
+@pytest.mark.parametrize("start", [None, 57])
+async def test_an_id_only_window_reads_exactly_its_keys(
+    source_conn: SourceConn, mysql_db: str, start: int | None
+) -> None:
+    fill_shared(mysql_db, list(range(1, 301)))
+    window = Window(
+        "id_only", id_column="id", start=Watermark(id=start) if start else None, end=Watermark(id=251)
+    )
+    canonical, quick, _, fast = await read_both(source_conn, "shared", window=window, range_rows=30)
+    assert canonical.column("id").to_pylist() == list(range((start or 0) + 1, 252))
+    assert_same(canonical, quick)
+    assert fast.path["path"] == "connectorx" and fast.path["ranges"] >= 6

@@ -173,6 +173,8 @@ class FastRead:
     workers: int
     where: str | None = None
     cpu_limiter: anyio.CapacityLimiter | None = None
+    after: int | None = None  # an id_only window: keys after this one (exclusive) ...
+    upto: int | None = None  # ... up to this one (inclusive); None: the whole table
     fallbacks: list[str] = field(default_factory=list)
     _queue: collections.deque[KeyRange] = field(default_factory=collections.deque)
     _lock: anyio.Lock = field(default_factory=anyio.Lock)
@@ -184,28 +186,45 @@ class FastRead:
         assert key is not None
         return key
 
+    @property
+    def window(self) -> KeyRange:
+        """The keys to read: the whole table, or an id_only window ``(after, upto]``."""
+        return KeyRange(
+            None if self.after is None else self.after + 1, None if self.upto is None else self.upto + 1
+        )
+
     async def estimate(self) -> int:
         """The optimizer's estimate of the rows to read (0 for an empty table)."""
         source = f"{quote_mysql(self.database)}.{quote_mysql(self.table)}"
-        sql = f"SELECT {quote_mysql(self.key.name)} FROM {source}"
-        return await explain_rows(self.conn, select_sql_where(sql, self.where), [])
+        condition = with_filter(self.window.condition(self.key.name), self.where, bound=False)
+        sql = f"SELECT {quote_mysql(self.key.name)} FROM {source} WHERE {condition}"
+        return await explain_rows(self.conn, sql, [])
 
     async def run(self, estimated_rows: int) -> None:
         """Read every range into ``send`` (left open), with at most ``workers`` connectorx connections."""
         bounds = await key_bounds(self.conn, self.database, self.table, self.key.name)
-        if bounds is None:
+        window = self.window
+        if bounds is not None:  # an id_only window: ranges cover (after, upto] and nothing else
+            bounds = (
+                max(bounds[0], window.low or bounds[0]),
+                min(bounds[1], (window.high or bounds[1] + 1) - 1),
+            )
+        if bounds is None or bounds[0] > bounds[1]:
             self.stats.path = {"path": "connectorx", "ranges": 0}
             return
         self._bounds = bounds
         width = await row_bytes(self.conn, self.database, self.table)
         self.range_rows = min(self.range_rows, max(MIN_RANGE_ROWS, RANGE_BYTES // width))
-        self._queue.extend(split(*bounds, estimated_rows, self.range_rows, self.workers))
+        ranges = split(*bounds, estimated_rows, self.range_rows, self.workers)
+        ranges[0] = KeyRange(window.low, ranges[0].high)
+        ranges[-1] = KeyRange(ranges[-1].low if len(ranges) > 1 else window.low, window.high)
+        self._queue.extend(ranges)
         planned = len(self._queue)
         refused = await connectorx_refused(self.source, self.database)
         async with self.source.reserve(0 if refused else self.workers) as workers:
             if workers == 0:
                 self.fallbacks.append(refused or "no free connection in the source's budget")
-                await self._canonical(KeyRange(None, None))
+                await self._canonical(window)
             else:
                 async with anyio.create_task_group() as tg:
                     for _ in range(workers):
@@ -317,11 +336,6 @@ async def _probe(url: str, cfg: SourceConn) -> str:
 
 class _Handover(Exception):
     """A batch the canonical path must read (not an error of the table)."""
-
-
-def select_sql_where(sql: str, where: str | None) -> str:
-    condition = with_filter(None, where, bound=False)
-    return f"{sql} WHERE {condition}" if condition else sql
 
 
 def _fetch(url: str, sql: str) -> pa.Table:
