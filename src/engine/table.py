@@ -9,6 +9,7 @@ from functools import partial
 from typing import Any, Literal
 
 import anyio
+import anyio.abc
 import pyarrow as pa
 
 from src.common.errors import S3ShiftError, describe
@@ -22,8 +23,13 @@ from src.plan.models import Watermark, Window
 from src.plan.planner import Resolved, TablePlan, read_window, resolve, window
 from src.report.models import TableFailure, TableResult, TableSuccess, utc_now
 from src.source.extract import ExtractStats
+from src.source.fastpath import MIN_ROWS as FAST_MIN_ROWS
+from src.source.fastpath import FastRead
+from src.source.fastpath import blocker as fast_blocker
 from src.source.introspect import describe_table
 from src.source.mysql import MySQLSource, SourceConnection
+from src.source.ranges import range_key
+from src.source.text import ReadRules
 from src.source.window import check_window, extract_window, source_now, upper_bound
 from src.stage.models import StageResult
 from src.stage.pending import clean_dead_runs, delete_stage, list_stages, run_marker
@@ -103,6 +109,8 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
             progress.extra["bytes_written"] = backup.stage.bytes
         if backup.stats.coercions:
             progress.extra["coercions"] = backup.stats.coercions
+        if backup.stats.path:
+            progress.extra["extract"] = backup.stats.path
         progress.extra["window"] = _window_dict(backup.window)
         if plan.strategy != "full_sync":
             progress.extra["deletes"] = DELETES_NOTE
@@ -323,7 +331,13 @@ async def _extract_and_stage(
 
     async def produce() -> None:
         try:
-            await extract()
+            fast = _fast_read(ctx, conn, plan, schema, win, send, stats)
+            estimated = await fast.estimate() if fast else 0
+            if fast and estimated >= min(FAST_MIN_ROWS, ctx.pipeline.processing.range_rows):
+                async with send:
+                    await fast.run(estimated)
+            else:
+                await extract()
         except BaseException:
             completion.fail()
             raise
@@ -344,6 +358,50 @@ async def _extract_and_stage(
                 meta=meta,
             )
     return result
+
+
+def _fast_read(
+    ctx: RunContext,
+    conn: SourceConnection,
+    plan: TablePlan,
+    schema: TableSchema,
+    win: Window,
+    send: anyio.abc.ObjectSendStream[pa.RecordBatch],
+    stats: ExtractStats,
+) -> FastRead | None:
+    """The connectorx key-range reader, for a full read of a table it can carry exactly (else None)."""
+    processing = ctx.pipeline.processing
+    if not processing.fast_path or ctx.source is None:
+        return None
+    after: int | None = None
+    upto: int | None = None
+    if win.strategy == "id_only":  # a window of the primary key is a key range too
+        key = range_key(schema)
+        if key is None or win.id_column != key.name or win.end is None or win.end.id is None:
+            return None
+        after, upto = (win.start.id if win.start else None), win.end.id
+    elif win.strategy != "full_sync":
+        return None
+    if reason := fast_blocker(schema):
+        stats.path = {"path": "asyncmy", "reason": reason}
+        return None
+    return FastRead(
+        source=ctx.source,
+        conn=conn,
+        database=plan.database,
+        table=plan.source_table,
+        schema=schema,
+        rules=ReadRules(plan.table, plan.policy, ctx.warehouse.max_varchar_bytes),
+        send=send,
+        stats=stats,
+        batch_size=plan.batch_size,
+        range_rows=processing.range_rows,
+        workers=processing.range_workers,
+        where=plan.where,
+        cpu_limiter=ctx.limits.cpu,
+        after=after,
+        upto=upto,
+    )
 
 
 def first_error(exc: BaseException) -> BaseException:
