@@ -72,7 +72,7 @@ class S3Conn:
     secret_access_key: Secret | None = None
     session_token: Secret | None = None
     profile: str | None = None
-    part_size_mb: int = 16
+    part_size_mb: int = 8
     max_concurrency: int = 8  # S3 parts in flight
 
 
