@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import anyio
@@ -23,12 +24,14 @@ from src.warehouse.ddl import (
     staging_name,
 )
 from src.warehouse.errors import classify
+from src.warehouse.state import Mode
 from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER
 from tests.test_warehouse_load import (
     arrow_table,
     col,
     load,
     pg,
+    replace_request,
     s3_batches,
     stage,
     target_conn,
@@ -119,18 +122,21 @@ def test_identifier_limits_and_staging_names() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["replace", "append"])  # COPY into the target; into a staging table
 async def test_backend_killed_mid_copy_is_retryable_and_target_untouched(
-    pg_schema: str, s3_conn: S3Conn
+    mode: Mode, pg_schema: str, s3_conn: S3Conn
 ) -> None:
     schema = TableSchema((col("id", "int64"),))
     inner = s3_batches(s3_conn)
+    copying = "COPY %s3shift_stage_%" if mode == "append" else f'COPY "{pg_schema}"."t"%'
 
     async def killing(result: StageResult) -> AsyncIterator[pa.RecordBatch]:
         async for batch in inner(result):
             yield batch
             await pg(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE query LIKE 'COPY %s3shift_stage_%' AND pid <> pg_backend_pid()"
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE $1 "
+                "AND pid <> pg_backend_pid()",
+                copying,
             )
             await anyio.sleep(0.5)
 
@@ -139,8 +145,12 @@ async def test_backend_killed_mid_copy_is_retryable_and_target_untouched(
         await load(wh, schema, stage(s3_conn, [arrow_table(schema, [{"id": 1}])]))
     many = stage(s3_conn, [arrow_table(schema, [{"id": i} for i in range(10)])])
     async with warehouse(cfg, s3_conn, batches=killing) as wh:
+        state = await wh.read_state("test", "db.t")
+        req = replace_request(schema, many, expect=state.stage_id if state else None)
         with pytest.raises(WarehouseError) as err:
-            await load(wh, schema, many)
+            await wh.load(dataclasses.replace(req, mode=mode))
         assert err.value.retryable and err.value.sqlstate is not None, err.value
+        assert await wh.read_state("test", "db.t") == state
+        assert [r["id"] for r in await target_rows(pg_schema, "t", schema)] == [1]
         assert (await load(wh, schema, stage(s3_conn, []))).rows_deleted == 1  # the pool still works
     assert await target_rows(pg_schema, "t", schema) == []

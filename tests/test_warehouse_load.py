@@ -24,13 +24,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from src.common.errors import WarehouseError
+from src.common.errors import StageError, WarehouseError
 from src.common.schema import Column, TableSchema
 from src.common.secret import Secret
 from src.config.models import S3Conn, TargetConn
 from src.stage.models import StagedFile, StageResult
 from src.warehouse.base import BatchOpener, LoadRequest, LoadResult, StateRow, Warehouse
+from src.warehouse.ddl import postgres_type
 from src.warehouse.factory import open_warehouse
+from src.warehouse.postgres import copies_directly
+from src.warehouse.state import Mode
 from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER, s3_client
 from tests.redshift_emulator import RedshiftEmulator, emulator_connect
 
@@ -336,7 +339,7 @@ async def test_row_count_mismatch_rolls_back(kind: str, pg_schema: str, s3_conn:
     async with warehouse(target_conn(kind, pg_schema), s3_conn) as wh:
         before = await _prior(kind, pg_schema, s3_conn, wh, schema)
         lying = stage(s3_conn, [arrow_table(schema, [{"id": 5, "name": "x"}])], rows=2)
-        with pytest.raises(WarehouseError, match=r"loaded 1 rows into staging .* promised 2") as err:
+        with pytest.raises(WarehouseError, match=r"loaded 1 rows into .* promised 2") as err:
             await load(wh, schema, lying)
         assert err.value.table == f"{pg_schema}.t" and not err.value.retryable
         zero_but_rows = replace(lying, files=(), rows=3)
@@ -531,3 +534,150 @@ async def test_decimal_wider_than_38(kind: str, pg_schema: str, s3_conn: S3Conn)
             return
         await load(wh, schema, stage(s3_conn, [arrow_table(schema, rows)]))
     assert await target_rows(pg_schema, "t", schema) == rows
+
+
+# ---- PostgreSQL: a replace COPYs straight into the emptied target -------------------------------------
+
+
+JSON_EDGES = [
+    '{"a": 1, "a": 2}',
+    '{"é": "\\u00e9\\ud83d\\ude00", "n": 1e400, "x": [1.50, -0, 1E-7]}',
+    "null",
+    "  true ",
+]
+
+
+async def heap_fetches(schema_name: str, table: str) -> int:
+    """Heap pages an index-only scan of the table's key had to visit: 0 when every page is all-visible,
+    as COPY FREEZE leaves them (rows written by INSERT are not, until a VACUUM)."""
+    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_DATABASE)
+    try:
+        await conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+        plan = await conn.fetch(
+            f'EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT id FROM "{schema_name}"."{table}"'
+        )
+    finally:
+        await conn.close()
+    lines = [str(r[0]) for r in plan]
+    return sum(int(line.split("Heap Fetches:")[1]) for line in lines if "Heap Fetches:" in line)
+
+
+async def pg_rows(schema_name: str, table: str) -> list[tuple[Any, ...]]:
+    """Every row as PostgreSQL stores it (jsonb as its canonical text)."""
+    return [tuple(r) for r in await pg(f'SELECT *, j::text FROM "{schema_name}"."{table}" ORDER BY id')]
+
+
+async def test_replace_copies_into_the_target_exactly_what_staging_would(
+    pg_schema: str, s3_conn: S3Conn
+) -> None:
+    """The direct COPY (binary jsonb, timestamptz, numeric(p,s) straight into the target) stores the same
+    values as the staged path, which a partitioned target takes (COPY FREEZE refuses one)."""
+    edges = [{"id": 100 + i, "j": j} for i, j in enumerate(JSON_EDGES)]
+    table = arrow_table(ALL_TYPES, [*ROWS, *edges])
+    types = ", ".join(f'"{c.name}" {postgres_type(c)}' for c in ALL_TYPES.columns)
+    await pg(f'CREATE SCHEMA "{pg_schema}"')
+    await pg(f'CREATE TABLE "{pg_schema}".staged ({types}, PRIMARY KEY (id)) PARTITION BY RANGE (id)')
+    await pg(f'CREATE TABLE "{pg_schema}".staged_all PARTITION OF "{pg_schema}".staged DEFAULT')
+    async with warehouse(target_conn("postgres", pg_schema), s3_conn) as wh:
+        for target in ("direct", "staged"):
+            result = stage(s3_conn, [table.slice(0, 3), table.slice(3)])
+            loaded = await load(wh, ALL_TYPES, result, target=target)
+            assert (loaded.rows_loaded, loaded.rows_deleted) == (len(table), 0)
+    assert await pg_rows(pg_schema, "direct") == await pg_rows(pg_schema, "staged")
+    assert await heap_fetches(pg_schema, "direct") == 0 < await heap_fetches(pg_schema, "staged")
+    jsonb = {
+        r["id"]: r["j"]
+        for r in await pg(f'SELECT id, j::text AS j FROM "{pg_schema}".direct WHERE id >= 100')
+    }
+    assert jsonb[100] == '{"a": 2}' and jsonb[102] == "null" and jsonb[103] == "true"
+
+
+async def test_replace_stages_a_column_the_target_keeps_wider(pg_schema: str, s3_conn: S3Conn) -> None:
+    """A target column wider than the source's is kept: its binary form differs, so the rows go through
+    a staging table and a cast (and a json column with it), and still arrive exactly."""
+    schema = TableSchema((col("id", "int64"), col("n", "int32"), col("j", "json")), ("id",))
+    await pg(f'CREATE SCHEMA "{pg_schema}"')
+    await pg(f'CREATE TABLE "{pg_schema}".t (id bigint PRIMARY KEY, n bigint, j jsonb)')
+    rows = [{"id": 1, "n": -(2**31), "j": '{"k": [1]}'}, {"id": 2, "n": None, "j": None}]
+    async with warehouse(target_conn("postgres", pg_schema), s3_conn) as wh:
+        loaded = await load(wh, schema, stage(s3_conn, [arrow_table(schema, rows)]))
+    assert loaded.rows_loaded == 2 and loaded.schema_changes == (
+        "kept n as BIGINT (holds the source's INTEGER)",
+    )
+    assert [(r["id"], r["n"], normalize(r["j"])) for r in await target_rows(pg_schema, "t", schema)] == [
+        (1, -(2**31), {"k": [1]}),
+        (2, None, None),
+    ]
+    assert await heap_fetches(pg_schema, "t") == 2
+
+
+@pytest.mark.parametrize("mode", ["replace", "append"])
+async def test_a_failing_read_aborts_the_copy(mode: Mode, pg_schema: str, s3_conn: S3Conn) -> None:
+    """The batches are read and encoded in a task of their own: its failure reaches the COPY, which
+    aborts (it must not end the COPY as if the data were complete); target and state are untouched."""
+    schema = TableSchema((col("id", "int64"),), ("id",))
+    inner = s3_batches(s3_conn)
+
+    async def failing(result: StageResult) -> AsyncIterator[pa.RecordBatch]:
+        async for batch in inner(result):
+            yield batch
+            raise StageError("the staged file went away", key="part-00000.parquet")
+
+    cfg = target_conn("postgres", pg_schema)
+    async with warehouse(cfg, s3_conn) as wh:
+        await load(wh, schema, stage(s3_conn, [arrow_table(schema, [{"id": 1}])]))
+        state = await wh.read_state("test", "db.t")
+    many = stage(s3_conn, [arrow_table(schema, [{"id": i} for i in range(10, 20)])])
+    async with warehouse(cfg, s3_conn, batches=failing) as wh:
+        req = replace_request(schema, many, expect=state.stage_id if state else None)
+        with pytest.raises(WarehouseError, match="the staged file went away"):
+            await wh.load(replace(req, mode=mode))
+        assert await wh.read_state("test", "db.t") == state
+    assert [r["id"] for r in await target_rows(pg_schema, "t", schema)] == [1]
+
+
+@pytest.mark.parametrize(
+    ("types", "kind", "direct"),
+    [
+        ({"id": "bigint", "d": "numeric(12,2)", "ts": "timestamp with time zone", "j": "jsonb"}, "r", True),
+        (
+            {
+                "id": "bigint",
+                "d": "numeric(12,2)",
+                "ts": "timestamp with time zone",
+                "j": "jsonb",
+                "x": "text",
+            },
+            "r",
+            True,
+        ),
+        ({"id": "bigint", "d": "numeric(12,2)", "ts": "timestamp with time zone", "j": "jsonb"}, "p", False),
+        ({"id": "bigint", "d": "numeric(14,2)", "ts": "timestamp with time zone", "j": "jsonb"}, "r", False),
+        (
+            {"id": "bigint", "d": "numeric(12,2)", "ts": "timestamp without time zone", "j": "jsonb"},
+            "r",
+            False,
+        ),
+        (
+            {"id": "numeric(20,0)", "d": "numeric(12,2)", "ts": "timestamp with time zone", "j": "jsonb"},
+            "r",
+            False,
+        ),
+        ({"id": "bigint", "d": "numeric(12,2)", "ts": "timestamp with time zone", "j": "text"}, "r", False),
+        ({"id": "bigint", "d": "numeric(12,2)", "ts": "timestamp with time zone"}, "r", False),
+    ],
+)
+def test_copies_directly_only_into_exactly_the_binary_types(
+    types: dict[str, str], kind: str, direct: bool
+) -> None:
+    schema = TableSchema(
+        (
+            col("id", "int64"),
+            col("d", "decimal", precision=12, scale=2),
+            col("ts", "timestamptz"),
+            col("j", "json"),
+        )
+    )
+    assert copies_directly(schema, list(types.items()), kind) is direct
+    wide = TableSchema((col("id", "int64"), col("d", "decimal", precision=50, scale=2)))
+    assert not copies_directly(wide, [("id", "bigint"), ("d", "numeric(50,2)")], "r")  # staged as text

@@ -168,3 +168,21 @@ async def test_render_load_touches_nothing(kind: str, pg_schema: str, s3_conn: S
         assert empty[truncate - 1].startswith("SELECT COUNT(*)")  # rows_deleted, counted under the LOCK
         assert not any(s.startswith("DELETE FROM") and "USING" not in s for s in sql + empty)
         assert not any(s.startswith("SELECT COUNT(*)") for s in sql)  # the COPY's tag counts the staging
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_render_load_of_a_replace(kind: str, pg_schema: str, s3_conn: S3Conn) -> None:
+    """PostgreSQL COPYs a replace straight into the target it has just emptied, in the same transaction
+    as the state row; Redshift stages it and DELETEs."""
+    req = request(staged(s3_conn, rows((1, 1, "a"))), mode="replace")
+    async with warehouse(target_conn(kind, pg_schema), s3_conn) as wh:
+        sql = wh.render_load(req)
+    copy = next(i for i, s in enumerate(sql) if s.startswith("COPY"))
+    state = next(i for i, s in enumerate(sql) if s.startswith("INSERT INTO") and "s3shift_state" in s)
+    if kind == "redshift":
+        assert any(s.startswith("CREATE TEMP TABLE") for s in sql) and copy < sql.index("BEGIN")
+        return
+    assert not any(s.startswith("CREATE TEMP TABLE") or "s3shift_stage_" in s for s in sql)
+    truncate = next(i for i, s in enumerate(sql) if s.startswith("TRUNCATE"))
+    assert sql.index("BEGIN") < truncate < state < copy == len(sql) - 2 and sql[-1] == "COMMIT"
+    assert sql[copy] == f'COPY "{pg_schema}"."t" ("id", "ts", "v") FROM STDIN (FORMAT binary, FREEZE)'

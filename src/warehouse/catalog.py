@@ -43,6 +43,16 @@ _COLUMN_TYPES = (
     "WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped "
     "ORDER BY a.attnum"
 )
+_RELATION_KIND = (
+    "SELECT CAST(c.relkind AS VARCHAR(1)) FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2"
+)
+
+
+async def relation_kind(ex: Executor, dialect: Dialect, schema_name: str, table: str) -> str | None:
+    """``pg_class.relkind`` of the table ("r": a plain table, "p": a partitioned one); None when missing."""
+    kind = await ex.fetchval(_RELATION_KIND, dialect.fold(schema_name), dialect.fold(table))
+    return None if kind is None else str(kind)
 
 
 async def column_types(ex: Executor, dialect: Dialect, schema_name: str, table: str) -> list[tuple[str, str]]:

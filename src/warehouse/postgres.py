@@ -1,35 +1,49 @@
 """PostgreSQL as a target: the staged Parquet, read back from S3, is COPYed in binary, encoded by pgpq.
 
-The staging table's columns are exactly what pgpq emits for the Parquet (Arrow) schema; the INSERT
-into the target casts where the two differ (json -> jsonb, timestamp -> timestamptz at UTC, wide
-decimals staged as text -> numeric). Encoding is CPU work and runs in worker threads, batch by batch.
+A replace (with files) COPYs straight into the target, which the same transaction has just emptied
+(``run_refill``): with FREEZE, the rows are written once and never revisited to set hint bits. That needs
+every target column to be exactly the type the binary data is: json is sent as jsonb, a UTC timestamp's
+binary form is timestamptz's; a wide decimal (staged as text), a target column kept wider than the
+source's, or a partitioned target are staged instead. Other modes COPY into a staging table whose columns
+are what pgpq emits for the Parquet (Arrow) schema; the INSERT into the target casts where the two differ
+(json -> jsonb, timestamp -> timestamptz at UTC, wide decimals staged as text -> numeric).
+
+Reading, decoding and encoding run ahead of the COPY in a task of their own (the CPU work in worker
+threads), through a stream of ``CHUNKS_AHEAD`` encoded batches: PostgreSQL stores one batch while the
+next is read and encoded, and memory stays bounded (a few batches, whatever the table's size).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import asyncpg
 import pyarrow as pa
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from pgpq import ArrowToPostgresBinaryEncoder
+from pgpq.encoders import StringEncoderBuilder
+from pgpq.schema import Jsonb
 
 from src.common.errors import WarehouseError, describe
 from src.common.schema import Column, TableSchema
 from src.config.models import TargetConn
-from src.warehouse.base import BatchOpener, Fill
-from src.warehouse.catalog import Executor
+from src.warehouse.base import BatchOpener, Fill, load_staging
+from src.warehouse.catalog import Executor, column_types, relation_kind
 from src.warehouse.ddl import POSTGRES, postgres_type, staging_name
 from src.warehouse.errors import classify, where
-from src.warehouse.sqlwarehouse import SqlWarehouse
+from src.warehouse.evolve import parse_type
+from src.warehouse.sqlwarehouse import Refill, SqlWarehouse
 from src.warehouse.state import LoadRequest
-from src.warehouse.statements import LoadSpec
+from src.warehouse.statements import LoadSpec, drop_staging_sql, insert_all_sql
 
 CLOSE_TIMEOUT = 10.0
+CHUNKS_AHEAD = 1  # encoded batches queued for the COPY (8 MB for 65,536 rows of 12 columns); one more encodes
+Chunk = bytes | Exception | None  # COPY data; the producer's failure; the end of the data
 
 
 def staging_arrow_schema(schema: TableSchema) -> pa.Schema:
@@ -53,6 +67,18 @@ def insert_expr(col: Column, table: str | None = None) -> str:
     if col.logical == "decimal":
         return f"{ref}::{postgres_type(col)}"
     return ref
+
+
+def copies_directly(schema: TableSchema, existing: Sequence[tuple[str, str]], kind: str | None) -> bool:
+    """Binary COPY can fill the target as it is: a plain table (FREEZE refuses a partitioned one) whose
+    every load column has exactly the type of the binary data, no cast needed (a wide decimal, staged as
+    text, needs one; so does a target column kept wider than the source's)."""
+    have = dict(existing)
+    return kind == "r" and all(
+        not pa.types.is_decimal256(c.arrow_type())
+        and parse_type(have.get(c.name, "")) == parse_type(postgres_type(c))
+        for c in schema.columns
+    )
 
 
 def key_exprs(schema: TableSchema, key: tuple[str, ...], staging: str) -> tuple[str, ...]:
@@ -108,14 +134,29 @@ def conform(batch: pa.RecordBatch, arrow_schema: pa.Schema, where_: str) -> pa.R
     return pa.RecordBatch.from_arrays(columns, schema=arrow_schema)
 
 
+def copy_encoder(arrow_schema: pa.Schema, jsonb: Collection[str] = ()) -> ArrowToPostgresBinaryEncoder:
+    """pgpq's encoder for ``arrow_schema``; the ``jsonb`` string columns are sent as jsonb, not text."""
+    if not jsonb:
+        return ArrowToPostgresBinaryEncoder(arrow_schema)
+    encoders = {
+        f.name: StringEncoderBuilder.new_with_output(f, Jsonb())
+        if f.name in jsonb
+        else ArrowToPostgresBinaryEncoder.infer_encoder(f)
+        for f in arrow_schema
+    }
+    return ArrowToPostgresBinaryEncoder.new_with_encoders(arrow_schema, encoders)
+
+
 async def binary_copy_source(
     batches: AsyncIterator[pa.RecordBatch],
     arrow_schema: pa.Schema,
     where_: str,
     cpu_limiter: anyio.CapacityLimiter | None,
+    *,
+    jsonb: Collection[str] = (),
 ) -> AsyncIterator[bytes]:
     """PostgreSQL binary COPY data, encoded one Arrow batch at a time in a worker thread."""
-    encoder = ArrowToPostgresBinaryEncoder(arrow_schema)
+    encoder = copy_encoder(arrow_schema, jsonb)
     yield encoder.write_header()
     async for batch in batches:
         if batch.num_rows:
@@ -134,6 +175,32 @@ async def closing(batches: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[Async
         if aclose is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
                 await aclose()
+
+
+async def encode_ahead(chunks: AsyncIterator[bytes], send: ObjectSendStream[Chunk]) -> None:
+    """Send every chunk, then None; or the first failure (the consumer raises it, so the COPY aborts
+    instead of committing what it had). A consumer gone (its COPY failed) stops this quietly."""
+    async with send:
+        end: Exception | None = None
+        try:
+            async for chunk in chunks:
+                await send.send(chunk)
+        except Exception as exc:
+            end = exc
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await send.send(end)
+
+
+async def received(receive: ObjectReceiveStream[Chunk]) -> AsyncGenerator[bytes, None]:
+    """The chunks ``encode_ahead`` sent; its failure, raised; an end without its None, an error."""
+    async with receive:
+        async for chunk in receive:
+            if chunk is None:
+                return
+            if isinstance(chunk, Exception):
+                raise chunk
+            yield chunk
+    raise WarehouseError("the COPY data ended before it was complete: nothing was changed; re-run the table")
 
 
 def copied_rows(status: str) -> int | None:
@@ -183,19 +250,66 @@ class PostgresWarehouse(SqlWarehouse):
         return build_spec(req, schema_name=self.cfg.schema)
 
     def _fill(self, ex: Executor, spec: LoadSpec) -> Fill:
-        conn: Any = ex
-        arrow_schema = staging_arrow_schema(spec.schema)
-
         async def fill(_staging_sql: str) -> int | None:
-            async with closing(self._batches(spec.stage)) as batches:
-                source = binary_copy_source(batches, arrow_schema, spec.target_name, self._cpu_limiter)
-                status = await conn.copy_to_table(spec.staging_table, source=source, format="binary")
-                return copied_rows(status)
+            return await self._copy(ex, spec, direct=False)
 
         return fill
 
     def _fill_sql(self, spec: LoadSpec) -> str:
         return f"COPY {spec.staging_sql} FROM STDIN (FORMAT binary)"
+
+    refills = True
+
+    def _refill(self, ex: Executor, spec: LoadSpec) -> Refill:
+        count_sql = f"SELECT COUNT(*) FROM {spec.target_sql}"  # only if a COPY's tag had no count
+
+        async def refill() -> int:
+            existing = await column_types(ex, POSTGRES, spec.schema_name, spec.target_table)
+            kind = await relation_kind(ex, POSTGRES, spec.schema_name, spec.target_table)
+            if copies_directly(spec.schema, existing, kind):
+                copied = await self._copy(ex, spec, direct=True)
+                return int(await ex.fetchval(count_sql)) if copied is None else copied
+            staged = await load_staging(ex, spec, self._fill(ex, spec))
+            await ex.execute(insert_all_sql(spec))
+            await ex.execute(drop_staging_sql(spec))
+            return staged
+
+        return refill
+
+    def _refill_sql(self, spec: LoadSpec) -> str:
+        columns = ", ".join(POSTGRES.ident(n) for n in spec.schema.names)
+        return f"COPY {spec.target_sql} ({columns}) FROM STDIN (FORMAT binary, FREEZE)"
+
+    async def _copy(self, ex: Executor, spec: LoadSpec, *, direct: bool) -> int | None:
+        """COPY the stage into the staging table, or (``direct``) into the target with FREEZE; the rows
+        copied. The batches are read and encoded ahead, in a task of their own."""
+        conn: Any = ex
+        into: dict[str, Any] = {"table_name": spec.staging_table}
+        if direct:
+            into = {"table_name": spec.target_table, "schema_name": spec.schema_name, "freeze": True}
+            into["columns"] = list(spec.schema.names)
+        send, receive = anyio.create_memory_object_stream[Chunk](CHUNKS_AHEAD)
+        failure: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._encode, spec, direct, send)
+            try:
+                async with contextlib.aclosing(received(receive)) as source:
+                    status = await conn.copy_to_table(**into, source=source, format="binary")
+            except Exception as exc:  # raised outside the task group, so not wrapped in a group
+                failure = exc
+            tg.cancel_scope.cancel()  # the producer, if the COPY failed before taking everything
+        if failure is not None:
+            raise failure
+        return copied_rows(status)
+
+    async def _encode(self, spec: LoadSpec, direct: bool, send: ObjectSendStream[Chunk]) -> None:
+        arrow_schema = staging_arrow_schema(spec.schema)
+        jsonb = [c.name for c in spec.schema.columns if c.logical == "json"] if direct else []
+        async with closing(self._batches(spec.stage)) as batches:
+            chunks = binary_copy_source(
+                batches, arrow_schema, spec.target_name, self._cpu_limiter, jsonb=jsonb
+            )
+            await encode_ahead(chunks, send)
 
 
 def discard_if_in_transaction(conn: Any) -> None:

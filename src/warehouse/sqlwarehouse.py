@@ -1,12 +1,14 @@
 """What both warehouses share above their connections: the state log and the load protocol.
 
 A subclass says how to open a session (``_session``), how its columns map (``_spec``) and how the
-staging table is filled (``_fill``, ``_fill_sql``); everything else, including every error's
-classification, is here.
+staging table is filled (``_fill``, ``_fill_sql``); a warehouse that ``refills`` also loads a replace
+straight into the target it has just emptied (``_refill``, ``_refill_sql``: ``run_refill``). Everything
+else, including every error's classification, is here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 
@@ -14,12 +16,26 @@ from src.common.errors import WarehouseError
 from src.common.schema import TableSchema
 from src.config.models import TargetConn
 from src.warehouse import state as st
-from src.warehouse.base import Commit, Fill, LoadResult, render, run_load, transaction
-from src.warehouse.catalog import Executor
+from src.warehouse.base import (
+    READ_COMMITTED,
+    Commit,
+    Fill,
+    LoadResult,
+    apply,
+    check_spec,
+    prepare_target,
+    render,
+    run_load,
+    transaction,
+)
+from src.warehouse.catalog import Executor, ensure_schema
 from src.warehouse.ddl import Dialect
 from src.warehouse.errors import classify
 from src.warehouse.state import LoadRequest, StateRow
-from src.warehouse.statements import LoadSpec
+from src.warehouse.statements import LoadSpec, emptied
+
+# Loads the stage into the target emptied in this transaction; returns the rows it loaded.
+Refill = Callable[[], Awaitable[int]]
 
 
 def renamed(req: LoadRequest) -> LoadRequest:
@@ -63,6 +79,13 @@ class SqlWarehouse:
         raise NotImplementedError
 
     fill_counts = False  # the fill returns the rows it loaded (so the staging table is not counted)
+    refills = False  # a replace with files loads the emptied target itself (``_refill``), not via staging
+
+    def _refill(self, ex: Executor, spec: LoadSpec) -> Refill:
+        raise NotImplementedError
+
+    def _refill_sql(self, spec: LoadSpec) -> str:
+        raise NotImplementedError
 
     # ---- the state log ---------------------------------------------------------------------------
 
@@ -105,12 +128,17 @@ class SqlWarehouse:
     def _commit(self, req: LoadRequest) -> Commit:
         return Commit(row=req.state, expect_stage=req.expect_stage, state_schema=self.state_schema)
 
+    def _refilling(self, spec: LoadSpec) -> bool:
+        return self.refills and spec.mode == "replace" and spec.has_staging
+
     async def load(self, req: LoadRequest) -> LoadResult:
         """Stage, guard, change the target by ``req.mode`` and append ``req.state``: one commit."""
         name = f"{self.cfg.schema}.{req.target_table}"
         try:
             spec = self._request_spec(req)
             async with self._session(load=True) as ex:
+                if self._refilling(spec):
+                    return await run_refill(ex, spec, self._refill(ex, spec), self._commit(req))
                 return await run_load(ex, spec, self._fill(ex, spec), self._commit(req))
         except Exception as exc:
             raise self._error(exc, f"{req.mode} load of", name) from exc
@@ -118,7 +146,39 @@ class SqlWarehouse:
     def render_load(self, req: LoadRequest) -> list[str]:
         """The DDL and SQL ``load(req)`` would run, in order; no I/O."""
         spec = self._request_spec(req)
+        if self._refilling(spec):
+            return render_refill(spec, self._refill_sql(spec), self._commit(req))
         return render(spec, self._fill_sql(spec), self._commit(req), fill_counts=self.fill_counts)
 
     def _error(self, exc: Exception, action: str, table: str) -> WarehouseError:
         return classify(exc, cfg=self.cfg, action=action, table=table)
+
+
+async def run_refill(ex: Executor, spec: LoadSpec, refill: Refill, commit: Commit) -> LoadResult:
+    """A replace that loads the target itself: ``run_load``'s protocol for ``emptied(spec)`` (locks,
+    guard, evolution, COUNT and TRUNCATE, state row), then ``refill`` in the same transaction. No staging
+    table: the rows are written once. Only where TRUNCATE is transactional and snapshots are per statement
+    (``Dialect.truncate_in_transaction``, not ``snapshot_per_transaction``)."""
+    check_spec(spec)
+    await ensure_schema(ex, spec.dialect, spec.schema_name)
+    await st.ensure(ex, spec.dialect, commit.state_schema)
+    done = await prepare_target(ex, spec)
+    async with transaction(ex):
+        await ex.execute(READ_COMMITTED)
+        result = await apply(ex, emptied(spec), commit, done)
+        loaded = await refill()
+        if loaded != spec.stage.rows:
+            raise WarehouseError(
+                f"loaded {loaded} rows into {spec.target_name} but the stage manifest "
+                f"{spec.stage.manifest_url} promised {spec.stage.rows}: nothing was changed; "
+                "re-run the table",
+                table=spec.target_name,
+                file=spec.stage.manifest_url,
+            )
+    return replace(result, rows_loaded=loaded)
+
+
+def render_refill(spec: LoadSpec, refill_sql: str, commit: Commit) -> list[str]:
+    """What ``run_refill`` sends: ``render`` of ``emptied(spec)``, with the refill just before COMMIT."""
+    *statements, last = render(emptied(spec), "", commit)
+    return [*statements, refill_sql, last]

@@ -5,7 +5,8 @@ Parquet file's columns, types and order, under those names (both fills map colum
 Modes (the target is written by column name):
 - ``replace``: DELETE every target row, INSERT every staged row; where TRUNCATE is transactional
   (``Dialect.truncate_in_transaction``: PostgreSQL) COUNT the target's rows and TRUNCATE it instead
-  (never on Redshift, where TRUNCATE commits);
+  (never on Redshift, where TRUNCATE commits). A warehouse that COPYs into the emptied target itself
+  (PostgreSQL) runs the steps of ``emptied(spec)`` and then its COPY, without a staging table;
 - ``merge``: DELETE the target rows whose key is staged, INSERT the staged rows deduplicated by key,
   the last by ``order_by`` winning (ROW_NUMBER, which both warehouses have; no MERGE, no ON CONFLICT);
 - ``append``: INSERT every staged row.
@@ -13,7 +14,7 @@ Modes (the target is written by column name):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from src.common.errors import WarehouseError
@@ -63,6 +64,11 @@ class LoadSpec:
     def has_staging(self) -> bool:
         """A manifest with no entries makes Redshift's COPY fail: no files, no staging table."""
         return bool(self.stage.files)
+
+
+def emptied(spec: LoadSpec) -> LoadSpec:
+    """The same load with no files staged: a replace's steps then only empty the target (and count it)."""
+    return replace(spec, stage=replace(spec.stage, files=()))
 
 
 def check_keys(spec: LoadSpec) -> None:
@@ -120,9 +126,9 @@ def apply_steps(spec: LoadSpec) -> list[Step]:
     if not spec.has_staging:
         return _empty_all(spec) if spec.mode == "replace" else []
     if spec.mode == "replace":
-        return [*_empty_all(spec), ("insert", _insert_all(spec))]
+        return [*_empty_all(spec), ("insert", insert_all_sql(spec))]
     if spec.mode == "append":
-        return [("insert", _insert_all(spec))]
+        return [("insert", insert_all_sql(spec))]
     return [("delete", _delete_staged_keys(spec)), ("insert", _insert_latest(spec))]
 
 
@@ -140,7 +146,8 @@ def _pairs(spec: LoadSpec) -> list[tuple[str, str]]:
     return list(zip(spec.schema.names, spec.insert_exprs, strict=True))
 
 
-def _insert_all(spec: LoadSpec) -> str:
+def insert_all_sql(spec: LoadSpec) -> str:
+    """INSERT every staged row into the target, by column name."""
     return insert_select_sql(spec.dialect, spec.target_sql, spec.staging_sql, _pairs(spec))
 
 
