@@ -1,14 +1,20 @@
-"""The pending-stage chain (pure): which staged runs a load takes, in what order, and which it skips."""
+"""The pending-stage chain: which staged runs a load takes, in what order, and which it skips (pure), and
+the engine finding them through the CLI (MySQL -> S3 moto -> PostgreSQL)."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from src.config.models import S3Conn, SourceConn, TargetConn
 from src.engine.pending import format_ts, select
 from src.plan.models import Watermark, Window
 from src.stage.models import StageResult
 from src.warehouse.base import StateRow
+from tests.conftest import mysql_exec
+from tests.e2e import assert_tables_equal, write_config
+from tests.test_incremental import EVENTS, insert_events, sync, tables_cfg
 
 T = [datetime(2024, 1, d) for d in range(1, 9)]
 
@@ -85,3 +91,29 @@ def test_reset_restarts_the_chain_from_the_beginning() -> None:
     w1 = Watermark(ts=T[1])
     chain = select([stage("b", None, w1, T[3])], state("", None, None), committed={"a"})
     assert ids(chain.load) == ["b"]
+
+
+def test_a_pending_stage_listed_beside_the_committed_one_loads_once(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """The committed state's own stage is known without reading the state log; any other staged run is
+    checked against it, so a pending stage beside it is loaded, and once only."""
+    mysql_exec(mysql_db, EVENTS)
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, tables_cfg(mysql_db))
+    t = f"{mysql_db}.events"
+    insert_events(mysql_db, [(1, "a", "2024-01-01"), (2, "b", "2024-01-02")])
+    first = sync(cfg, t)["table_results"][t]
+    insert_events(mysql_db, [(3, "c", "NOW(6)")])
+    assert sync(cfg, t, extra=("--backup-only",))["table_results"][t]["rows_processed"] == 1
+    loaded = sync(cfg, t, extra=("--load-only",))["table_results"][t]
+    assert loaded["rows_processed"] == 1 and len(loaded["stages_loaded"]) == 1, loaded
+    assert loaded["stages_loaded"] != first["stages_loaded"]
+    again = sync(cfg, t, extra=("--load-only",))["table_results"][t]
+    assert again["rows_processed"] == 0 and again["stages_loaded"] == [] and "stages_skipped" not in again
+    assert sync(cfg, t)["table_results"][t]["rows_processed"] == 0
+    assert assert_tables_equal(mysql_db, "events", pg_schema, "events", "id") == 3

@@ -17,7 +17,15 @@ from src.common.errors import StageError
 from src.config.models import S3Conn
 from src.stage.manifest import read_stage_result
 from src.stage.models import StageResult
-from src.stage.pending import delete_stage, execution_time, list_stages
+from src.stage.pending import (
+    TableRuns,
+    delete_stage,
+    execution_time,
+    list_runs,
+    list_stages,
+    read_stages,
+    scan_pipeline,
+)
 from src.stage.s3 import MIB, S3Stage
 from src.stage.writer import write_parquet
 from tests.test_stage_support import (
@@ -265,3 +273,39 @@ async def test_delete_stage_refuses_keys_outside_its_prefix(s3_conn: S3Conn) -> 
         with pytest.raises(StageError, match="outside"):
             await delete_stage(s3, bad)
     assert len(list_keys(s3_conn, good.prefix)) == 3  # the part, the sidecar and the manifest
+
+
+async def test_list_runs_says_whether_markers_exist_and_a_scan_spares_absent_tables(s3_conn: S3Conn) -> None:
+    ran = run_id(T0, "00000001")
+    listings: list[str] = []
+
+    def record(params: dict[str, Any], **kwargs: Any) -> None:
+        listings.append(params["Prefix"])
+
+    async with S3Stage(s3_conn) as s3:
+        await stage(s3, ran)
+        await stage(s3, run_id(T0, "00000002"), table="db.t10")  # a prefix trap: db.t10 is not db.t
+        assert await list_runs(s3, "p", "db.t") == TableRuns((ran,), markers=False)
+        await s3.put_bytes(f"{s3.table_prefix('p', 'db.t')}_runs/{ran}.json", b"{}")
+        assert await list_runs(s3, "p", "db.t") == TableRuns((ran,), markers=True)
+        scan = await scan_pipeline(s3, "p")
+        assert scan.tables == {"db.t", "db.t10"} and scan.uploads == ()
+        s3.client.meta.events.register("provide-client-params.s3.ListObjectsV2", record)
+        assert await list_runs(s3, "p", "db.t", scan=scan) == TableRuns((ran,), markers=True)
+        assert await list_runs(s3, "p", "db.new", scan=scan) == TableRuns((), markers=False)
+        assert listings == [s3.table_prefix("p", "db.t")]  # the absent table cost no request
+        assert [s.execution_id for s in await read_stages(s3, "p", "db.t", [ran, "missing"])] == [ran]
+
+
+async def test_scan_lists_uploads_before_tables(s3_conn: S3Conn) -> None:
+    calls: list[str] = []
+    async with S3Stage(s3_conn) as s3:
+        for op in ("ListMultipartUploads", "ListObjectsV2"):
+            s3.client.meta.events.register(f"before-call.s3.{op}", lambda op=op, **kw: calls.append(op))
+        async with s3.multipart(f"{s3.run_prefix('p', 'db.t', run_id(T0))}part-00000.parquet") as upload:
+            await upload.write(b"x" * (5 * MIB + 1))  # a part goes up: the upload is open
+            scan = await scan_pipeline(s3, "p")
+    assert calls == ["ListMultipartUploads", "ListObjectsV2"]
+    assert [u.key for u in scan.uploads] == [f"staging/p/db.t/{run_id(T0)}/part-00000.parquet"]
+    assert scan.tables == frozenset()  # an open upload is no object: only the uploads listing sees it
+    assert open_uploads(s3_conn) == []

@@ -260,6 +260,8 @@ async def test_run_marker_content_and_removal_on_exception_and_cancellation(s3_c
             async with run_marker(s3, "p", TABLE, OWN):
                 marker = RunMarker.from_bytes(get_object(s3_conn, key))
                 raise RuntimeError("boom")
+        assert marker_keys(s3_conn) == [key]  # queued: it goes with the run's other markers
+        await s3.flush_deletes()
         assert marker_keys(s3_conn) == []
         assert (marker.host, marker.pid, marker.execution_id) == (socket.gethostname(), os.getpid(), OWN)
         assert marker.pid_start == _proc_stat(os.getpid())[1]  # type: ignore[index]
@@ -278,7 +280,24 @@ async def test_run_marker_content_and_removal_on_exception_and_cancellation(s3_c
             await entered.wait()
             assert marker_keys(s3_conn) == [key]
             tg.cancel_scope.cancel()
-        assert marker_keys(s3_conn) == []
+    assert marker_keys(s3_conn) == []  # deleted when the client closed
+
+
+async def test_markers_are_deleted_in_batches(s3_conn: S3Conn, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("src.stage.s3.DELETE_BATCH", 3)
+    deletes: list[int] = []
+    tables = [f"db.t{i}" for i in range(7)]
+    async with S3Stage(s3_conn) as s3:
+        s3.client.meta.events.register(
+            "provide-client-params.s3.DeleteObjects",
+            lambda params, **kw: deletes.append(len(params["Delete"]["Objects"])),
+        )
+        for table in tables:
+            async with run_marker(s3, "p", table, OWN):
+                pass
+        assert deletes == [3, 3]
+        assert list_keys(s3_conn, "staging/p/") == [marker_key(s3, "p", "db.t6", OWN)]
+    assert deletes == [3, 3, 1] and list_keys(s3_conn, "staging/p/") == []
 
 
 async def test_a_failed_marker_delete_is_only_logged(
@@ -290,7 +309,7 @@ async def test_a_failed_marker_delete_is_only_logged(
             async with run_marker(s3, "p", TABLE, OWN):
                 raise RuntimeError("the real failure")
     assert len(marker_keys(s3_conn)) == 1
-    assert any("could not remove the run marker" in r.getMessage() for r in stage_log.records)
+    assert any("could not delete objects queued" in r.getMessage() for r in stage_log.records)
 
 
 def test_marker_round_trip_and_bad_markers() -> None:
@@ -321,3 +340,28 @@ def test_proc_stat_survives_odd_command_names(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     assert _proc_stat(exited_pid()) is None
+
+
+async def test_a_scan_made_earlier_replaces_the_table_listings(s3_conn: S3Conn) -> None:
+    """``uploads`` listed at the run's start: only those under the table count, later ones wait for the next
+    run; ``markers=False`` (the table's listing showed no ``_runs/``): no marker is looked for."""
+    table = f"staging/p/{TABLE}/"
+    requests: list[str] = []
+    async with S3Stage(s3_conn) as s3:
+        dead = dataclasses.replace(RunMarker.current("sync_20240517_100000_00000001"), pid=exited_pid())
+        dead_prefix = await put_marker(s3, dead)
+        start_upload(s3_conn, f"{table}sync_20240517_000000_00000009/part-00000.parquet")  # unmarked
+        start_upload(s3_conn, f"staging/p/{TABLE}0/sync_20240517_000000_00000009/part-00000.parquet")
+        snapshot = await s3.list_uploads("staging/p/")
+        start_upload(s3_conn, f"{table}sync_20240517_000000_00000008/part-00000.parquet")  # after it
+        s3.client.meta.events.register("before-call.s3", lambda model, **kw: requests.append(model.name))
+        assert await clean_dead_runs(s3, "p", TABLE, own_execution_id=OWN, uploads=(), markers=False) == 0
+        assert requests == []
+        aborted = await clean_dead_runs(s3, "p", TABLE, own_execution_id=OWN, uploads=snapshot, markers=False)
+        assert aborted == 2  # the dead run's upload and the unmarked one (moto dates every upload 2010)
+        assert "ListMultipartUploads" not in requests and "ListObjectsV2" not in requests
+        assert list_keys(s3_conn, dead_prefix) == [f"{dead_prefix}part-00000.parquet"]  # not buried yet
+        assert len(marker_keys(s3_conn)) == 1
+        assert await clean_dead_runs(s3, "p", TABLE, own_execution_id=OWN) == 1  # the later upload
+    assert list_keys(s3_conn, dead_prefix) == [] and marker_keys(s3_conn) == []
+    assert open_uploads(s3_conn) == [f"staging/p/{TABLE}0/sync_20240517_000000_00000009/part-00000.parquet"]

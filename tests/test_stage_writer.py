@@ -300,13 +300,63 @@ class _Empty:
         return b""
 
 
-async def test_size_mismatch_on_head_fails_before_any_manifest(s3_conn: S3Conn) -> None:
+async def test_size_mismatch_on_head_fails_a_multipart_file_before_any_manifest(s3_conn: S3Conn) -> None:
     async def short_head(request: Any, **kwargs: Any) -> Any:
         return AioAWSResponse(request.url, 200, {"Content-Length": "7"}, _Empty())  # S3 claims 7 bytes
 
+    schema = pa.schema([pa.field("id", pa.int64()), pa.field("payload", pa.binary())])
+    batches = [random_binary_batch(schema, rows=40, value_bytes=100_000, seed=i) for i in range(2)]
     async with S3Stage(s3_conn) as s3:
         s3.client.meta.events.register("before-send.s3.HeadObject", short_head)
         with pytest.raises(BaseExceptionGroup) as info:
-            await stage_batches(s3, "staging/p/t/v/", SCHEMA, _table().to_batches())
+            await stage_batches(s3, "staging/p/t/v/", schema, batches)
     assert info.group_contains(StageError, match=r"part-00000\.parquet is 7 bytes in S3 but \d+ were written")
     assert list_keys(s3_conn) == []
+
+
+class _Calls:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, **kwargs: Any) -> None:
+        self.calls += 1
+
+
+def _echo(checksum: str | None) -> Any:
+    """An after-call hook: PutObject's reply echoes ``checksum`` instead (None: echoes none)."""
+
+    def hook(parsed: dict[str, Any], **kwargs: Any) -> None:
+        parsed.pop("ChecksumCRC32", None)
+        if checksum is not None:
+            parsed["ChecksumCRC32"] = checksum
+
+    return hook
+
+
+async def test_a_small_file_is_one_put_verified_by_its_echoed_checksum(s3_conn: S3Conn) -> None:
+    heads, uploads = _Calls(), _Calls()
+    async with S3Stage(s3_conn) as s3:
+        s3.client.meta.events.register("before-call.s3.HeadObject", heads)
+        s3.client.meta.events.register("before-call.s3.CreateMultipartUpload", uploads)
+        result = await stage_batches(s3, "staging/p/t/one/", SCHEMA, _table().to_batches())
+        back = await _read_all(s3, result.files)
+    assert (heads.calls, uploads.calls) == (0, 0)
+    assert back is not None and back.equals(_table())
+
+
+async def test_a_wrong_echoed_checksum_fails_before_any_manifest(s3_conn: S3Conn) -> None:
+    async with S3Stage(s3_conn) as s3:
+        s3.client.meta.events.register("after-call.s3.PutObject", _echo("AAAAAA=="))
+        with pytest.raises(BaseExceptionGroup) as info:
+            await stage_batches(s3, "staging/p/t/crc/", SCHEMA, _table().to_batches())
+    assert info.group_contains(StageError, match=r"part-00000\.parquet with checksum AAAAAA==, not the ")
+    assert list_keys(s3_conn) == []
+
+
+async def test_a_store_echoing_no_checksum_gets_a_head(s3_conn: S3Conn) -> None:
+    heads = _Calls()
+    async with S3Stage(s3_conn) as s3:
+        s3.client.meta.events.register("after-call.s3.PutObject", _echo(None))
+        s3.client.meta.events.register("before-call.s3.HeadObject", heads)
+        result = await stage_batches(s3, "staging/p/t/nocrc/", SCHEMA, _table().to_batches())
+    assert heads.calls == 1 and result.files_created == 1

@@ -24,8 +24,10 @@ from src.engine.table import RunContext, RunMode, first_error, sync_table
 from src.plan.planner import TablePlan, plan_table
 from src.report.aggregator import Aggregator
 from src.report.models import RunReport, TableFailure, TableResult, new_execution_id, utc_now
+from src.source.introspect import Catalog
 from src.source.mysql import MySQLSource
 from src.stage.models import StageResult
+from src.stage.pending import scan_pipeline
 from src.stage.reader import iter_staged_batches
 from src.stage.s3 import S3Stage
 from src.warehouse.base import Warehouse
@@ -96,8 +98,20 @@ async def _run_plans(
             )
         except Exception as exc:
             return _fail_all(agg, [p.table for p in plans], first_error(exc), phase="connect")
+        try:  # listings for every table at once, instead of one per table
+            scan = await scan_pipeline(resources.s3, pipeline.name)
+        except Exception as exc:
+            return _fail_all(agg, [p.table for p in plans], first_error(exc), phase="state")
         ctx = RunContext(
-            agg.execution_id, pipeline, limits, resources.source, resources.s3, resources.warehouse, mode
+            agg.execution_id,
+            pipeline,
+            limits,
+            resources.source,
+            resources.s3,
+            resources.warehouse,
+            mode,
+            catalog=Catalog([(p.database, p.source_table) for p in plans]) if mode != "load_only" else None,
+            scan=scan,
         )
         async with anyio.create_task_group() as outer:
             outer.start_soon(_watch_signals, outer.cancel_scope, interrupted)

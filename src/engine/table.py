@@ -26,13 +26,20 @@ from src.source.extract import ExtractStats
 from src.source.fastpath import MIN_ROWS as FAST_MIN_ROWS
 from src.source.fastpath import FastRead
 from src.source.fastpath import blocker as fast_blocker
-from src.source.introspect import describe_table
+from src.source.introspect import Catalog, describe_table
 from src.source.mysql import MySQLSource, SourceConnection
 from src.source.ranges import range_key
 from src.source.text import ReadRules
 from src.source.window import check_window, extract_window, source_now, upper_bound
 from src.stage.models import StageResult
-from src.stage.pending import clean_dead_runs, delete_stage, list_stages, run_marker
+from src.stage.pending import (
+    PipelineScan,
+    clean_dead_runs,
+    delete_stage,
+    list_runs,
+    read_stages,
+    run_marker,
+)
 from src.stage.s3 import S3Stage
 from src.stage.writer import write_parquet
 from src.warehouse.base import LoadRequest, StateRow, Warehouse
@@ -53,6 +60,8 @@ class RunContext:
     s3: S3Stage
     warehouse: Warehouse
     mode: RunMode = "sync"
+    catalog: Catalog | None = None  # the run's batched source catalog (None: one query per table)
+    scan: PipelineScan | None = None  # the S3 listings made at the run's start (None: per table)
 
 
 @dataclass
@@ -90,14 +99,16 @@ async def sync_table(ctx: RunContext, plan: TablePlan) -> TableResult:
 async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSuccess:
     progress.phase = "state"
     state = await ctx.warehouse.read_state(ctx.pipeline.name, plan.table)
-    committed = await ctx.warehouse.committed_stage_ids(ctx.pipeline.name, plan.table)
-    stages = await list_stages(
-        ctx.s3, ctx.pipeline.name, plan.table, since=(state.stage_id or None) if state else None
-    )
+    since = (state.stage_id or None) if state else None
+    runs = await list_runs(ctx.s3, ctx.pipeline.name, plan.table, since=since, scan=ctx.scan)
+    unknown = [i for i in runs.ids if i != since]  # the latest state row's own stage is committed
+    committed = await ctx.warehouse.committed_stage_ids(ctx.pipeline.name, plan.table) if unknown else set()
+    unread = [i for i in unknown if i not in committed]
+    stages = await read_stages(ctx.s3, ctx.pipeline.name, plan.table, unread)
     chain = select(stages, state, committed)
     rows_extracted, files_created = 0, 0
     if ctx.mode != "load_only":
-        backup = await _backup(ctx, plan, chain, progress)
+        backup = await _backup(ctx, plan, chain, progress, markers=runs.markers)
         rows_extracted = backup.stats.rows
         if backup.stage is not None:
             files_created = backup.stage.files_created
@@ -130,15 +141,24 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
     )
 
 
-async def _backup(ctx: RunContext, plan: TablePlan, chain: Chain, progress: _Progress) -> _Backup:
+async def _backup(
+    ctx: RunContext, plan: TablePlan, chain: Chain, progress: _Progress, *, markers: bool
+) -> _Backup:
     assert ctx.source is not None
     progress.phase = "cleanup"
-    aborted = await clean_dead_runs(ctx.s3, ctx.pipeline.name, plan.table, own_execution_id=ctx.execution_id)
+    aborted = await clean_dead_runs(
+        ctx.s3,
+        ctx.pipeline.name,
+        plan.table,
+        own_execution_id=ctx.execution_id,
+        uploads=ctx.scan.uploads if ctx.scan else None,
+        markers=markers,
+    )
     if aborted:
         log.warning("%s: aborted %d multipart upload(s) left by killed runs", plan.table, aborted)
     async with ctx.source.connection() as conn:
         progress.phase = "introspect"
-        schema, resolved, win = await plan_window(conn, plan, chain.position)
+        schema, resolved, win = await plan_window(conn, plan, chain.position, ctx.catalog)
         stats = ExtractStats()
         if window_is_empty(win):
             return _Backup(None, stats, win)
@@ -157,10 +177,12 @@ async def _backup(ctx: RunContext, plan: TablePlan, chain: Chain, progress: _Pro
 
 
 async def plan_window(
-    conn: SourceConnection, plan: TablePlan, position: Watermark | None
+    conn: SourceConnection, plan: TablePlan, position: Watermark | None, catalog: Catalog | None = None
 ) -> tuple[TableSchema, Resolved, Window]:
-    """Describe the table, choose how it is read and loaded, and fix the window's end from the source."""
-    schema = await describe_table(
+    """Describe the table (from the run's ``catalog`` when given), choose how it is read and loaded, and
+    fix the window's end from the source."""
+    describe = catalog.describe if catalog is not None else describe_table
+    schema = await describe(
         conn,
         plan.database,
         plan.source_table,

@@ -9,9 +9,12 @@ type s3shift cannot carry never fails the table; the ``TypePolicy`` decides the 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
+
+import anyio
 
 from src.common.errors import ConfigError, S3ShiftError, SourceError, UnsupportedTypeError
 from src.common.naming import quote_mysql
@@ -21,6 +24,8 @@ from src.source.mysql import SourceConnection
 from src.source.typemap import DEFAULT_POLICY, ColumnInfo, data_type_of, map_column
 
 ALL_COLUMNS = ColumnSelection()
+CATALOG_BATCH: Final = 100  # tables per catalog query of a run (MariaDB: ~20 ms + ~0.5 ms per table)
+CATALOG_MAX_AGE: Final = 30.0  # seconds a batched description may wait for its table's turn
 _COLUMNS = """
 SELECT c.TABLE_NAME, c.COLUMN_NAME, c.DATA_TYPE, c.COLUMN_TYPE, c.IS_NULLABLE,
        c.CHARACTER_MAXIMUM_LENGTH, c.CHARACTER_OCTET_LENGTH, c.NUMERIC_PRECISION, c.NUMERIC_SCALE,
@@ -81,6 +86,70 @@ async def describe_table(
     if isinstance(result, S3ShiftError):
         raise result
     return result
+
+
+class Catalog:
+    """The catalog rows of a run's tables, read in batches: describing one table also fetches the next
+    ``batch - 1`` tables of its database in the run's order, so a run of many tables costs one catalog
+    query per batch instead of one per table. Rows are used once and never older than ``max_age``
+    seconds (a change after that is seen; one in between is caught as drift by the extract). Use inside
+    one event loop."""
+
+    def __init__(
+        self,
+        tables: Sequence[tuple[str, str]],
+        *,
+        batch: int = CATALOG_BATCH,
+        max_age: float = CATALOG_MAX_AGE,
+    ) -> None:
+        self._upcoming: dict[str, list[str]] = {}
+        for database, table in dict.fromkeys(tables):
+            self._upcoming.setdefault(database, []).append(table)
+        self._batch = max(1, batch)
+        self._max_age = max_age
+        self._rows: dict[tuple[str, str], tuple[float, list[tuple[Any, ...]]]] = {}
+        self._lock = anyio.Lock()
+
+    async def describe(
+        self,
+        conn: SourceConnection,
+        database: str,
+        table: str,
+        *,
+        primary_key: tuple[str, ...] | None = None,
+        policy: TypePolicy = DEFAULT_POLICY,
+        selection: ColumnSelection = ALL_COLUMNS,
+    ) -> TableSchema:
+        """What ``describe_table`` returns (or raises), from the batched rows."""
+        rows = await self._take(conn, database, table)
+        result = await _describe(conn, database, table, rows, policy, selection, primary_key)
+        if isinstance(result, S3ShiftError):
+            raise result
+        return result
+
+    async def _take(self, conn: SourceConnection, database: str, table: str) -> list[tuple[Any, ...]]:
+        async with self._lock:
+            fetched = self._rows.pop((database, table), None)
+            if fetched is not None and time.monotonic() - fetched[0] <= self._max_age:
+                return fetched[1]
+            names = self._next_batch(database, table)
+            at = time.monotonic()
+            grouped = await _catalog(conn, database, names)
+            for name in names[1:]:
+                self._rows[(database, name)] = (at, list(grouped.get(name, {}).values()))
+            return list(grouped.get(table, {}).values())
+
+    def _next_batch(self, database: str, table: str) -> list[str]:
+        """``table`` and the next tables of ``database`` whose rows are not held yet."""
+        upcoming = self._upcoming.get(database, [])
+        if table in upcoming:
+            upcoming.remove(table)
+        names = [table]
+        while upcoming and len(names) < self._batch:
+            name = upcoming.pop(0)
+            if (database, name) not in self._rows:
+                names.append(name)
+        return names
 
 
 async def _catalog(

@@ -29,6 +29,7 @@ class MultipartUpload:
     def __init__(self, stage: S3Stage, key: str, limiter: anyio.CapacityLimiter) -> None:
         self.key = key
         self.bytes_written = 0
+        self.verified = False  # True once S3 confirmed holding exactly what was written (a single PUT)
         self._stage = stage
         self._limiter = limiter
         self._part_bytes = stage.part_bytes
@@ -86,7 +87,7 @@ class MultipartUpload:
         """After every started part is done: upload the rest and complete (or one PUT if small)."""
         if self._upload_id is None:
             self._completing = True
-            await self._stage.put_bytes(self.key, bytes(self._buffer))
+            self.verified = await self._stage.put_bytes(self.key, bytes(self._buffer))
         else:
             if self._buffer or not self._parts:
                 number = await self._claim_part_number()

@@ -2,13 +2,17 @@
 
 A stage is complete when its ``manifest.json`` exists (written last) and its ``_s3shift.json``
 sidecar is valid. Run "directories" are found with one delimited listing of the table prefix; names
-starting with ``_`` (such as the ``_runs/`` liveness markers) are never stages. ``run_marker`` and
-``clean_dead_runs`` (in ``runs``) are re-exported here: this module is the engine's one entry point.
+starting with ``_`` (such as the ``_runs/`` liveness markers) are never stages, and the same listing
+tells whether any marker exists; one listing of the pipeline prefix at a run's start (``scan_pipeline``)
+spares that listing to tables that have no directory yet. ``run_marker`` and ``clean_dead_runs`` (in
+``runs``) are re-exported here: this module is the engine's one entry point.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -19,10 +23,21 @@ from src.common.log import get_logger
 from src.stage.manifest import MANIFEST_NAME, SIDECAR_NAME, stage_from_manifest
 from src.stage.models import StageResult
 from src.stage.multipart import error_code
-from src.stage.runs import clean_dead_runs, run_marker
-from src.stage.s3 import S3Stage, sole_error
+from src.stage.runs import RUNS_DIR, clean_dead_runs, run_marker
+from src.stage.s3 import OpenUpload, S3Stage, sole_error
 
-__all__ = ["clean_dead_runs", "delete_stage", "execution_time", "list_stages", "run_marker"]
+__all__ = [
+    "PipelineScan",
+    "TableRuns",
+    "clean_dead_runs",
+    "delete_stage",
+    "execution_time",
+    "list_runs",
+    "list_stages",
+    "read_stages",
+    "run_marker",
+    "scan_pipeline",
+]
 
 SINCE_SLACK: Final = timedelta(hours=1)  # clocks of different hosts may disagree this much
 READ_CONCURRENCY: Final = 8  # manifests and sidecars read at once
@@ -43,6 +58,14 @@ def execution_time(execution_id: str) -> datetime | None:
         return None
 
 
+@dataclass(frozen=True)
+class TableRuns:
+    """What one delimited listing of a table prefix shows."""
+
+    ids: tuple[str, ...]  # run directories that may hold a stage (names of another shape included)
+    markers: bool  # a ``_runs/`` directory exists: some run holds a liveness marker, or a killed one left it
+
+
 async def list_stages(
     s3: S3Stage, pipeline: str, table: str, *, since: str | None = None
 ) -> list[StageResult]:
@@ -51,15 +74,50 @@ async def list_stages(
     ``since`` is an execution id: runs whose id says they started more than an hour before it are
     skipped without reading anything. Directories of another shape than an execution id are kept.
     """
+    runs = await list_runs(s3, pipeline, table, since=since)
+    return await read_stages(s3, pipeline, table, runs.ids)
+
+
+@dataclass(frozen=True)
+class PipelineScan:
+    """Two listings at a run's start that spare each table work that cannot find anything: the pipeline's
+    unfinished multipart uploads (listed FIRST, as ``clean_dead_runs`` requires), then its table
+    directories (a table without one has no stage and no marker)."""
+
+    uploads: tuple[OpenUpload, ...]
+    tables: frozenset[str]  # directory names under the pipeline prefix ("db.table")
+
+
+async def scan_pipeline(s3: S3Stage, pipeline: str) -> PipelineScan:
+    prefix = s3.pipeline_prefix(pipeline)
+    uploads = tuple(await s3.list_uploads(prefix))
+    tables = frozenset(d[len(prefix) : -1] for d in await s3.list_dirs(prefix))
+    return PipelineScan(uploads, tables)
+
+
+async def list_runs(
+    s3: S3Stage, pipeline: str, table: str, *, since: str | None = None, scan: PipelineScan | None = None
+) -> TableRuns:
+    """One listing of the table prefix: the run directories ``list_stages`` would read (``since`` as
+    there), and whether any run marker exists. None of either, without a request, when ``scan`` (made
+    earlier in this run) found no directory of the table."""
     table_prefix = s3.table_prefix(pipeline, table)
+    if scan is not None and table_prefix[len(s3.pipeline_prefix(pipeline)) : -1] not in scan.tables:
+        return TableRuns((), markers=False)
     floor = _floor(since)
-    ids = [d[len(table_prefix) : -1] for d in await s3.list_dirs(table_prefix)]
-    wanted = [i for i in ids if _is_candidate(i, floor)]
+    names = [d[len(table_prefix) : -1] for d in await s3.list_dirs(table_prefix)]
+    ids = tuple(i for i in names if _is_candidate(i, floor))
+    return TableRuns(ids, RUNS_DIR.rstrip("/") in names)
+
+
+async def read_stages(s3: S3Stage, pipeline: str, table: str, ids: Sequence[str]) -> list[StageResult]:
+    """The complete stages among the table's run directories ``ids``, oldest extraction first."""
+    table_prefix = s3.table_prefix(pipeline, table)
     found: list[StageResult] = []
     limiter = anyio.CapacityLimiter(READ_CONCURRENCY)
     try:
         async with anyio.create_task_group() as tg:
-            for execution_id in wanted:
+            for execution_id in ids:
                 tg.start_soon(_read_one, s3, f"{table_prefix}{execution_id}/", found, limiter)
     except BaseExceptionGroup as group:
         raise sole_error(group) from None

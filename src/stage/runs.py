@@ -1,13 +1,15 @@
 """Liveness markers of running syncs, and cleanup after runs that were killed (reliability.md 1.8).
 
 A run writes ``<table prefix>_runs/<execution_id>.json`` (host, pid, the pid's start time, boot id,
-start time) while it works on a table, and deletes it when it ends. A SIGKILL leaves the marker
-behind, with maybe an unfinished multipart upload (invisible, billed) and partial files. A later run
-finds such markers and judges them: on this host a run is dead when its pid is gone, a zombie, or
-now belongs to another process (pid reuse: another start time); on another host (or after a reboot)
-when it started more than ``foreign_after_seconds`` ago. A dead run's uploads are aborted, its files
-deleted unless it wrote a manifest (then it is a pending stage, kept for loading), and its marker
-removed last, so a cleanup that is itself interrupted is simply redone.
+start time) before it works on a table, and deletes it after: batched with the run's other markers
+(``S3Stage.delete_later``), by the end of the run at the latest, since a marker that outlives its
+table's work still truthfully says the run is alive. A SIGKILL leaves markers behind, with maybe an
+unfinished multipart upload (invisible, billed) and partial files. A later run finds such markers and
+judges them: on this host a run is dead when its pid is gone, a zombie, or now belongs to another
+process (pid reuse: another start time); on another host (or after a reboot) when it started more
+than ``foreign_after_seconds`` ago. A dead run's uploads are aborted, its files deleted unless it
+wrote a manifest (then it is a pending stage, kept for loading), and its marker removed last, so a
+cleanup that is itself interrupted is simply redone.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,7 +92,8 @@ def marker_key(s3: S3Stage, pipeline: str, table: str, execution_id: str) -> str
 def run_marker(
     s3: S3Stage, pipeline: str, table: str, execution_id: str
 ) -> contextlib.AbstractAsyncContextManager[None]:
-    """Mark this run alive on the table while inside; the marker goes on any exit (shielded)."""
+    """Mark this run alive on the table while inside; on any exit the marker is queued for deletion
+    (``S3Stage.delete_later``: it goes with the run's others, at the latest when the client closes)."""
     return _run_marker(s3, marker_key(s3, pipeline, table, execution_id), execution_id)
 
 
@@ -102,7 +105,7 @@ async def _run_marker(s3: S3Stage, key: str, execution_id: str) -> AsyncIterator
     finally:
         with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True) as scope:
             try:
-                await s3.delete_keys([key])
+                await s3.delete_later(key)
             except StageError as exc:
                 log.warning("could not remove the run marker %s: %s", s3.url(key), exc.message)
         if scope.cancelled_caught:
@@ -116,24 +119,34 @@ async def clean_dead_runs(
     *,
     own_execution_id: str,
     foreign_after_seconds: float = DEFAULT_FOREIGN_AFTER,
+    uploads: Sequence[OpenUpload] | None = None,
+    markers: bool = True,
 ) -> int:
     """Clean up after dead runs of the table; return how many multipart uploads were aborted.
 
     Live runs are never touched. Unfinished uploads under the table that belong to no marker are
     aborted once older than ``foreign_after_seconds``. A run must hold its ``run_marker`` before it
     starts any upload under the table.
+
+    ``uploads``: unfinished uploads listed before this call (``pending.scan_pipeline``, once per run);
+    only those under the table count; None lists the table's now. ``markers=False``: a listing of the table
+    prefix made after ``uploads`` showed no ``_runs/`` directory, so there is no marker to read.
     """
     table_prefix = s3.table_prefix(pipeline, table)
     now = datetime.now(UTC)
     # uploads first: a run marks itself before it uploads, so every upload listed here that belongs
     # to a running run has its marker in the listing that follows
-    uploads = await s3.list_uploads(table_prefix)
-    markers = await _read_markers(s3, table_prefix)
+    if uploads is None:
+        uploads = await s3.list_uploads(table_prefix)
+    uploads = [u for u in uploads if u.key.startswith(table_prefix)]
+    if not uploads and not markers:
+        return 0
+    found = await _read_markers(s3, table_prefix) if markers else []
     aborted = 0
-    for key, marker in markers:
+    for key, marker in found:
         if marker.execution_id != own_execution_id and marker.is_dead(now, foreign_after_seconds):
             aborted += await _bury(s3, s3.run_prefix(pipeline, table, marker.execution_id), key, marker)
-    known = {m.execution_id for _, m in markers} | {own_execution_id}
+    known = {m.execution_id for _, m in found} | {own_execution_id}
     cutoff = now - timedelta(seconds=foreign_after_seconds)
     for upload in uploads:
         run = upload.key[len(table_prefix) :].split("/", 1)[0]

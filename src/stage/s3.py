@@ -7,7 +7,9 @@ client is built and never appear in messages.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,6 +32,7 @@ MIB: Final = 1024 * 1024
 MIN_PART_BYTES: Final = 5 * MIB  # S3's minimum for every part but the last
 DOWNLOAD_CHUNK: Final = MIB
 DEFAULT_ATTEMPTS: Final = 5
+DELETE_BATCH: Final = 1000  # keys per DeleteObjects request (S3's limit)
 
 log = get_logger("stage.s3")
 
@@ -71,6 +74,7 @@ class S3Stage:
         self._max_attempts = max_attempts
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
+        self._later: list[str] = []  # keys to delete in batches (``delete_later``)
 
     def __repr__(self) -> str:
         return f"S3Stage(bucket={self.cfg.bucket!r}, endpoint={self._endpoint_label()!r})"
@@ -90,6 +94,12 @@ class S3Stage:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._later and self._stack is not None:
+            with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+                try:
+                    await self.flush_deletes()
+                except StageError as exc:
+                    log.warning("could not delete objects queued for deletion: %s", exc.message)
         stack, self._stack, self._client = self._stack, None, None
         if stack is not None:
             with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
@@ -112,7 +122,11 @@ class S3Stage:
 
     def table_prefix(self, pipeline: str, table: str) -> str:
         """``<prefix><pipeline>/<db.table>/``: every run of one table, and its ``_runs/`` markers."""
-        parts = [self.cfg.prefix.strip("/"), _segment("pipeline", pipeline), _segment("table", table)]
+        return f"{self.pipeline_prefix(pipeline)}{_segment('table', table)}/"
+
+    def pipeline_prefix(self, pipeline: str) -> str:
+        """``<prefix><pipeline>/``: every table of one pipeline."""
+        parts = [self.cfg.prefix.strip("/"), _segment("pipeline", pipeline)]
         return "/".join(p for p in parts if p) + "/"
 
     def url(self, key: str) -> str:
@@ -152,8 +166,22 @@ class S3Stage:
         pages = self._paginate("list_objects_v2", "Contents", Prefix=prefix)
         return [(str(o["Key"]), o["LastModified"]) async for o in pages]
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        await self._call("put_object", key, Key=key, Body=data, ContentType=content_type)
+    async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:
+        """PUT one object with a CRC32 checksum that S3 checks. True when the response echoes that checksum,
+        which proves the object holds exactly ``data`` (no HEAD needed); False when the store echoes none."""
+        resp = await self._call(
+            "put_object", key, Key=key, Body=data, ContentType=content_type, ChecksumAlgorithm="CRC32"
+        )
+        echoed = resp.get("ChecksumCRC32")
+        if echoed is None:
+            return False
+        if echoed != crc32_b64(data):
+            raise StageError(
+                f"S3 stored {self.url(key)} with checksum {echoed}, not the {crc32_b64(data)} sent; re-run",
+                key=key,
+                retryable=True,
+            )
+        return True
 
     async def get_bytes(self, key: str) -> bytes:
         resp = await self._call("get_object", key, Key=key)
@@ -208,8 +236,8 @@ class S3Stage:
 
     async def delete_keys(self, keys: Sequence[str]) -> int:
         """Delete the given keys (1000 per request); return how many were requested."""
-        for start in range(0, len(keys), 1000):
-            chunk = [{"Key": k} for k in keys[start : start + 1000]]
+        for start in range(0, len(keys), DELETE_BATCH):
+            chunk = [{"Key": k} for k in keys[start : start + DELETE_BATCH]]
             request = {"Objects": chunk, "Quiet": True}
             resp = await self._call("delete_objects", chunk[0]["Key"], Delete=request)
             if resp.get("Errors"):
@@ -219,6 +247,19 @@ class S3Stage:
                     key=first["Key"],
                 )
         return len(keys)
+
+    async def delete_later(self, key: str) -> None:
+        """Queue ``key`` to be deleted with others, one request per 1,000 keys: when that many are queued,
+        on ``flush_deletes``, or at the latest when the client closes (a key that cannot be deleted then
+        is logged). Only for objects whose lingering is harmless, such as a finished table's run marker."""
+        self._later.append(key)
+        if len(self._later) >= DELETE_BATCH:
+            await self.flush_deletes()
+
+    async def flush_deletes(self) -> None:
+        """Delete every key ``delete_later`` queued."""
+        keys, self._later = self._later, []
+        await self.delete_keys(keys)
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix`` (never the empty prefix); return how many."""
@@ -321,6 +362,11 @@ class S3Stage:
         hint = _HINTS.get(code, default).format(region=self.cfg.region)
         message = f"S3 {action} on {where}: {code} (HTTP {status}){' ' + detail if detail else ''} - {hint}"
         return StageError(message, key=key, retryable=status >= 500 or code in ("SlowDown", "RequestTimeout"))
+
+
+def crc32_b64(data: bytes) -> str:
+    """S3's ``ChecksumCRC32`` of ``data``: the big-endian CRC32, base64."""
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
 
 def _segment(label: str, value: str) -> str:
