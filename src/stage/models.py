@@ -9,11 +9,11 @@ from typing import Any
 
 @dataclass(frozen=True)
 class StagedFile:
-    """One Parquet file of a run, complete in S3 and verified by HEAD."""
+    """One Parquet file of a run, complete in S3 and verified (echoed CRC32 of a single PUT, or HEAD)."""
 
     key: str  # S3 key
     url: str  # "s3://bucket/key"
-    size_bytes: int  # verified with HEAD after upload
+    size_bytes: int  # verified after upload (echoed CRC32 or HEAD)
     rows: int
 
 

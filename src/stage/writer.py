@@ -29,7 +29,8 @@ from src.stage.s3 import S3Stage
 
 ROW_GROUP_ROWS: Final = 65_536  # small batches are coalesced up to this many rows ...
 ROW_GROUP_BYTES: Final = 16 * 1024 * 1024  # ... or this much Arrow memory per row group
-DICTIONARY_SHARE: Final = 4  # dictionary-encode a column with at most 1/4 as many values as rows
+DICTIONARY_SHARE: Final = 4  # dictionary-encode a column with at most 1/4 as many values as rows ...
+DICTIONARY_SAMPLE_ROWS: Final = 16_384  # ... among the first rows of a file (55 ms for 65k orders rows)
 
 log = get_logger("stage.writer")
 
@@ -226,7 +227,10 @@ class _FileJob:
         """Write row groups into one file until it is big enough (rolled) or the stream ends. Also says
         whether S3 already confirmed the object holds exactly the bytes written (a small file's single
         PUT echoes its checksum), so that no HEAD is needed."""
-        encoder = self._encoder(key, group)
+        sample = group.slice(0, DICTIONARY_SAMPLE_ROWS)
+        encoder = self._encoder(
+            key, await anyio.to_thread.run_sync(dictionary_columns, sample, limiter=self._limiter)
+        )
         rolled = False
         try:
             async with self._s3.multipart(key) as upload:
@@ -244,9 +248,9 @@ class _FileJob:
         log.debug("staged %s: %d rows, %d bytes", staged.url, staged.rows, staged.size_bytes)
         return staged, rolled, upload.verified
 
-    def _encoder(self, key: str, first: pa.Table) -> _Encoder:
+    def _encoder(self, key: str, dictionary: list[str]) -> _Encoder:
         try:
-            return _Encoder(self._schema, self._compression, dictionary_columns(first))
+            return _Encoder(self._schema, self._compression, dictionary)
         except (pa.ArrowException, ValueError) as exc:
             raise StageError(f"cannot write Parquet {self._s3.url(key)}: {exc}", key=key) from exc
 
