@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import aiomysql
 import anyio
 import asyncmy
 import asyncmy.cursors
@@ -30,7 +30,20 @@ LOCK_WAIT_TIMEOUT_S = 60  # our session never waits long behind DDL or LOCK TABL
 IDLE_CHECK_AFTER_S = 30.0  # an idle pooled connection older than this is pinged before reuse
 CLOSE_TIMEOUT_S = 5.0
 
-_DRIVER_ERRORS = (asyncmy.errors.MySQLError, aiomysql.MySQLError)  # aiomysql raises PyMySQL's
+
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    """The drivers' base exceptions: aiomysql raises PyMySQL's, which exists only once aiomysql was
+    imported (it is imported on first use: 40 ms of every run's start otherwise)."""
+    pymysql = sys.modules.get("pymysql")
+    return (asyncmy.errors.MySQLError, pymysql.err.MySQLError) if pymysql else (asyncmy.errors.MySQLError,)
+
+
+def _aiomysql() -> Any:
+    import aiomysql  # only the aiomysql driver needs it
+
+    return aiomysql
+
+
 _RETRYABLE = frozenset(
     {1040, 1053, 1077, 1152, 1153, 1158, 1159, 1160, 1161, 1180, 1181, 1205, 1213, 1226, 1317}
     | {1927, 1969, 2002, 2003, 2006, 2013, 2055, 3024, 4031}
@@ -52,14 +65,14 @@ _HINTS = {
 
 def driver_error_code(exc: BaseException) -> int | None:
     """The MySQL error number of a driver exception, if it carries one."""
-    if isinstance(exc, _DRIVER_ERRORS) and exc.args and isinstance(exc.args[0], int):
+    if isinstance(exc, _driver_errors()) and exc.args and isinstance(exc.args[0], int):
         return exc.args[0]
     return None
 
 
 def is_source_failure(exc: BaseException) -> bool:
     """A driver, socket or timeout error (as opposed to a bug or a cancellation)."""
-    return isinstance(exc, (*_DRIVER_ERRORS, OSError, TimeoutError))
+    return isinstance(exc, (*_driver_errors(), OSError, TimeoutError))
 
 
 def _cause(exc: BaseException) -> str:
@@ -193,7 +206,8 @@ class SourceConnection:
     async def _cursor(self, *, unbuffered: bool) -> Any:
         if self.cfg.driver == "asyncmy":
             return self._raw.cursor(asyncmy.cursors.SSCursor if unbuffered else asyncmy.cursors.Cursor)
-        return await self._raw.cursor(aiomysql.SSCursor if unbuffered else aiomysql.Cursor)
+        driver = _aiomysql()
+        return await self._raw.cursor(driver.SSCursor if unbuffered else driver.Cursor)
 
     async def _run(self, doing: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Await ``fn()`` under the read timeout; failures become ``SourceError`` and break the connection
@@ -246,7 +260,7 @@ async def open_connection(cfg: SourceConn) -> SourceConnection:
     }
     if cfg.database:
         kwargs["db" if cfg.driver == "aiomysql" else "database"] = cfg.database
-    connect = aiomysql.connect if cfg.driver == "aiomysql" else asyncmy.connect
+    connect = _aiomysql().connect if cfg.driver == "aiomysql" else asyncmy.connect
     try:
         with anyio.fail_after(cfg.connect_timeout):
             raw = await connect(**kwargs)
