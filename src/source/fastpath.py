@@ -59,7 +59,7 @@ from src.source.window import explain_rows
 
 log = get_logger("source.fastpath")
 MIN_ROWS = 100_000  # below this (estimated) one pooled asyncmy connection is as quick
-RANGE_BYTES = 24 * 1024 * 1024  # a range's rows in MySQL's average row length: a worker holds one range
+RANGE_BYTES = 12 * 1024 * 1024  # a range in MySQL's average row length: a worker holds one range in memory
 MIN_RANGE_ROWS = 1_000
 DECIMAL_DIGITS = 28  # connectorx reads DECIMAL into rust_decimal (28 digits), then at scale 10
 _INTEGERS = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint", "year"})
