@@ -4,6 +4,7 @@ for a full sync and for id_only windows, and the report saying which path read t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,9 +30,17 @@ def fill(low: int, high: int) -> str:
 
 
 def config(
-    tmp: Path, source: SourceConn, target: TargetConn, s3: S3Conn, tables: dict[str, dict[str, str]]
+    tmp: Path,
+    source: SourceConn,
+    target: TargetConn,
+    s3: S3Conn,
+    tables: dict[str, dict[str, str]],
+    **more: Any,
 ) -> Path:
-    processing = {"range_rows": 300}  # small ranges: a 2,000-row table takes the fast path in 7 ranges
+    processing = {
+        "range_rows": 300,
+        **more,
+    }  # small ranges: a 2,000-row table takes the fast path in 7 ranges
     return write_config(tmp / "config", source, target, s3, tables, processing=processing)
 
 
@@ -77,14 +86,8 @@ def test_id_only_windows_through_key_ranges(
 ) -> None:
     mysql_exec(mysql_db, ORDERS, fill(1, 1500), "ANALYZE TABLE orders")
     table = f"{mysql_db}.orders"
-    cfg = write_config(
-        tmp_path / "config",
-        source_conn,
-        pg_target,
-        s3_conn,
-        {table: {"cdc_strategy": "id_only", "cdc_id_column": "id"}},
-        processing={"range_rows": 300, "fast_path": fast_path},
-    )
+    tables = {table: {"cdc_strategy": "id_only", "cdc_id_column": "id"}}
+    cfg = config(tmp_path, source_conn, pg_target, s3_conn, tables, fast_path=fast_path)
     doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
     assert proc.returncode == 0, doc
     first = doc["table_results"][table]

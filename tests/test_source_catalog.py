@@ -31,17 +31,19 @@ async def test_a_batch_of_tables_costs_one_query_and_matches_describe_table(
     catalog = Catalog([(mysql_db, n) for n in [*names, "nokey", "missing"]], batch=4)
     async with MySQLSource(source_conn) as src, src.connection() as conn:
         before = await _selects(conn)
-        got = [await catalog.describe(conn, mysql_db, n) for n in names[:4]]
+        got = [await describe_table(conn, mysql_db, n, catalog=catalog) for n in names[:4]]
         assert await _selects(conn) - before == 1  # t0..t3 in one query
-        got += [await catalog.describe(conn, mysql_db, n) for n in names[4:]]
+        got += [await describe_table(conn, mysql_db, n, catalog=catalog) for n in names[4:]]
         assert await _selects(conn) - before == 2  # t4, t5, t6 and nokey in the next one
-        key = await catalog.describe(conn, mysql_db, "nokey", primary_key=("b", "a"))
+        key = await describe_table(conn, mysql_db, "nokey", primary_key=("b", "a"), catalog=catalog)
         with pytest.raises(SourceError, match=rf"table {mysql_db}\.missing not found"):
-            await catalog.describe(conn, mysql_db, "missing")
+            await describe_table(conn, mysql_db, "missing", catalog=catalog)
         assert await _selects(conn) - before == 3
         assert got == [await describe_table(conn, mysql_db, n) for n in names]
         with pytest.raises(ConfigError, match="include_columns"):  # described again: read again
-            await catalog.describe(conn, mysql_db, "t0", selection=ColumnSelection(include=("nope",)))
+            await describe_table(
+                conn, mysql_db, "t0", selection=ColumnSelection(include=("nope",)), catalog=catalog
+            )
     assert key.primary_key == ("b", "a")
 
 
@@ -51,7 +53,7 @@ async def test_a_description_older_than_max_age_is_read_again(source_conn: Sourc
     stale = Catalog([(mysql_db, "a"), (mysql_db, "b")], max_age=0)
     async with MySQLSource(source_conn) as src, src.connection() as conn:
         for catalog in (fresh, stale):
-            await catalog.describe(conn, mysql_db, "a")  # b comes along
+            await describe_table(conn, mysql_db, "a", catalog=catalog)  # b comes along
         mysql_exec(mysql_db, "ALTER TABLE b ADD COLUMN added INT")
-        assert (await fresh.describe(conn, mysql_db, "b")).names == ("id",)  # within its age
-        assert (await stale.describe(conn, mysql_db, "b")).names == ("id", "added")
+        assert (await describe_table(conn, mysql_db, "b", catalog=fresh)).names == ("id",)  # within its age
+        assert (await describe_table(conn, mysql_db, "b", catalog=stale)).names == ("id", "added")

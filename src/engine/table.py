@@ -181,14 +181,14 @@ async def plan_window(
 ) -> tuple[TableSchema, Resolved, Window]:
     """Describe the table (from the run's ``catalog`` when given), choose how it is read and loaded, and
     fix the window's end from the source."""
-    describe = catalog.describe if catalog is not None else describe_table
-    schema = await describe(
+    schema = await describe_table(
         conn,
         plan.database,
         plan.source_table,
         primary_key=plan.primary_key,
         policy=plan.policy,
         selection=plan.columns,
+        catalog=catalog,
     )
     resolved = resolve(plan, schema)
     win = window(plan, resolved, position)

@@ -78,10 +78,15 @@ async def describe_table(
     primary_key: tuple[str, ...] | None = None,
     policy: TypePolicy = DEFAULT_POLICY,
     selection: ColumnSelection = ALL_COLUMNS,
+    catalog: Catalog | None = None,
 ) -> TableSchema:
     """Describe one table; ``primary_key`` overrides the catalog's key (its columns must exist and be
-    selected). Raises the error ``describe_tables`` would report."""
-    rows = list((await _catalog(conn, database, [table])).get(table, {}).values())
+    selected). With the run's ``catalog``, its rows come from a batch read for many tables. Raises the
+    error ``describe_tables`` would report."""
+    if catalog is not None:
+        rows = await catalog.rows(conn, database, table)
+    else:
+        rows = list((await _catalog(conn, database, [table])).get(table, {}).values())
     result = await _describe(conn, database, table, rows, policy, selection, primary_key)
     if isinstance(result, S3ShiftError):
         raise result
@@ -110,24 +115,8 @@ class Catalog:
         self._rows: dict[tuple[str, str], tuple[float, list[tuple[Any, ...]]]] = {}
         self._lock = anyio.Lock()
 
-    async def describe(
-        self,
-        conn: SourceConnection,
-        database: str,
-        table: str,
-        *,
-        primary_key: tuple[str, ...] | None = None,
-        policy: TypePolicy = DEFAULT_POLICY,
-        selection: ColumnSelection = ALL_COLUMNS,
-    ) -> TableSchema:
-        """What ``describe_table`` returns (or raises), from the batched rows."""
-        rows = await self._take(conn, database, table)
-        result = await _describe(conn, database, table, rows, policy, selection, primary_key)
-        if isinstance(result, S3ShiftError):
-            raise result
-        return result
-
-    async def _take(self, conn: SourceConnection, database: str, table: str) -> list[tuple[Any, ...]]:
+    async def rows(self, conn: SourceConnection, database: str, table: str) -> list[tuple[Any, ...]]:
+        """The catalog rows of one table (fetched with the next batch of the run's tables when needed)."""
         async with self._lock:
             fetched = self._rows.pop((database, table), None)
             if fetched is not None and time.monotonic() - fetched[0] <= self._max_age:
