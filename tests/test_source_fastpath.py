@@ -405,3 +405,18 @@ async def test_an_id_only_window_reads_exactly_its_keys(
     assert canonical.column("id").to_pylist() == list(range((start or 0) + 1, 252))
     assert_same(canonical, quick)
     assert fast.path["path"] == "connectorx" and fast.path["ranges"] >= 6
+
+
+async def test_a_bigint_unsigned_key_splits_into_ranges(source_conn: SourceConn, mysql_db: str) -> None:
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE u (id BIGINT UNSIGNED PRIMARY KEY, v VARCHAR(10), d DATE)",
+        "INSERT INTO u SELECT seq, CONCAT('v', seq), '2024-01-01' + INTERVAL seq DAY FROM seq_1_to_200",
+        "INSERT INTO u VALUES (18446744073709551615, 'max', '2024-02-29'), (2 << 62, 'mid', NULL)",
+    )
+    mysql_exec(mysql_db, "SET SESSION sql_mode = ''", "UPDATE u SET d = '0000-00-00' WHERE id = 150")
+    canonical, quick, slow, fast = await read_both(source_conn, "u", range_rows=30)
+    assert canonical.num_rows == 202 and canonical.schema.field("id").type == pa.decimal128(20, 0)
+    assert_same(canonical, quick)
+    assert fast.coercions == slow.coercions == {"d": {"zero_date_to_null": 1}}
+    assert fast.path["path"] == "connectorx" and fast.path["ranges"] >= 6

@@ -269,7 +269,7 @@ class FastRead:
                     self.stats.rows += batch.num_rows
                     self.stats.batches += 1
                     await self.send.send(batch)
-                    last = batch.column(key_index)[-1].as_py()
+                    last = int(batch.column(key_index)[-1].as_py())  # BIGINT UNSIGNED: a Decimal
         except S3ShiftError:
             raise  # a policy of the table refused a value: the canonical path would refuse it too
         except BaseException as exc:  # connectorx raises PanicException, a BaseException

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from src.common.naming import quote_mysql
 from src.common.schema import Column, TableSchema
 from src.source.mysql import SourceConnection
+from src.source.typemap import data_type_of
 
 KEY_LOGICAL = frozenset({"int16", "int32", "int64"})
 MAX_RANGES = 4096
@@ -64,11 +65,14 @@ class KeyRange:
 
 
 def range_key(schema: TableSchema) -> Column | None:
-    """The single integer primary-key column ranges split on, or None."""
+    """The single integer primary-key column ranges split on (BIGINT UNSIGNED, planned as decimal(20,0),
+    included: Laravel's and many ORMs' default key), or None."""
     if len(schema.primary_key) != 1:
         return None
     column = schema.column(schema.primary_key[0])
-    return column if column.logical in KEY_LOGICAL else None
+    if column.logical in KEY_LOGICAL or (column.logical == "decimal" and data_type_of(column) == "bigint"):
+        return column
+    return None
 
 
 def split(lowest: int, highest: int, estimated_rows: int, range_rows: int, workers: int) -> list[KeyRange]:
