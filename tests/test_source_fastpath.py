@@ -420,3 +420,10 @@ async def test_a_bigint_unsigned_key_splits_into_ranges(source_conn: SourceConn,
     assert_same(canonical, quick)
     assert fast.coercions == slow.coercions == {"d": {"zero_date_to_null": 1}}
     assert fast.path["path"] == "connectorx" and fast.path["ranges"] >= 6
+
+
+def test_without_connectorx_every_table_takes_the_canonical_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    schema = TableSchema((Column("id", "int64", False, "bigint"),), ("id",))
+    assert blocker(schema) is None
+    monkeypatch.setattr(fastpath, "connectorx", None)  # as on a platform without its wheels
+    assert blocker(schema) == "connectorx is not installed on this platform"

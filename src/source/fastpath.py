@@ -33,13 +33,13 @@ import contextlib
 import re
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote
 
 import anyio
 import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
-import connectorx
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -56,6 +56,12 @@ from src.source.ranges import KeyRange, key_bounds, range_key, row_bytes, split
 from src.source.text import ReadRules, text_rules
 from src.source.typemap import data_type_of
 from src.source.window import explain_rows
+
+connectorx: Any
+try:
+    import connectorx
+except ImportError:  # a platform without its wheels: the asyncmy path reads every table
+    connectorx = None
 
 log = get_logger("source.fastpath")
 MIN_ROWS = 100_000  # below this (estimated) one pooled asyncmy connection is as quick
@@ -94,6 +100,8 @@ def column_blocker(column: Column) -> str | None:
 
 def blocker(schema: TableSchema) -> str | None:
     """Why the table cannot take the fast path (None: it can)."""
+    if connectorx is None:
+        return "connectorx is not installed on this platform"
     if range_key(schema) is None:
         return "the primary key is not a single integer column"
     for column in schema.columns:
