@@ -131,11 +131,7 @@ async def transaction(ex: Executor) -> AsyncIterator[None]:
 
 async def run_load(ex: Executor, spec: LoadSpec, fill: Fill, commit: Commit | None) -> LoadResult:
     """The protocol in the module docstring; ``commit`` None = no state row and no guard."""
-    check_spec(spec)
-    await ensure_schema(ex, spec.dialect, spec.schema_name)
-    if commit is not None:
-        await st.ensure(ex, spec.dialect, commit.state_schema)
-    done = await prepare_target(ex, spec)
+    done = await prepare(ex, spec, commit)
     if not spec.dialect.snapshot_per_transaction:
         async with transaction(ex):
             await ex.execute(READ_COMMITTED)
@@ -148,6 +144,16 @@ async def run_load(ex: Executor, spec: LoadSpec, fill: Fill, commit: Commit | No
     except BaseException:
         await _drop_quietly(ex, spec)
         raise
+
+
+async def prepare(ex: Executor, spec: LoadSpec, commit: Commit | None) -> tuple[str, ...]:
+    """What every load does before its transaction: check the spec, create the schema, the state table and
+    the target if missing (or plan the target's evolution). Returns the evolution's notes."""
+    check_spec(spec)
+    await ensure_schema(ex, spec.dialect, spec.schema_name)
+    if commit is not None:
+        await st.ensure(ex, spec.dialect, commit.state_schema)
+    return await prepare_target(ex, spec)
 
 
 def check_spec(spec: LoadSpec) -> None:

@@ -22,13 +22,12 @@ from src.warehouse.base import (
     Fill,
     LoadResult,
     apply,
-    check_spec,
-    prepare_target,
+    prepare,
     render,
     run_load,
     transaction,
 )
-from src.warehouse.catalog import Executor, ensure_schema
+from src.warehouse.catalog import Executor
 from src.warehouse.ddl import Dialect
 from src.warehouse.errors import classify
 from src.warehouse.state import LoadRequest, StateRow
@@ -159,10 +158,7 @@ async def run_refill(ex: Executor, spec: LoadSpec, refill: Refill, commit: Commi
     guard, evolution, COUNT and TRUNCATE, state row), then ``refill`` in the same transaction. No staging
     table: the rows are written once. Only where TRUNCATE is transactional and snapshots are per statement
     (``Dialect.truncate_in_transaction``, not ``snapshot_per_transaction``)."""
-    check_spec(spec)
-    await ensure_schema(ex, spec.dialect, spec.schema_name)
-    await st.ensure(ex, spec.dialect, commit.state_schema)
-    done = await prepare_target(ex, spec)
+    done = await prepare(ex, spec, commit)
     async with transaction(ex):
         await ex.execute(READ_COMMITTED)
         result = await apply(ex, emptied(spec), commit, done)
