@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import struct
+import time
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
@@ -427,3 +428,24 @@ def test_without_connectorx_every_table_takes_the_canonical_path(monkeypatch: py
     assert blocker(schema) is None
     monkeypatch.setattr(fastpath, "connectorx", None)  # as on a platform without its wheels
     assert blocker(schema) == "connectorx is not installed on this platform"
+
+
+async def test_a_hung_range_is_handed_over_after_read_timeout(
+    source_conn: SourceConn, mysql_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill_shared(mysql_db, list(range(1, 121)))
+    real_fetch = fastpath._fetch
+    calls = {"n": 0}
+
+    def hangs_once(url: str, sql: str) -> pa.Table:
+        calls["n"] += 1
+        if calls["n"] == 1:  # the server stops answering this connection (connectorx has no timeout)
+            time.sleep(5)
+        return real_fetch(url, sql)
+
+    monkeypatch.setattr(fastpath, "_fetch", hangs_once)
+    started = time.monotonic()
+    canonical, quick, _, fast = await read_both(replace(source_conn, read_timeout=1.0), "shared")
+    assert time.monotonic() - started < 4.5  # the hung read was left behind, not waited for
+    assert_same(canonical, quick)
+    assert fast.path["fallbacks"] == ["TimeoutError: "]

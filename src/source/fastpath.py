@@ -32,8 +32,10 @@ import collections
 import contextlib
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -64,6 +66,7 @@ except ImportError:  # a platform without its wheels: the asyncmy path reads eve
     connectorx = None
 
 log = get_logger("source.fastpath")
+T = TypeVar("T")
 MIN_ROWS = 100_000  # below this (estimated) one pooled asyncmy connection is as quick
 RANGE_BYTES = 12 * 1024 * 1024  # a range in MySQL's average row length: a worker holds one range in memory
 MIN_RANGE_ROWS = 1_000
@@ -265,7 +268,8 @@ class FastRead:
         where = with_filter(part.condition(self.key.name), self.where, bound=False) or ""
         sql = fast_select(self.database, self.table, self.schema, where)
         try:
-            fetched = await anyio.to_thread.run_sync(_fetch, url, sql)
+            with anyio.fail_after(self.source.cfg.read_timeout):  # a hung server: hand the range over
+                fetched = await in_daemon_thread(partial(_fetch, url, sql))
             for raw in fetched.to_batches(max_chunksize=self.batch_size):
                 batch, coerced = await anyio.to_thread.run_sync(
                     to_planned, raw, self.schema, self.rules, limiter=self.cpu_limiter
@@ -321,25 +325,43 @@ async def connectorx_refused(source: MySQLSource, database: str) -> str | None:
 
 
 async def _probe(url: str, cfg: SourceConn) -> str:
-    """One round trip through connectorx in a daemon thread: a login it keeps retrying must neither hold
-    the run up past ``connect_timeout`` nor keep the process from exiting."""
+    """One round trip through connectorx: a login it keeps retrying must not hold the run up past
+    ``connect_timeout``."""
+    try:
+        with anyio.fail_after(cfg.connect_timeout):
+            await in_daemon_thread(partial(connectorx.read_sql, url, "SELECT 1", return_type="arrow"))
+    except TimeoutError:
+        return f"connectorx could not connect within connect_timeout ({cfg.connect_timeout:g} s)"
+    except BaseException as exc:  # PanicException is a BaseException
+        if isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt | SystemExit):
+            raise
+        return f"connectorx cannot connect: {_reason(exc)}"
+    return ""
+
+
+async def in_daemon_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` in a daemon thread of its own. connectorx has no timeouts, so callers bound the wait with
+    ``anyio.fail_after``: on a timeout or a cancellation the thread is left behind, and a daemon thread
+    never holds up the process's exit (anyio's worker threads would). connectorx lets go of the GIL."""
     done = anyio.Event()
     token = anyio.lowlevel.current_token()
-    failure: list[BaseException] = []
+    outcome: list[tuple[bool, Any]] = []
 
-    def attempt() -> None:
+    def target() -> None:
         try:
-            connectorx.read_sql(url, "SELECT 1", return_type="arrow")  # lets go of the GIL to connect
+            outcome.append((True, fn()))
         except BaseException as exc:  # PanicException is a BaseException
-            failure.append(exc)
+            outcome.append((False, exc))
         with contextlib.suppress(Exception):  # the run may be over
             anyio.from_thread.run_sync(done.set, token=token)
 
-    threading.Thread(target=attempt, name="connectorx-probe", daemon=True).start()
-    with anyio.move_on_after(cfg.connect_timeout):
-        await done.wait()
-        return f"connectorx cannot connect: {_reason(failure[0])}" if failure else ""
-    return f"connectorx could not connect within connect_timeout ({cfg.connect_timeout:g} s)"
+    threading.Thread(target=target, name="connectorx", daemon=True).start()
+    await done.wait()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    result: T = value
+    return result
 
 
 class _Handover(Exception):
