@@ -58,6 +58,9 @@ def test_full_sync_through_key_ranges_matches_the_source(
     )
     table = f"{mysql_db}.orders"
     cfg = config(tmp_path, source_conn, pg_target, s3_conn, {table: {"cdc_strategy": "full_sync"}})
+    plan, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table, "--dry-run")
+    assert proc.returncode == 0, plan
+    assert plan["tables"][table]["extract_path"] == "connectorx: primary-key ranges read in parallel"
     doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
     assert proc.returncode == 0, doc
     result = doc["table_results"][table]
@@ -101,7 +104,7 @@ def test_id_only_windows_through_key_ranges(
         assert first["extract"]["path"] == second["extract"]["path"] == "connectorx"
         assert second["extract"]["ranges"] >= 3
     else:
-        assert "extract" not in first
+        assert first["extract"] == {"path": "asyncmy", "reason": "processing.fast_path is off"}
     assert (
         assert_tables_equal(
             mysql_db, "orders", pg_schema, "orders", "id", json_cols=("payload",), float32_cols=("f",)

@@ -9,10 +9,21 @@ from typing import Any
 import anyio
 
 from src.common.errors import S3ShiftError, describe
+from src.common.schema import TableSchema
 from src.engine.limits import Limits
 from src.engine.pending import describe_stage, format_ts, select
 from src.engine.run import Resources, SyncRequest, load_config, open_resources, unique
-from src.engine.table import RunContext, first_error, load_request, plan_window, stage_meta, window_is_empty
+from src.engine.table import (
+    RunContext,
+    fast_enough,
+    fast_window,
+    first_error,
+    load_request,
+    plan_window,
+    stage_meta,
+    window_is_empty,
+)
+from src.plan.models import Window
 from src.plan.planner import TablePlan, plan_table, read_window
 from src.report.models import iso, new_execution_id, utc_now
 from src.source.window import estimate_rows, index_for, source_now, window_sql
@@ -127,6 +138,7 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
         },
         source_now=format_ts(now),
         estimated_rows=estimate,
+        extract_path=_extract_path(ctx, schema, reading, estimate),
         index=index,
         target=f"{ctx.pipeline.target.schema}.{plan.target_table}",
         s3_prefix=res.s3.url(prefix),
@@ -140,6 +152,16 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
             "no index serves the window query: each page is a full scan; add an index on the cursor"
         )
     return out
+
+
+def _extract_path(ctx: RunContext, schema: TableSchema, reading: Window, estimate: int) -> str:
+    """Which extract path the run would take, and why."""
+    keys = fast_window(ctx, schema, reading)
+    if isinstance(keys, str):
+        return f"asyncmy: {keys}"
+    if not fast_enough(ctx, estimate):
+        return f"asyncmy: about {estimate} rows, too few for key ranges"
+    return "connectorx: primary-key ranges read in parallel"
 
 
 def _state(state: Any) -> dict[str, Any] | None:

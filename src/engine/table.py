@@ -355,10 +355,15 @@ async def _extract_and_stage(
         try:
             fast = _fast_read(ctx, conn, plan, schema, win, send, stats)
             estimated = await fast.estimate() if fast else 0
-            if fast and estimated >= min(FAST_MIN_ROWS, ctx.pipeline.processing.range_rows):
+            if fast and fast_enough(ctx, estimated):
                 async with send:
                     await fast.run(estimated)
             else:
+                if fast:
+                    stats.path = {
+                        "path": "asyncmy",
+                        "reason": f"about {estimated} rows, too few for key ranges",
+                    }
                 await extract()
         except BaseException:
             completion.fail()
@@ -382,6 +387,28 @@ async def _extract_and_stage(
     return result
 
 
+def fast_window(ctx: RunContext, schema: TableSchema, win: Window) -> tuple[int | None, int | None] | str:
+    """The keys the fast path would read — ``(after, upto]``, (None, None) for the whole table — or why
+    the table is read by asyncmy. Whether it is big enough is decided from its row estimate."""
+    if not ctx.pipeline.processing.fast_path:
+        return "processing.fast_path is off"
+    if win.strategy == "id_only":  # a window of the primary key is a key range too
+        key = range_key(schema)
+        if key is None or win.id_column != key.name:
+            return "the id_only cursor is not the single-column integer primary key"
+        if win.end is None or win.end.id is None:
+            return "the window is empty"
+        return fast_blocker(schema) or ((win.start.id if win.start else None), win.end.id)
+    if win.strategy != "full_sync":
+        return f"{win.strategy} windows are read in keyset pages"
+    return fast_blocker(schema) or (None, None)
+
+
+def fast_enough(ctx: RunContext, estimated_rows: int) -> bool:
+    """Whether a table of this many (estimated) rows is worth the fast path's connections."""
+    return estimated_rows >= min(FAST_MIN_ROWS, ctx.pipeline.processing.range_rows)
+
+
 def _fast_read(
     ctx: RunContext,
     conn: SourceConnection,
@@ -391,22 +418,13 @@ def _fast_read(
     send: anyio.abc.ObjectSendStream[pa.RecordBatch],
     stats: ExtractStats,
 ) -> FastRead | None:
-    """The connectorx key-range reader, for a full read of a table it can carry exactly (else None)."""
+    """The connectorx key-range reader, for a table it can carry exactly (else None)."""
+    keys = fast_window(ctx, schema, win)
+    if ctx.source is None or isinstance(keys, str):
+        if isinstance(keys, str) and win.strategy in ("full_sync", "id_only"):
+            stats.path = {"path": "asyncmy", "reason": keys}
+        return None
     processing = ctx.pipeline.processing
-    if not processing.fast_path or ctx.source is None:
-        return None
-    after: int | None = None
-    upto: int | None = None
-    if win.strategy == "id_only":  # a window of the primary key is a key range too
-        key = range_key(schema)
-        if key is None or win.id_column != key.name or win.end is None or win.end.id is None:
-            return None
-        after, upto = (win.start.id if win.start else None), win.end.id
-    elif win.strategy != "full_sync":
-        return None
-    if reason := fast_blocker(schema):
-        stats.path = {"path": "asyncmy", "reason": reason}
-        return None
     return FastRead(
         source=ctx.source,
         conn=conn,
@@ -421,8 +439,8 @@ def _fast_read(
         workers=processing.range_workers,
         where=plan.where,
         cpu_limiter=ctx.limits.cpu,
-        after=after,
-        upto=upto,
+        after=keys[0],
+        upto=keys[1],
     )
 
 
