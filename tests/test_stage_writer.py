@@ -360,3 +360,31 @@ async def test_a_store_echoing_no_checksum_gets_a_head(s3_conn: S3Conn) -> None:
         s3.client.meta.events.register("before-call.s3.HeadObject", heads)
         result = await stage_batches(s3, "staging/p/t/nocrc/", SCHEMA, _table().to_batches())
     assert heads.calls == 1 and result.files_created == 1
+
+
+@pytest.mark.parametrize("keep", [True, False])
+async def test_the_runs_own_small_files_are_read_back_from_memory(s3_conn: S3Conn, keep: bool) -> None:
+    gets = _Calls()
+    async with S3Stage(s3_conn, keep_written=keep) as s3:
+        s3.client.meta.events.register("before-call.s3.GetObject", gets)
+        result = await stage_batches(s3, "staging/p/t/mem/", SCHEMA, _table().to_batches())
+        (staged,) = result.files
+        back = await _read_all(s3, result.files)
+        assert back is not None and back.equals(_table())
+        assert gets.calls == (0 if keep else 1)
+        assert s3.take_written(staged.key) is None  # used once: a later read goes to S3
+        again = await _read_all(s3, result.files)
+        assert again is not None and again.equals(_table())
+    assert gets.calls == (1 if keep else 2)
+
+
+def test_files_kept_in_memory_are_bounded(s3_conn: S3Conn) -> None:
+    s3 = S3Stage(s3_conn, keep_written=True)
+    s3.remember("a", b"a" * (20 * MIB))
+    s3.remember("b", b"b" * (20 * MIB))  # over 32 MB together: the oldest goes
+    s3.remember("c", b"c" * (33 * MIB))  # too big to keep at all
+    assert (s3.take_written("a"), s3.take_written("c")) == (None, None)
+    assert s3.take_written("b") == b"b" * (20 * MIB)
+    off = S3Stage(s3_conn)
+    off.remember("a", b"a")
+    assert off.take_written("a") is None

@@ -94,7 +94,12 @@ async def _run_plans(
     async with AsyncExitStack() as stack:
         try:
             resources = await open_resources(
-                stack, pipeline, limits, redshift_connect, source=mode != "load_only"
+                stack,
+                pipeline,
+                limits,
+                redshift_connect,
+                source=mode != "load_only",
+                keep_written=mode == "sync",
             )
         except Exception as exc:
             return _fail_all(agg, [p.table for p in plans], first_error(exc), phase="connect")
@@ -171,11 +176,14 @@ async def open_resources(
     *,
     source: bool = True,
     s3_check: bool = True,
+    keep_written: bool = False,
 ) -> Resources:
     """Open the source pool, the S3 client and the warehouse pool once for the run, checking each
-    concurrently. Read-only: nothing is written anywhere."""
+    concurrently. Read-only: nothing is written anywhere. ``keep_written``: the run loads what it stages,
+    so PostgreSQL reads its small files from memory (``S3Stage.remember``)."""
     mysql = await stack.enter_async_context(MySQLSource(pipeline.source, limits.mysql)) if source else None
-    s3 = await stack.enter_async_context(S3Stage(pipeline.s3, limits.s3_parts))
+    keep = keep_written and pipeline.target.type == "postgres"  # Redshift COPYs from S3 itself
+    s3 = await stack.enter_async_context(S3Stage(pipeline.s3, limits.s3_parts, keep_written=keep))
 
     def batches(stage: StageResult) -> AsyncIterator[pa.RecordBatch]:
         return iter_staged_batches(s3, stage.files, cpu_limiter=limits.cpu)

@@ -1,7 +1,9 @@
 """Read staged Parquet back as record batches, one file at a time, with bounded memory.
 
 Each file is streamed from S3 into a private temp file (it holds raw data: mode 0600 in a 0700
-directory), decoded batch by batch in worker threads, and deleted as soon as it has been read.
+directory), decoded batch by batch in worker threads, and deleted as soon as it has been read. A small
+file this run staged itself, which S3 confirmed by its checksum, is read from memory instead
+(``S3Stage.remember``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ async def iter_staged_batches(
 
 
 async def _open(s3: S3Stage, staged: StagedFile, path: Path, limiter: anyio.CapacityLimiter | None) -> Any:
+    written = s3.take_written(staged.key)  # a small file this run staged: no GET, no temp file
+    if written is not None and len(written) == staged.size_bytes:
+        return await _run(pq.ParquetFile, staged, limiter, pa.BufferReader(written))
     size = await s3.download_to(staged.key, path)
     if size != staged.size_bytes:
         raise StageError(

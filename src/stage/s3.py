@@ -8,6 +8,7 @@ client is built and never appear in messages.
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import zlib
 from collections.abc import AsyncIterator, Sequence
@@ -33,6 +34,7 @@ MIN_PART_BYTES: Final = 5 * MIB  # S3's minimum for every part but the last
 DOWNLOAD_CHUNK: Final = MIB
 DEFAULT_ATTEMPTS: Final = 5
 DELETE_BATCH: Final = 1000  # keys per DeleteObjects request (S3's limit)
+KEEP_WRITTEN_BYTES: Final = 32 * MIB  # small staged files kept in memory for the run's own load
 
 log = get_logger("stage.s3")
 
@@ -68,6 +70,7 @@ class S3Stage:
         part_limiter: anyio.CapacityLimiter | None = None,
         *,
         max_attempts: int = DEFAULT_ATTEMPTS,
+        keep_written: bool = False,
     ) -> None:
         self.cfg = cfg
         self._part_limiter = part_limiter
@@ -75,6 +78,8 @@ class S3Stage:
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._later: list[str] = []  # keys to delete in batches (``delete_later``)
+        self._keep_written = keep_written
+        self._written: collections.OrderedDict[str, bytes] = collections.OrderedDict()
 
     def __repr__(self) -> str:
         return f"S3Stage(bucket={self.cfg.bucket!r}, endpoint={self._endpoint_label()!r})"
@@ -182,6 +187,20 @@ class S3Stage:
                 retryable=True,
             )
         return True
+
+    def remember(self, key: str, data: bytes) -> None:
+        """Keep a small object this run wrote (and S3 confirmed by its checksum) for ``take_written``, so
+        the run's own load reads it without a GET. At most ``KEEP_WRITTEN_BYTES`` are kept, oldest dropped
+        first; only when the S3Stage was opened with ``keep_written``."""
+        if not self._keep_written or len(data) > KEEP_WRITTEN_BYTES:
+            return
+        self._written[key] = data
+        while sum(map(len, self._written.values())) > KEEP_WRITTEN_BYTES:
+            self._written.popitem(last=False)
+
+    def take_written(self, key: str) -> bytes | None:
+        """The bytes ``remember`` kept for ``key`` (forgotten from then on), or None."""
+        return self._written.pop(key, None)
 
     async def get_bytes(self, key: str) -> bytes:
         resp = await self._call("get_object", key, Key=key)
