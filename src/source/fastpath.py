@@ -1,5 +1,6 @@
 """The bulk extract path: primary-key ranges read in parallel by connectorx (Rust, MySQL binary protocol,
-straight into Arrow), for full reads of big tables whose every column it carries exactly.
+straight into Arrow), for full reads and id_only windows of big tables whose every column it carries
+exactly.
 
 The asyncmy path (``src.source.extract``) stays canonical: this one must give the same Arrow data, which
 ``tests/test_source_fastpath.py`` proves type by type on edge values. How it stays exact:
@@ -18,8 +19,10 @@ The asyncmy path (``src.source.extract``) stays canonical: this one must give th
 Connections: the table's own pooled connection plans the ranges and serves the fallbacks; connectorx
 opens one connection per worker, each under a token of the source's connection budget taken without
 waiting (``MySQLSource.reserve``): with no token free the table is read by the canonical path. The
-workers share a queue of ranges (``src.source.ranges``); memory stays bounded by the stream between
-extract and stage (connectorx's own read-ahead is a few batches).
+workers share a queue of ranges (``src.source.ranges``). Each worker holds one range in memory (at most
+``RANGE_BYTES`` of MySQL's average row length), then the bounded stream between extract and stage.
+connectorx has no timeouts: each read runs in a daemon thread bounded by the source's ``read_timeout``,
+after which its range is handed over like any other failure.
 
 Like any multi-connection read, the ranges are not one snapshot: a row inserted or deleted while the
 table is read may or may not be in this run's copy (the next run has it); an updated row is read once,
