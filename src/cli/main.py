@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -74,6 +75,7 @@ def sync(
 ) -> None:
     """Sync tables of a pipeline. Exit code 0 only when every table succeeded, 1 otherwise."""
     log.configure(verbose)
+    os.environ["RUST_BACKTRACE"] = "1" if verbose else "0"  # a connectorx panic: no backtrace unless -v
     if backup_only and load_only:
         raise click.UsageError("--backup-only and --load-only exclude each other (a normal run does both)")
     requested = unique([t for arg in tables for t in arg.split(",") if t.strip()])
