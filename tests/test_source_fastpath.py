@@ -449,3 +449,14 @@ async def test_a_hung_range_is_handed_over_after_read_timeout(
     assert time.monotonic() - started < 4.5  # the hung read was left behind, not waited for
     assert_same(canonical, quick)
     assert fast.path["fallbacks"] == ["TimeoutError: "]
+
+
+async def test_an_id_only_window_over_negative_keys_stops_at_its_end(
+    source_conn: SourceConn, mysql_db: str
+) -> None:
+    fill_shared(mysql_db, list(range(-150, 151)))
+    window = Window("id_only", id_column="id", start=Watermark(id=-120), end=Watermark(id=-1))
+    canonical, quick, _, fast = await read_both(source_conn, "shared", window=window, range_rows=20)
+    assert quick.column("id").to_pylist() == list(range(-119, 0))
+    assert_same(canonical, quick)
+    assert fast.path["ranges"] >= 6

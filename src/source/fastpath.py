@@ -219,10 +219,9 @@ class FastRead:
         bounds = await key_bounds(self.conn, self.database, self.table, self.key.name)
         window = self.window
         if bounds is not None:  # an id_only window: ranges cover (after, upto] and nothing else
-            bounds = (
-                max(bounds[0], window.low or bounds[0]),
-                min(bounds[1], (window.high or bounds[1] + 1) - 1),
-            )
+            low = bounds[0] if window.low is None else max(bounds[0], window.low)
+            high = bounds[1] if window.high is None else min(bounds[1], window.high - 1)
+            bounds = (low, high)
         if bounds is None or bounds[0] > bounds[1]:
             self.stats.path = {"path": "connectorx", "ranges": 0}
             return
@@ -285,8 +284,8 @@ class FastRead:
                     self.stats.batches += 1
                     await self.send.send(batch)
                     last = int(batch.column(key_index)[-1].as_py())  # BIGINT UNSIGNED: a Decimal
-        except S3ShiftError:
-            raise  # a policy of the table refused a value: the canonical path would refuse it too
+        except (S3ShiftError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            raise  # a policy of the table refused a value (so would the canonical path), or the stage failed
         except BaseException as exc:  # connectorx raises PanicException, a BaseException
             if isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt | SystemExit):
                 raise
