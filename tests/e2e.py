@@ -152,8 +152,8 @@ def assert_tables_equal(
     json_cols: tuple[str, ...] = (),
     float32_cols: tuple[str, ...] = (),
 ) -> int:
-    """Every row and every value of the MySQL table equals the target table's. FLOAT columns are read
-    through CAST(... AS DOUBLE): the text protocol prints them with only 6 significant digits."""
+    """Every row and every value of the MySQL table equals the target table's. FLOAT columns are read as
+    a DOUBLE (``* 1e0``): the text protocol prints them with only 6 significant digits."""
     cols = [
         r[0]
         for r in mysql_rows(
@@ -163,7 +163,7 @@ def assert_tables_equal(
             (database, table),
         )
     ]
-    items = ", ".join(f"CAST(`{c}` AS DOUBLE)" if c in float32_cols else f"`{c}`" for c in cols)
+    items = ", ".join(f"`{c}` * 1e0" if c in float32_cols else f"`{c}`" for c in cols)
     src = mysql_rows(database, f"SELECT {items} FROM `{table}` ORDER BY `{key}`")
     collist = ", ".join(f'"{c}"' for c in cols)
     dst = pg_fetch(f'SELECT {collist} FROM "{schema}"."{target}" ORDER BY "{key}"')

@@ -58,12 +58,13 @@ def select_sql(database: str, table: str, schema: TableSchema, where: str | None
 
 
 def select_item(column: Column) -> str:
-    """How a column is selected. FLOAT goes through ``CAST(... AS DOUBLE)``: the text protocol prints a FLOAT
+    """How a column is selected. FLOAT goes through ``* 1e0``, a DOUBLE: the text protocol prints a FLOAT
     with 6 significant digits (0.45125502 arrives as 0.451255), a DOUBLE with every digit it needs, and
-    every FLOAT value is exactly a DOUBLE, so the planned float32 gets the stored value back."""
+    every FLOAT value is exactly a DOUBLE (times one: exact, sign of zero kept), so the planned float32
+    gets the stored value back. (``CAST(... AS DOUBLE)`` would do the same from MySQL 8.0.17 only.)"""
     name = quote_mysql(column.name)
     if column.logical == "float32" and data_type_of(column) == "float":
-        return f"CAST({name} AS DOUBLE) AS {name}"
+        return f"{name} * 1e0 AS {name}"
     return name
 
 

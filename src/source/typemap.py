@@ -211,7 +211,7 @@ _RESULT_CODES: dict[str, frozenset[int]] = {
     "bigint": frozenset({_LONGLONG}),
     "year": frozenset({_YEAR}),
     "decimal": frozenset({0, _NEWDECIMAL}),
-    "float": frozenset({_FLOAT, _DOUBLE}),  # selected as CAST(... AS DOUBLE), see extract.select_item
+    "float": frozenset({_FLOAT, _DOUBLE}),  # selected as a DOUBLE, see extract.select_item
     "double": frozenset({_DOUBLE}),
     "bit": frozenset({_BIT}),
     "date": frozenset({_DATE, _NEWDATE}),
