@@ -28,7 +28,7 @@ from src.source.introspect import describe_table
 from src.source.mysql import MySQLSource
 from src.source.ranges import KeyRange, split
 from src.source.text import ReadRules
-from src.source.window import extract_window
+from src.source.window import estimate_rows, extract_window
 from tests.conftest import mysql_connect, mysql_exec
 
 pytestmark = pytest.mark.anyio
@@ -181,7 +181,10 @@ async def read_both(
                 upto=window.end.id if window and window.end else None,
             )
             async with send:
-                await reader.run(await reader.estimate())
+                read = window or Window("full_sync")
+                await reader.run(
+                    await estimate_rows(conn, cfg.database or "", table, schema, read, where=where)
+                )
 
         fast_batches = await _collect(fast)
     arrow = schema.arrow_schema()

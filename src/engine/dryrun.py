@@ -15,12 +15,12 @@ from src.engine.pending import describe_stage, format_ts, select
 from src.engine.run import Resources, SyncRequest, load_config, open_resources, unique
 from src.engine.table import (
     RunContext,
-    fast_enough,
     fast_window,
     first_error,
     load_request,
     plan_window,
     stage_meta,
+    too_few_rows,
     window_is_empty,
 )
 from src.plan.models import Window
@@ -159,8 +159,8 @@ def _extract_path(ctx: RunContext, schema: TableSchema, reading: Window, estimat
     keys = fast_window(ctx, schema, reading)
     if isinstance(keys, str):
         return f"asyncmy: {keys}"
-    if not fast_enough(ctx, estimate):
-        return f"asyncmy: about {estimate} rows, too few for key ranges"
+    if reason := too_few_rows(ctx, estimate):
+        return f"asyncmy: {reason}"
     return "connectorx: primary-key ranges read in parallel"
 
 

@@ -30,7 +30,7 @@ from src.source.introspect import Catalog, describe_table
 from src.source.mysql import MySQLSource, SourceConnection
 from src.source.ranges import range_key
 from src.source.text import ReadRules
-from src.source.window import check_window, extract_window, source_now, upper_bound
+from src.source.window import check_window, estimate_rows, extract_window, source_now, upper_bound
 from src.stage.models import StageResult
 from src.stage.pending import (
     PipelineScan,
@@ -353,18 +353,12 @@ async def _extract_and_stage(
 
     async def produce() -> None:
         try:
-            fast = _fast_read(ctx, conn, plan, schema, win, send, stats)
-            estimated = await fast.estimate() if fast else 0
-            if fast and fast_enough(ctx, estimated):
-                async with send:
-                    await fast.run(estimated)
-            else:
-                if fast:
-                    stats.path = {
-                        "path": "asyncmy",
-                        "reason": f"about {estimated} rows, too few for key ranges",
-                    }
+            fast = await _fast_read(ctx, conn, plan, schema, win, send, stats)
+            if fast is None:
                 await extract()
+            else:
+                async with send:
+                    await fast[0].run(fast[1])
         except BaseException:
             completion.fail()
             raise
@@ -404,12 +398,14 @@ def fast_window(ctx: RunContext, schema: TableSchema, win: Window) -> tuple[int 
     return fast_blocker(schema) or (None, None)
 
 
-def fast_enough(ctx: RunContext, estimated_rows: int) -> bool:
-    """Whether a table of this many (estimated) rows is worth the fast path's connections."""
-    return estimated_rows >= min(FAST_MIN_ROWS, ctx.pipeline.processing.range_rows)
+def too_few_rows(ctx: RunContext, estimated_rows: int) -> str | None:
+    """Why a table of this many (estimated) rows is not worth the fast path's connections (None: it is)."""
+    if estimated_rows >= min(FAST_MIN_ROWS, ctx.pipeline.processing.range_rows):
+        return None
+    return f"about {estimated_rows} rows, too few for key ranges"
 
 
-def _fast_read(
+async def _fast_read(
     ctx: RunContext,
     conn: SourceConnection,
     plan: TablePlan,
@@ -417,15 +413,20 @@ def _fast_read(
     win: Window,
     send: anyio.abc.ObjectSendStream[pa.RecordBatch],
     stats: ExtractStats,
-) -> FastRead | None:
-    """The connectorx key-range reader, for a table it can carry exactly (else None)."""
+) -> tuple[FastRead, int] | None:
+    """The connectorx key-range reader and the table's row estimate, for a table it can carry exactly and
+    that is big enough (else None, with the reason in ``stats.path``)."""
     keys = fast_window(ctx, schema, win)
     if ctx.source is None or isinstance(keys, str):
         if isinstance(keys, str) and win.strategy in ("full_sync", "id_only"):
             stats.path = {"path": "asyncmy", "reason": keys}
         return None
+    estimated = await estimate_rows(conn, plan.database, plan.source_table, schema, win, where=plan.where)
+    if reason := too_few_rows(ctx, estimated):
+        stats.path = {"path": "asyncmy", "reason": reason}
+        return None
     processing = ctx.pipeline.processing
-    return FastRead(
+    reader = FastRead(
         source=ctx.source,
         conn=conn,
         database=plan.database,
@@ -442,6 +443,7 @@ def _fast_read(
         after=keys[0],
         upto=keys[1],
     )
+    return reader, estimated
 
 
 def first_error(exc: BaseException) -> BaseException:

@@ -207,13 +207,6 @@ class FastRead:
             None if self.after is None else self.after + 1, None if self.upto is None else self.upto + 1
         )
 
-    async def estimate(self) -> int:
-        """The optimizer's estimate of the rows to read (0 for an empty table)."""
-        source = f"{quote_mysql(self.database)}.{quote_mysql(self.table)}"
-        condition = with_filter(self.window.condition(self.key.name), self.where, bound=False)
-        sql = f"SELECT {quote_mysql(self.key.name)} FROM {source} WHERE {condition}"
-        return await explain_rows(self.conn, sql, [])
-
     async def run(self, estimated_rows: int) -> None:
         """Read every range into ``send`` (left open), with at most ``workers`` connectorx connections."""
         bounds = await key_bounds(self.conn, self.database, self.table, self.key.name)
