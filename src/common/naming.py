@@ -8,6 +8,10 @@ def quote_mysql(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def qualify_mysql(database: str, table: str) -> str:
+    return f"{quote_mysql(database)}.{quote_mysql(table)}"
+
+
 def quote_pg(name: str) -> str:
     """ "name" with double quotes doubled (PostgreSQL and Redshift). NUL can never be an identifier."""
     if "\x00" in name:

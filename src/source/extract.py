@@ -20,7 +20,7 @@ import anyio.abc
 import pyarrow as pa
 
 from src.common.errors import SourceError
-from src.common.naming import quote_mysql
+from src.common.naming import qualify_mysql, quote_mysql
 from src.common.policy import TypePolicy
 from src.common.schema import Column, TableSchema
 from src.source.convert import ZERO_DATE, Coercions, rows_to_batch
@@ -53,7 +53,7 @@ class ExtractStats:
 def select_sql(database: str, table: str, schema: TableSchema, where: str | None = None) -> str:
     """SELECT with an explicit, quoted column list (never ``*``)."""
     columns = ", ".join(select_item(c) for c in schema.columns)
-    sql = f"SELECT {columns} FROM {quote_mysql(database)}.{quote_mysql(table)}"
+    sql = f"SELECT {columns} FROM {qualify_mysql(database, table)}"
     return f"{sql} WHERE {where}" if where else sql
 
 

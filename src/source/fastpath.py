@@ -50,7 +50,7 @@ import pyarrow.compute as pc
 
 from src.common.errors import S3ShiftError
 from src.common.log import get_logger
-from src.common.naming import quote_mysql
+from src.common.naming import qualify_mysql, quote_mysql
 from src.common.schema import Column, TableSchema
 from src.common.secret import Secret, scrub
 from src.config.models import SourceConn
@@ -140,7 +140,7 @@ def fast_select(database: str, table: str, schema: TableSchema, where: str) -> s
     items.append(" OR ".join(dates) if dates else "0")
     key = range_key(schema)
     assert key is not None
-    source = f"{quote_mysql(database)}.{quote_mysql(table)}"
+    source = qualify_mysql(database, table)
     return f"SELECT {', '.join(items)} FROM {source} WHERE {where} ORDER BY {quote_mysql(key.name)}"
 
 
@@ -252,7 +252,7 @@ class FastRead:
             await self._read(url, part)
 
     async def _estimate_range(self, part: KeyRange) -> int:
-        source = f"{quote_mysql(self.database)}.{quote_mysql(self.table)}"
+        source = qualify_mysql(self.database, self.table)
         sql = f"SELECT {quote_mysql(self.key.name)} FROM {source} WHERE {part.condition(self.key.name)}"
         async with self._lock:
             return await explain_rows(self.conn, sql, [])

@@ -17,7 +17,7 @@ from typing import Any, Final
 import anyio
 
 from src.common.errors import ConfigError, S3ShiftError, SourceError, UnsupportedTypeError
-from src.common.naming import quote_mysql
+from src.common.naming import qualify_mysql, quote_mysql
 from src.common.policy import ColumnSelection, TypePolicy
 from src.common.schema import TableSchema
 from src.source.mysql import SourceConnection
@@ -254,9 +254,7 @@ async def check_booleans(conn: SourceConnection, database: str, table: str, sche
         return
     quoted = [quote_mysql(name) for name in flags]
     where = " OR ".join(f"{q} NOT IN (0, 1)" for q in quoted)
-    sql = (
-        f"SELECT {', '.join(quoted)} FROM {quote_mysql(database)}.{quote_mysql(table)} WHERE {where} LIMIT 1"
-    )
+    sql = f"SELECT {', '.join(quoted)} FROM {qualify_mysql(database, table)} WHERE {where} LIMIT 1"
     found = await conn.fetchall(sql)
     if not found:
         return

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from src.common.naming import quote_mysql
+from src.common.naming import qualify_mysql, quote_mysql
 from src.common.schema import Column, TableSchema
 from src.source.mysql import SourceConnection
 from src.source.typemap import data_type_of
@@ -91,9 +91,7 @@ def split(lowest: int, highest: int, estimated_rows: int, range_rows: int, worke
 async def key_bounds(conn: SourceConnection, database: str, table: str, key: str) -> tuple[int, int] | None:
     """``MIN`` and ``MAX`` of the key (read from the ends of the primary key), None for an empty table."""
     column = quote_mysql(key)
-    rows = await conn.fetchall(
-        f"SELECT MIN({column}), MAX({column}) FROM {quote_mysql(database)}.{quote_mysql(table)}"
-    )
+    rows = await conn.fetchall(f"SELECT MIN({column}), MAX({column}) FROM {qualify_mysql(database, table)}")
     if not rows or rows[0][0] is None:
         return None
     return int(rows[0][0]), int(rows[0][1])

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from src.common.errors import ConfigError, SourceError
 from src.common.log import get_logger
-from src.common.naming import quote_mysql
+from src.common.naming import qualify_mysql, quote_mysql
 from src.common.policy import TypePolicy
 from src.common.schema import Column, TableSchema
 from src.plan.models import Watermark, Window
@@ -180,7 +180,7 @@ async def _clocks(conn: SourceConnection) -> tuple[datetime, datetime | None]:
 
 
 async def _max_id(conn: SourceConnection, database: str, table: str, column: str) -> Watermark | None:
-    sql = f"SELECT MAX({quote_mysql(column)}) FROM {quote_mysql(database)}.{quote_mysql(table)}"
+    sql = f"SELECT MAX({quote_mysql(column)}) FROM {qualify_mysql(database, table)}"
     with drift_errors(f"{database}.{table}"):
         value = (await conn.fetchall(sql))[0][0]
     return None if value is None else Watermark(id=int(value))
@@ -287,7 +287,7 @@ async def estimate_rows(
     """The optimizer's estimate of the window's rows (EXPLAIN, never a COUNT); full_sync: TABLE_ROWS
     (EXPLAIN with a row filter ``where``). Without an index on the cursor the estimate is the whole
     table's."""
-    source = f"{quote_mysql(database)}.{quote_mysql(table)}"
+    source = qualify_mysql(database, table)
     if window.strategy == "full_sync" and where:
         return _estimate(
             await _explain(conn, f"SELECT 1 FROM {source} WHERE {with_filter(None, where, bound=False)}", [])
