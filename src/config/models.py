@@ -119,6 +119,7 @@ class Processing:
     fast_path: bool = True  # big full reads through connectorx key ranges (src.source.fastpath)
     range_rows: int = 250_000  # rows per key range of the fast path
     range_workers: int = 2  # connectorx connections per table (within the source's max_connections)
+    stream_load: bool = True  # PostgreSQL: a full_sync loads the target while it is staged (one commit)
 
 
 @dataclass(frozen=True)

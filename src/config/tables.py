@@ -18,6 +18,7 @@ _PROCESSING_KEYS = {
     "fast_path": "bool",
     "range_rows": "int",
     "range_workers": "int",
+    "stream_load": "bool",
 }
 
 _TABLE_KEYS = {
@@ -55,7 +56,7 @@ def parse_processing(raw: Any, file: Path) -> Processing:
         )
     raw = {k: v for k, v in raw.items() if k not in ("strategy", "timeout_minutes")}
     v = checked_values(raw, _PROCESSING_KEYS, file=file, where="pipeline.processing")
-    positive(v, tuple(k for k in v if k != "fast_path"), file, "pipeline.processing")
+    positive(v, tuple(k for k in v if k not in ("fast_path", "stream_load")), file, "pipeline.processing")
     return Processing(**v)
 
 

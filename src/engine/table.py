@@ -4,6 +4,7 @@ Returns a result; never raises a table error."""
 from __future__ import annotations
 
 import time
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Literal
@@ -18,7 +19,7 @@ from src.common.schema import TableSchema
 from src.config.models import Pipeline
 from src.engine.limits import Limits
 from src.engine.pending import Chain, describe_stage, format_ts, parse_ts, select, stage_id, stage_window
-from src.engine.streams import CheckedReceive, Completion, ProducerFailed
+from src.engine.streams import CheckedReceive, Completion, ProducerFailed, Tap
 from src.plan.models import Watermark, Window
 from src.plan.planner import Resolved, TablePlan, read_window, resolve, window
 from src.report.models import TableFailure, TableResult, TableSuccess, utc_now
@@ -31,6 +32,7 @@ from src.source.mysql import MySQLSource, SourceConnection
 from src.source.ranges import range_key
 from src.source.text import ReadRules
 from src.source.window import check_window, estimate_rows, extract_window, source_now, upper_bound
+from src.stage.manifest import MANIFEST_NAME
 from src.stage.models import StageResult
 from src.stage.pending import (
     PipelineScan,
@@ -42,7 +44,7 @@ from src.stage.pending import (
 )
 from src.stage.s3 import S3Stage
 from src.stage.writer import write_parquet
-from src.warehouse.base import LoadRequest, StateRow, Warehouse
+from src.warehouse.base import LoadRequest, LoadResult, StateRow, StreamedLoad, Warehouse
 from src.warehouse.ddl import DistSort
 
 log = get_logger("engine")
@@ -80,6 +82,7 @@ class _Backup:
     stage: StageResult | None  # None: nothing new (empty incremental window)
     stats: ExtractStats
     window: Window
+    loaded: LoadResult | None = None  # the stage was loaded while it was written (``_stage_and_load``)
 
 
 async def sync_table(ctx: RunContext, plan: TablePlan) -> TableResult:
@@ -107,13 +110,16 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
     stages = await read_stages(ctx.s3, ctx.pipeline.name, plan.table, unread)
     chain = select(stages, state, committed)
     rows_extracted, files_created = 0, 0
+    streamed: LoadResult | None = None
     if ctx.mode != "load_only":
-        backup = await _backup(ctx, plan, chain, progress, markers=runs.markers)
+        backup = await _backup(ctx, plan, chain, progress, markers=runs.markers, state=state)
         rows_extracted = backup.stats.rows
+        streamed = backup.loaded
         if backup.stage is not None:
             files_created = backup.stage.files_created
             if plan.strategy == "full_sync":  # a fresh snapshot supersedes every pending one
-                chain = replace(chain, load=(backup.stage,), skipped=chain.skipped + chain.load)
+                fresh = () if streamed else (backup.stage,)  # already loaded with its extraction
+                chain = replace(chain, load=fresh, skipped=chain.skipped + chain.load)
             else:
                 chain = replace(chain, load=(*chain.load, backup.stage))
             progress.extra["manifest"] = backup.stage.manifest_url
@@ -129,7 +135,7 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
         progress.extra["stages_skipped"] = [describe_stage(s) for s in chain.skipped]
     rows_loaded = 0
     if ctx.mode != "backup_only":
-        rows_loaded = await _load_chain(ctx, plan, chain, state, progress)
+        rows_loaded = await _load_chain(ctx, plan, chain, state, progress, streamed)
     progress.extra.update(strategy=plan.strategy, phases=progress.phases)
     return TableSuccess(
         table=plan.table,
@@ -142,7 +148,13 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
 
 
 async def _backup(
-    ctx: RunContext, plan: TablePlan, chain: Chain, progress: _Progress, *, markers: bool
+    ctx: RunContext,
+    plan: TablePlan,
+    chain: Chain,
+    progress: _Progress,
+    *,
+    markers: bool,
+    state: StateRow | None,
 ) -> _Backup:
     assert ctx.source is not None
     progress.phase = "cleanup"
@@ -166,14 +178,78 @@ async def _backup(
         progress.phase = "extract"
         mark = time.monotonic()
         meta = stage_meta(ctx, plan, schema, resolved, win, extracted_at)
+        rwin = read_window(plan, win)
+        loaded: LoadResult | None = None
         async with run_marker(ctx.s3, ctx.pipeline.name, plan.table, ctx.execution_id):
-            stage = await _extract_and_stage(ctx, conn, plan, schema, read_window(plan, win), stats, meta)
+            streamed = _stream_load(ctx, plan, meta, state)
+            if streamed is None:
+                stage = await _extract_and_stage(ctx, conn, plan, schema, rwin, stats, meta)
+            else:
+                stage, loaded = await _stage_and_load(
+                    ctx, conn, plan, schema, rwin, stats, meta, streamed, progress
+                )
             if stage.rows == 0 and plan.strategy != "full_sync":
                 await delete_stage(ctx.s3, stage)  # nothing new: no COPY, state untouched
                 progress.timed("extract_stage", mark)
                 return _Backup(None, stats, win)
         progress.timed("extract_stage", mark)
-    return _Backup(stage, stats, win)
+    return _Backup(stage, stats, win, loaded)
+
+
+def _stream_load(
+    ctx: RunContext, plan: TablePlan, meta: dict[str, Any], state: StateRow | None
+) -> AbstractAsyncContextManager[StreamedLoad] | None:
+    """The warehouse's load of this run's full snapshot while it is staged, when the run loads, the
+    config allows it and the warehouse can take it now (None: the stage is loaded once complete)."""
+    if ctx.mode != "sync" or plan.strategy != "full_sync" or not ctx.pipeline.processing.stream_load:
+        return None
+    prefix = ctx.s3.run_prefix(ctx.pipeline.name, plan.table, ctx.execution_id)
+    manifest_key = f"{prefix}{MANIFEST_NAME}"
+    planned = StageResult(  # the stage this run is about to write: its rows are known at the end
+        prefix=prefix,
+        files=(),
+        manifest_key=manifest_key,
+        manifest_url=ctx.s3.url(manifest_key),
+        rows=0,
+        bytes=0,
+        meta=meta,
+    )
+    return ctx.warehouse.stream_replace(load_request(ctx, plan, planned, state))
+
+
+async def _stage_and_load(
+    ctx: RunContext,
+    conn: SourceConnection,
+    plan: TablePlan,
+    schema: TableSchema,
+    win: Window,
+    stats: ExtractStats,
+    meta: dict[str, Any],
+    streamed: AbstractAsyncContextManager[StreamedLoad],
+    progress: _Progress,
+) -> tuple[StageResult, LoadResult]:
+    """Extract and stage as ``_extract_and_stage``, while the warehouse loads the same batches in an open
+    transaction (the target locked and emptied before the first row is read); it commits only after the
+    manifest is written, with the state row. A failed load does not stop the stage: it is kept pending
+    (a later run's fresh snapshot supersedes it), and the load's error is the table's."""
+    async with streamed as load:
+        send, receive = anyio.create_memory_object_stream[pa.RecordBatch](max_buffer_size=1)
+        failed: list[Exception] = []
+
+        async def copy() -> None:
+            try:
+                async with receive:
+                    await load.copy(receive)
+            except Exception as exc:
+                failed.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(copy)
+            stage = await _extract_and_stage(ctx, conn, plan, schema, win, stats, meta, tap=send)
+        progress.phase = "load"
+        if failed:
+            raise failed[0]
+        return stage, await load.finish(stage)
 
 
 async def plan_window(
@@ -238,14 +314,27 @@ def stage_meta(
 
 
 async def _load_chain(
-    ctx: RunContext, plan: TablePlan, chain: Chain, state: StateRow | None, progress: _Progress
+    ctx: RunContext,
+    plan: TablePlan,
+    chain: Chain,
+    state: StateRow | None,
+    progress: _Progress,
+    streamed: LoadResult | None = None,
 ) -> int:
-    """Load each pending stage in order, each in its own transaction with its state row."""
+    """Load each pending stage in order, each in its own transaction with its state row (``streamed``:
+    this run's snapshot, already loaded while it was staged)."""
     progress.phase = "load"
     mark = time.monotonic()
     rows = 0
     loaded: list[str] = []
     changes: list[str] = []
+    if streamed is not None:
+        rows += streamed.rows_loaded
+        changes.extend(streamed.schema_changes)
+        loaded.append(ctx.execution_id)
+        progress.extra["target"] = streamed.target
+        progress.extra["watermark"] = None  # a full snapshot
+        progress.extra["load"] = {"path": "while_staging"}
     for stage in chain.load:
         if stage.rows == 0 and stage_window(stage).strategy != "full_sync":
             continue
@@ -330,9 +419,10 @@ async def _extract_and_stage(
     win: Window,
     stats: ExtractStats,
     meta: dict[str, Any],
+    tap: anyio.abc.ObjectSendStream[pa.RecordBatch] | None = None,
 ) -> StageResult:
     """Extract and stage run concurrently through a bounded stream; the manifest is written only when
-    extraction finished cleanly."""
+    extraction finished cleanly. ``tap`` also gets every batch staged, and its end only on a clean one."""
     send, receive = anyio.create_memory_object_stream[pa.RecordBatch](max_buffer_size=BATCHES_IN_FLIGHT)
     completion = Completion()
     extract = partial(
@@ -372,7 +462,7 @@ async def _extract_and_stage(
                 ctx.s3,
                 prefix=prefix,
                 schema=schema.arrow_schema(),
-                receive=checked,
+                receive=checked if tap is None else Tap(checked, tap),
                 file_size_bytes=plan.file_size_bytes,
                 cpu_limiter=ctx.limits.cpu,
                 schema_hash=schema.schema_hash(),

@@ -25,7 +25,7 @@ target and state are untouched; the staging table is dropped (or dies with the s
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,6 +60,7 @@ __all__ = [
     "LoadSpec",
     "Mode",
     "StateRow",
+    "StreamedLoad",
     "Warehouse",
     "render",
     "run_load",
@@ -83,6 +84,17 @@ class LoadResult:
     schema_changes: tuple[str, ...] = ()  # what evolving the target did, in words
 
 
+class StreamedLoad(Protocol):
+    """A replace loaded while its stage is written (``Warehouse.stream_replace``): the target is locked,
+    guarded and emptied in an open transaction before the first row is read; ``copy`` loads the rows as
+    they are extracted; ``finish`` checks them against the completed stage and appends the state row;
+    leaving the context commits (or, on any error, rolls back: target and state as they were)."""
+
+    async def copy(self, batches: AsyncIterator[pa.RecordBatch]) -> None: ...
+
+    async def finish(self, stage: StageResult) -> LoadResult: ...
+
+
 class Warehouse(Protocol):
     @property
     def max_varchar_bytes(self) -> int | None:
@@ -98,6 +110,11 @@ class Warehouse(Protocol):
     async def write_state(self, row: StateRow) -> None: ...
 
     async def load(self, req: LoadRequest) -> LoadResult: ...
+
+    def stream_replace(self, req: LoadRequest) -> AbstractAsyncContextManager[StreamedLoad] | None:
+        """A load of the replace ``req`` that takes the rows while they are staged, if this warehouse can
+        do that now (None: load the stage once it is complete)."""
+        ...
 
     def render_load(self, req: LoadRequest) -> list[str]: ...
 
@@ -191,9 +208,10 @@ async def load_staging(ex: Executor, spec: LoadSpec, fill: Fill) -> int:
 
 
 async def apply(
-    ex: Executor, spec: LoadSpec, commit: Commit | None, done: tuple[str, ...] = ()
+    ex: Executor, spec: LoadSpec, commit: Commit | None, done: tuple[str, ...] = (), *, record: bool = True
 ) -> LoadResult:
-    """Inside the commit transaction: locks, guard, schema evolution, target changes, state row."""
+    """Inside the commit transaction: locks, guard, schema evolution, target changes, state row (not
+    when ``record`` is false: the caller appends it once the rows it loads are known)."""
     await ex.execute(target_lock_sql(spec))
     if commit is not None:
         await ex.execute(st.lock_for_load(spec.dialect, commit.state_schema))
@@ -207,7 +225,7 @@ async def apply(
             counts[kind] += _affected(await ex.execute(sql))
     if spec.has_staging:
         await ex.execute(drop_staging_sql(spec))
-    if commit is not None:
+    if commit is not None and record:
         await st.insert(ex, spec.dialect, commit.state_schema, commit.row)
     deleted = counts["delete"]
     return LoadResult(counts["insert"], spec.target_name, rows_deleted=deleted, schema_changes=changes)

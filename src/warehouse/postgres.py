@@ -32,14 +32,20 @@ from pgpq.schema import Jsonb
 from src.common.errors import WarehouseError, describe
 from src.common.schema import Column, TableSchema
 from src.config.models import TargetConn
-from src.warehouse.base import BatchOpener, Fill, load_staging
+from src.warehouse.base import BatchOpener, Fill
 from src.warehouse.catalog import Executor, column_types, relation_kind
 from src.warehouse.ddl import POSTGRES, postgres_type, staging_name
 from src.warehouse.errors import classify, where
 from src.warehouse.evolve import parse_type
 from src.warehouse.sqlwarehouse import Refill, SqlWarehouse
 from src.warehouse.state import LoadRequest
-from src.warehouse.statements import LoadSpec, drop_staging_sql, insert_all_sql
+from src.warehouse.statements import (
+    LoadSpec,
+    count_sql,
+    drop_staging_sql,
+    insert_all_sql,
+    staging_create_sql,
+)
 
 CLOSE_TIMEOUT = 10.0
 CHUNKS_AHEAD = 1  # encoded batches queued for the COPY (8 MB for 65,536 rows of 12 columns); one more encodes
@@ -260,29 +266,44 @@ class PostgresWarehouse(SqlWarehouse):
 
     refills = True
 
-    def _refill(self, ex: Executor, spec: LoadSpec) -> Refill:
-        count_sql = f"SELECT COUNT(*) FROM {spec.target_sql}"  # only if a COPY's tag had no count
+    def _refill(
+        self, ex: Executor, spec: LoadSpec, batches: AsyncIterator[pa.RecordBatch] | None = None
+    ) -> Refill:
+        count_target = f"SELECT COUNT(*) FROM {spec.target_sql}"  # only if a COPY's tag had no count
 
         async def refill() -> int:
             existing = await column_types(ex, POSTGRES, spec.schema_name, spec.target_table)
             kind = await relation_kind(ex, POSTGRES, spec.schema_name, spec.target_table)
             if copies_directly(spec.schema, existing, kind):
-                copied = await self._copy(ex, spec, direct=True)
-                return int(await ex.fetchval(count_sql)) if copied is None else copied
-            staged = await load_staging(ex, spec, self._fill(ex, spec))
+                copied = await self._copy(ex, spec, direct=True, batches=batches)
+                return int(await ex.fetchval(count_target)) if copied is None else copied
+            await ex.execute(staging_create_sql(spec))
+            staged = await self._copy(ex, spec, direct=False, batches=batches)
+            if staged is None:
+                staged = int(await ex.fetchval(count_sql(spec)))
             await ex.execute(insert_all_sql(spec))
             await ex.execute(drop_staging_sql(spec))
             return staged
 
         return refill
 
+    def _load_slot_free(self) -> bool:
+        return self._load_limiter is None or self._load_limiter.available_tokens >= 1
+
     def _refill_sql(self, spec: LoadSpec) -> str:
         columns = ", ".join(POSTGRES.ident(n) for n in spec.schema.names)
         return f"COPY {spec.target_sql} ({columns}) FROM STDIN (FORMAT binary, FREEZE)"
 
-    async def _copy(self, ex: Executor, spec: LoadSpec, *, direct: bool) -> int | None:
-        """COPY the stage into the staging table, or (``direct``) into the target with FREEZE; the rows
-        copied. The batches are read and encoded ahead, in a task of their own."""
+    async def _copy(
+        self,
+        ex: Executor,
+        spec: LoadSpec,
+        *,
+        direct: bool,
+        batches: AsyncIterator[pa.RecordBatch] | None = None,
+    ) -> int | None:
+        """COPY the stage (or ``batches``) into the staging table, or (``direct``) into the target with
+        FREEZE; the rows copied. The batches are read and encoded ahead, in a task of their own."""
         conn: Any = ex
         into: dict[str, Any] = {"table_name": spec.staging_table}
         if direct:
@@ -291,7 +312,7 @@ class PostgresWarehouse(SqlWarehouse):
         send, receive = anyio.create_memory_object_stream[Chunk](CHUNKS_AHEAD)
         failure: Exception | None = None
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._encode, spec, direct, send)
+            tg.start_soon(self._encode, spec, direct, send, batches)
             try:
                 async with contextlib.aclosing(received(receive)) as source:
                     status = await conn.copy_to_table(**into, source=source, format="binary")
@@ -302,10 +323,16 @@ class PostgresWarehouse(SqlWarehouse):
             raise failure
         return copied_rows(status)
 
-    async def _encode(self, spec: LoadSpec, direct: bool, send: ObjectSendStream[Chunk]) -> None:
+    async def _encode(
+        self,
+        spec: LoadSpec,
+        direct: bool,
+        send: ObjectSendStream[Chunk],
+        given: AsyncIterator[pa.RecordBatch] | None,
+    ) -> None:
         arrow_schema = staging_arrow_schema(spec.schema)
         jsonb = [c.name for c in spec.schema.columns if c.logical == "json"] if direct else []
-        async with closing(self._batches(spec.stage)) as batches:
+        async with closing(self._batches(spec.stage) if given is None else given) as batches:
             chunks = binary_copy_source(
                 batches, arrow_schema, spec.target_name, self._cpu_limiter, jsonb=jsonb
             )

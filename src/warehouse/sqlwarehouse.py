@@ -8,19 +8,23 @@ else, including every error's classification, is here.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
+
+import pyarrow as pa
 
 from src.common.errors import WarehouseError
 from src.common.schema import TableSchema
 from src.config.models import TargetConn
+from src.stage.models import StageResult
 from src.warehouse import state as st
 from src.warehouse.base import (
     READ_COMMITTED,
     Commit,
     Fill,
     LoadResult,
+    StreamedLoad,
     apply,
     prepare,
     render,
@@ -80,7 +84,14 @@ class SqlWarehouse:
     fill_counts = False  # the fill returns the rows it loaded (so the staging table is not counted)
     refills = False  # a replace with files loads the emptied target itself (``_refill``), not via staging
 
-    def _refill(self, ex: Executor, spec: LoadSpec) -> Refill:
+    def _refill(
+        self, ex: Executor, spec: LoadSpec, batches: AsyncIterator[pa.RecordBatch] | None = None
+    ) -> Refill:
+        """Loads the emptied target from the stage's files, or from ``batches`` when given."""
+        raise NotImplementedError
+
+    def _load_slot_free(self) -> bool:
+        """A load could start now without waiting for a slot."""
         raise NotImplementedError
 
     def _refill_sql(self, spec: LoadSpec) -> str:
@@ -142,6 +153,42 @@ class SqlWarehouse:
         except Exception as exc:
             raise self._error(exc, f"{req.mode} load of", name) from exc
 
+    def stream_replace(self, req: LoadRequest) -> AbstractAsyncContextManager[StreamedLoad] | None:
+        """A refilling warehouse loads a replace while it is staged, when a load slot is free now (the
+        extraction must never stall on a slot while it holds a MySQL connection)."""
+        if not self.refills or req.mode != "replace" or not self._load_slot_free():
+            return None
+        return self._streamed(req)
+
+    @asynccontextmanager
+    async def _streamed(self, req: LoadRequest) -> AsyncIterator[StreamedLoad]:
+        """``run_refill``'s protocol, with the target locked, guarded and emptied before the rows exist
+        and the state row appended by ``finish``. Only this warehouse's own steps are classified here:
+        an error of the caller's body (the extraction) passes through unchanged, after the rollback."""
+        name, action = f"{self.cfg.schema}.{req.target_table}", f"{req.mode} load of"
+        ours = True  # False while the caller's body runs
+        try:
+            spec, commit = self._request_spec(req), self._commit(req)
+            async with self._session(load=True) as ex:
+                done = await prepare(ex, spec, commit)
+                async with transaction(ex):
+                    await ex.execute(READ_COMMITTED)
+                    emptying = await apply(ex, emptied(spec), commit, done, record=False)
+                    load = _Streamed(self, ex, spec, commit, emptying)
+                    ours = False
+                    yield load
+                    ours = True
+                    if not load.finished:
+                        raise WarehouseError(
+                            f"the {action} {name} ended before its stage was complete: nothing was "
+                            "changed; re-run the table",
+                            table=name,
+                        )
+        except Exception as exc:
+            if not ours:
+                raise
+            raise self._error(exc, action, name) from exc
+
     def render_load(self, req: LoadRequest) -> list[str]:
         """The DDL and SQL ``load(req)`` would run, in order; no I/O."""
         spec = self._request_spec(req)
@@ -151,6 +198,55 @@ class SqlWarehouse:
 
     def _error(self, exc: Exception, action: str, table: str) -> WarehouseError:
         return classify(exc, cfg=self.cfg, action=action, table=table)
+
+
+class _Streamed:
+    """The open load of ``SqlWarehouse._streamed``."""
+
+    def __init__(
+        self, wh: SqlWarehouse, ex: Executor, spec: LoadSpec, commit: Commit, emptying: LoadResult
+    ) -> None:
+        self._wh, self._ex, self._spec, self._commit, self._emptying = wh, ex, spec, commit, emptying
+        self._copied: int | None = None
+        self.finished = False
+
+    def _error(self, exc: Exception) -> WarehouseError:
+        return self._wh._error(exc, f"{self._spec.mode} load of", self._spec.target_name)
+
+    async def copy(self, batches: AsyncIterator[pa.RecordBatch]) -> None:
+        try:
+            self._copied = await self._wh._refill(self._ex, self._spec, batches)()
+        except Exception as exc:
+            raise self._error(exc) from exc
+
+    async def finish(self, stage: StageResult) -> LoadResult:
+        """Check the rows loaded against the completed stage and append the state row."""
+        spec, commit = self._spec, self._commit
+        if self._copied is None:
+            raise WarehouseError(
+                f"the load of {spec.target_name} did not take the rows of {stage.manifest_url}: nothing was "
+                "changed; re-run the table",
+                table=spec.target_name,
+                file=stage.manifest_url,
+            )
+        check_loaded(spec, stage, self._copied)
+        try:
+            await st.insert(self._ex, spec.dialect, commit.state_schema, replace(commit.row, rows=stage.rows))
+        except Exception as exc:
+            raise self._error(exc) from exc
+        self.finished = True
+        return replace(self._emptying, rows_loaded=self._copied)
+
+
+def check_loaded(spec: LoadSpec, stage: StageResult, loaded: int) -> None:
+    """The rows a load wrote into the target must be the rows its stage manifest promised."""
+    if loaded != stage.rows:
+        raise WarehouseError(
+            f"loaded {loaded} rows into {spec.target_name} but the stage manifest "
+            f"{stage.manifest_url} promised {stage.rows}: nothing was changed; re-run the table",
+            table=spec.target_name,
+            file=stage.manifest_url,
+        )
 
 
 async def run_refill(ex: Executor, spec: LoadSpec, refill: Refill, commit: Commit) -> LoadResult:
@@ -163,14 +259,7 @@ async def run_refill(ex: Executor, spec: LoadSpec, refill: Refill, commit: Commi
         await ex.execute(READ_COMMITTED)
         result = await apply(ex, emptied(spec), commit, done)
         loaded = await refill()
-        if loaded != spec.stage.rows:
-            raise WarehouseError(
-                f"loaded {loaded} rows into {spec.target_name} but the stage manifest "
-                f"{spec.stage.manifest_url} promised {spec.stage.rows}: nothing was changed; "
-                "re-run the table",
-                table=spec.target_name,
-                file=spec.stage.manifest_url,
-            )
+        check_loaded(spec, spec.stage, loaded)
     return replace(result, rows_loaded=loaded)
 
 
