@@ -78,6 +78,13 @@ def test_full_sync_loads_while_staging_and_equals_the_staged_path(
     streamed = configure(tmp_path / "a", source_conn, pg_target, s3_conn, mysql_db, fast_path=fast_path)
     staged = configure(tmp_path / "b", source_conn, pg_target, s3_conn, mysql_db, stream_load=False)
 
+    for config, path in (
+        (streamed, "while staging: "),
+        (staged, "after staging: processing.stream_load is off"),
+    ):
+        plan, proc = run_json("--config-dir", str(config), "sync", "-p", "p", "-t", table, "--dry-run")
+        assert proc.returncode == 0, plan
+        assert plan["tables"][table]["load_path"].startswith(path)
     first = sync(streamed, table)
     assert first["status"] == "success", first
     assert first["load"] == {"path": "while_staging"}

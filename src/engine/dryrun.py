@@ -20,6 +20,7 @@ from src.engine.table import (
     load_request,
     plan_window,
     stage_meta,
+    stream_blocker,
     too_few_rows,
     window_is_empty,
 )
@@ -139,6 +140,7 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
         source_now=format_ts(now),
         estimated_rows=estimate,
         extract_path=_extract_path(ctx, schema, reading, estimate),
+        load_path=_load_path(ctx, plan),
         index=index,
         target=f"{ctx.pipeline.target.schema}.{plan.target_table}",
         s3_prefix=res.s3.url(prefix),
@@ -162,6 +164,13 @@ def _extract_path(ctx: RunContext, schema: TableSchema, reading: Window, estimat
     if reason := too_few_rows(ctx, estimate):
         return f"asyncmy: {reason}"
     return "connectorx: primary-key ranges read in parallel"
+
+
+def _load_path(ctx: RunContext, plan: TablePlan) -> str:
+    """When the run would load the table, and why."""
+    if reason := stream_blocker(ctx, plan):
+        return f"after staging: {reason}"
+    return "while staging: target locked and emptied before the read, committed after the manifest"
 
 
 def _state(state: Any) -> dict[str, Any] | None:

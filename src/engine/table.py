@@ -196,12 +196,26 @@ async def _backup(
     return _Backup(stage, stats, win, loaded)
 
 
+def stream_blocker(ctx: RunContext, plan: TablePlan) -> str | None:
+    """Why this table's stage is loaded once complete rather than while it is written (None: it is
+    loaded while written, if the warehouse has a load slot free when the read starts)."""
+    if ctx.mode != "sync":
+        return "the run does not load" if ctx.mode == "backup_only" else "the run only loads"
+    if plan.strategy != "full_sync":
+        return "incremental windows are merged from the complete stage"
+    if not ctx.pipeline.processing.stream_load:
+        return "processing.stream_load is off"
+    if not ctx.warehouse.loads_while_staging:
+        return "the warehouse loads from the staged files (COPY FROM the manifest)"
+    return None
+
+
 def _stream_load(
     ctx: RunContext, plan: TablePlan, meta: dict[str, Any], state: StateRow | None
 ) -> AbstractAsyncContextManager[StreamedLoad] | None:
     """The warehouse's load of this run's full snapshot while it is staged, when the run loads, the
     config allows it and the warehouse can take it now (None: the stage is loaded once complete)."""
-    if ctx.mode != "sync" or plan.strategy != "full_sync" or not ctx.pipeline.processing.stream_load:
+    if stream_blocker(ctx, plan) is not None:
         return None
     prefix = ctx.s3.run_prefix(ctx.pipeline.name, plan.table, ctx.execution_id)
     manifest_key = f"{prefix}{MANIFEST_NAME}"

@@ -66,6 +66,10 @@ class SqlWarehouse:
     def max_varchar_bytes(self) -> int | None:
         return self.dialect.max_varchar_bytes
 
+    @property
+    def loads_while_staging(self) -> bool:
+        return self.refills
+
     # ---- what a warehouse provides ---------------------------------------------------------------
 
     def _session(self, *, load: bool) -> AbstractAsyncContextManager[Executor]:
