@@ -38,7 +38,6 @@ from src.stage.pending import (
     delete_stage,
     list_runs,
     read_stages,
-    run_marker,
 )
 from src.stage.s3 import S3Stage
 from src.stage.writer import write_parquet
@@ -153,6 +152,7 @@ async def _backup(
         own_execution_id=ctx.execution_id,
         uploads=ctx.scan.uploads if ctx.scan else None,
         markers=markers,
+        runs=ctx.scan.run_ids if ctx.scan else (),
     )
     if aborted:
         log.warning("%s: aborted %d multipart upload(s) left by killed runs", plan.table, aborted)
@@ -166,12 +166,12 @@ async def _backup(
         progress.phase = "extract"
         mark = time.monotonic()
         meta = stage_meta(ctx, plan, schema, resolved, win, extracted_at)
-        async with run_marker(ctx.s3, ctx.pipeline.name, plan.table, ctx.execution_id):
-            stage = await _extract_and_stage(ctx, conn, plan, schema, read_window(plan, win), stats, meta)
-            if stage.rows == 0 and plan.strategy != "full_sync":
-                await delete_stage(ctx.s3, stage)  # nothing new: no COPY, state untouched
-                progress.timed("extract_stage", mark)
-                return _Backup(None, stats, win)
+        # the run's marker (``run.run_marker``) covers this table's uploads
+        stage = await _extract_and_stage(ctx, conn, plan, schema, read_window(plan, win), stats, meta)
+        if stage.rows == 0 and plan.strategy != "full_sync":
+            await delete_stage(ctx.s3, stage)  # nothing new: no COPY, state untouched
+            progress.timed("extract_stage", mark)
+            return _Backup(None, stats, win)
         progress.timed("extract_stage", mark)
     return _Backup(stage, stats, win)
 
