@@ -4,6 +4,7 @@ Returns a result; never raises a table error."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Literal
@@ -61,6 +62,9 @@ class RunContext:
     mode: RunMode = "sync"
     catalog: Catalog | None = None  # the run's batched source catalog (None: one query per table)
     scan: PipelineScan | None = None  # the S3 listings made at the run's start (None: per table)
+    states: Mapping[str, StateRow] | None = (
+        None  # every table's state read at the run's start (None: per table)
+    )
 
 
 @dataclass
@@ -97,7 +101,10 @@ async def sync_table(ctx: RunContext, plan: TablePlan) -> TableResult:
 
 async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSuccess:
     progress.phase = "state"
-    state = await ctx.warehouse.read_state(ctx.pipeline.name, plan.table)
+    if ctx.states is not None:  # read with every other table's at the run's start
+        state = ctx.states.get(plan.table)
+    else:
+        state = await ctx.warehouse.read_state(ctx.pipeline.name, plan.table)
     since = (state.stage_id or None) if state else None
     runs = await list_runs(ctx.s3, ctx.pipeline.name, plan.table, since=since, scan=ctx.scan)
     unknown = [i for i in runs.ids if i != since]  # the latest state row's own stage is committed
