@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from src.stage.pending import (
     list_runs,
     list_stages,
     read_stages,
+    run_marker,
     scan_pipeline,
 )
 from src.stage.s3 import MIB, S3Stage
@@ -297,15 +299,31 @@ async def test_list_runs_says_whether_markers_exist_and_a_scan_spares_absent_tab
         assert [s.execution_id for s in await read_stages(s3, "p", "db.t", [ran, "missing"])] == [ran]
 
 
-async def test_scan_lists_uploads_before_tables(s3_conn: S3Conn) -> None:
+async def test_scan_lists_uploads_before_markers_before_tables(s3_conn: S3Conn) -> None:
     calls: list[str] = []
-    async with S3Stage(s3_conn) as s3:
-        for op in ("ListMultipartUploads", "ListObjectsV2"):
-            s3.client.meta.events.register(f"before-call.s3.{op}", lambda op=op, **kw: calls.append(op))
-        async with s3.multipart(f"{s3.run_prefix('p', 'db.t', run_id(T0))}part-00000.parquet") as upload:
+    own, other = run_id(T0, "0000000a"), run_id(T0, "0000000b")
+    async with (
+        S3Stage(s3_conn) as s3,
+        run_marker(s3, "p", own, ["db.t"]),
+        run_marker(s3, "p", other, ["db.t"]),
+    ):
+
+        def record(model: Any, params: dict[str, Any], **kwargs: Any) -> None:
+            if model.name.startswith(("List", "Get")):
+                calls.append(f"{model.name} {params.get('Prefix', '')}".strip())
+
+        s3.client.meta.events.register("provide-client-params.s3", record)
+        async with s3.multipart(f"{s3.run_prefix('p', 'db.t', own)}part-00000.parquet") as upload:
             await upload.write(b"x" * (5 * MIB + 1))  # a part goes up: the upload is open
-            scan = await scan_pipeline(s3, "p")
-    assert calls == ["ListMultipartUploads", "ListObjectsV2"]
-    assert [u.key for u in scan.uploads] == [f"staging/p/db.t/{run_id(T0)}/part-00000.parquet"]
-    assert scan.tables == frozenset()  # an open upload is no object: only the uploads listing sees it
+            scan = await scan_pipeline(s3, "p", own_execution_id=own)
+            assert await scan_pipeline(s3, "p") == replace(scan, runs=())  # markers read only when asked
+    assert calls[:4] == [
+        "ListMultipartUploads staging/p/",
+        "ListObjectsV2 staging/p/_runs/",
+        "GetObject",  # the other run's marker; ours is not read
+        "ListObjectsV2 staging/p/",
+    ]
+    assert [u.key for u in scan.uploads] == [f"staging/p/db.t/{own}/part-00000.parquet"]
+    assert scan.tables == frozenset()  # an open upload is no object; "_runs" is no table
+    assert scan.run_ids == {other} and scan.runs[0][1].tables == ("db.t",)
     assert open_uploads(s3_conn) == []

@@ -24,8 +24,17 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from src.common.errors import StageError
 from src.config.models import S3Conn
-from src.stage.pending import list_stages
-from src.stage.runs import RunMarker, _proc_stat, clean_dead_runs, marker_key, run_marker
+from src.stage.pending import list_stages, scan_pipeline
+from src.stage.runs import (
+    RunMarker,
+    _proc_stat,
+    bury_dead_runs,
+    clean_dead_runs,
+    marker_key,
+    read_run_markers,
+    run_marker,
+    run_marker_key,
+)
 from src.stage.s3 import S3Stage
 from tests.conftest import ROOT, s3_client
 from tests.test_stage_support import FailTimes, get_object, list_keys, open_uploads, stage_batches
@@ -33,6 +42,7 @@ from tests.test_stage_support import FailTimes, get_object, list_keys, open_uplo
 pytestmark = pytest.mark.anyio
 
 TABLE = "db.t"
+OTHER = "db.u"  # the child's second table: it dies before writing anything there
 OWN = "sync_20240517_120000_0000aaaa"
 CHILD = r"""
 import sys, anyio
@@ -44,7 +54,7 @@ from src.stage.s3 import S3Stage
 async def main(endpoint: str, bucket: str, execution_id: str) -> None:
     cfg = S3Conn(name="child", bucket=bucket, prefix="staging/", endpoint_url=endpoint,
                  access_key_id=Secret("testing"), secret_access_key=Secret("testing"), part_size_mb=5)
-    async with S3Stage(cfg) as s3, run_marker(s3, "p", "db.t", execution_id):
+    async with S3Stage(cfg) as s3, run_marker(s3, "p", execution_id, ["db.t", "db.u"]):
         prefix = s3.run_prefix("p", "db.t", execution_id)
         await s3.put_bytes(prefix + "part-00000.parquet", b"a file completed before the kill")
         async with s3.multipart(prefix + "part-00001.parquet") as upload:
@@ -96,7 +106,12 @@ async def kill(child: Child) -> None:
 
 
 def marker_keys(s3_conn: S3Conn) -> list[str]:
+    """One table's markers (as earlier versions wrote them)."""
     return list_keys(s3_conn, f"staging/p/{TABLE}/_runs/")
+
+
+def run_marker_names(s3_conn: S3Conn) -> list[str]:
+    return [k.rsplit("/", 1)[1] for k in list_keys(s3_conn, "staging/p/_runs/")]
 
 
 INITIATED: dict[str, datetime] = {}  # upload id -> when this test process started it
@@ -118,7 +133,8 @@ def honest_initiated(s3: S3Stage) -> None:
 
 
 async def put_marker(s3: S3Stage, marker: RunMarker, partial: bool = True) -> str:
-    """A marker as a run would leave it, with an open upload and (if partial) a file of its own."""
+    """One table's marker as an earlier version's run would leave it, with an open upload and (if
+    partial) a file of its own."""
     prefix = s3.run_prefix("p", TABLE, marker.execution_id)
     await s3.put_bytes(marker_key(s3, "p", TABLE, marker.execution_id), marker.to_bytes())
     if partial:
@@ -133,27 +149,84 @@ def exited_pid() -> int:
     return proc.pid
 
 
+async def bury(s3: S3Stage, own: str = OWN) -> int:
+    """What a run does at its start: read the other runs' markers, clean up after the dead ones."""
+    markers = await read_run_markers(s3, "p", own_execution_id=own)
+    return await bury_dead_runs(s3, "p", markers, own_execution_id=own)
+
+
 async def test_sigkilled_run_is_cleaned_and_a_live_one_left_alone(s3_conn: S3Conn) -> None:
     own_prefix = f"staging/p/{TABLE}/{OWN}/"
     async with S3Stage(s3_conn) as s3, child_run(s3_conn, "sync_20240517_110000_0000dead") as dead:
         assert open_uploads(s3_conn, dead.prefix) == [f"{dead.prefix}part-00001.parquet"]
         await kill(dead)
         async with child_run(s3_conn, "sync_20240517_110500_00000a11") as live:
-            async with run_marker(s3, "p", TABLE, OWN):
+            async with run_marker(s3, "p", OWN, [TABLE]):
                 start_upload(s3_conn, f"{own_prefix}part-00000.parquet")
-                assert await clean_dead_runs(s3, "p", TABLE, own_execution_id=OWN) == 1
+                assert await bury(s3) == 1
                 assert open_uploads(s3_conn, dead.prefix) == []
                 assert list_keys(s3_conn, dead.prefix) == []
                 assert list_keys(s3_conn, live.prefix) == [f"{live.prefix}part-00000.parquet"]
                 assert open_uploads(s3_conn, live.prefix) == [f"{live.prefix}part-00001.parquet"]
                 assert open_uploads(s3_conn, own_prefix) == [f"{own_prefix}part-00000.parquet"]
-                names = [k.rsplit("/", 1)[1] for k in marker_keys(s3_conn)]
-                assert names == [f"{live.execution_id}.json", f"{OWN}.json"]
-                assert await clean_dead_runs(s3, "p", TABLE, own_execution_id=OWN) == 0
+                assert run_marker_names(s3_conn) == [f"{live.execution_id}.json", f"{OWN}.json"]
+                assert await bury(s3) == 0
+                # the table's own cleanup knows the live run by its run marker: its upload stays
+                scan = await scan_pipeline(s3, "p", own_execution_id=OWN)
+                assert scan.run_ids == {live.execution_id} and scan.tables == {TABLE}
+                runs = scan.run_ids
+                assert await clean_dead_runs(s3, "p", TABLE, own_execution_id=OWN, runs=runs) == 0
+                assert open_uploads(s3_conn, live.prefix) == [f"{live.prefix}part-00001.parquet"]
             await kill(live)
-            assert await clean_dead_runs(s3, "p", TABLE, own_execution_id=OWN) == 1
+            assert await bury(s3) == 1
     assert open_uploads(s3_conn) == [f"{own_prefix}part-00000.parquet"]
     assert list_keys(s3_conn, f"staging/p/{TABLE}/") == []
+    assert list_keys(s3_conn, "staging/p/") == []  # both markers gone; ours when the client closed
+
+
+async def test_a_dead_runs_staged_table_stays_its_partial_one_goes(s3_conn: S3Conn) -> None:
+    schema = pa.schema([pa.field("id", pa.int64())])
+    execution_id = "sync_20240517_100000_00000001"
+    tables = [TABLE, OTHER, "db.never"]
+    async with S3Stage(s3_conn) as s3:
+        staged = await stage_batches(
+            s3,
+            s3.run_prefix("p", TABLE, execution_id),
+            schema,
+            [pa.record_batch([pa.array([1])], schema=schema)],
+        )
+        partial = s3.run_prefix("p", OTHER, execution_id)
+        await s3.put_bytes(f"{partial}part-00000.parquet", b"partial")
+        start_upload(s3_conn, f"{partial}part-00001.parquet")
+        start_upload(s3_conn, f"staging/p/{OTHER}/{OWN}/part-00000.parquet")  # ours: never touched
+        marker = dataclasses.replace(
+            RunMarker.current(execution_id, tables), pid=exited_pid(), pid_start=None
+        )
+        await s3.put_bytes(run_marker_key(s3, "p", execution_id), marker.to_bytes())
+        assert await bury(s3) == 1
+        assert await list_stages(s3, "p", TABLE) == [staged]
+        assert list_keys(s3_conn, partial) == []
+    assert open_uploads(s3_conn) == [f"staging/p/{OTHER}/{OWN}/part-00000.parquet"]
+    assert run_marker_names(s3_conn) == []
+
+
+async def test_an_unreadable_run_marker_is_judged_by_age_and_cleaned_under_every_table(
+    s3_conn: S3Conn, stage_log: pytest.LogCaptureFixture
+) -> None:
+    execution_id = "sync_20240517_000000_00000002"
+    async with S3Stage(s3_conn) as s3:
+        await s3.put_bytes(run_marker_key(s3, "p", execution_id), b"not a marker")
+        prefixes = [s3.run_prefix("p", t, execution_id) for t in (TABLE, OTHER)]
+        for prefix in prefixes:
+            await s3.put_bytes(f"{prefix}part-00000.parquet", b"partial")
+        await s3.put_bytes(f"{s3.run_prefix('p', TABLE, OWN)}part-00000.parquet", b"ours")
+        assert await bury(s3) == 0  # young: it may be a live run on another host
+        assert all(list_keys(s3_conn, p) for p in prefixes)
+        markers = await read_run_markers(s3, "p", own_execution_id=OWN)
+        await anyio.sleep(1.1)
+        assert await bury_dead_runs(s3, "p", markers, own_execution_id=OWN, foreign_after_seconds=1) == 0
+    assert list_keys(s3_conn, "staging/p/") == [f"staging/p/{TABLE}/{OWN}/part-00000.parquet"]
+    assert any("unreadable run marker" in r.getMessage() for r in stage_log.records)
 
 
 async def test_a_dead_run_with_a_manifest_keeps_its_stage(s3_conn: S3Conn) -> None:
@@ -232,6 +305,7 @@ async def test_uploads_without_a_marker_go_once_old(
     table = f"staging/p/{TABLE}/"
     start_upload(s3_conn, f"{table}sync_20240517_000000_00000001/part-00000.parquet")  # killed early
     start_upload(s3_conn, f"{table}{OWN}/part-00000.parquet")  # our own, not yet marked
+    start_upload(s3_conn, f"{table}sync_20240517_000000_00000003/part-00000.parquet")  # has a run marker
     start_upload(s3_conn, f"staging/p/{TABLE}0/sync_20240517_000000_00000001/part-00000.parquet")
     async with S3Stage(s3_conn) as s3:
         honest_initiated(s3)
@@ -239,13 +313,18 @@ async def test_uploads_without_a_marker_go_once_old(
         await s3.put_bytes(garbled, b"not a marker")
         start_upload(s3_conn, f"{table}sync_20240517_000000_00000002/part-00000.parquet")
         assert await clean_dead_runs(s3, "p", TABLE, own_execution_id=OWN) == 0
-        assert len(open_uploads(s3_conn)) == 4
+        assert len(open_uploads(s3_conn)) == 5
         await anyio.sleep(1.1)
-        assert await clean_dead_runs(s3, "p", TABLE, own_execution_id=OWN, foreign_after_seconds=1) == 2
+        runs = {"sync_20240517_000000_00000003"}
+        aborted = await clean_dead_runs(
+            s3, "p", TABLE, own_execution_id=OWN, foreign_after_seconds=1, runs=runs
+        )
+        assert aborted == 2
     assert sorted(open_uploads(s3_conn)) == sorted(
         [
             f"staging/p/{TABLE}0/sync_20240517_000000_00000001/part-00000.parquet",
             f"{table}{OWN}/part-00000.parquet",
+            f"{table}sync_20240517_000000_00000003/part-00000.parquet",
         ]
     )
     assert marker_keys(s3_conn) == []
@@ -254,16 +333,18 @@ async def test_uploads_without_a_marker_go_once_old(
 
 async def test_run_marker_content_and_removal_on_exception_and_cancellation(s3_conn: S3Conn) -> None:
     async with S3Stage(s3_conn) as s3:
-        key = marker_key(s3, "p", TABLE, OWN)
+        key = run_marker_key(s3, "p", OWN)
+        assert key == f"staging/p/_runs/{OWN}.json"
         before = datetime.now(UTC)
         with pytest.raises(RuntimeError, match="boom"):
-            async with run_marker(s3, "p", TABLE, OWN):
+            async with run_marker(s3, "p", OWN, [TABLE, OTHER]):
                 marker = RunMarker.from_bytes(get_object(s3_conn, key))
                 raise RuntimeError("boom")
-        assert marker_keys(s3_conn) == [key]  # queued: it goes with the run's other markers
+        assert run_marker_names(s3_conn) == [f"{OWN}.json"]  # queued: it goes with other deletes
         await s3.flush_deletes()
-        assert marker_keys(s3_conn) == []
+        assert run_marker_names(s3_conn) == []
         assert (marker.host, marker.pid, marker.execution_id) == (socket.gethostname(), os.getpid(), OWN)
+        assert marker.tables == (TABLE, OTHER)
         assert marker.pid_start == _proc_stat(os.getpid())[1]  # type: ignore[index]
         assert before <= marker.started_at <= datetime.now(UTC)
         assert not marker.is_dead(datetime.now(UTC), 0)
@@ -271,32 +352,32 @@ async def test_run_marker_content_and_removal_on_exception_and_cancellation(s3_c
         entered = anyio.Event()
 
         async def hold() -> None:
-            async with run_marker(s3, "p", TABLE, OWN):
+            async with run_marker(s3, "p", OWN, [TABLE]):
                 entered.set()
                 await anyio.sleep_forever()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(hold)
             await entered.wait()
-            assert marker_keys(s3_conn) == [key]
+            assert run_marker_names(s3_conn) == [f"{OWN}.json"]
             tg.cancel_scope.cancel()
-    assert marker_keys(s3_conn) == []  # deleted when the client closed
+    assert run_marker_names(s3_conn) == []  # deleted when the client closed
 
 
 async def test_markers_are_deleted_in_batches(s3_conn: S3Conn, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("src.stage.s3.DELETE_BATCH", 3)
     deletes: list[int] = []
-    tables = [f"db.t{i}" for i in range(7)]
+    runs = [f"sync_20240517_12000{i}_0000aaaa" for i in range(7)]
     async with S3Stage(s3_conn) as s3:
         s3.client.meta.events.register(
             "provide-client-params.s3.DeleteObjects",
             lambda params, **kw: deletes.append(len(params["Delete"]["Objects"])),
         )
-        for table in tables:
-            async with run_marker(s3, "p", table, OWN):
+        for run in runs:
+            async with run_marker(s3, "p", run, [TABLE]):
                 pass
         assert deletes == [3, 3]
-        assert list_keys(s3_conn, "staging/p/") == [marker_key(s3, "p", "db.t6", OWN)]
+        assert list_keys(s3_conn, "staging/p/") == [run_marker_key(s3, "p", runs[-1])]
     assert deletes == [3, 3, 1] and list_keys(s3_conn, "staging/p/") == []
 
 
@@ -306,25 +387,32 @@ async def test_a_failed_marker_delete_is_only_logged(
     async with S3Stage(s3_conn, max_attempts=1) as s3:
         s3.client.meta.events.register("before-send.s3.DeleteObjects", FailTimes(500, "InternalError", None))
         with pytest.raises(RuntimeError, match="the real failure"):
-            async with run_marker(s3, "p", TABLE, OWN):
+            async with run_marker(s3, "p", OWN, [TABLE]):
                 raise RuntimeError("the real failure")
-    assert len(marker_keys(s3_conn)) == 1
+    assert run_marker_names(s3_conn) == [f"{OWN}.json"]
     assert any("could not delete objects queued" in r.getMessage() for r in stage_log.records)
 
 
 def test_marker_round_trip_and_bad_markers() -> None:
     marker = RunMarker.current(OWN)
     assert RunMarker.from_bytes(marker.to_bytes()) == marker
+    assert b"tables" not in marker.to_bytes()  # one table's marker, as earlier versions read it
+    run = RunMarker.current(OWN, [TABLE, OTHER])
+    assert RunMarker.from_bytes(run.to_bytes()) == run and run.tables == (TABLE, OTHER)
     for bad in (
         b"[]",
         b"{}",
         b'{"format": "s3shift.run.v1"}',
         marker.to_bytes().replace(b'"pid":', b'"pid_":'),
+        run.to_bytes().replace(b'"db.u"', b'"../x"'),
+        run.to_bytes().replace(b'"db.u"', b"7"),
     ):
         with pytest.raises(ValueError, match="not a run marker"):
             RunMarker.from_bytes(bad)
     with pytest.raises(StageError):
         marker_key(S3Stage(S3Conn(name="x", bucket="b")), "p", TABLE, "a/b")
+    with pytest.raises(StageError):
+        run_marker_key(S3Stage(S3Conn(name="x", bucket="b")), "p", "..")
 
 
 def test_proc_stat_survives_odd_command_names(tmp_path: Path) -> None:

@@ -7,11 +7,16 @@ import datetime as dt
 from dataclasses import replace
 
 import anyio
+import asyncpg
 import pytest
 
 from src.config.models import S3Conn
 from src.plan.models import Watermark
+from src.warehouse import state as st
 from src.warehouse.base import StateRow
+from src.warehouse.catalog import Executor
+from src.warehouse.ddl import POSTGRES, REDSHIFT
+from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER
 from tests.redshift_emulator import RedshiftEmulator, check_redshift_sql
 from tests.test_warehouse_load import pg, stage, target_conn, warehouse
 from tests.test_warehouse_merge import U64_MAX, request, rows, staged
@@ -186,3 +191,41 @@ async def test_render_load_of_a_replace(kind: str, pg_schema: str, s3_conn: S3Co
     truncate = next(i for i, s in enumerate(sql) if s.startswith("TRUNCATE"))
     assert sql.index("BEGIN") < truncate < state < copy == len(sql) - 2 and sql[-1] == "COMMIT"
     assert sql[copy] == f'COPY "{pg_schema}"."t" ("id", "ts", "v") FROM STDIN (FORMAT binary, FREEZE)'
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_reading_many_tables_at_once_answers_like_one_at_a_time(
+    kind: str, pg_schema: str, s3_conn: S3Conn, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``read_latest_many`` (a run reads every table's state at its start) returns, for each table, the
+    row the one-table query (``latest_sql``, also the load's guard) returns: histories of several rows,
+    rows committed within one clock tick, a reset, tables without state, other pipelines; in batches."""
+    monkeypatch.setattr(st, "READ_BATCH", 3)  # 8 tables: three queries
+    tables = [f"db.t{i}" for i in range(7)] + ["db.none"]
+    async with warehouse(target_conn(kind, pg_schema), s3_conn) as wh:
+        for i, table in enumerate(tables[:7]):
+            for n in range(i % 3 + 1):
+                await wh.write_state(manual(Watermark(id=10 * i + n), table=table, by=f"sync_{i}_{n}"))
+        await wh.write_state(manual(None, table="db.t3", by="sync_reset"))
+        await wh.write_state(replace(manual(Watermark(id=99), table="db.t1"), pipeline="q"))
+    await pg(
+        f'UPDATE "{pg_schema}".s3shift_state SET committed_at = $1 WHERE source_table = $2', MICRO, "db.t2"
+    )
+    dialect = REDSHIFT if kind == "redshift" else POSTGRES
+    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_DATABASE)
+    try:
+        ex: Executor = RedshiftEmulator(conn, s3_endpoint=s3_endpoint) if kind == "redshift" else conn
+        many = await st.read_latest_many(ex, dialect, pg_schema, "p", [*tables, "db.t0"])
+        one_at_a_time = {}
+        for table in tables:
+            records = await ex.fetch(st.latest_sql(dialect, pg_schema), "p", table)
+            if records:
+                one_at_a_time[table] = st.row_from_record(records[0])
+        assert many == one_at_a_time and sorted(many) == tables[:7]
+        assert many["db.t2"].loaded_by == "sync_2_2" and many["db.t3"].loaded_by == "sync_reset"
+        assert many["db.t1"].watermark == Watermark(id=11)  # pipeline "q" is another pipeline
+        assert await st.read_latest(ex, dialect, pg_schema, "p", "db.t4") == many["db.t4"]
+        assert await st.read_latest_many(ex, dialect, pg_schema, "p", []) == {}
+        assert await st.read_latest_many(ex, dialect, pg_schema + "_none", "p", tables) == {}
+    finally:
+        await conn.close()

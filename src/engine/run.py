@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from src.report.models import RunReport, TableFailure, TableResult, new_executio
 from src.source.introspect import Catalog
 from src.source.mysql import MySQLSource
 from src.stage.models import StageResult
-from src.stage.pending import scan_pipeline
+from src.stage.pending import PipelineScan, bury_dead_runs, run_marker, scan_pipeline
 from src.stage.reader import iter_staged_batches
 from src.stage.s3 import S3Stage
 from src.warehouse.base import Warehouse
@@ -103,32 +103,62 @@ async def _run_plans(
             )
         except Exception as exc:
             return _fail_all(agg, [p.table for p in plans], first_error(exc), phase="connect")
-        try:  # listings for every table at once, instead of one per table
-            scan = await scan_pipeline(resources.s3, pipeline.name)
-        except Exception as exc:
-            return _fail_all(agg, [p.table for p in plans], first_error(exc), phase="state")
-        ctx = RunContext(
-            agg.execution_id,
-            pipeline,
-            limits,
-            resources.source,
-            resources.s3,
-            resources.warehouse,
-            mode,
-            catalog=Catalog([(p.database, p.source_table) for p in plans]) if mode != "load_only" else None,
-            scan=scan,
-        )
-        async with anyio.create_task_group() as outer:
+        failed: Exception | None = None
+        async with anyio.create_task_group() as outer:  # a signal cancels the scan as well as the tables
             outer.start_soon(_watch_signals, outer.cancel_scope, interrupted)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(agg.run)
-                for plan in plans:
-                    tg.start_soon(_one, ctx, plan, agg.sender())
-                agg.close_origin()
+            try:
+                scan = await _mark_and_scan(stack, resources.s3, pipeline, plans, agg.execution_id, mode)
+                states = await resources.warehouse.read_states(pipeline.name, [p.table for p in plans])
+            except Exception as exc:
+                failed = exc
+            else:
+                ctx = RunContext(
+                    agg.execution_id,
+                    pipeline,
+                    limits,
+                    resources.source,
+                    resources.s3,
+                    resources.warehouse,
+                    mode,
+                    catalog=Catalog([(p.database, p.source_table) for p in plans])
+                    if mode != "load_only"
+                    else None,
+                    scan=scan,
+                    states=states,
+                )
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(agg.run)
+                    for plan in plans:
+                        tg.start_soon(_one, ctx, plan, agg.sender())
+                    agg.close_origin()
             outer.cancel_scope.cancel()
+        if failed is not None:
+            return _fail_all(agg, [p.table for p in plans], first_error(failed), phase="state")
         report = _final(agg, interrupted)
         await _persist(resources.s3, pipeline, report)
         return report
+
+
+async def _mark_and_scan(
+    stack: AsyncExitStack,
+    s3: S3Stage,
+    pipeline: Pipeline,
+    plans: list[TablePlan],
+    execution_id: str,
+    mode: RunMode,
+) -> PipelineScan:
+    """A run that uploads marks itself alive (one marker naming its tables, until the run ends) before
+    anything else; then the listings for every table at once, instead of one per table; then the
+    cleanup after the pipeline's dead runs."""
+    uploads = mode != "load_only"
+    marker = (
+        run_marker(s3, pipeline.name, execution_id, [p.table for p in plans]) if uploads else nullcontext()
+    )
+    await stack.enter_async_context(marker)
+    scan = await scan_pipeline(s3, pipeline.name, own_execution_id=execution_id if uploads else None)
+    if aborted := await bury_dead_runs(s3, pipeline.name, scan.runs, own_execution_id=execution_id):
+        log.warning("aborted %d multipart upload(s) left by killed runs", aborted)
+    return scan
 
 
 async def _persist(s3: S3Stage, pipeline: Pipeline, report: RunReport) -> None:

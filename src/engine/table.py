@@ -4,6 +4,7 @@ Returns a result; never raises a table error."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -40,7 +41,6 @@ from src.stage.pending import (
     delete_stage,
     list_runs,
     read_stages,
-    run_marker,
 )
 from src.stage.s3 import S3Stage
 from src.stage.writer import write_parquet
@@ -64,6 +64,9 @@ class RunContext:
     mode: RunMode = "sync"
     catalog: Catalog | None = None  # the run's batched source catalog (None: one query per table)
     scan: PipelineScan | None = None  # the S3 listings made at the run's start (None: per table)
+    states: Mapping[str, StateRow] | None = (
+        None  # every table's state read at the run's start (None: per table)
+    )
 
 
 @dataclass
@@ -101,7 +104,10 @@ async def sync_table(ctx: RunContext, plan: TablePlan) -> TableResult:
 
 async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSuccess:
     progress.phase = "state"
-    state = await ctx.warehouse.read_state(ctx.pipeline.name, plan.table)
+    if ctx.states is not None:  # read with every other table's at the run's start
+        state = ctx.states.get(plan.table)
+    else:
+        state = await ctx.warehouse.read_state(ctx.pipeline.name, plan.table)
     since = (state.stage_id or None) if state else None
     runs = await list_runs(ctx.s3, ctx.pipeline.name, plan.table, since=since, scan=ctx.scan)
     unknown = [i for i in runs.ids if i != since]  # the latest state row's own stage is committed
@@ -165,6 +171,7 @@ async def _backup(
         own_execution_id=ctx.execution_id,
         uploads=ctx.scan.uploads if ctx.scan else None,
         markers=markers,
+        runs=ctx.scan.run_ids if ctx.scan else (),
     )
     if aborted:
         log.warning("%s: aborted %d multipart upload(s) left by killed runs", plan.table, aborted)
@@ -180,18 +187,18 @@ async def _backup(
         meta = stage_meta(ctx, plan, schema, resolved, win, extracted_at)
         rwin = read_window(plan, win)
         loaded: LoadResult | None = None
-        async with run_marker(ctx.s3, ctx.pipeline.name, plan.table, ctx.execution_id):
-            streamed = _stream_load(ctx, plan, meta, state)
-            if streamed is None:
-                stage = await _extract_and_stage(ctx, conn, plan, schema, rwin, stats, meta)
-            else:
-                stage, loaded = await _stage_and_load(
-                    ctx, conn, plan, schema, rwin, stats, meta, streamed, progress
-                )
-            if stage.rows == 0 and plan.strategy != "full_sync":
-                await delete_stage(ctx.s3, stage)  # nothing new: no COPY, state untouched
-                progress.timed("extract_stage", mark)
-                return _Backup(None, stats, win)
+        # the run's marker (``run.run_marker``) covers this table's uploads
+        streamed = _stream_load(ctx, plan, meta, state)
+        if streamed is None:
+            stage = await _extract_and_stage(ctx, conn, plan, schema, rwin, stats, meta)
+        else:
+            stage, loaded = await _stage_and_load(
+                ctx, conn, plan, schema, rwin, stats, meta, streamed, progress
+            )
+        if stage.rows == 0 and plan.strategy != "full_sync":
+            await delete_stage(ctx.s3, stage)  # nothing new: no COPY, state untouched
+            progress.timed("extract_stage", mark)
+            return _Backup(None, stats, win)
         progress.timed("extract_stage", mark)
     return _Backup(stage, stats, win, loaded)
 

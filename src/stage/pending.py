@@ -3,9 +3,10 @@
 A stage is complete when its ``manifest.json`` exists (written last) and its ``_s3shift.json``
 sidecar is valid. Run "directories" are found with one delimited listing of the table prefix; names
 starting with ``_`` (such as the ``_runs/`` liveness markers) are never stages, and the same listing
-tells whether any marker exists; one listing of the pipeline prefix at a run's start (``scan_pipeline``)
-spares that listing to tables that have no directory yet. ``run_marker`` and ``clean_dead_runs`` (in
-``runs``) are re-exported here: this module is the engine's one entry point.
+tells whether any marker of the table exists; one scan of the pipeline prefix at a run's start
+(``scan_pipeline``: its uploads, its run markers, its table directories) spares that listing to tables
+that have no directory yet. ``run_marker``, ``bury_dead_runs`` and ``clean_dead_runs`` (in ``runs``)
+are re-exported here: this module is the engine's one entry point.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from src.common.log import get_logger
 from src.stage.manifest import MANIFEST_NAME, SIDECAR_NAME, stage_from_manifest
 from src.stage.models import StageResult
 from src.stage.multipart import error_code
-from src.stage.runs import RUNS_DIR, clean_dead_runs, run_marker
+from src.stage.runs import RUNS_DIR, RunMarker, bury_dead_runs, clean_dead_runs, read_run_markers, run_marker
 from src.stage.s3 import OpenUpload, S3Stage, sole_error
 
 __all__ = [
     "PipelineScan",
     "TableRuns",
+    "bury_dead_runs",
     "clean_dead_runs",
     "delete_stage",
     "execution_time",
@@ -80,19 +82,28 @@ async def list_stages(
 
 @dataclass(frozen=True)
 class PipelineScan:
-    """Two listings at a run's start that spare each table work that cannot find anything: the pipeline's
-    unfinished multipart uploads (listed FIRST, as ``clean_dead_runs`` requires), then its table
-    directories (a table without one has no stage and no marker)."""
+    """Listings at a run's start that spare each table work that cannot find anything: the pipeline's
+    unfinished multipart uploads (listed FIRST, as ``clean_dead_runs`` requires), then the other runs'
+    markers, then its table directories (a table without one has no stage and no marker)."""
 
     uploads: tuple[OpenUpload, ...]
     tables: frozenset[str]  # directory names under the pipeline prefix ("db.table")
+    runs: tuple[tuple[str, RunMarker], ...] = ()  # (key, marker) of the other runs' markers
+
+    @property
+    def run_ids(self) -> frozenset[str]:
+        return frozenset(marker.execution_id for _, marker in self.runs)
 
 
-async def scan_pipeline(s3: S3Stage, pipeline: str) -> PipelineScan:
+async def scan_pipeline(s3: S3Stage, pipeline: str, *, own_execution_id: str | None = None) -> PipelineScan:
+    """The scan; the run markers are read only for a run that uploads (``own_execution_id``)."""
     prefix = s3.pipeline_prefix(pipeline)
     uploads = tuple(await s3.list_uploads(prefix))
+    runs: list[tuple[str, RunMarker]] = []
+    if own_execution_id is not None:
+        runs = await read_run_markers(s3, pipeline, own_execution_id=own_execution_id)
     tables = frozenset(d[len(prefix) : -1] for d in await s3.list_dirs(prefix))
-    return PipelineScan(uploads, tables)
+    return PipelineScan(uploads, tables - {RUNS_DIR.rstrip("/")}, tuple(runs))
 
 
 async def list_runs(

@@ -1,15 +1,19 @@
 """Liveness markers of running syncs, and cleanup after runs that were killed (reliability.md 1.8).
 
-A run writes ``<table prefix>_runs/<execution_id>.json`` (host, pid, the pid's start time, boot id,
-start time) before it works on a table, and deletes it after: batched with the run's other markers
-(``S3Stage.delete_later``), by the end of the run at the latest, since a marker that outlives its
-table's work still truthfully says the run is alive. A SIGKILL leaves markers behind, with maybe an
-unfinished multipart upload (invisible, billed) and partial files. A later run finds such markers and
-judges them: on this host a run is dead when its pid is gone, a zombie, or now belongs to another
-process (pid reuse: another start time); on another host (or after a reboot) when it started more
-than ``foreign_after_seconds`` ago. A dead run's uploads are aborted, its files deleted unless it
-wrote a manifest (then it is a pending stage, kept for loading), and its marker removed last, so a
-cleanup that is itself interrupted is simply redone.
+A run writes ONE marker, ``<pipeline prefix>_runs/<execution_id>.json`` (host, pid, the pid's start
+time, boot id, start time, and the tables it may write under), before it uploads anything, and deletes
+it when it ends (``run_marker``). A SIGKILL leaves the marker behind, with maybe unfinished multipart
+uploads (invisible, billed) and partial files under its tables. A later run of the pipeline reads the
+markers once at its start and judges them: on this host a run is dead when its pid is gone, a zombie,
+or now belongs to another process (pid reuse: another start time); on another host (or after a
+reboot) when it started more than ``foreign_after_seconds`` ago. For a dead run, under each table it
+named (every table directory when its marker cannot be read), its uploads are aborted and its files
+deleted unless it wrote a manifest (then it is a pending stage, kept for loading); its marker goes
+last, so a cleanup that is itself interrupted is simply redone (``bury_dead_runs``).
+
+Markers of one table, ``<table prefix>_runs/<execution_id>.json`` (written by earlier versions, one per
+table), are judged the same way when that table is cleaned (``clean_dead_runs``), which also aborts
+old uploads that belong to no marker at all.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +34,7 @@ from src.common.errors import StageError
 from src.common.log import get_logger
 from src.stage.manifest import MANIFEST_NAME
 from src.stage.multipart import CLEANUP_TIMEOUT, error_code
-from src.stage.s3 import OpenUpload, S3Stage
+from src.stage.s3 import OpenUpload, S3Stage, path_segment
 
 RUNS_DIR: Final = "_runs/"
 MARKER_FORMAT: Final = "s3shift.run.v1"
@@ -50,17 +54,19 @@ class RunMarker:
     pid_start: int | None  # /proc/<pid>/stat field 22 (clock ticks after boot), None where unknown
     boot_id: str | None  # /proc/sys/kernel/random/boot_id: pids and start times are per boot
     started_at: datetime
+    tables: tuple[str, ...] = ()  # a run's marker: the tables it may write under (one table's marker: ())
 
     @classmethod
-    def current(cls, execution_id: str) -> RunMarker:
+    def current(cls, execution_id: str, tables: Sequence[str] = ()) -> RunMarker:
         pid = os.getpid()
         stat = _proc_stat(pid)
-        return cls(
-            execution_id, socket.gethostname(), pid, stat[1] if stat else None, _boot_id(), datetime.now(UTC)
-        )
+        host, boot, now = socket.gethostname(), _boot_id(), datetime.now(UTC)
+        return cls(execution_id, host, pid, stat[1] if stat else None, boot, now, tuple(tables))
 
     def to_bytes(self) -> bytes:
         doc = {"format": MARKER_FORMAT, **asdict(self), "started_at": self.started_at.isoformat()}
+        if not self.tables:
+            del doc["tables"]
         return jsonio.dumps_bytes(doc)
 
     @classmethod
@@ -71,11 +77,16 @@ class RunMarker:
             if doc.pop("format") != MARKER_FORMAT:
                 raise ValueError("unknown format")
             started = datetime.fromisoformat(doc.pop("started_at"))
-            marker = cls(**doc, started_at=started if started.tzinfo else started.replace(tzinfo=UTC))
+            tables = tuple(doc.pop("tables", ()))
+            marker = cls(
+                **doc, started_at=started if started.tzinfo else started.replace(tzinfo=UTC), tables=tables
+            )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a run marker: {exc}") from exc
         if not isinstance(marker.pid, int) or marker.pid <= 0 or not isinstance(marker.host, str):
             raise ValueError(f"not a run marker: pid {marker.pid!r}, host {marker.host!r}")
+        if not all(isinstance(t, str) and t.strip(".") and "/" not in t for t in tables):
+            raise ValueError(f"not a run marker: tables {list(tables)!r}")
         return marker
 
     def is_dead(self, now: datetime, foreign_after_seconds: float) -> bool:
@@ -85,21 +96,29 @@ class RunMarker:
 
 
 def marker_key(s3: S3Stage, pipeline: str, table: str, execution_id: str) -> str:
+    """Where one table's marker lives (earlier versions wrote one per table)."""
     s3.run_prefix(pipeline, table, execution_id)  # validates the id
     return f"{s3.table_prefix(pipeline, table)}{RUNS_DIR}{execution_id.strip('/')}.json"
 
 
+def run_marker_key(s3: S3Stage, pipeline: str, execution_id: str) -> str:
+    """Where a run's marker lives: ``<pipeline prefix>_runs/<execution_id>.json``."""
+    return f"{s3.pipeline_prefix(pipeline)}{RUNS_DIR}{path_segment('execution_id', execution_id)}.json"
+
+
 def run_marker(
-    s3: S3Stage, pipeline: str, table: str, execution_id: str
+    s3: S3Stage, pipeline: str, execution_id: str, tables: Sequence[str]
 ) -> contextlib.AbstractAsyncContextManager[None]:
-    """Mark this run alive on the table while inside; on any exit the marker is queued for deletion
-    (``S3Stage.delete_later``: it goes with the run's others, at the latest when the client closes)."""
-    return _run_marker(s3, marker_key(s3, pipeline, table, execution_id), execution_id)
+    """Mark this run alive on the pipeline while inside, naming the ``tables`` ("db.table") it may write
+    under; enter it before any upload. On any exit the marker is queued for deletion
+    (``S3Stage.delete_later``: at the latest when the client closes)."""
+    marker = RunMarker.current(execution_id, tables)
+    return _run_marker(s3, run_marker_key(s3, pipeline, execution_id), marker)
 
 
 @contextlib.asynccontextmanager
-async def _run_marker(s3: S3Stage, key: str, execution_id: str) -> AsyncIterator[None]:
-    await s3.put_bytes(key, RunMarker.current(execution_id).to_bytes(), "application/json")
+async def _run_marker(s3: S3Stage, key: str, marker: RunMarker) -> AsyncIterator[None]:
+    await s3.put_bytes(key, marker.to_bytes(), "application/json")
     try:
         yield
     finally:
@@ -121,11 +140,14 @@ async def clean_dead_runs(
     foreign_after_seconds: float = DEFAULT_FOREIGN_AFTER,
     uploads: Sequence[OpenUpload] | None = None,
     markers: bool = True,
+    runs: Collection[str] = (),
 ) -> int:
-    """Clean up after dead runs of the table; return how many multipart uploads were aborted.
+    """Clean up after dead runs of the table that marked it alone; return how many multipart uploads
+    were aborted.
 
-    Live runs are never touched. Unfinished uploads under the table that belong to no marker are
-    aborted once older than ``foreign_after_seconds``. A run must hold its ``run_marker`` before it
+    Live runs are never touched. Unfinished uploads under the table that belong to no marker (of the
+    table, or ``runs``: the execution ids of the pipeline's run markers, read after ``uploads`` were
+    listed) are aborted once older than ``foreign_after_seconds``. A run must hold its marker before it
     starts any upload under the table.
 
     ``uploads``: unfinished uploads listed before this call (``pending.scan_pipeline``, once per run);
@@ -145,8 +167,10 @@ async def clean_dead_runs(
     aborted = 0
     for key, marker in found:
         if marker.execution_id != own_execution_id and marker.is_dead(now, foreign_after_seconds):
-            aborted += await _bury(s3, s3.run_prefix(pipeline, table, marker.execution_id), key, marker)
-    known = {m.execution_id for _, m in found} | {own_execution_id}
+            run_prefix = s3.run_prefix(pipeline, table, marker.execution_id)
+            aborted += await _bury(s3, run_prefix, marker, await s3.list_uploads(run_prefix))
+            await s3.delete_keys([key])
+    known = {m.execution_id for _, m in found} | {own_execution_id, *runs}
     cutoff = now - timedelta(seconds=foreign_after_seconds)
     for upload in uploads:
         run = upload.key[len(table_prefix) :].split("/", 1)[0]
@@ -155,12 +179,58 @@ async def clean_dead_runs(
     return aborted
 
 
-async def _read_markers(s3: S3Stage, table_prefix: str) -> list[tuple[str, RunMarker]]:
+async def read_run_markers(
+    s3: S3Stage, pipeline: str, *, own_execution_id: str
+) -> list[tuple[str, RunMarker]]:
+    """The (key, marker) of every run marker of the pipeline but our own (not read)."""
+    return await _read_markers(s3, s3.pipeline_prefix(pipeline), skip=own_execution_id)
+
+
+async def bury_dead_runs(
+    s3: S3Stage,
+    pipeline: str,
+    markers: Sequence[tuple[str, RunMarker]],
+    *,
+    own_execution_id: str,
+    foreign_after_seconds: float = DEFAULT_FOREIGN_AFTER,
+) -> int:
+    """Clean up after the dead runs among the pipeline's run ``markers`` (``read_run_markers``); return
+    how many multipart uploads were aborted. Live runs are never touched."""
+    now = datetime.now(UTC)
+    dead = [
+        (key, m)
+        for key, m in markers
+        if m.execution_id != own_execution_id and m.is_dead(now, foreign_after_seconds)
+    ]
+    if not dead:
+        return 0
+    pipeline_prefix = s3.pipeline_prefix(pipeline)
+    # listed now, not taken from the run's start: a run judged dead may have started one since
+    uploads = await s3.list_uploads(pipeline_prefix)
+    every_table: list[str] | None = None
+    aborted = 0
+    for key, marker in dead:
+        tables: Sequence[str] = marker.tables
+        if not tables:  # unreadable: look under every table
+            if every_table is None:
+                every_table = [d[len(pipeline_prefix) : -1] for d in await s3.list_dirs(pipeline_prefix)]
+            tables = [t for t in every_table if t != RUNS_DIR.rstrip("/")]
+        for table in tables:
+            run_prefix = s3.run_prefix(pipeline, table, marker.execution_id)
+            aborted += await _bury(
+                s3, run_prefix, marker, [u for u in uploads if u.key.startswith(run_prefix)]
+            )
+        await s3.delete_keys([key])
+    return aborted
+
+
+async def _read_markers(s3: S3Stage, prefix: str, *, skip: str | None = None) -> list[tuple[str, RunMarker]]:
+    """The markers in ``<prefix>_runs/`` (but ``skip``'s)."""
     found = []
-    for key, modified in await s3.list_objects(f"{table_prefix}{RUNS_DIR}"):
-        name = key[len(table_prefix) + len(RUNS_DIR) :]
+    for key, modified in await s3.list_objects(f"{prefix}{RUNS_DIR}"):
+        name = key[len(prefix) + len(RUNS_DIR) :]
         execution_id = name.removesuffix(".json")
-        if "/" in name or not name.endswith(".json") or execution_id.strip(".") == "":
+        if "/" in name or not name.endswith(".json") or execution_id.strip(".") == "" or execution_id == skip:
             continue
         data = await s3.get_optional(key)
         if data is not None:  # else its run just ended
@@ -179,15 +249,17 @@ def _marker(s3: S3Stage, key: str, execution_id: str, data: bytes, modified: dat
     return marker
 
 
-async def _bury(s3: S3Stage, run_prefix: str, key: str, marker: RunMarker) -> int:
-    """Abort the dead run's uploads, drop its files unless staged, then its marker; return aborts."""
+async def _bury(s3: S3Stage, run_prefix: str, marker: RunMarker, uploads: Sequence[OpenUpload]) -> int:
+    """Abort the dead run's ``uploads`` (under ``run_prefix``), drop its files there unless staged;
+    return aborts. Its marker is the caller's to delete, last."""
     aborted = 0
-    for upload in await s3.list_uploads(run_prefix):
+    for upload in uploads:
         aborted += await _abort(s3, upload)
-    if await s3.exists(f"{run_prefix}{MANIFEST_NAME}"):
+    keys = [key for key, _ in await s3.list_objects(run_prefix)]
+    if f"{run_prefix}{MANIFEST_NAME}" in keys:
         log.info("run %s died after staging: its stage stays, pending", marker.execution_id)
-    else:
-        deleted = await s3.delete_prefix(run_prefix)
+    elif keys:
+        deleted = await s3.delete_keys(keys)
         log.info(
             "run %s died (%s pid %d): removed %d partial files",
             marker.execution_id,
@@ -195,7 +267,6 @@ async def _bury(s3: S3Stage, run_prefix: str, key: str, marker: RunMarker) -> in
             marker.pid,
             deleted,
         )
-    await s3.delete_keys([key])
     return aborted
 
 

@@ -123,15 +123,15 @@ class S3Stage:
 
     def run_prefix(self, pipeline: str, table: str, execution_id: str) -> str:
         """``<prefix><pipeline>/<db.table>/<execution_id>/``: one run's files of one table."""
-        return f"{self.table_prefix(pipeline, table)}{_segment('execution_id', execution_id)}/"
+        return f"{self.table_prefix(pipeline, table)}{path_segment('execution_id', execution_id)}/"
 
     def table_prefix(self, pipeline: str, table: str) -> str:
         """``<prefix><pipeline>/<db.table>/``: every run of one table, and its ``_runs/`` markers."""
-        return f"{self.pipeline_prefix(pipeline)}{_segment('table', table)}/"
+        return f"{self.pipeline_prefix(pipeline)}{path_segment('table', table)}/"
 
     def pipeline_prefix(self, pipeline: str) -> str:
         """``<prefix><pipeline>/``: every table of one pipeline."""
-        parts = [self.cfg.prefix.strip("/"), _segment("pipeline", pipeline)]
+        parts = [self.cfg.prefix.strip("/"), path_segment("pipeline", pipeline)]
         return "/".join(p for p in parts if p) + "/"
 
     def url(self, key: str) -> str:
@@ -391,7 +391,8 @@ def crc32_b64(data: bytes) -> str:
     return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
 
-def _segment(label: str, value: str) -> str:
+def path_segment(label: str, value: str) -> str:
+    """``value`` as one segment of a key (no "/", not "." or ".."); StageError naming ``label`` if not."""
     value = value.strip("/")
     if not value or value in (".", "..") or "/" in value:
         raise StageError(f"invalid {label} {value!r} for an S3 run prefix", retryable=False)

@@ -24,7 +24,7 @@ target and state are untouched; the staging table is dropped (or dies with the s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -109,6 +109,8 @@ class Warehouse(Protocol):
     async def ping(self) -> None: ...
 
     async def read_state(self, pipeline: str, table: str) -> StateRow | None: ...
+
+    async def read_states(self, pipeline: str, tables: Sequence[str]) -> dict[str, StateRow]: ...
 
     async def committed_stage_ids(self, pipeline: str, table: str) -> set[str]: ...
 

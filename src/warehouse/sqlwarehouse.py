@@ -8,7 +8,7 @@ else, including every error's classification, is here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 
@@ -114,6 +114,14 @@ class SqlWarehouse:
                 return await st.read_latest(ex, self.dialect, self.state_schema, pipeline, table)
         except Exception as exc:
             raise self._error(exc, "reading the state of", table) from exc
+
+    async def read_states(self, pipeline: str, tables: Sequence[str]) -> dict[str, StateRow]:
+        """The latest state row of each of ``tables`` that has one (a run reads them all at its start)."""
+        try:
+            async with self._session(load=False) as ex:
+                return await st.read_latest_many(ex, self.dialect, self.state_schema, pipeline, tables)
+        except Exception as exc:
+            raise self._error(exc, "reading the state of", ", ".join(tables[:3])) from exc
 
     async def committed_stage_ids(self, pipeline: str, table: str) -> set[str]:
         try:

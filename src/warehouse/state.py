@@ -23,6 +23,7 @@ from src.warehouse.catalog import Executor, ensure_schema, ensure_table, table_c
 from src.warehouse.ddl import Dialect, DistSort, create_table_sql, lock_sql
 
 STATE_TABLE = "s3shift_state"
+READ_BATCH = 500  # tables whose current state one query reads (``read_latest_many``)
 Mode = Literal["replace", "merge", "append"]
 
 
@@ -116,6 +117,21 @@ def latest_sql(dialect: Dialect, schema_name: str) -> str:
     return (
         f"SELECT {_names(dialect, COLUMNS)} FROM {qualified(dialect, schema_name)} "
         f"WHERE {_where(dialect, 1)} ORDER BY {order} LIMIT 1"
+    )
+
+
+def latest_many_sql(dialect: Dialect, schema_name: str, count: int) -> str:
+    """The current state of each of ``count`` tables ($2 ..) of ($1 pipeline): the row ``latest_sql``
+    would return for each, in one scan of the state table."""
+    names = _names(dialect, COLUMNS)
+    order = f"{dialect.ident('seq')} DESC, {dialect.ident('committed_at')} DESC"
+    tables = ", ".join(f"${i + 2}" for i in range(count))
+    latest, table = dialect.ident("s3shift_latest"), qualified(dialect, schema_name)
+    return (
+        f"SELECT {names} FROM (SELECT {names}, ROW_NUMBER() OVER (PARTITION BY "
+        f"{dialect.ident('source_table')} ORDER BY {order}) AS {latest} FROM {table} "
+        f"WHERE {dialect.ident('pipeline')} = $1 AND {dialect.ident('source_table')} IN ({tables})) AS "
+        f"{dialect.ident('s3shift_state_rows')} WHERE {latest} = 1"
     )
 
 
@@ -215,10 +231,25 @@ async def read_latest(
     ex: Executor, dialect: Dialect, schema_name: str, pipeline: str, table: str
 ) -> StateRow | None:
     """The current state, or None when the table has none (or the state table does not exist)."""
-    if not await table_columns(ex, dialect, schema_name, STATE_TABLE):
-        return None
-    records = await ex.fetch(latest_sql(dialect, schema_name), pipeline, table)
-    return row_from_record(records[0]) if records else None
+    return (await read_latest_many(ex, dialect, schema_name, pipeline, [table])).get(table)
+
+
+async def read_latest_many(
+    ex: Executor, dialect: Dialect, schema_name: str, pipeline: str, tables: Sequence[str]
+) -> dict[str, StateRow]:
+    """The current state of each of ``tables`` that has one, by table (one query per ``READ_BATCH``
+    tables, so a run of many tables reads them all at its start); empty when the state table does not
+    exist."""
+    wanted = list(dict.fromkeys(tables))
+    if not wanted or not await table_columns(ex, dialect, schema_name, STATE_TABLE):
+        return {}
+    found: dict[str, StateRow] = {}
+    for start in range(0, len(wanted), READ_BATCH):
+        chunk = wanted[start : start + READ_BATCH]
+        for record in await ex.fetch(latest_many_sql(dialect, schema_name, len(chunk)), pipeline, *chunk):
+            row = row_from_record(record)
+            found[row.table] = row
+    return found
 
 
 async def stage_ids(ex: Executor, dialect: Dialect, schema_name: str, pipeline: str, table: str) -> set[str]:
