@@ -37,7 +37,7 @@ from src.common.log import get_logger
 from src.stage.models import StageResult
 from src.warehouse import evolve
 from src.warehouse import state as st
-from src.warehouse.catalog import Executor, ensure_schema, ensure_table
+from src.warehouse.catalog import Executor, column_types, ensure_schema, ensure_table
 from src.warehouse.ddl import check_distsort, check_identifiers
 from src.warehouse.state import LoadRequest, Mode, StateRow
 from src.warehouse.statements import (
@@ -153,9 +153,12 @@ async def transaction(ex: Executor) -> AsyncIterator[None]:
     await tx.__aexit__(None, None, None)
 
 
-async def run_load(ex: Executor, spec: LoadSpec, fill: Fill, commit: Commit | None) -> LoadResult:
-    """The protocol in the module docstring; ``commit`` None = no state row and no guard."""
-    done = await prepare(ex, spec, commit)
+async def run_load(
+    ex: Executor, spec: LoadSpec, fill: Fill, commit: Commit | None, ready: set[str] | None = None
+) -> LoadResult:
+    """The protocol in the module docstring; ``commit`` None = no state row and no guard; ``ready`` as in
+    ``prepare``."""
+    done = await prepare(ex, spec, commit, ready)
     if not spec.dialect.snapshot_per_transaction:
         async with transaction(ex):
             await ex.execute(READ_COMMITTED)
@@ -170,13 +173,21 @@ async def run_load(ex: Executor, spec: LoadSpec, fill: Fill, commit: Commit | No
         raise
 
 
-async def prepare(ex: Executor, spec: LoadSpec, commit: Commit | None) -> tuple[str, ...]:
+async def prepare(
+    ex: Executor, spec: LoadSpec, commit: Commit | None, ready: set[str] | None = None
+) -> tuple[str, ...]:
     """What every load does before its transaction: check the spec, create the schema, the state table and
-    the target if missing (or plan the target's evolution). Returns the evolution's notes."""
+    the target if missing (or plan the target's evolution). Returns the evolution's notes. ``ready``: the
+    schemas and state tables already ensured by this warehouse's earlier loads (updated here), which are
+    not asked about again."""
     check_spec(spec)
-    await ensure_schema(ex, spec.dialect, spec.schema_name)
-    if commit is not None:
+    ready = set() if ready is None else ready
+    if (schema := f"schema {spec.dialect.fold(spec.schema_name)}") not in ready:
+        await ensure_schema(ex, spec.dialect, spec.schema_name)
+        ready.add(schema)
+    if commit is not None and (state := f"state {spec.dialect.fold(commit.state_schema)}") not in ready:
         await st.ensure(ex, spec.dialect, commit.state_schema)
+        ready.add(state)
     return await prepare_target(ex, spec)
 
 
@@ -189,9 +200,11 @@ def check_spec(spec: LoadSpec) -> None:
 async def prepare_target(ex: Executor, spec: LoadSpec) -> tuple[str, ...]:
     """Create the target if missing; else plan its evolution (raising for an incompatible change before
     anything changed) and make the changes that cannot run inside a transaction. Returns their notes."""
-    if await ensure_table(ex, spec.dialect, spec.schema_name, spec.target_table, target_create_sql(spec)):
+    existing = await column_types(ex, spec.dialect, spec.schema_name, spec.target_table)
+    if not existing:
+        await ensure_table(ex, spec.dialect, spec.schema_name, spec.target_table, target_create_sql(spec))
         return ()
-    plan = await evolve.read(ex, spec)
+    plan = evolve.plan(spec, existing)
     for sql in plan.before:
         await ex.execute(sql)
     return plan.notes(before=True)

@@ -37,28 +37,28 @@ _COLUMNS = (
 
 _COLUMN_TYPES = (
     "SELECT CAST(a.attname AS VARCHAR(128)) AS name, "
-    "CAST(format_type(a.atttypid, a.atttypmod) AS VARCHAR(256)) AS sqltype FROM pg_catalog.pg_attribute a "
+    "CAST(format_type(a.atttypid, a.atttypmod) AS VARCHAR(256)) AS sqltype, "
+    "CAST(c.relkind AS VARCHAR(1)) AS kind FROM pg_catalog.pg_attribute a "
     "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
     "WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped "
     "ORDER BY a.attnum"
 )
-_RELATION_KIND = (
-    "SELECT CAST(c.relkind AS VARCHAR(1)) FROM pg_catalog.pg_class c "
-    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2"
-)
 
 
-async def relation_kind(ex: Executor, dialect: Dialect, schema_name: str, table: str) -> str | None:
-    """``pg_class.relkind`` of the table ("r": a plain table, "p": a partitioned one); None when missing."""
-    kind = await ex.fetchval(_RELATION_KIND, dialect.fold(schema_name), dialect.fold(table))
-    return None if kind is None else str(kind)
+async def table_shape(
+    ex: Executor, dialect: Dialect, schema_name: str, table: str
+) -> tuple[list[tuple[str, str]], str | None]:
+    """(name, type as the catalog spells it) of each of the table's columns, in order, and its
+    ``pg_class.relkind`` ("r": a plain table, "p": a partitioned one); ([], None) when it is missing."""
+    rows = await ex.fetch(_COLUMN_TYPES, dialect.fold(schema_name), dialect.fold(table))
+    columns = [(str(row["name"]), str(row["sqltype"])) for row in rows]
+    return columns, (str(rows[0]["kind"]) if rows else None)
 
 
 async def column_types(ex: Executor, dialect: Dialect, schema_name: str, table: str) -> list[tuple[str, str]]:
     """(name, type as the catalog spells it) of each of the table's columns, in order."""
-    rows = await ex.fetch(_COLUMN_TYPES, dialect.fold(schema_name), dialect.fold(table))
-    return [(str(row["name"]), str(row["sqltype"])) for row in rows]
+    return (await table_shape(ex, dialect, schema_name, table))[0]
 
 
 async def table_columns(ex: Executor, dialect: Dialect, schema_name: str, table: str) -> list[str]:

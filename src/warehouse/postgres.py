@@ -33,7 +33,7 @@ from src.common.errors import WarehouseError, describe
 from src.common.schema import Column, TableSchema
 from src.config.models import TargetConn
 from src.warehouse.base import BatchOpener, Fill
-from src.warehouse.catalog import Executor, column_types, relation_kind
+from src.warehouse.catalog import Executor, table_shape
 from src.warehouse.ddl import POSTGRES, postgres_type, staging_name
 from src.warehouse.errors import classify, where
 from src.warehouse.evolve import parse_type
@@ -272,8 +272,7 @@ class PostgresWarehouse(SqlWarehouse):
         count_target = f"SELECT COUNT(*) FROM {spec.target_sql}"  # only if a COPY's tag had no count
 
         async def refill() -> int:
-            existing = await column_types(ex, POSTGRES, spec.schema_name, spec.target_table)
-            kind = await relation_kind(ex, POSTGRES, spec.schema_name, spec.target_table)
+            existing, kind = await table_shape(ex, POSTGRES, spec.schema_name, spec.target_table)
             if copies_directly(spec.schema, existing, kind):
                 copied = await self._copy(ex, spec, direct=True, batches=batches)
                 return int(await ex.fetchval(count_target)) if copied is None else copied
@@ -373,6 +372,17 @@ def connect_kwargs(cfg: TargetConn, tls: ssl.SSLContext | bool) -> dict[str, Any
     }
 
 
+class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A pooled connection released without asyncpg's reset query (``SELECT pg_advisory_unlock_all();
+    CLOSE ALL; UNLISTEN *; RESET ALL``: one more round trip per release, i.e. per load). s3shift keeps no
+    session state to reset: no advisory locks, LISTEN, session settings (only SET TRANSACTION) or cursors
+    outside a transaction; an open transaction is still rolled back by asyncpg, and a connection whose
+    rollback did not finish is terminated, never pooled (``discard_if_in_transaction``)."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 @asynccontextmanager
 async def open_pool(cfg: TargetConn) -> AsyncIterator[Any]:
     """An asyncpg pool that connects lazily (so opening never fails; ``ping`` reports reachability)."""
@@ -382,6 +392,7 @@ async def open_pool(cfg: TargetConn) -> AsyncIterator[Any]:
             **connect_kwargs(cfg, tls),
             min_size=0,
             max_size=max(1, cfg.max_connections),
+            connection_class=PooledConnection,
         )
     except Exception as exc:
         raise WarehouseError(f"cannot open a connection pool to {where(cfg)}: {describe(exc)}") from exc

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
+from functools import cached_property
 
 import pyarrow as pa
 
@@ -101,6 +102,11 @@ class SqlWarehouse:
     def _refill_sql(self, spec: LoadSpec) -> str:
         raise NotImplementedError
 
+    @cached_property
+    def _ready(self) -> set[str]:
+        """The schemas and state tables this warehouse's loads have ensured (``base.prepare``)."""
+        return set()
+
     # ---- the state log ---------------------------------------------------------------------------
 
     @property
@@ -160,8 +166,8 @@ class SqlWarehouse:
             spec = self._request_spec(req)
             async with self._session(load=True) as ex:
                 if self._refilling(spec):
-                    return await run_refill(ex, spec, self._refill(ex, spec), self._commit(req))
-                return await run_load(ex, spec, self._fill(ex, spec), self._commit(req))
+                    return await run_refill(ex, spec, self._refill(ex, spec), self._commit(req), self._ready)
+                return await run_load(ex, spec, self._fill(ex, spec), self._commit(req), self._ready)
         except Exception as exc:
             raise self._error(exc, f"{req.mode} load of", name) from exc
 
@@ -182,7 +188,7 @@ class SqlWarehouse:
         try:
             spec, commit = self._request_spec(req), self._commit(req)
             async with self._session(load=True) as ex:
-                done = await prepare(ex, spec, commit)
+                done = await prepare(ex, spec, commit, self._ready)
                 async with transaction(ex):
                     await ex.execute(READ_COMMITTED)
                     emptying = await apply(ex, emptied(spec), commit, done, record=False)
@@ -261,12 +267,14 @@ def check_loaded(spec: LoadSpec, stage: StageResult, loaded: int) -> None:
         )
 
 
-async def run_refill(ex: Executor, spec: LoadSpec, refill: Refill, commit: Commit) -> LoadResult:
+async def run_refill(
+    ex: Executor, spec: LoadSpec, refill: Refill, commit: Commit, ready: set[str] | None = None
+) -> LoadResult:
     """A replace that loads the target itself: ``run_load``'s protocol for ``emptied(spec)`` (locks,
     guard, evolution, COUNT and TRUNCATE, state row), then ``refill`` in the same transaction. No staging
     table: the rows are written once. Only where TRUNCATE is transactional and snapshots are per statement
     (``Dialect.truncate_in_transaction``, not ``snapshot_per_transaction``)."""
-    done = await prepare(ex, spec, commit)
+    done = await prepare(ex, spec, commit, ready)
     async with transaction(ex):
         await ex.execute(READ_COMMITTED)
         result = await apply(ex, emptied(spec), commit, done)

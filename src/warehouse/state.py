@@ -259,10 +259,39 @@ async def stage_ids(ex: Executor, dialect: Dialect, schema_name: str, pipeline: 
     return {str(r[0]) for r in records}
 
 
+STATE_INDEX = "s3shift_state_latest"
+_INDEX_EXISTS = (
+    "SELECT COUNT(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'i'"
+)
+
+
 async def ensure(ex: Executor, dialect: Dialect, schema_name: str) -> None:
-    """Create the state schema and table if missing (race-safe, outside any data transaction)."""
+    """Create the state schema and table if missing (race-safe, outside any data transaction). On
+    PostgreSQL also the index every state query uses, (pipeline, source_table, seq): without it each
+    table's state read, guard and insert would scan the whole append-only log (Redshift has no indexes:
+    the table's sort key orders it the same way)."""
     await ensure_schema(ex, dialect, schema_name)
     await ensure_table(ex, dialect, schema_name, STATE_TABLE, create_sql(dialect, schema_name))
+    if dialect.name == "postgres":
+        await _ensure_index(ex, dialect, schema_name)
+
+
+async def _ensure_index(ex: Executor, dialect: Dialect, schema_name: str) -> None:
+    async def exists() -> bool:
+        return bool(await ex.fetchval(_INDEX_EXISTS, dialect.fold(schema_name), STATE_INDEX))
+
+    if await exists():
+        return
+    columns = ", ".join(dialect.ident(c) for c in ("pipeline", "source_table", "seq"))
+    try:
+        await ex.execute(
+            f"CREATE INDEX IF NOT EXISTS {dialect.ident(STATE_INDEX)} "
+            f"ON {qualified(dialect, schema_name)} ({columns})"
+        )
+    except Exception:  # another run created it at the same moment
+        if not await exists():
+            raise
 
 
 async def insert(ex: Executor, dialect: Dialect, schema_name: str, row: StateRow) -> None:
