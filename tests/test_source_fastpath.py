@@ -463,3 +463,29 @@ async def test_an_id_only_window_over_negative_keys_stops_at_its_end(
     assert quick.column("id").to_pylist() == list(range(-119, 0))
     assert_same(canonical, quick)
     assert fast.path["ranges"] >= 6
+
+
+async def test_a_bad_date_is_told_from_a_null_one_column_by_column(
+    source_conn: SourceConn, mysql_db: str
+) -> None:
+    """The fast path marks bad dates by a NULL the source does not have (the NULL mask holds only the
+    nullable date columns): a NOT NULL column's zero date, and a nullable one's invalid date next to a
+    NULL in another date column, are both handed over; plain NULLs are not."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE m (id BIGINT PRIMARY KEY, d DATE NOT NULL, n DATETIME(6) NULL, t TIMESTAMP(6) NULL)",
+        "INSERT INTO m SELECT seq, '2024-01-01' + INTERVAL seq DAY, IF(seq % 3 = 0, NULL, "
+        "'2024-01-01 10:00:00.5' + INTERVAL seq HOUR), IF(seq % 5 = 0, NULL, '2024-06-01') FROM seq_1_to_240",
+    )
+    mysql_exec(
+        mysql_db,
+        "SET SESSION sql_mode = 'ALLOW_INVALID_DATES'",
+        "UPDATE m SET d = '0000-00-00' WHERE id = 39",  # NOT NULL column; n is NULL on this row
+        "UPDATE m SET n = '2024-02-30 01:00:00', t = NULL WHERE id = 200",  # invalid next to a NULL
+        "UPDATE m SET n = NULL, t = NULL WHERE id = 100",  # NULLs only: no hand-over
+    )
+    canonical, quick, slow, fast = await read_both(source_conn, "m", range_rows=30)
+    assert canonical.num_rows == 240
+    assert_same(canonical, quick)
+    assert fast.coercions == slow.coercions == {"d": {"zero_date_to_null": 1}, "n": {"zero_date_to_null": 1}}
+    assert fast.path["fallbacks"] == ["_Handover: a zero or invalid date"] * 2

@@ -10,8 +10,10 @@ The asyncmy path (``src.source.extract``) stays canonical: this one must give th
   arrives as decimal128(38,10), unsigned and small integers widened), then the canonical path's text
   policies and the TINYINT(1)-as-BOOLEAN check run on the arrays;
 - connectorx aborts on zero or invalid dates, so every DATE/DATETIME/TIMESTAMP is selected as
-  ``col + INTERVAL 0 DAY`` (NULL for exactly those dates) next to a flag column that marks such rows; a
-  batch holding one goes to the canonical path, which applies ``type_policies.zero_date``;
+  ``col + INTERVAL 0 DAY`` (NULL for exactly those dates), next to one integer column whose bits say
+  which nullable date columns are NULL at the source (``ISNULL``: far cheaper for the server than
+  a second date expression per column); a NULL the source does not have is such a date, and a batch
+  holding one goes to the canonical path, which applies ``type_policies.zero_date``;
 - any error of connectorx on a range (and a flagged batch) hands the rest of that range, after the last
   key already sent, to the canonical path on the table's own connection. Rows are read in key order, so
   nothing is read twice or skipped.
@@ -126,22 +128,39 @@ def connection_url(cfg: SourceConn, database: str) -> str:
     return f"mysql://{auth}@{cfg.host}:{cfg.port}/{quote(database, safe='')}"
 
 
+def _nullable_dates(schema: TableSchema) -> list[str]:
+    """The nullable date columns, in order: bit i of the NULL mask column is the i-th one's ISNULL."""
+    return [c.name for c in schema.columns if c.logical in _DATES and c.nullable][:62]
+
+
 def fast_select(database: str, table: str, schema: TableSchema, where: str) -> str:
-    """The planned columns (dates through ``+ INTERVAL 0 DAY``), the invalid-date flag last, key order."""
+    """The planned columns (dates through ``+ INTERVAL 0 DAY``), the NULL mask of the nullable date columns
+    last (``_nullable_dates``), key order."""
     items = []
-    dates = []
     for column in schema.columns:
         name = quote_mysql(column.name)
-        if column.logical in _DATES:
-            items.append(f"{name} + INTERVAL 0 DAY AS {name}")
-            dates.append(f"({name} IS NOT NULL AND {name} + INTERVAL 0 DAY IS NULL)")
-        else:
-            items.append(name)
-    items.append(" OR ".join(dates) if dates else "0")
+        items.append(f"{name} + INTERVAL 0 DAY AS {name}" if column.logical in _DATES else name)
+    bits = [f"ISNULL({quote_mysql(n)}) << {i}" for i, n in enumerate(_nullable_dates(schema))]
+    items.append(" | ".join(bits) if bits else "0")
     key = range_key(schema)
     assert key is not None
     source = qualify_mysql(database, table)
     return f"SELECT {', '.join(items)} FROM {source} WHERE {where} ORDER BY {quote_mysql(key.name)}"
+
+
+def _invalid_dates(raw: pa.RecordBatch, schema: TableSchema) -> bool:
+    """A date column is NULL where the source value is not: a zero or invalid date (``fast_select``)."""
+    mask = raw.column(len(schema.columns))
+    bit = {name: 1 << i for i, name in enumerate(_nullable_dates(schema))}
+    for index, column in enumerate(schema.columns):
+        if column.logical not in _DATES or not raw.column(index).null_count:
+            continue
+        nulls = pc.is_null(raw.column(index))
+        if column.name in bit:  # NULL at the source too: not a bad date
+            nulls = pc.and_(nulls, pc.equal(pc.bit_wise_and(mask, bit[column.name]), 0))
+        if pc.any(nulls).as_py():
+            return True
+    return False
 
 
 def to_planned(
@@ -152,7 +171,7 @@ def to_planned(
     width = len(schema.columns)
     if raw.num_columns != width + 1 or tuple(raw.schema.names[:width]) != schema.names:
         raise ValueError(f"connectorx returned columns {raw.schema.names}, not {list(schema.names)}")
-    if pc.max(raw.column(width)).as_py():
+    if _invalid_dates(raw, schema):
         return None, {}
     arrays: list[pa.Array] = []
     coerced: Coercions = {}
