@@ -26,7 +26,7 @@ from pathlib import Path
 
 from benchmarks import contenders as c
 from benchmarks.data import prepare, workloads
-from benchmarks.measure import ensure_bucket, moto_server, staged
+from benchmarks.measure import Sample, ensure_bucket, moto_server, staged
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -184,11 +184,11 @@ def main() -> int:
     return 0
 
 
-def _sample(proc: subprocess.CompletedProcess[str], wall: float) -> c.Sample:
+def _sample(proc: subprocess.CompletedProcess[str], wall: float) -> Sample:
     start = proc.stdout.find("{")  # py-spy prints lines of its own before and after the report
     doc, _ = json.JSONDecoder().raw_decode(proc.stdout[start:]) if start >= 0 else ({}, 0)
     out = json.dumps(doc) if start >= 0 else proc.stdout
-    return c.Sample(wall, 0.0, proc.returncode, out, proc.stderr)
+    return Sample(wall, 0.0, proc.returncode, out, proc.stderr)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from benchmarks import contenders as c
 from benchmarks.data import Workload, drop, drop_pg_schemas, prepare, workloads
-from benchmarks.measure import Sample, ensure_bucket, moto_server, staged, timed
+from benchmarks.measure import ROOT, Sample, ensure_bucket, moto_server, staged, timed
 from benchmarks.report import print_report
 
 
@@ -117,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown contenders {sorted(unknown)}; known: {', '.join(c.ALL)}")
     all_w = workloads(args.db_prefix, args.rows_scale, args.w4_tables, args.w4_rows)
     chosen = [all_w[n.strip().upper()] for n in args.workloads.split(",")]
+    # s3shift's own modules compiled as pip compiles the peers' (PYTHONDONTWRITEBYTECODE would else
+    # make every run compile them again)
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "src")], check=False, capture_output=True
+    )
     peer_error = ""
     if set(names) & set(c.TO_S3_ONLY):
         peer_error = c.ensure_peers(args.peers_venv, install=not args.no_install)

@@ -31,6 +31,7 @@ step "ruff check" "$BIN/ruff" check "${LINT_PATHS[@]}"
 step "ruff format" "$BIN/ruff" format --check "${LINT_PATHS[@]}"
 step "mypy" "$BIN/mypy"
 step "mypy scripts" "$BIN/mypy" --strict scripts
+step "mypy benchmarks" "$BIN/mypy" --strict benchmarks
 step "pytest" "$BIN/pytest" -q "$@" # exit 5 (no tests collected) is non-zero, hence a failure
 
 if [ "${#failed[@]}" != 0 ]; then
