@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import traceback
@@ -193,7 +195,26 @@ watermark.command("set", help="Set the watermark (the next run reads after it)."
 
 
 def main() -> None:
-    cli(prog_name="s3shift")
+    """Run the command, then end the process at once: its output is written and flushed, and every
+    connection, upload and transaction closed, so the interpreter's own teardown (freeing every module
+    and Arrow buffer, joining idle worker threads: ~0.15 s measured after a 2M-row run) has nothing
+    left to do for the user."""
+    try:
+        cli(prog_name="s3shift")
+    except SystemExit as done:
+        code = done.code
+        if code is not None and not isinstance(code, int):  # sys.exit("message") semantics
+            sys.stderr.write(f"{code}\n")
+            code = 1
+        _exit_now(code or 0)
+
+
+def _exit_now(code: int) -> None:
+    logging.shutdown()  # flushes every handler
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
