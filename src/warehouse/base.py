@@ -311,6 +311,8 @@ def render(spec: LoadSpec, fill_sql: str, commit: Commit | None, *, fill_counts:
         if d.fold(commit.state_schema) != d.fold(spec.schema_name):
             out.append(f"CREATE SCHEMA IF NOT EXISTS {d.ident(commit.state_schema)}")
         out.append(st.create_sql(d, commit.state_schema))
+        if index := st.index_sql(d, commit.state_schema):
+            out.append(index)
     out.append(target_create_sql(spec))
     counting = [] if fill_counts else [count_sql(spec)]
     staging = [staging_create_sql(spec), fill_sql, *counting] if spec.has_staging else []

@@ -273,22 +273,27 @@ async def ensure(ex: Executor, dialect: Dialect, schema_name: str) -> None:
     the table's sort key orders it the same way)."""
     await ensure_schema(ex, dialect, schema_name)
     await ensure_table(ex, dialect, schema_name, STATE_TABLE, create_sql(dialect, schema_name))
-    if dialect.name == "postgres":
-        await _ensure_index(ex, dialect, schema_name)
+    if sql := index_sql(dialect, schema_name):
+        await _ensure_index(ex, dialect, schema_name, sql)
 
 
-async def _ensure_index(ex: Executor, dialect: Dialect, schema_name: str) -> None:
+def index_sql(dialect: Dialect, schema_name: str) -> str | None:
+    """The state log's index (None where the warehouse has no indexes: Redshift)."""
+    if dialect.name != "postgres":
+        return None
+    columns = ", ".join(dialect.ident(c) for c in ("pipeline", "source_table", "seq"))
+    table = qualified(dialect, schema_name)
+    return f"CREATE INDEX IF NOT EXISTS {dialect.ident(STATE_INDEX)} ON {table} ({columns})"
+
+
+async def _ensure_index(ex: Executor, dialect: Dialect, schema_name: str, sql: str) -> None:
     async def exists() -> bool:
         return bool(await ex.fetchval(_INDEX_EXISTS, dialect.fold(schema_name), STATE_INDEX))
 
     if await exists():
         return
-    columns = ", ".join(dialect.ident(c) for c in ("pipeline", "source_table", "seq"))
     try:
-        await ex.execute(
-            f"CREATE INDEX IF NOT EXISTS {dialect.ident(STATE_INDEX)} "
-            f"ON {qualified(dialect, schema_name)} ({columns})"
-        )
+        await ex.execute(sql)
     except Exception:  # another run created it at the same moment
         if not await exists():
             raise
