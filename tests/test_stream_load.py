@@ -7,6 +7,8 @@ back; an empty table empties the target."""
 
 from __future__ import annotations
 
+import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +187,38 @@ def test_a_failed_load_keeps_target_state_and_a_pending_stage(
     assert assert_tables_equal(mysql_db, "big", pg_schema, "big", "id") == ROWS
 
 
+def emptied(schema: str) -> bool:
+    """A run holds the target's exclusive lock (TRUNCATE's): it is inside its streamed load."""
+    query = (
+        "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = 'big' "
+        "AND l.mode = 'AccessExclusiveLock' AND l.granted"
+    )
+    return bool(pg_fetch(query, schema))
+
+
+def test_sigterm_mid_stream_rolls_back_and_reports(
+    cfg: Path, mysql_db: str, pg_schema: str, s3_conn: S3Conn
+) -> None:
+    table = f"{mysql_db}.big"
+    assert sync(cfg, table)["status"] == "success"
+    before = pg_fetch(f'SELECT count(*) AS n, max(payload) AS p FROM "{pg_schema}".big')
+    mysql_exec(mysql_db, "UPDATE big SET payload = 'terminated' WHERE id % 2 = 0")
+    proc = start_sync(CrashSetup(cfg, table, CLI))
+    wait_until(proc, lambda: emptied(pg_schema), "the streamed load")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    doc = json.loads(out)
+    assert proc.returncode == 1 and doc["status"] == "failed"
+    assert "SIGTERM" in doc["table_results"][table]["error_message"]
+    assert pg_fetch(f'SELECT count(*) AS n, max(payload) AS p FROM "{pg_schema}".big') == before
+    assert not emptied(pg_schema)  # the transaction is gone, not left open
+    uploads = s3_client(s3_conn.endpoint_url or "").list_multipart_uploads(Bucket=s3_conn.bucket)
+    assert not uploads.get("Uploads")  # aborted on the way out
+    assert sync(cfg, table)["status"] == "success"
+    assert assert_tables_equal(mysql_db, "big", pg_schema, "big", "id") == ROWS
+
+
 def test_sigkill_mid_stream_rolls_back(cfg: Path, mysql_db: str, pg_schema: str) -> None:
     table = f"{mysql_db}.big"
     assert sync(cfg, table)["status"] == "success"
@@ -194,15 +228,7 @@ def test_sigkill_mid_stream_rolls_back(cfg: Path, mysql_db: str, pg_schema: str)
     )
     proc = start_sync(CrashSetup(cfg, table, CLI))
 
-    def emptied() -> bool:  # the run holds the target's exclusive lock: it is inside the streamed load
-        query = (
-            "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = 'big' "
-            "AND l.mode = 'AccessExclusiveLock' AND l.granted"
-        )
-        return bool(pg_fetch(query, pg_schema))
-
-    kill_when(proc, emptied, "the streamed load")
+    kill_when(proc, lambda: emptied(pg_schema), "the streamed load")
     assert pg_fetch(f'SELECT count(*) AS n, max(payload) AS p FROM "{pg_schema}".big') == before
     result = sync(cfg, table)
     assert result["status"] == "success", result
