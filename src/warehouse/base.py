@@ -210,13 +210,16 @@ async def prepare_target(ex: Executor, spec: LoadSpec) -> tuple[str, ...]:
     return plan.notes(before=True)
 
 
+async def fill_staging(ex: Executor, spec: LoadSpec, fill: Fill) -> int:
+    """Create and fill the staging table; return its row count."""
+    await ex.execute(staging_create_sql(spec))
+    copied = await fill(spec.staging_sql)
+    return int(await ex.fetchval(count_sql(spec))) if copied is None else copied
+
+
 async def load_staging(ex: Executor, spec: LoadSpec, fill: Fill) -> int:
-    """Create and fill the staging table; return its row count, which must equal the stage's."""
-    loaded = 0
-    if spec.has_staging:
-        await ex.execute(staging_create_sql(spec))
-        copied = await fill(spec.staging_sql)
-        loaded = int(await ex.fetchval(count_sql(spec))) if copied is None else copied
+    """``fill_staging`` when the stage has files; its row count, which must equal the stage's."""
+    loaded = await fill_staging(ex, spec, fill) if spec.has_staging else 0
     if loaded != spec.stage.rows:
         raise WarehouseError(
             f"loaded {loaded} rows into staging for {spec.target_name} but the stage manifest "

@@ -32,7 +32,7 @@ from pgpq.schema import Jsonb
 from src.common.errors import WarehouseError, describe
 from src.common.schema import Column, TableSchema
 from src.config.models import TargetConn
-from src.warehouse.base import BatchOpener, Fill
+from src.warehouse.base import BatchOpener, Fill, fill_staging
 from src.warehouse.catalog import Executor, table_shape
 from src.warehouse.ddl import POSTGRES, postgres_type, staging_name
 from src.warehouse.errors import classify, where
@@ -41,10 +41,8 @@ from src.warehouse.sqlwarehouse import Refill, SqlWarehouse
 from src.warehouse.state import LoadRequest
 from src.warehouse.statements import (
     LoadSpec,
-    count_sql,
     drop_staging_sql,
     insert_all_sql,
-    staging_create_sql,
 )
 
 CLOSE_TIMEOUT = 10.0
@@ -255,9 +253,11 @@ class PostgresWarehouse(SqlWarehouse):
     def _spec(self, req: LoadRequest) -> LoadSpec:
         return build_spec(req, schema_name=self.cfg.schema)
 
-    def _fill(self, ex: Executor, spec: LoadSpec) -> Fill:
+    def _fill(
+        self, ex: Executor, spec: LoadSpec, batches: AsyncIterator[pa.RecordBatch] | None = None
+    ) -> Fill:
         async def fill(_staging_sql: str) -> int | None:
-            return await self._copy(ex, spec, direct=False)
+            return await self._copy(ex, spec, direct=False, batches=batches)
 
         return fill
 
@@ -276,10 +276,7 @@ class PostgresWarehouse(SqlWarehouse):
             if copies_directly(spec.schema, existing, kind):
                 copied = await self._copy(ex, spec, direct=True, batches=batches)
                 return int(await ex.fetchval(count_target)) if copied is None else copied
-            await ex.execute(staging_create_sql(spec))
-            staged = await self._copy(ex, spec, direct=False, batches=batches)
-            if staged is None:
-                staged = int(await ex.fetchval(count_sql(spec)))
+            staged = await fill_staging(ex, spec, self._fill(ex, spec, batches))
             await ex.execute(insert_all_sql(spec))
             await ex.execute(drop_staging_sql(spec))
             return staged

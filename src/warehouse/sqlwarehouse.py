@@ -187,21 +187,20 @@ class SqlWarehouse:
         ours = True  # False while the caller's body runs
         try:
             spec, commit = self._request_spec(req), self._commit(req)
-            async with self._session(load=True) as ex:
-                done = await prepare(ex, spec, commit, self._ready)
-                async with transaction(ex):
-                    await ex.execute(READ_COMMITTED)
-                    emptying = await apply(ex, emptied(spec), commit, done, record=False)
-                    load = _Streamed(self, ex, spec, commit, emptying)
-                    ours = False
-                    yield load
-                    ours = True
-                    if not load.finished:
-                        raise WarehouseError(
-                            f"the {action} {name} ended before its stage was complete: nothing was "
-                            "changed; re-run the table",
-                            table=name,
-                        )
+            async with (
+                self._session(load=True) as ex,
+                emptied_target(ex, spec, commit, self._ready, record=False) as emptying,
+            ):
+                load = _Streamed(self, ex, spec, commit, emptying)
+                ours = False
+                yield load
+                ours = True
+                if not load.finished:
+                    raise WarehouseError(
+                        f"the {action} {name} ended before its stage was complete: nothing was "
+                        "changed; re-run the table",
+                        table=name,
+                    )
         except Exception as exc:
             if not ours:
                 raise
@@ -274,13 +273,23 @@ async def run_refill(
     guard, evolution, COUNT and TRUNCATE, state row), then ``refill`` in the same transaction. No staging
     table: the rows are written once. Only where TRUNCATE is transactional and snapshots are per statement
     (``Dialect.truncate_in_transaction``, not ``snapshot_per_transaction``)."""
-    done = await prepare(ex, spec, commit, ready)
-    async with transaction(ex):
-        await ex.execute(READ_COMMITTED)
-        result = await apply(ex, emptied(spec), commit, done)
+    async with emptied_target(ex, spec, commit, ready) as result:
         loaded = await refill()
         check_loaded(spec, spec.stage, loaded)
     return replace(result, rows_loaded=loaded)
+
+
+@asynccontextmanager
+async def emptied_target(
+    ex: Executor, spec: LoadSpec, commit: Commit, ready: set[str] | None, *, record: bool = True
+) -> AsyncIterator[LoadResult]:
+    """A refill's transaction up to the rows: ``prepare``, then in one READ COMMITTED transaction
+    ``apply`` of ``emptied(spec)`` (locks, guard, evolution, COUNT and TRUNCATE, the state row unless
+    ``record`` is false); the body loads the target; leaving commits (an error rolls back)."""
+    done = await prepare(ex, spec, commit, ready)
+    async with transaction(ex):
+        await ex.execute(READ_COMMITTED)
+        yield await apply(ex, emptied(spec), commit, done, record=record)
 
 
 def render_refill(spec: LoadSpec, refill_sql: str, commit: Commit) -> list[str]:
