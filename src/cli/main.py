@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -18,7 +19,7 @@ from src.common import log
 from src.common.errors import S3ShiftError, describe
 from src.common.jsonio import dumps
 from src.engine.dryrun import plan_sync
-from src.engine.run import SyncRequest, run_sync, unique
+from src.engine.run import SyncRequest, run_sync, start_workers, unique
 from src.engine.table import RunMode
 from src.engine.watermarks import Action, WatermarkRequest, run_watermark
 from src.plan.models import Watermark
@@ -97,7 +98,8 @@ def sync(
 def _run(request: SyncRequest, verbose: bool) -> RunReport:
     """Run the engine; whatever happens, return a report naming every requested table."""
     try:
-        return anyio.run(run_sync, request)
+        workers = start_workers(request)  # before the event loop: forked processes share many tables
+        return anyio.run(functools.partial(run_sync, request, workers=workers))
     except KeyboardInterrupt:
         reason = "run interrupted (SIGINT) before this table finished; target and watermark unchanged"
     except Exception as exc:  # a bug: still honour the contract (JSON on stdout, every table failed)

@@ -21,6 +21,10 @@ class Secret:
             with _lock:
                 _known.add(value)
 
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        """Unpickled (by a worker process) through ``__init__``, so the copy is known to ``scrub`` too."""
+        return (Secret, (self._value,))
+
     def reveal(self) -> str:
         return self._value
 

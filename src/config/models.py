@@ -120,6 +120,7 @@ class Processing:
     range_rows: int = 250_000  # rows per key range of the fast path
     range_workers: int = 2  # connectorx connections per table (within the source's max_connections)
     stream_load: bool = True  # PostgreSQL: a full_sync loads the target while it is staged (one commit)
+    processes: int = 0  # processes sharing the run's tables (src.engine.workers); 0: one per core if many
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ _PROCESSING_KEYS = {
     "range_rows": "int",
     "range_workers": "int",
     "stream_load": "bool",
+    "processes": "int",
 }
 
 _TABLE_KEYS = {
@@ -56,7 +57,19 @@ def parse_processing(raw: Any, file: Path) -> Processing:
         )
     raw = {k: v for k, v in raw.items() if k not in ("strategy", "timeout_minutes")}
     v = checked_values(raw, _PROCESSING_KEYS, file=file, where="pipeline.processing")
-    positive(v, tuple(k for k in v if k not in ("fast_path", "stream_load")), file, "pipeline.processing")
+    positive(
+        v,
+        tuple(k for k in v if k not in ("fast_path", "stream_load", "processes")),
+        file,
+        "pipeline.processing",
+    )
+    if v.get("processes", 0) < 0:
+        raise ConfigError(
+            f"{file}: 'pipeline.processing.processes' must be 0 (one process per core for runs of many "
+            f"tables) or a number of processes (got {v['processes']})",
+            file=str(file),
+            key="pipeline.processing.processes",
+        )
     return Processing(**v)
 
 

@@ -19,12 +19,24 @@ class Limits:
     loads: anyio.CapacityLimiter  # concurrent warehouse loads (WLM slots)
 
     @classmethod
-    def for_pipeline(cls, pipeline: Pipeline) -> Limits:
-        """Must be called inside the event loop."""
+    def for_pipeline(cls, pipeline: Pipeline, *, index: int = 0, processes: int = 1) -> Limits:
+        """The limits of process ``index`` of the run's ``processes`` (``src.engine.workers``): its share
+        of each, so that the run's processes together never exceed the configured ones. Must be called
+        inside the event loop."""
+
+        def part(total: int) -> anyio.CapacityLimiter:
+            return anyio.CapacityLimiter(share(total, index, processes))
+
         return cls(
-            tables=anyio.CapacityLimiter(pipeline.processing.max_parallel_tables),
-            mysql=anyio.CapacityLimiter(pipeline.source.max_connections),
-            cpu=anyio.CapacityLimiter(max(2, os.cpu_count() or 2)),
-            s3_parts=anyio.CapacityLimiter(pipeline.s3.max_concurrency),
-            loads=anyio.CapacityLimiter(pipeline.target.max_connections),
+            tables=part(pipeline.processing.max_parallel_tables),
+            mysql=part(pipeline.source.max_connections),
+            cpu=anyio.CapacityLimiter(max(2, (os.cpu_count() or 2) // processes)),
+            s3_parts=part(pipeline.s3.max_concurrency),
+            loads=part(pipeline.target.max_connections),
         )
+
+
+def share(total: int, index: int, processes: int) -> int:
+    """Process ``index``'s part of a limit of ``total`` split over ``processes``: the parts add up to
+    ``total`` (``process_count`` never makes more processes than any limit has)."""
+    return max(1, total // processes + (1 if index < total % processes else 0))

@@ -5,14 +5,15 @@ requested table ends up in the report, failed with a message naming the cause wh
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import anyio
+import anyio.abc
 import pyarrow as pa
-from anyio.streams.memory import MemoryObjectSendStream
 
 from src.common.errors import S3ShiftError, describe
 from src.common.jsonio import dumps_bytes
@@ -21,6 +22,17 @@ from src.config.loader import config_dir, load_pipeline
 from src.config.models import Pipeline
 from src.engine.limits import Limits
 from src.engine.table import RunContext, RunMode, first_error, sync_table
+from src.engine.workers import (
+    Asker,
+    Channel,
+    Dispenser,
+    Job,
+    Workers,
+    drain,
+    fork_workers,
+    process_count,
+    serve_worker,
+)
 from src.plan.planner import TablePlan, plan_table
 from src.report.aggregator import Aggregator
 from src.report.models import RunReport, TableFailure, TableResult, new_execution_id, utc_now
@@ -33,6 +45,7 @@ from src.stage.s3 import S3Stage
 from src.warehouse.base import Warehouse
 from src.warehouse.factory import open_warehouse
 from src.warehouse.redshift import RedshiftConnect
+from src.warehouse.state import StateRow
 
 log = get_logger("engine")
 REPORT_TIMEOUT = 30.0
@@ -55,7 +68,36 @@ def load_config(request_pipeline: str, directory: str | Path | None) -> Pipeline
     return load_pipeline(config_dir(str(directory) if directory else None), request_pipeline)
 
 
-async def run_sync(request: SyncRequest, *, redshift_connect: RedshiftConnect | None = None) -> RunReport:
+def start_workers(request: SyncRequest) -> Workers | None:
+    """Fork the worker processes that will share this run's tables (``src.engine.workers``), when its
+    pipeline's ``processing.processes`` and its table count call for more than one process. Call before
+    the event loop starts; a config that does not load forks nothing (the run reports it)."""
+    if request.mode not in ("sync", "backup_only", "load_only"):
+        return None
+    try:
+        pipeline = load_config(request.pipeline, request.config_dir)
+    except S3ShiftError:
+        return None
+    return fork_workers(process_count(pipeline, len(unique(request.tables))) - 1, _worker_run)
+
+
+async def run_sync(
+    request: SyncRequest,
+    *,
+    redshift_connect: RedshiftConnect | None = None,
+    workers: Workers | None = None,
+) -> RunReport:
+    """The run; ``workers`` (``start_workers``) run its tables beside this process."""
+    try:
+        return await _run_sync(request, redshift_connect, workers)
+    finally:
+        if workers is not None:
+            workers.dismiss()
+
+
+async def _run_sync(
+    request: SyncRequest, redshift_connect: RedshiftConnect | None, workers: Workers | None
+) -> RunReport:
     start = utc_now()
     tables = unique(request.tables)
     agg = Aggregator(new_execution_id(start), start, request.pipeline, tables)
@@ -74,7 +116,7 @@ async def run_sync(request: SyncRequest, *, redshift_connect: RedshiftConnect | 
             agg.record(_failure(table, exc, phase="plan"))
     if not plans:
         return agg.report()
-    return await _run_plans(agg, pipeline, plans, request.mode, redshift_connect)
+    return await _run_plans(agg, pipeline, plans, request.mode, redshift_connect, workers)
 
 
 def _final(agg: Aggregator, interrupted: list[str]) -> RunReport:
@@ -88,9 +130,18 @@ async def _run_plans(
     plans: list[TablePlan],
     mode: RunMode,
     redshift_connect: RedshiftConnect | None,
+    workers: Workers | None = None,
 ) -> RunReport:
-    limits = Limits.for_pipeline(pipeline)
+    processes = workers.processes if workers else 1
+    limits = Limits.for_pipeline(pipeline, index=0, processes=processes)
     interrupted: list[str] = []
+    dispenser = Dispenser(len(plans))
+
+    def stop() -> None:
+        dispenser.stopped = True
+        if workers:
+            workers.terminate()
+
     async with AsyncExitStack() as stack:
         try:
             resources = await open_resources(
@@ -105,33 +156,30 @@ async def _run_plans(
             return _fail_all(agg, [p.table for p in plans], first_error(exc), phase="connect")
         failed: Exception | None = None
         async with anyio.create_task_group() as outer:  # a signal cancels the scan as well as the tables
-            outer.start_soon(_watch_signals, outer.cancel_scope, interrupted)
+            outer.start_soon(watch_signals, outer.cancel_scope, interrupted, stop)
             try:
                 scan = await _mark_and_scan(stack, resources.s3, pipeline, plans, agg.execution_id, mode)
                 states = await resources.warehouse.read_states(pipeline.name, [p.table for p in plans])
             except Exception as exc:
                 failed = exc
             else:
-                ctx = RunContext(
-                    agg.execution_id,
-                    pipeline,
-                    limits,
-                    resources.source,
-                    resources.s3,
-                    resources.warehouse,
-                    mode,
-                    catalog=Catalog([(p.database, p.source_table) for p in plans])
-                    if mode != "load_only"
-                    else None,
-                    scan=scan,
-                    states=states,
-                )
+                ctx = _context(agg.execution_id, pipeline, limits, resources, mode, plans, scan, states)
+                job = Job(agg.execution_id, pipeline, tuple(plans), mode, scan, states, 0, processes)
+
+                async def record(_: int, result: TableResult) -> None:
+                    agg.record(result)
+
+                async def take() -> int | None:
+                    return dispenser.take()
+
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(agg.run)
-                    for plan in plans:
-                        tg.start_soon(_one, ctx, plan, agg.sender())
-                    agg.close_origin()
+                    for worker in workers.procs if workers else ():
+                        job_of = replace(job, index=worker.index)
+                        tg.start_soon(serve_worker, worker, job_of, dispenser, agg.record)
+                    _pull(tg, ctx, plans, take, record)
             outer.cancel_scope.cancel()
+        if workers and interrupted:
+            await drain(workers, dispenser, agg.record)
         if failed is not None:
             return _fail_all(agg, [p.table for p in plans], first_error(failed), phase="state")
         report = _final(agg, interrupted)
@@ -174,21 +222,100 @@ async def _persist(s3: S3Stage, pipeline: Pipeline, report: RunReport) -> None:
             )
 
 
-async def _watch_signals(scope: anyio.CancelScope, interrupted: list[str]) -> None:
+async def watch_signals(
+    scope: anyio.CancelScope,
+    interrupted: list[str],
+    on_signal: Callable[[], None] | None = None,
+    signums: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+) -> None:
     """SIGTERM/SIGINT cancel the run: in-flight loads roll back, uploads are aborted (shielded cleanup),
-    and the report still names every table."""
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    and the report still names every table. ``on_signal`` first (the parent's workers get SIGTERM)."""
+    with anyio.open_signal_receiver(*signums) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
             log.warning("%s received: cancelling the run", name)
             interrupted.append(name)
+            if on_signal is not None:
+                on_signal()
             scope.cancel()
             return
 
 
-async def _one(ctx: RunContext, plan: TablePlan, send: MemoryObjectSendStream[TableResult]) -> None:
-    async with send:
-        await send.send(await sync_table(ctx, plan))
+NextTable = Callable[[], Awaitable[int | None]]
+Deliver = Callable[[int, TableResult], Awaitable[None]]
+
+
+def _pull(
+    tg: anyio.abc.TaskGroup,
+    ctx: RunContext,
+    plans: Sequence[TablePlan],
+    next_table: NextTable,
+    deliver: Deliver,
+) -> None:
+    """One task per table slot of this process; each runs the next table it is handed until none is left
+    (the run's tables are shared with its other processes, if any)."""
+
+    async def slot() -> None:
+        while (index := await next_table()) is not None:
+            await deliver(index, await sync_table(ctx, plans[index]))
+
+    for _ in range(int(ctx.limits.tables.total_tokens)):
+        tg.start_soon(slot)
+
+
+async def _worker_run(channel: Channel, index: int) -> None:
+    """A worker process's part of the parent's run (``src.engine.workers``): its job, its own pools with
+    its share of the limits, then tables until the parent has none left; each result goes back at once."""
+    job: Job | None = await channel.receive()
+    if job is None:
+        return
+    pipeline, mode = job.pipeline, cast(RunMode, job.mode)
+    limits = Limits.for_pipeline(pipeline, index=job.index, processes=job.processes)
+    asker = Asker(channel)
+    async with AsyncExitStack() as stack, anyio.create_task_group() as outer:
+        outer.start_soon(watch_signals, outer.cancel_scope, [], None, (signal.SIGTERM,))
+        try:
+            resources = await open_resources(
+                stack, pipeline, limits, None, source=mode != "load_only", keep_written=mode == "sync"
+            )
+        except Exception as exc:
+            log.warning(
+                "worker process %d could not connect; the other processes run the tables: %s",
+                index,
+                describe(exc),
+            )
+        else:
+            ctx = _context(
+                job.execution_id, pipeline, limits, resources, mode, job.plans, job.scan, job.states
+            )
+            async with anyio.create_task_group() as tg:
+                _pull(tg, ctx, job.plans, asker.next_table, asker.done)
+            log.info("worker process %d ran %d table(s)", index, asker.delivered)
+        outer.cancel_scope.cancel()
+
+
+def _context(
+    execution_id: str,
+    pipeline: Pipeline,
+    limits: Limits,
+    resources: Resources,
+    mode: RunMode,
+    plans: Sequence[TablePlan],
+    scan: PipelineScan | None,
+    states: Mapping[str, StateRow],
+) -> RunContext:
+    return RunContext(
+        execution_id,
+        pipeline,
+        limits,
+        resources.source,
+        resources.s3,
+        resources.warehouse,
+        mode,
+        catalog=Catalog([(p.database, p.source_table) for p in plans]) if mode != "load_only" else None,
+        scan=scan,
+        states=states,
+    )
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-
 from src.common.log import get_logger
 from src.report.models import RunReport, TableFailure, TableResult, utc_now
 
@@ -17,30 +14,13 @@ log = get_logger("report")
 
 @dataclass
 class Aggregator:
-    """Tables send results into ``sender()`` clones; ``run()`` consumes them until every sender is closed."""
+    """Every table's result, recorded as it finishes (by any task of the run's event loop)."""
 
     execution_id: str
     start_time: datetime
     pipeline: str
     tables: Sequence[str]
     results: dict[str, TableResult] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        send, receive = anyio.create_memory_object_stream[TableResult](max_buffer_size=len(self.tables) or 1)
-        self._send: MemoryObjectSendStream[TableResult] = send
-        self._receive: MemoryObjectReceiveStream[TableResult] = receive
-
-    def sender(self) -> MemoryObjectSendStream[TableResult]:
-        return self._send.clone()
-
-    def close_origin(self) -> None:
-        """Close the original send handle once every clone has been handed out."""
-        self._send.close()
-
-    async def run(self) -> None:
-        async with self._receive:
-            async for result in self._receive:
-                self.record(result)
 
     def record(self, result: TableResult) -> None:
         if result.table in self.results:
