@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 
 import dlt  # type: ignore[import-not-found,unused-ignore]
@@ -23,6 +24,9 @@ def main() -> None:
     for name in ("backend", "mysql", "tables", "bucket-url", "endpoint"):
         ap.add_argument(f"--{name}", required=True)
     args = ap.parse_args()
+    # dlt's extract recurses per resource: with 1,000 tables in one source it raised "maximum recursion
+    # depth exceeded" at Python's default limit of 1,000 (runs K and L). A user would raise the limit.
+    sys.setrecursionlimit(20_000)
     prefix = "DESTINATION__FILESYSTEM__CREDENTIALS__"
     os.environ[prefix + "AWS_ACCESS_KEY_ID"] = "testing"
     os.environ[prefix + "AWS_SECRET_ACCESS_KEY"] = "testing"

@@ -25,7 +25,7 @@ import pytest
 from src.common.secret import Secret
 from src.config.models import Processing, S3Conn, SourceConn, TargetConn
 from src.engine.limits import share
-from src.engine.workers import AUTO_MIN_TABLES, process_count
+from src.engine.workers import AUTO_MIN_TABLES, Dispenser, process_count
 from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER, ROOT, mysql_exec, pg_fetch, s3_client
 from tests.e2e import CLI, as_redshift, assert_tables_equal, run_json, write_config
 
@@ -290,3 +290,43 @@ def test_processes_key_is_validated(
     assert proc.returncode == 1
     message = doc["table_results"]["db.t"]["error_message"]
     assert "pipeline.processing.processes" in message and "Traceback" not in proc.stderr
+
+
+def test_dispenser_hands_out_tables_in_turn() -> None:
+    async def main() -> None:
+        d = Dispenser(6, [2, 2])
+        d._joined.add(1)  # the worker has asked before
+        assert await d.take(0) == 0
+        with anyio.move_on_after(0.2) as waited:  # the parent's 2nd slot waits for the worker's 1st
+            await d.take(0)
+        assert waited.cancelled_caught
+        assert await d.take(1) == 1
+        assert await d.take(0) == 2  # now even
+        assert await d.take(1) == 3
+        # both full: a table's end frees its process, which takes next
+        d.finished(1)
+        assert await d.take(1) == 4
+        # a full process never holds back one with a free slot
+        d.finished(0)
+        d.finished(0)
+        assert await d.take(0) == 5
+        assert await d.take(0) is None  # none left
+
+        late = Dispenser(3, [2, 1])  # a worker that never asks holds back only for the grace period
+        late._grace_until = time.monotonic() + 0.3
+        assert await late.take(0) == 0
+        started = time.monotonic()
+        with anyio.fail_after(2):
+            assert await late.take(0) == 1  # 1 in flight against the worker's 0: waits out the grace
+        assert time.monotonic() - started >= 0.25
+
+        gone = Dispenser(4, [2, 2])
+        gone._joined.add(1)
+        assert await gone.take(0) == 0
+        gone.leave(1)  # a dead worker: the parent takes the rest
+        assert await gone.take(0) == 1
+        stopped = Dispenser(4, [1])
+        stopped.stop()
+        assert await stopped.take(0) is None
+
+    anyio.run(main)

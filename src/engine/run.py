@@ -20,7 +20,7 @@ from src.common.jsonio import dumps_bytes
 from src.common.log import get_logger
 from src.config.loader import config_dir, load_pipeline
 from src.config.models import Pipeline
-from src.engine.limits import Limits
+from src.engine.limits import Limits, share
 from src.engine.table import RunContext, RunMode, first_error, sync_table
 from src.engine.workers import (
     Asker,
@@ -93,6 +93,7 @@ async def run_sync(
     finally:
         if workers is not None:
             workers.dismiss()
+            await workers.reap()
 
 
 async def _run_sync(
@@ -135,10 +136,11 @@ async def _run_plans(
     processes = workers.processes if workers else 1
     limits = Limits.for_pipeline(pipeline, index=0, processes=processes)
     interrupted: list[str] = []
-    dispenser = Dispenser(len(plans))
+    slots = [share(pipeline.processing.max_parallel_tables, i, processes) for i in range(processes)]
+    dispenser = Dispenser(len(plans), slots)
 
     def stop() -> None:
-        dispenser.stopped = True
+        dispenser.stop()
         if workers:
             workers.terminate()
 
@@ -167,10 +169,11 @@ async def _run_plans(
                 job = Job(agg.execution_id, pipeline, tuple(plans), mode, scan, states, 0, processes)
 
                 async def record(_: int, result: TableResult) -> None:
+                    dispenser.finished(0)
                     agg.record(result)
 
                 async def take() -> int | None:
-                    return dispenser.take()
+                    return await dispenser.take(0)
 
                 async with anyio.create_task_group() as tg:
                     for worker in workers.procs if workers else ():

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import pickle
 import signal
 import socket
 import struct
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -54,6 +56,7 @@ log = get_logger("engine.workers")
 AUTO_MIN_TABLES: Final = 8  # below this a worker's own connections cost more than it saves
 AUTO_MAX_PROCESSES: Final = 4
 DRAIN_TIMEOUT: Final = 60.0  # after a signal: how long the parent waits for the workers' rollbacks
+JOIN_GRACE: Final = 2.0  # how long the first tables wait for a worker that is still connecting
 REAP_TIMEOUT: Final = 5.0  # a worker whose socket closed has ended or is about to
 _HEADER: Final = struct.Struct("!I")
 _PR_SET_PDEATHSIG: Final = 1
@@ -153,23 +156,72 @@ class Workers:
                 os.kill(w.pid, signal.SIGTERM)
 
     def dismiss(self) -> None:
-        """The run ends before its tables start: the workers' sockets close, and they exit."""
+        """The run is over (or ends before its tables start): the workers' sockets close; they exit."""
         for w in self.procs:
             w.sock.close()
 
+    async def reap(self) -> None:
+        """Wait (bounded) for every worker to end: none outlives the run, and their resource use counts
+        in the parent's (wait4). A worker that will not end is left to its SIGTERM at the parent's exit."""
+        with anyio.move_on_after(REAP_TIMEOUT, shield=True):
+            for w in self.procs:
+                with contextlib.suppress(ChildProcessError):
+                    await anyio.to_thread.run_sync(os.waitpid, w.pid, 0, abandon_on_cancel=True)
+
 
 class Dispenser:
-    """Hands out the run's tables in order to every process's free table slots (the parent's own too)."""
+    """Hands out the run's tables in order, to the processes in turn: a process with a free table slot
+    gets the next table once no other process with a free slot has fewer tables in flight. So two big
+    tables go to two processes (two cores) rather than to the first two slots that ask, which would be
+    the parent's; a full process never holds the others back, and a worker that has not asked yet does
+    so for ``JOIN_GRACE`` seconds at most (it is still connecting)."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, slots: Sequence[int]) -> None:
         self._next, self._count = 0, count
+        self._slots = dict(enumerate(slots))  # table slots of each live process
+        self._inflight = dict.fromkeys(self._slots, 0)
+        self._joined = {0}  # processes that have asked (the parent asks first)
+        self._grace_until = time.monotonic() + JOIN_GRACE
+        self._changed = anyio.Event()
         self.stopped = False
 
-    def take(self) -> int | None:
-        if self.stopped or self._next >= self._count:
-            return None
-        self._next += 1
-        return self._next - 1
+    async def take(self, process: int) -> int | None:
+        """The next table for ``process`` (which has a free slot), when its turn comes; None: no more."""
+        self._joined.add(process)
+        while not self.stopped and self._next < self._count:
+            grace = self._grace_until - time.monotonic()
+            free = [
+                n
+                for p, n in self._inflight.items()
+                if n < self._slots[p] and (p in self._joined or grace > 0)
+            ]
+            if self._inflight[process] <= min(free, default=0):
+                self._inflight[process] += 1
+                self._next += 1
+                self._notify()
+                return self._next - 1
+            with anyio.move_on_after(grace if grace > 0 else math.inf):
+                await self._changed.wait()
+        return None
+
+    def finished(self, process: int) -> None:
+        """A table of ``process`` ended (its result is in)."""
+        self._inflight[process] -= 1
+        self._notify()
+
+    def leave(self, process: int) -> None:
+        """``process`` takes no more tables (it ended)."""
+        self._slots.pop(process, None)
+        self._inflight.pop(process, None)
+        self._notify()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
 
 
 def fork_workers(count: int, serve: Callable[[Channel, int], Awaitable[None]]) -> Workers | None:
@@ -206,6 +258,7 @@ async def serve_worker(
         await worker.channel.send(job)
         await _answer(worker, dispenser, record)
     except EOFError:
+        dispenser.leave(worker.index)
         await _lost(worker, job.plans, record)
 
 
@@ -213,7 +266,7 @@ async def drain(workers: Workers, dispenser: Dispenser, record: Callable[[TableR
     """After a signal (shielded, bounded): the results the workers still send (a table that finished
     meanwhile) until each has ended, its cancelled tables rolled back; those are left to the report's
     "interrupted" failure, as the parent's own are."""
-    dispenser.stopped = True
+    dispenser.stop()
 
     async def one(worker: Worker) -> None:
         if worker.channel is None:
@@ -233,12 +286,13 @@ async def _answer(worker: Worker, dispenser: Dispenser, record: Callable[[TableR
     while True:
         message = await channel.receive()
         if message[0] == _NEXT:
-            index = dispenser.take()
+            index = await dispenser.take(worker.index)
             if index is not None:
                 worker.taken.add(index)
             await channel.send(index)
         elif message[0] == _DONE:
             worker.taken.discard(message[1])
+            dispenser.finished(worker.index)
             record(message[2])
 
 
