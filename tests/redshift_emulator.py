@@ -13,10 +13,12 @@ transaction's snapshot is fixed by its first query, not by a LOCK it waited on),
 ``COPY t FROM 's3://.../manifest.json' IAM_ROLE '...' FORMAT AS PARQUET MANIFEST`` by reading the
 manifest and the Parquet files from the moto S3 server. Before inserting anything it ENFORCES the
 documented COPY-Parquet rules (research/reliability.md section 2.2): only the options Redshift accepts
-for Parquet; manifest entries mandatory with a content_length equal to the object's size; no empty
-manifest; column count equal and mapping by POSITION; each Parquet type compatible with the declared
-column type (decimal precision and scale equal, no INT64 NANOS, no TIME, no unsigned 64-bit, no
-decimal into an integer); VARCHAR(n) in BYTES; valid UTF-8; rows of at most 4 MB. Any violation fails
+for Parquet; manifest entries mandatory with a content_length equal to the object's size (other keys,
+such as UNLOAD MANIFEST VERBOSE's record_count and totals or s3shift's own, are ignored, as AWS documents
+COPY doing for UNLOAD's manifests; only a real cluster can confirm it); no empty manifest; column count
+equal and mapping by POSITION; each Parquet type compatible with the declared column type (decimal
+precision and scale equal, no INT64 NANOS, no TIME, no unsigned 64-bit, no decimal into an integer);
+VARCHAR(n) in BYTES; valid UTF-8; rows of at most 4 MB. Any violation fails
 the whole COPY with ``asyncpg.exceptions.InternalServerError`` (SQLSTATE XX000), as Redshift does.
 Each file is held in memory while it is checked: fine for tests, not a production reader.
 """

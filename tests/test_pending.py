@@ -15,6 +15,7 @@ from src.warehouse.base import StateRow
 from tests.conftest import mysql_exec
 from tests.e2e import assert_tables_equal, write_config
 from tests.test_incremental import EVENTS, insert_events, sync, tables_cfg
+from tests.test_stage_support import list_keys, rewrite_as_v1
 
 T = [datetime(2024, 1, d) for d in range(1, 9)]
 
@@ -117,3 +118,27 @@ def test_a_pending_stage_listed_beside_the_committed_one_loads_once(
     assert again["rows_processed"] == 0 and again["stages_loaded"] == [] and "stages_skipped" not in again
     assert sync(cfg, t)["table_results"][t]["rows_processed"] == 0
     assert assert_tables_equal(mysql_db, "events", pg_schema, "events", "id") == 3
+
+
+def test_a_stage_written_by_v1_loads_with_load_only(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """A stage staged before the manifest carried the engine's data (a COPY-only manifest and the
+    ``_s3shift.json`` sidecar) is found and loaded, as one of today."""
+    mysql_exec(mysql_db, EVENTS)
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, tables_cfg(mysql_db))
+    t = f"{mysql_db}.events"
+    insert_events(mysql_db, [(1, "a", "2024-01-01"), (2, "b", "2024-01-02")])
+    backup = sync(cfg, t, extra=("--backup-only",))
+    manifest_key = backup["table_results"][t]["manifest"].removeprefix(f"s3://{s3_conn.bucket}/")
+    rewrite_as_v1(s3_conn, manifest_key)
+    prefix = manifest_key.removesuffix("manifest.json")
+    assert f"{prefix}_s3shift.json" in list_keys(s3_conn, prefix)
+    loaded = sync(cfg, t, extra=("--load-only",))["table_results"][t]
+    assert loaded["rows_processed"] == 2 and loaded["stages_loaded"] == [backup["execution_id"]], loaded
+    assert assert_tables_equal(mysql_db, "events", pg_schema, "events", "id") == 2

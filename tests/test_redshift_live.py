@@ -11,7 +11,6 @@ Run: ``pytest -m redshift tests/test_redshift_live.py``. It creates and drops it
 from __future__ import annotations
 
 import io
-import json
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -29,6 +28,7 @@ import pytest
 from src.common.secret import Secret
 from src.config.models import TargetConn
 from src.plan.models import Watermark
+from src.stage.manifest import build_manifest
 from src.stage.models import StagedFile, StageResult
 from src.warehouse.factory import open_warehouse
 from tests.test_warehouse_load import ALL_TYPES, ROWS, arrow_table, replace_request
@@ -70,16 +70,19 @@ def _stage(s3: Any, bucket: str, table: pa.Table) -> StageResult:
     key, data = f"{prefix}part-00000.parquet", buf.getvalue()
     s3.put_object(Bucket=bucket, Key=key, Body=data)
     url = f"s3://{bucket}/{key}"
-    manifest = {"entries": [{"url": url, "mandatory": True, "meta": {"content_length": len(data)}}]}
-    s3.put_object(Bucket=bucket, Key=f"{prefix}manifest.json", Body=json.dumps(manifest).encode())
-    return StageResult(
+    result = StageResult(
         prefix=prefix,
         files=(StagedFile(key, url, len(data), table.num_rows),),
         manifest_key=f"{prefix}manifest.json",
         manifest_url=f"s3://{bucket}/{prefix}manifest.json",
         rows=table.num_rows,
         bytes=len(data),
+        schema_hash="smoke",
+        meta={"execution_id": "smoke", "window": {"strategy": "full_sync"}},
     )
+    # the writer's manifest, byte for byte: proves COPY takes UNLOAD VERBOSE's keys and our s3shift key
+    s3.put_object(Bucket=bucket, Key=result.manifest_key, Body=build_manifest(result))
+    return result
 
 
 async def _no_batches(_: StageResult) -> AsyncIterator[pa.RecordBatch]:

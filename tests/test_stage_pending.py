@@ -36,6 +36,7 @@ from tests.test_stage_support import (
     get_object,
     list_keys,
     open_uploads,
+    rewrite_as_v1,
     stage_batches,
 )
 
@@ -79,7 +80,7 @@ def test_execution_time_parses_only_execution_ids() -> None:
         assert execution_time(other) is None
 
 
-async def test_meta_round_trips_through_the_sidecar(s3_conn: S3Conn) -> None:
+async def test_meta_round_trips_through_the_manifest(s3_conn: S3Conn) -> None:
     meta = {
         "window": {"strategy": "hybrid", "start": None, "end": {"ts": "2024-05-17T11:55:00.123456+00:00"}},
         "schema": {
@@ -98,10 +99,10 @@ async def test_meta_round_trips_through_the_sidecar(s3_conn: S3Conn) -> None:
         read = await read_stage_result(s3, written.manifest_url)
     assert read == written
     assert read.meta == meta
-    sidecar = json.loads(get_object(s3_conn, f"{written.prefix}_s3shift.json"))
-    assert sidecar["meta"] == meta
     manifest = json.loads(get_object(s3_conn, written.manifest_key))
-    assert set(manifest) == {"entries"}  # nothing Redshift does not document goes into the manifest
+    assert manifest["s3shift"]["meta"] == meta
+    assert set(manifest) == {"entries", "meta", "s3shift"}  # UNLOAD MANIFEST VERBOSE's keys, and ours
+    assert list_keys(s3_conn, written.prefix) == sorted([written.files[0].key, written.manifest_key])
 
 
 async def test_meta_that_is_not_json_fails_before_any_upload(s3_conn: S3Conn) -> None:
@@ -121,9 +122,10 @@ async def test_meta_that_is_not_json_fails_before_any_upload(s3_conn: S3Conn) ->
     assert open_uploads(s3_conn) == []
 
 
-async def test_sidecar_without_meta_reads_as_empty_and_a_bad_meta_is_refused(s3_conn: S3Conn) -> None:
+async def test_v1_sidecar_without_meta_reads_as_empty_and_a_bad_meta_is_refused(s3_conn: S3Conn) -> None:
     async with S3Stage(s3_conn) as s3:
         written = await stage(s3, run_id(T0), {"a": 1})
+        rewrite_as_v1(s3_conn, written.manifest_key)
         key = f"{written.prefix}_s3shift.json"
         doc = json.loads(get_object(s3_conn, key))
         del doc["meta"]  # a sidecar written before meta existed
@@ -163,8 +165,10 @@ async def test_list_stages_skips_what_is_not_a_complete_stage(
         await s3.put_bytes(f"{table}{partial}/part-00000.parquet", b"parquet but no manifest")
         for run in (broken, orphan):
             await stage(s3, run)
-        await s3.put_bytes(f"{table}{broken}/_s3shift.json", b"{not json")
-        await s3.delete_keys([f"{table}{orphan}/_s3shift.json"])
+        manifest = json.loads(get_object(s3_conn, f"{table}{broken}/manifest.json"))
+        manifest["s3shift"]["format"] = "s3shift.stage.v9"
+        await s3.put_bytes(f"{table}{broken}/manifest.json", json.dumps(manifest).encode())
+        rewrite_as_v1(s3_conn, f"{table}{orphan}/manifest.json", sidecar=False)  # a v1 stage lost its sidecar
         reads: list[str] = []
         s3.client.meta.events.register(
             "provide-client-params.s3.GetObject", lambda params, **kw: reads.append(params["Key"])
@@ -174,7 +178,7 @@ async def test_list_stages_skips_what_is_not_a_complete_stage(
     assert reads and not [k for k in reads if "/_runs/" in k]  # never read as if it were a run
     warnings = {r.getMessage() for r in stage_log.records if r.levelno == logging.WARNING}
     assert len(warnings) == 2
-    assert any(broken in w and "bad _s3shift.json" in w for w in warnings)
+    assert any(broken in w and "bad s3shift manifest" in w for w in warnings)
     assert any(orphan in w and "NoSuchKey" in w for w in warnings)
 
 
@@ -218,16 +222,21 @@ async def test_since_skips_old_runs_without_reading_them(s3_conn: S3Conn) -> Non
 
 
 @pytest.mark.parametrize("failure", ["SlowDown", "connection"])
-async def test_a_transient_failure_is_raised_not_skipped(s3_conn: S3Conn, failure: str) -> None:
+@pytest.mark.parametrize("cut_read", ["manifest.json", "_s3shift.json"])
+async def test_a_transient_failure_is_raised_not_skipped(
+    s3_conn: S3Conn, failure: str, cut_read: str
+) -> None:
     async def cut(request: Any, **kwargs: Any) -> Any:
-        if "_s3shift.json" in request.url:  # the manifest reads fine, its sidecar does not
+        if cut_read in request.url:  # the manifest, or a v1 stage's sidecar after its manifest read fine
             if failure == "connection":
                 raise EndpointConnectionError(endpoint_url=request.url)
             return error_response(request.url, 503, "SlowDown")
         return None
 
     async with S3Stage(s3_conn, max_attempts=1) as s3:
-        await stage(s3, run_id(T0))
+        written = await stage(s3, run_id(T0))
+        if cut_read == "_s3shift.json":
+            rewrite_as_v1(s3_conn, written.manifest_key)
         s3.client.meta.events.register("before-send.s3.GetObject", cut)
         with pytest.raises(StageError, match="SlowDown" if failure == "SlowDown" else "network") as caught:
             await list_stages(s3, "p", "db.t")
@@ -261,6 +270,16 @@ async def test_delete_stage_removes_the_manifest_first(s3_conn: S3Conn) -> None:
     assert f"{keep.prefix}manifest.json" in list_keys(s3_conn, keep.prefix)
 
 
+async def test_delete_stage_removes_a_v1_stage_with_its_sidecar(s3_conn: S3Conn) -> None:
+    async with S3Stage(s3_conn) as s3:
+        written = await stage(s3, run_id(T0))
+        rewrite_as_v1(s3_conn, written.manifest_key)
+        assert len(list_keys(s3_conn, written.prefix)) == 3  # the part, the sidecar and the manifest
+        (found,) = await list_stages(s3, "p", "db.t")
+        await delete_stage(s3, found)
+    assert list_keys(s3_conn, written.prefix) == []
+
+
 async def test_delete_stage_refuses_keys_outside_its_prefix(s3_conn: S3Conn) -> None:
     async with S3Stage(s3_conn) as s3:
         good = await stage(s3, run_id(T0))
@@ -274,7 +293,7 @@ async def test_delete_stage_refuses_keys_outside_its_prefix(s3_conn: S3Conn) -> 
         )
         with pytest.raises(StageError, match="outside"):
             await delete_stage(s3, bad)
-    assert len(list_keys(s3_conn, good.prefix)) == 3  # the part, the sidecar and the manifest
+    assert len(list_keys(s3_conn, good.prefix)) == 2  # the part and the manifest
 
 
 async def test_list_runs_says_whether_markers_exist_and_a_scan_spares_absent_tables(s3_conn: S3Conn) -> None:

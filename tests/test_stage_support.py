@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -77,6 +78,40 @@ def open_uploads(cfg: S3Conn, prefix: str = "") -> list[str]:
 def get_object(cfg: S3Conn, key: str) -> bytes:
     body: bytes = s3_client(str(cfg.endpoint_url)).get_object(Bucket=cfg.bucket, Key=key)["Body"].read()
     return body
+
+
+def rewrite_as_v1(cfg: S3Conn, manifest_key: str, *, sidecar: bool = True) -> None:
+    """Turn the stage whose manifest is at ``manifest_key`` into one written by s3shift v1: a manifest
+    with only COPY's keys and the ``_s3shift.json`` sidecar beside it (the bytes v1 wrote, field by
+    field); ``sidecar=False`` leaves the sidecar out, as a v1 stage that lost it."""
+    client = s3_client(str(cfg.endpoint_url))
+    doc = json.loads(get_object(cfg, manifest_key))
+    prefix, bucket_prefix = manifest_key[: -len("manifest.json")], f"s3://{cfg.bucket}/"
+    entries = [
+        {"url": e["url"], "mandatory": True, "meta": {"content_length": e["meta"]["content_length"]}}
+        for e in doc["entries"]
+    ]
+    files = [
+        {
+            "key": e["url"][len(bucket_prefix) :],
+            "url": e["url"],
+            "size_bytes": e["meta"]["content_length"],
+            "rows": e["meta"]["record_count"],
+        }
+        for e in doc["entries"]
+    ]
+    v1 = {
+        "format": "s3shift.stage.v1",
+        "prefix": prefix,
+        "schema_hash": doc["s3shift"]["schema_hash"],
+        "rows": doc["meta"]["record_count"],
+        "bytes": doc["meta"]["content_length"],
+        "files": files,
+        "meta": doc["s3shift"]["meta"],
+    }
+    if sidecar:
+        client.put_object(Bucket=cfg.bucket, Key=f"{prefix}_s3shift.json", Body=json.dumps(v1).encode())
+    client.put_object(Bucket=cfg.bucket, Key=manifest_key, Body=json.dumps({"entries": entries}).encode())
 
 
 class _Raw:

@@ -153,15 +153,16 @@ async def test_files_roll_and_manifest_lists_exactly_them(s3_conn: S3Conn) -> No
         reread = await read_stage_result(s3, result.manifest_url)
     keys = [f"staging/p/t/r1/part-{i:05d}.parquet" for i in range(4)]
     assert [f.key for f in result.files] == keys and result.files_created == 4
-    assert list_keys(s3_conn) == sorted(
-        [*keys, "staging/p/t/r1/_s3shift.json", "staging/p/t/r1/manifest.json"]
-    )
+    assert list_keys(s3_conn) == sorted([*keys, "staging/p/t/r1/manifest.json"])  # one object beside them
     entries = parse_manifest(get_object(s3_conn, result.manifest_key))
     sizes = [len(get_object(s3_conn, k)) for k in keys]
     assert entries == [(f"s3://{s3_conn.bucket}/{k}", n) for k, n in zip(keys, sizes, strict=True)]
     assert [f.rows for f in result.files] == [70_000] * 4 and result.bytes == sum(sizes)
     manifest = json.loads(get_object(s3_conn, result.manifest_key))
-    assert set(manifest) == {"entries"} and all(e["mandatory"] is True for e in manifest["entries"])
+    assert set(manifest) == {"entries", "meta", "s3shift"}
+    assert all(e["mandatory"] is True for e in manifest["entries"])
+    assert [e["meta"]["record_count"] for e in manifest["entries"]] == [70_000] * 4
+    assert manifest["meta"] == {"content_length": sum(sizes), "record_count": 280_000}
     assert back is not None and back.column("id").to_pylist() == list(range(280_000))
     assert reread == result
 
@@ -182,8 +183,9 @@ async def test_zero_rows_write_an_empty_manifest_only(s3_conn: S3Conn, empty_bat
         result = await stage_batches(s3, "staging/p/t/empty/", SCHEMA, flat)
         reread = await read_stage_result(s3, result.manifest_url)
     assert (result.files_created, result.rows, result.bytes) == (0, 0, 0)
-    assert json.loads(get_object(s3_conn, result.manifest_key)) == {"entries": []}
-    assert list_keys(s3_conn) == ["staging/p/t/empty/_s3shift.json", "staging/p/t/empty/manifest.json"]
+    manifest = json.loads(get_object(s3_conn, result.manifest_key))
+    assert manifest["entries"] == [] and manifest["meta"] == {"content_length": 0, "record_count": 0}
+    assert list_keys(s3_conn) == ["staging/p/t/empty/manifest.json"]
     assert reread == result
 
 

@@ -28,6 +28,7 @@ from src.common.errors import StageError, WarehouseError
 from src.common.schema import Column, TableSchema
 from src.common.secret import Secret
 from src.config.models import S3Conn, TargetConn
+from src.stage.manifest import build_manifest
 from src.stage.models import StagedFile, StageResult
 from src.warehouse.base import BatchOpener, LoadRequest, LoadResult, StateRow, Warehouse
 from src.warehouse.ddl import postgres_type
@@ -53,7 +54,8 @@ def anyio_backend() -> str:
 def stage(
     s3: S3Conn, tables: Sequence[pa.Table], *, rows: int | None = None, lengths: Sequence[int] | None = None
 ) -> StageResult:
-    """Write each table as one Parquet file under a run prefix, plus a Redshift manifest."""
+    """Write each table as one Parquet file under a run prefix, plus the manifest the writer writes
+    (``lengths``: other content_lengths in it, as a corrupt one would have)."""
     client = s3_client(str(s3.endpoint_url))
     prefix = f"{s3.prefix}test/db.t/{uuid.uuid4().hex}/"
     files = []
@@ -63,14 +65,8 @@ def stage(
         key = f"{prefix}part-{i:05d}.parquet"
         client.put_object(Bucket=s3.bucket, Key=key, Body=buf.getvalue())
         files.append(StagedFile(key, f"s3://{s3.bucket}/{key}", len(buf.getvalue()), table.num_rows))
-    sizes = lengths or [f.size_bytes for f in files]
-    entries = [
-        {"url": f.url, "mandatory": True, "meta": {"content_length": n}}
-        for f, n in zip(files, sizes, strict=True)
-    ]
     manifest_key = f"{prefix}manifest.json"
-    client.put_object(Bucket=s3.bucket, Key=manifest_key, Body=json.dumps({"entries": entries}).encode())
-    return StageResult(
+    result = StageResult(
         prefix=prefix,
         files=tuple(files),
         manifest_key=manifest_key,
@@ -78,6 +74,11 @@ def stage(
         rows=sum(f.rows for f in files) if rows is None else rows,
         bytes=sum(f.size_bytes for f in files),
     )
+    doc = json.loads(build_manifest(result))
+    for entry, n in zip(doc["entries"], lengths or [f.size_bytes for f in files], strict=True):
+        entry["meta"]["content_length"] = n
+    client.put_object(Bucket=s3.bucket, Key=manifest_key, Body=json.dumps(doc).encode())
+    return result
 
 
 def _read_object(client: Any, bucket: str, key: str) -> bytes:

@@ -61,7 +61,7 @@ REQUIRED_META = (
 
 
 def loadable(stage: StageResult) -> bool:
-    """A stage whose sidecar carries everything a load needs (stages of older versions do not)."""
+    """A stage whose meta carries everything a load needs (stages of older versions do not)."""
     return all(key in stage.meta for key in REQUIRED_META)
 
 
@@ -70,7 +70,7 @@ def select(stages: list[StageResult], state: StateRow | None, committed: set[str
     Stages without the metadata a load needs are ignored (logged), never loaded."""
     for stage in stages:
         if not loadable(stage):
-            log.warning("ignoring staged run %s: its sidecar lacks the load metadata", stage.manifest_url)
+            log.warning("ignoring staged run %s: its meta lacks what a load needs", stage.manifest_url)
     stages = [s for s in stages if loadable(s)]
     fresh = [s for s in stages if stage_id(s) not in committed and _newer(s, state)]
     stale = [s for s in stages if stage_id(s) not in committed and not _newer(s, state)]

@@ -376,7 +376,7 @@ async def _load_chain(
 
 
 def load_request(ctx: RunContext, plan: TablePlan, stage: StageResult, state: StateRow | None) -> LoadRequest:
-    """What the stage holds (schema, window, key) comes from its sidecar; how it is loaded (target name,
+    """What the stage holds (schema, window, key) comes from its manifest; how it is loaded (target name,
     renames, schema-change policy, physical design) from the current config, so fixing the config
     unblocks a stage staged under the old one."""
     meta = stage.meta

@@ -29,7 +29,7 @@ class StageResult:
     bytes: int
     schema_hash: str | None = None
     # JSON-able facts the engine keeps with the stage (window, TableSchema, extracted_at, strategy, ...),
-    # stored in the sidecar and restored by read_stage_result / list_stages
+    # stored in the manifest (its ``s3shift`` key) and restored by read_stage_result / list_stages
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     @property

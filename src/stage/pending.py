@@ -1,12 +1,12 @@
 """Stages already in S3: the complete ones of a table in extraction order, and deleting one.
 
-A stage is complete when its ``manifest.json`` exists (written last) and its ``_s3shift.json``
-sidecar is valid. Run "directories" are found with one delimited listing of the table prefix; names
-starting with ``_`` (such as the ``_runs/`` liveness markers) are never stages, and the same listing
-tells whether any marker of the table exists; one scan of the pipeline prefix at a run's start
-(``scan_pipeline``: its uploads, its run markers, its table directories) spares that listing to tables
-that have no directory yet. ``run_marker``, ``bury_dead_runs`` and ``clean_dead_runs`` (in ``runs``)
-are re-exported here: this module is the engine's one entry point.
+A stage is complete when its ``manifest.json`` exists (written last) and is valid (with, for a stage
+written by v1, its ``_s3shift.json`` sidecar). Run "directories" are found with one delimited listing
+of the table prefix; names starting with ``_`` (such as the ``_runs/`` liveness markers) are never
+stages, and the same listing tells whether any marker of the table exists; one scan of the pipeline
+prefix at a run's start (``scan_pipeline``: its uploads, its run markers, its table directories)
+spares that listing to tables that have no directory yet. ``run_marker``, ``bury_dead_runs`` and
+``clean_dead_runs`` (in ``runs``) are re-exported here: this module is the engine's one entry point.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import anyio
 
 from src.common.errors import StageError
 from src.common.log import get_logger
-from src.stage.manifest import MANIFEST_NAME, SIDECAR_NAME, stage_from_manifest
+from src.stage.manifest import LEGACY_SIDECAR_NAME, MANIFEST_NAME, stage_from_manifest
 from src.stage.models import StageResult
 from src.stage.multipart import error_code
 from src.stage.runs import RUNS_DIR, RunMarker, bury_dead_runs, clean_dead_runs, read_run_markers, run_marker
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 SINCE_SLACK: Final = timedelta(hours=1)  # clocks of different hosts may disagree this much
-READ_CONCURRENCY: Final = 8  # manifests and sidecars read at once
+READ_CONCURRENCY: Final = 8  # manifests read at once
 _EXECUTION_ID: Final = re.compile(r"sync_(\d{8}_\d{6})_[0-9a-f]{8}")
 _EPOCH: Final = datetime.min.replace(tzinfo=UTC)
 
@@ -187,8 +187,9 @@ def _parse_time(value: object) -> datetime | None:
 
 
 async def delete_stage(s3: S3Stage, stage: StageResult) -> None:
-    """Delete a stage: its manifest FIRST (so it is never seen half deleted), then files and sidecar."""
-    keys = [f.key for f in stage.files] + [f"{stage.prefix}{SIDECAR_NAME}"]
+    """Delete a stage: its manifest FIRST (so it is never seen half deleted), then its files, with the
+    sidecar a v1 stage has (absent from later ones: S3 deletes an absent key without error)."""
+    keys = [f.key for f in stage.files] + [f"{stage.prefix}{LEGACY_SIDECAR_NAME}"]
     outside = [k for k in [stage.manifest_key, *keys] if not k.startswith(stage.prefix) or k == stage.prefix]
     if not stage.prefix.strip("/") or outside:
         raise StageError(

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from src.common.errors import StageError
 from src.common.log import get_logger
-from src.stage.manifest import MANIFEST_NAME, SIDECAR_NAME, build_manifest, build_sidecar, encode_meta
+from src.stage.manifest import MANIFEST_NAME, build_manifest, encode_meta
 from src.stage.models import StagedFile, StageResult
 from src.stage.multipart import CLEANUP_TIMEOUT
 from src.stage.s3 import S3Stage
@@ -176,7 +176,7 @@ async def write_parquet(
 
     Reads ``receive`` until it ends (the caller owns and closes it). On any failure or cancellation
     open uploads are aborted and every object this call completed is deleted again. ``meta`` (JSON-able)
-    goes into the sidecar and comes back as ``StageResult.meta``.
+    goes into the manifest and comes back as ``StageResult.meta``.
     """
     if not prefix.endswith("/") or file_size_bytes <= 0:
         raise StageError(f"bad staging call: prefix {prefix!r} must end with '/', file size must be > 0")
@@ -289,11 +289,9 @@ def _result(
 
 
 async def _publish(s3: S3Stage, result: StageResult, created: list[str]) -> StageResult:
-    """Write the sidecar, then the manifest: the manifest's presence marks the run as staged."""
-    created.append(f"{result.prefix}{SIDECAR_NAME}")
-    await s3.put_bytes(created[-1], build_sidecar(result), "application/json")
+    """Write the manifest, which also carries the engine's meta: its presence marks the run as staged."""
     created.append(result.manifest_key)
-    await s3.put_bytes(result.manifest_key, build_manifest(result.files), "application/json")
+    await s3.put_bytes(result.manifest_key, build_manifest(result), "application/json")
     return result
 
 
