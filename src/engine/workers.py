@@ -226,7 +226,8 @@ class Dispenser:
 
 def fork_workers(count: int, serve: Callable[[Channel, int], Awaitable[None]]) -> Workers | None:
     """Fork ``count`` workers, each running ``serve(channel, index)`` in its own event loop and then
-    ending its process: it never returns here. Call before any event loop, thread or connection exists."""
+    ending its process: it never returns here. Call before any event loop, thread or connection exists
+    (pyarrow's jemalloc background thread is the one thread then; jemalloc has its own fork handlers)."""
     if count < 1 or not hasattr(os, "fork"):
         return None
     for stream in (sys.stdout, sys.stderr):
@@ -234,7 +235,15 @@ def fork_workers(count: int, serve: Callable[[Channel, int], Awaitable[None]]) -
     parent, procs = os.getpid(), list[Worker]()
     for index in range(1, count + 1):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of processes or memory: the run goes on with those it has
+            ours.close()
+            theirs.close()
+            log.warning(
+                "could not start worker process %d (%s): %d process(es) run the tables", index, exc, index
+            )
+            break
         if pid == 0:
             ours.close()
             for w in procs:
@@ -242,7 +251,7 @@ def fork_workers(count: int, serve: Callable[[Channel, int], Awaitable[None]]) -
             _worker_main(theirs, parent, index, serve)
         theirs.close()
         procs.append(Worker(pid, index, ours))
-    return Workers(procs)
+    return Workers(procs) if procs else None
 
 
 async def serve_worker(
