@@ -8,8 +8,9 @@ start) outside quoted identifiers and literals, refuses PostgreSQL-only syntax R
 RETURNING, FOR UPDATE/SHARE, LOCK ... IN ... MODE, advisory locks, clock_timestamp, SET TRANSACTION,
 TRUNCATE inside a transaction: it commits there) and the ALTER TABLE forms Redshift refuses (several
 actions in one statement; ALTER COLUMN TYPE to anything but a VARCHAR, inside a transaction block, or on a
-primary-key column), runs transactions SERIALIZABLE (like Redshift, a
-transaction's snapshot is fixed by its first query, not by a LOCK it waited on), and carries out
+primary-key column), runs transactions SERIALIZABLE whatever BEGIN says (like Redshift, a
+transaction's snapshot is fixed by its first query, not by a LOCK it waited on), checks each statement
+of a message of several (``BEGIN; LOCK ...``) on its own, and carries out
 ``COPY t FROM 's3://.../manifest.json' IAM_ROLE '...' FORMAT AS PARQUET MANIFEST`` by reading the
 manifest and the Parquet files from the moto S3 server. Before inserting anything it ENFORCES the
 documented COPY-Parquet rules (research/reliability.md section 2.2): only the options Redshift accepts
@@ -123,6 +124,26 @@ def rewrite(sql: str) -> str:
     return "".join(out)
 
 
+def split_statements(sql: str) -> list[str]:
+    """The statements of one simple-query message: split at semicolons outside quotes, blanks dropped."""
+    out: list[str] = []
+    current: list[str] = []
+    for token in tokenize(sql):
+        if token == ";":
+            out.append("".join(current))
+            current = []
+        else:
+            current.append(token)
+    out.append("".join(current))
+    return [s.strip() for s in out if s.strip()]
+
+
+def first_word(sql: str) -> str:
+    return next((t.upper() for t in tokenize(sql) if not t.isspace()), "")
+
+
+_BEGIN = {"BEGIN", "START"}
+_END = {"COMMIT", "END", "ROLLBACK", "ABORT"}
 _PG_ONLY_PAIRS = {("ON", "CONFLICT"), ("FOR", "UPDATE"), ("FOR", "SHARE"), ("SET", "TRANSACTION")}
 _PG_ONLY_WORDS = {"RETURNING", "CLOCK_TIMESTAMP", "STATEMENT_TIMESTAMP", "TRANSACTION_TIMESTAMP"}
 
@@ -371,12 +392,25 @@ class RedshiftEmulator:
         self.statements: list[str] = []  # every statement as the loader sent it, for assertions
 
     async def _accept(self, query: str) -> str:
+        """The message for PostgreSQL: each statement checked (a transaction opened or ended by an earlier
+        one of the same message counts) and rewritten; a BEGIN, whatever its level, SERIALIZABLE."""
         self.statements.append(query)
-        check_redshift_sql(query, in_transaction=self.conn.is_in_transaction())
-        sql = rewrite(query)
+        in_transaction, out = self.conn.is_in_transaction(), []
+        for statement in split_statements(query):
+            word = first_word(statement)
+            if word in _BEGIN | _END:
+                in_transaction = word in _BEGIN
+                out.append("BEGIN ISOLATION LEVEL SERIALIZABLE" if in_transaction else statement)
+                continue
+            check_redshift_sql(statement, in_transaction=in_transaction)
+            out.append(await self._rewrite(statement))
+        return "; ".join(out)
+
+    async def _rewrite(self, statement: str) -> str:
+        sql = rewrite(statement)
         for size in sorted({int(n) for n in _VARBYTE.findall(sql)}):
             await self.conn.execute(_VARBYTE_DOMAIN.format(n=size))
-        target = alter_type_target(query)
+        target = alter_type_target(statement)
         if target is not None and target[1] in await self._primary_key(target[0]):
             raise InternalServerError(f"emulator: cannot alter type of column {target[1]!r}: it is a key")
         return sql
@@ -392,6 +426,8 @@ class RedshiftEmulator:
     async def execute(self, query: str, *args: Any) -> str:
         sql = await self._accept(query)
         command = parse_copy(query)
+        if command is not None and len(split_statements(query)) > 1:
+            raise fail("emulator: a COPY from S3 is emulated only alone in its message")
         if command is not None:
             return await self._copy(command)
         return str(await self.conn.execute(sql, *args))
@@ -401,9 +437,6 @@ class RedshiftEmulator:
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         return await self.conn.fetchval(await self._accept(query), *args)
-
-    def transaction(self) -> AbstractAsyncContextManager[Any]:
-        return self.conn.transaction(isolation="serializable")  # type: ignore[no-any-return]
 
     async def _table(self, table: str) -> tuple[str, str, list[tuple[str, str]]]:
         """(schema, name, [(column, declared type)]) of the COPY's table, by to_regclass."""

@@ -175,12 +175,13 @@ async def test_replace_and_empty_replace(kind: str, pg_schema: str, s3_conn: S3C
         one = request(staged(s3_conn, rows((1, 1, "a"), (2, 1, "b"))), mode="replace")
         await wh.load(one)
         two = request(staged(s3_conn, rows((3, 1, "c"))), mode="replace", expect=one.execution_id)
-        assert await wh.load(two) == LoadResult(rows_loaded=1, target=f"{pg_schema}.t", rows_deleted=2)
+        counted = kind != "postgres"  # PostgreSQL empties with TRUNCATE, which does not count the rows
+        assert await wh.load(two) == LoadResult(1, f"{pg_schema}.t", rows_deleted=2 if counted else None)
         assert await content(pg_schema) == [(3, ts(1), "c")]
         empty = request(
             replace(stage(s3_conn, []), files=(), rows=0), mode="replace", expect=two.execution_id
         )
-        assert await wh.load(empty) == LoadResult(rows_loaded=0, target=f"{pg_schema}.t", rows_deleted=1)
+        assert await wh.load(empty) == LoadResult(0, f"{pg_schema}.t", rows_deleted=1 if counted else None)
         state = await wh.read_state("p", "db.t")
     assert await content(pg_schema) == []
     assert state is not None and state.stage_id == empty.execution_id and state.rows == 0

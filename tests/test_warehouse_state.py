@@ -17,7 +17,7 @@ from src.warehouse.base import StateRow
 from src.warehouse.catalog import Executor
 from src.warehouse.ddl import POSTGRES, REDSHIFT
 from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER
-from tests.redshift_emulator import RedshiftEmulator, check_redshift_sql
+from tests.redshift_emulator import RedshiftEmulator, check_redshift_sql, split_statements
 from tests.test_warehouse_load import pg, stage, target_conn, warehouse
 from tests.test_warehouse_merge import U64_MAX, request, rows, staged
 
@@ -150,30 +150,34 @@ async def test_render_load_touches_nothing(kind: str, pg_schema: str, s3_conn: S
         empty = wh.render_load(request(replace(stage(s3_conn, []), files=(), rows=0), mode="replace"))
     assert sessions == []
     assert await pg("SELECT 1 FROM pg_namespace WHERE nspname = $1", pg_schema) == []
-    at = {key: next(i for i, s in enumerate(sql) if s.startswith(key)) for key in ("BEGIN", "LOCK", "COMMIT")}
+    at = {key: next(i for i, s in enumerate(sql) if s.startswith(key)) for key in ("BEGIN", "COMMIT")}
+    locks = next(i for i, s in enumerate(sql) if "LOCK " in s)
     copy = next(i for i, s in enumerate(sql) if s.startswith("COPY"))
     guard = next(i for i, s in enumerate(sql) if s.startswith("SELECT") and "ORDER BY" in s)
-    assert at["LOCK"] < guard < at["COMMIT"] and sql[-1] == "COMMIT"
+    shape = next(i for i, s in enumerate(sql) if "pg_catalog.pg_attribute" in s)
+    assert at["BEGIN"] <= locks < guard < shape < at["COMMIT"] and sql[-1] == "COMMIT"
     assert any(s.startswith("DELETE FROM") and "USING" in s for s in sql)
     assert any("ROW_NUMBER() OVER (PARTITION BY" in s for s in sql)
     assert any(s.startswith("INSERT INTO") and "s3shift_state" in s for s in sql)
     if kind == "redshift":
         assert req.stage.manifest_url in sql[copy] and "FORMAT AS PARQUET MANIFEST" in sql[copy]
-        assert copy < at["BEGIN"]  # the snapshot must not predate the LOCK
+        assert copy < at["BEGIN"] == locks  # the snapshot must not predate the LOCK: one message
+        assert sql[locks].startswith("BEGIN; LOCK ")
         for s in sql:
-            check_redshift_sql(s, in_transaction=False)
-    else:
-        assert at["BEGIN"] < copy and "READ COMMITTED" in sql[at["BEGIN"] + 1]
+            for statement in split_statements(s):
+                check_redshift_sql(statement, in_transaction=False)
+    else:  # the staging table is filled inside the transaction, before the LOCKs
+        assert sql[at["BEGIN"]] == "BEGIN ISOLATION LEVEL READ COMMITTED" and at["BEGIN"] < copy < locks
     assert not any(s.startswith("COPY") for s in empty)
     if kind == "redshift":  # TRUNCATE would commit there; PostgreSQL's is transactional
         assert any(s.startswith("DELETE FROM") and "USING" not in s for s in empty)
         assert any(s.startswith("SELECT COUNT(*)") for s in sql)  # the staging table is counted
         assert not any("TRUNCATE" in s for s in sql + empty)
     else:
-        truncate = next(i for i, s in enumerate(empty) if s.startswith("TRUNCATE"))
-        assert empty[truncate - 1].startswith("SELECT COUNT(*)")  # rows_deleted, counted under the LOCK
+        assert any(s.startswith("BEGIN ISOLATION LEVEL READ COMMITTED; LOCK TABLE ") for s in empty)
+        assert any(s.startswith("TRUNCATE") for s in empty)  # not counted first: no COUNT(*) at all
         assert not any(s.startswith("DELETE FROM") and "USING" not in s for s in sql + empty)
-        assert not any(s.startswith("SELECT COUNT(*)") for s in sql)  # the COPY's tag counts the staging
+        assert not any(s.startswith("SELECT COUNT(*)") for s in sql + empty)  # the COPY's tag counts
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -185,12 +189,13 @@ async def test_render_load_of_a_replace(kind: str, pg_schema: str, s3_conn: S3Co
         sql = wh.render_load(req)
     copy = next(i for i, s in enumerate(sql) if s.startswith("COPY"))
     state = next(i for i, s in enumerate(sql) if s.startswith("INSERT INTO") and "s3shift_state" in s)
+    begin = next(i for i, s in enumerate(sql) if s.startswith("BEGIN"))
     if kind == "redshift":
-        assert any(s.startswith("CREATE TEMP TABLE") for s in sql) and copy < sql.index("BEGIN")
+        assert any(s.startswith("CREATE TEMP TABLE") for s in sql) and copy < begin
         return
     assert not any(s.startswith("CREATE TEMP TABLE") or "s3shift_stage_" in s for s in sql)
     truncate = next(i for i, s in enumerate(sql) if s.startswith("TRUNCATE"))
-    assert sql.index("BEGIN") < truncate < state < copy == len(sql) - 2 and sql[-1] == "COMMIT"
+    assert begin < truncate < state < copy == len(sql) - 2 and sql[-1] == "COMMIT"
     assert sql[copy] == f'COPY "{pg_schema}"."t" ("id", "ts", "v") FROM STDIN (FORMAT binary, FREEZE)'
 
 

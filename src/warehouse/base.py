@@ -2,17 +2,21 @@
 
 A load (DESIGN.md section 4, research/reliability.md sections 1.7-1.8):
 
-1. outside any data transaction, each race-safe: the target schema, the state schema and table, the
-   target table (created from the schema if missing); an existing target is compared with the load's
-   columns (``evolve``): an incompatible change fails here, before anything changed, and the changes
-   a warehouse cannot make inside a transaction (Redshift's VARCHAR widening) are made here;
+1. outside any data transaction, each race-safe: the target schema, the state schema and table (once
+   per warehouse); on a table's first load (no state row to plan from) the target table, created from
+   the schema if missing, or compared with the load's columns (``evolve``): an incompatible change fails
+   here, before anything changed, and the changes a warehouse cannot make inside a transaction
+   (Redshift's VARCHAR widening) are made here. A table loaded before is not asked about here: step 3
+   finds it under the lock, and a target missing after all (dropped; the LOCK's undefined_table) or
+   needing such a change rolls back, is prepared as above, and the transaction runs again (once);
 2. the staging table (a temp table mirroring the Parquet schema in order), filled by COPY, its row
    count checked against the stage manifest;
 3. LOCK the target (serialising loads of one table), LOCK the state table for writing, read the latest
-   state row and compare it with the one the caller planned from (the concurrency guard);
-4. evolve the target (ADD COLUMN, ALTER COLUMN TYPE, or a rebuild; planned again under the lock),
-   change the target by mode (``statements.apply_steps``), drop the staging table, append the state
-   row, COMMIT.
+   state row and compare it with the one the caller planned from (the concurrency guard), read the
+   target's columns (``catalog.table_shape``: once per load);
+4. evolve the target (ADD COLUMN, ALTER COLUMN TYPE, or a rebuild; planned from that read, under the
+   lock), change the target by mode (``statements.apply_steps``), drop the staging table, append the
+   state row, COMMIT.
 
 Steps 2-4 are ONE transaction on PostgreSQL, in READ COMMITTED: the guard's SELECT sees every commit
 that the LOCK waited for. On Redshift a transaction's snapshot is fixed by its first query, so step 2
@@ -20,6 +24,10 @@ runs before the transaction and the LOCKs are its first statements (``Dialect.sn
 Redshift's LOCK excludes everyone, so the commit phases of all loads into one state table take turns,
 which also keeps its serializable isolation from aborting them. Any failure rolls the transaction back:
 target and state are untouched; the staging table is dropped (or dies with the session).
+
+Round trips: statements without bound values that run back to back go as one message (``batch``):
+BEGIN and the LOCKs (on PostgreSQL with a staging table, BEGIN and then the LOCKs after the fill).
+``render`` lists the messages in the order they are sent, built by the same functions.
 """
 
 from __future__ import annotations
@@ -37,8 +45,17 @@ from src.common.log import get_logger
 from src.stage.models import StageResult
 from src.warehouse import evolve
 from src.warehouse import state as st
-from src.warehouse.catalog import Executor, column_types, ensure_schema, ensure_table
+from src.warehouse.catalog import (
+    MISSING,
+    SHAPE_SQL,
+    Executor,
+    Shape,
+    ensure_schema,
+    ensure_table,
+    table_shape,
+)
 from src.warehouse.ddl import check_distsort, check_identifiers
+from src.warehouse.errors import sqlstate_of
 from src.warehouse.state import LoadRequest, Mode, StateRow
 from src.warehouse.statements import (
     LoadSpec,
@@ -62,6 +79,7 @@ __all__ = [
     "StateRow",
     "StreamedLoad",
     "Warehouse",
+    "batch",
     "render",
     "run_load",
     "transaction",
@@ -72,7 +90,7 @@ BatchOpener = Callable[[StageResult], AsyncIterator[pa.RecordBatch]]
 # command tag says so (PostgreSQL's "COPY n"), else None and the staging table is counted.
 Fill = Callable[[str], Awaitable[int | None]]
 ROLLBACK_TIMEOUT = 30.0
-READ_COMMITTED = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+UNDEFINED_TABLE = "42P01"  # SQLSTATE of a LOCK on a missing table (both warehouses)
 log = get_logger("warehouse")
 
 
@@ -80,7 +98,7 @@ log = get_logger("warehouse")
 class LoadResult:
     rows_loaded: int  # rows inserted into the target
     target: str  # "schema.table"
-    rows_deleted: int = 0
+    rows_deleted: int | None = 0  # None: emptied by TRUNCATE, which does not count them
     schema_changes: tuple[str, ...] = ()  # what evolving the target did, in words
 
 
@@ -136,21 +154,52 @@ class Commit:
     state_schema: str
 
 
+def batch(*statements: str) -> str:
+    """Statements without bound values as one message (one round trip), run in order; the first that
+    fails stops the rest and is raised."""
+    return "; ".join(statements)
+
+
 @asynccontextmanager
-async def transaction(ex: Executor) -> AsyncIterator[None]:
-    """Like ``ex.transaction()``, but the rollback survives cancellation and is time-boxed."""
-    tx = ex.transaction()
-    await tx.__aenter__()
+async def transaction(ex: Executor, begin: str) -> AsyncIterator[None]:
+    """``begin`` (a BEGIN, and whatever is sent with it in one ``batch``), the body, COMMIT. Any failure,
+    the begin's included, rolls back; the rollback survives cancellation and is time-boxed."""
     try:
+        await ex.execute(begin)
         yield
-    except BaseException as exc:
+    except BaseException:
         with anyio.CancelScope(shield=True), anyio.move_on_after(ROLLBACK_TIMEOUT):
             try:
-                await tx.__aexit__(type(exc), exc, exc.__traceback__)
+                await ex.execute("ROLLBACK")
             except Exception as rollback_exc:  # the original failure matters more
                 log.debug("rollback failed: %s", rollback_exc)
         raise
-    await tx.__aexit__(None, None, None)
+    await ex.execute("COMMIT")
+
+
+class _Unprepared(Exception):
+    """The target needs a change no transaction can make (``evolve.Plan.before``): roll back, prepare it."""
+
+
+def stages_inside(spec: LoadSpec) -> bool:
+    """The staging table is created and filled inside the commit transaction, before its LOCKs
+    (PostgreSQL); on Redshift before the transaction, whose snapshot its first statement fixes."""
+    return spec.has_staging and not spec.dialect.snapshot_per_transaction
+
+
+def lock_sqls(spec: LoadSpec, commit: Commit | None) -> list[str]:
+    """The LOCKs the commit transaction takes before its guard reads the state: target, then state."""
+    state = [st.lock_for_load(spec.dialect, commit.state_schema)] if commit is not None else []
+    return [target_lock_sql(spec), *state]
+
+
+def opening_sqls(spec: LoadSpec, commit: Commit | None) -> list[str]:
+    """The commit transaction's first messages: BEGIN with the LOCKs, or (``stages_inside``) BEGIN, and
+    the LOCKs once the staging table is filled."""
+    begin = spec.dialect.begin_sql
+    if stages_inside(spec):
+        return [begin, batch(*lock_sqls(spec, commit))]
+    return [batch(begin, *lock_sqls(spec, commit))]
 
 
 async def run_load(
@@ -158,28 +207,67 @@ async def run_load(
 ) -> LoadResult:
     """The protocol in the module docstring; ``commit`` None = no state row and no guard; ``ready`` as in
     ``prepare``."""
-    done = await prepare(ex, spec, commit, ready)
-    if not spec.dialect.snapshot_per_transaction:
-        async with transaction(ex):
-            await ex.execute(READ_COMMITTED)
-            await load_staging(ex, spec, fill)
-            return await apply(ex, spec, commit, done)
+    prepared = await prepare(ex, spec, commit, ready)
+    if stages_inside(spec):
+        async with committing(ex, spec, commit, prepared, fill=fill) as (result, _):
+            pass
+        return result
     try:
         await load_staging(ex, spec, fill)
-        async with transaction(ex):
-            return await apply(ex, spec, commit, done)
+        async with committing(ex, spec, commit, prepared) as (result, _):
+            pass
+        return result
     except BaseException:
         await _drop_quietly(ex, spec)
         raise
 
 
+@asynccontextmanager
+async def committing(
+    ex: Executor,
+    spec: LoadSpec,
+    commit: Commit | None,
+    prepared: tuple[str, ...] | None,
+    *,
+    fill: Fill | None = None,
+    record: bool = True,
+) -> AsyncIterator[tuple[LoadResult, Shape]]:
+    """The commit transaction (``opening_sqls``, the staging fill between them when ``fill`` is given,
+    then ``apply``) around the body, which gets ``apply``'s result; leaving commits, an error rolls back.
+    A target not prepared before (``prepared`` None) that turns out missing or to need a change no
+    transaction can make is prepared now and the transaction run again: only until the body starts."""
+    while True:
+        started = False
+        try:
+            begin, *then = opening_sqls(spec, commit)
+            async with transaction(ex, begin):
+                if fill is not None:
+                    await load_staging(ex, spec, fill)
+                for sql in then:
+                    await ex.execute(sql)
+                applied = await apply(ex, spec, commit, prepared, record=record)
+                started = True
+                yield applied
+            return
+        except Exception as exc:
+            if started or prepared is not None or not _unprepared(exc):
+                raise
+        log.debug("%s: preparing the target, then the load again", spec.target_name)
+        prepared = await prepare_target(ex, spec)
+
+
+def _unprepared(exc: Exception) -> bool:
+    return isinstance(exc, _Unprepared) or sqlstate_of(exc) == UNDEFINED_TABLE
+
+
 async def prepare(
     ex: Executor, spec: LoadSpec, commit: Commit | None, ready: set[str] | None = None
-) -> tuple[str, ...]:
-    """What every load does before its transaction: check the spec, create the schema, the state table and
-    the target if missing (or plan the target's evolution). Returns the evolution's notes. ``ready``: the
-    schemas and state tables already ensured by this warehouse's earlier loads (updated here), which are
-    not asked about again."""
+) -> tuple[str, ...] | None:
+    """What every load does before its transaction: check the spec, create the schema and the state table
+    if missing, and on a table's first load (the caller planned from no state row) create the target if
+    missing or plan its evolution. Returns the evolution's notes; None when the target was not examined
+    (``committing`` finds it under its lock). ``ready``: the schemas and state tables already ensured by
+    this warehouse's earlier loads (updated here), which are not asked about again."""
     check_spec(spec)
     ready = set() if ready is None else ready
     if (schema := f"schema {spec.dialect.fold(spec.schema_name)}") not in ready:
@@ -188,6 +276,8 @@ async def prepare(
     if commit is not None and (state := f"state {spec.dialect.fold(commit.state_schema)}") not in ready:
         await st.ensure(ex, spec.dialect, commit.state_schema)
         ready.add(state)
+    if commit is not None and commit.expect_stage:
+        return None
     return await prepare_target(ex, spec)
 
 
@@ -200,7 +290,7 @@ def check_spec(spec: LoadSpec) -> None:
 async def prepare_target(ex: Executor, spec: LoadSpec) -> tuple[str, ...]:
     """Create the target if missing; else plan its evolution (raising for an incompatible change before
     anything changed) and make the changes that cannot run inside a transaction. Returns their notes."""
-    existing = await column_types(ex, spec.dialect, spec.schema_name, spec.target_table)
+    existing, _ = await table_shape(ex, spec.dialect, spec.schema_name, spec.target_table)
     if not existing:
         await ensure_table(ex, spec.dialect, spec.schema_name, spec.target_table, target_create_sql(spec))
         return ()
@@ -231,32 +321,40 @@ async def load_staging(ex: Executor, spec: LoadSpec, fill: Fill) -> int:
 
 
 async def apply(
-    ex: Executor, spec: LoadSpec, commit: Commit | None, done: tuple[str, ...] = (), *, record: bool = True
-) -> LoadResult:
-    """Inside the commit transaction: locks, guard, schema evolution, target changes, state row (not
-    when ``record`` is false: the caller appends it once the rows it loads are known)."""
-    await ex.execute(target_lock_sql(spec))
+    ex: Executor,
+    spec: LoadSpec,
+    commit: Commit | None,
+    prepared: tuple[str, ...] | None = (),
+    *,
+    record: bool = True,
+) -> tuple[LoadResult, Shape]:
+    """Inside the commit transaction, its LOCKs held: guard, schema evolution, target changes, state row
+    (not when ``record`` is false: the caller appends it once the rows it loads are known). Returns the
+    result and the target's shape as read under the lock (``MISSING`` when the evolution changed it)."""
     if commit is not None:
-        await ex.execute(st.lock_for_load(spec.dialect, commit.state_schema))
         await guard(ex, spec, commit)
-    changes = (*done, *await evolve_locked(ex, spec))
-    counts = {"delete": 0, "insert": 0}
-    for kind, sql in apply_steps(spec):
-        if kind == "count_deleted":
-            counts["delete"] = int(await ex.fetchval(sql))
-        else:  # TRUNCATE's tag has no count: it adds 0 to the one counted just before
-            counts[kind] += _affected(await ex.execute(sql))
+    notes, shape = await evolve_locked(ex, spec, prepared)
+    steps, counts = apply_steps(spec), {"delete": 0, "truncate": 0, "insert": 0}
+    for kind, sql in steps:
+        counts[kind] += _affected(await ex.execute(sql))
+    deleted = None if any(kind == "truncate" for kind, _ in steps) else counts["delete"]
     if spec.has_staging:
         await ex.execute(drop_staging_sql(spec))
     if commit is not None and record:
         await st.insert(ex, spec.dialect, commit.state_schema, commit.row)
-    deleted = counts["delete"]
-    return LoadResult(counts["insert"], spec.target_name, rows_deleted=deleted, schema_changes=changes)
+    changes = (*(prepared or ()), *notes)
+    return LoadResult(counts["insert"], spec.target_name, rows_deleted=deleted, schema_changes=changes), shape
 
 
-async def evolve_locked(ex: Executor, spec: LoadSpec) -> tuple[str, ...]:
-    """Plan again under the target's lock (another load may have changed it meanwhile) and apply."""
-    plan = await evolve.read(ex, spec)
+async def evolve_locked(
+    ex: Executor, spec: LoadSpec, prepared: tuple[str, ...] | None
+) -> tuple[tuple[str, ...], Shape]:
+    """Read the target under its lock (another load may have changed it since any earlier read), plan
+    its evolution and apply it. Returns the notes and the shape read (``MISSING`` if it changed)."""
+    shape = await table_shape(ex, spec.dialect, spec.schema_name, spec.target_table)
+    plan = evolve.plan(spec, shape[0])
+    if plan.before and prepared is None:
+        raise _Unprepared(spec.target_name)
     if plan.before:
         raise WarehouseError(
             f"the columns of {spec.target_name} changed while this load prepared it: nothing was "
@@ -266,7 +364,7 @@ async def evolve_locked(ex: Executor, spec: LoadSpec) -> tuple[str, ...]:
         )
     for sql in plan.inside:
         await ex.execute(sql)
-    return plan.notes(before=False)
+    return plan.notes(before=False), (MISSING if plan.inside else shape)
 
 
 async def guard(ex: Executor, spec: LoadSpec, commit: Commit) -> None:
@@ -303,10 +401,11 @@ def _affected(status: str) -> int:
 
 
 def render(spec: LoadSpec, fill_sql: str, commit: Commit | None, *, fill_counts: bool = False) -> list[str]:
-    """Every statement ``run_load`` may send, in order (creation statements run only when needed);
-    pure: no I/O. ``fill_sql`` stands for the COPY that fills the staging table (``fill_counts``: its
-    command tag gives the row count, so the staging table is not counted). Schema evolution
-    statements depend on the target's catalog at load time and are not shown."""
+    """Every message ``run_load`` may send, in order (creation statements run only when needed; several
+    statements in one entry are one message); pure: no I/O. ``fill_sql`` stands for the COPY that fills
+    the staging table (``fill_counts``: its command tag gives the row count, so the staging table is not
+    counted). The catalog reads before the transaction (on a table's first load) and schema evolution
+    statements depend on the catalog at load time and are not shown."""
     check_spec(spec)
     d = spec.dialect
     out = [f"CREATE SCHEMA IF NOT EXISTS {d.ident(spec.schema_name)}"]
@@ -319,13 +418,11 @@ def render(spec: LoadSpec, fill_sql: str, commit: Commit | None, *, fill_counts:
     out.append(target_create_sql(spec))
     counting = [] if fill_counts else [count_sql(spec)]
     staging = [staging_create_sql(spec), fill_sql, *counting] if spec.has_staging else []
-    if d.snapshot_per_transaction:
-        out += [*staging, "BEGIN"]
-    else:
-        out += ["BEGIN", READ_COMMITTED, *staging]
-    out.append(target_lock_sql(spec))
+    begin, *then = opening_sqls(spec, commit)
+    out += [begin, *staging, *then] if stages_inside(spec) else [*staging, begin]
     if commit is not None:
-        out += [st.lock_for_load(d, commit.state_schema), st.latest_sql(d, commit.state_schema)]
+        out.append(st.latest_sql(d, commit.state_schema))
+    out.append(SHAPE_SQL)
     out += [sql for _, sql in apply_steps(spec)]
     if spec.has_staging:
         out.append(drop_staging_sql(spec))

@@ -7,22 +7,22 @@ IF NOT EXISTS (PostgreSQL's catalog unique index); that one then finds the objec
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from src.warehouse.ddl import Dialect
 
 
 class Executor(Protocol):
-    """What a loader needs from a connection; ``asyncpg.Connection`` is one, the Redshift emulator another."""
+    """What a loader needs from a connection; ``asyncpg.Connection`` is one, the Redshift emulator another.
+    ``execute`` without arguments sends the simple-query message: it may hold several statements (one
+    round trip; the first failure stops the rest and is raised), such as ``BEGIN`` and the LOCKs after it.
+    """
 
     async def execute(self, query: str, *args: Any) -> str: ...
 
     async def fetch(self, query: str, *args: Any) -> list[Any]: ...
 
     async def fetchval(self, query: str, *args: Any) -> Any: ...
-
-    def transaction(self) -> AbstractAsyncContextManager[Any]: ...
 
 
 _SCHEMA_EXISTS = "SELECT COUNT(*) FROM pg_catalog.pg_namespace WHERE nspname = $1"
@@ -35,7 +35,11 @@ _COLUMNS = (
 )
 
 
-_COLUMN_TYPES = (
+# The catalog's view of a table: (name, type as the catalog spells it) of each column in order, and its
+# ``pg_class.relkind`` ("r": a plain table, "p": a partitioned one); ([], None) when it is missing.
+Shape = tuple[list[tuple[str, str]], str | None]
+MISSING: Shape = ([], None)
+SHAPE_SQL = (
     "SELECT CAST(a.attname AS VARCHAR(128)) AS name, "
     "CAST(format_type(a.atttypid, a.atttypmod) AS VARCHAR(256)) AS sqltype, "
     "CAST(c.relkind AS VARCHAR(1)) AS kind FROM pg_catalog.pg_attribute a "
@@ -46,19 +50,11 @@ _COLUMN_TYPES = (
 )
 
 
-async def table_shape(
-    ex: Executor, dialect: Dialect, schema_name: str, table: str
-) -> tuple[list[tuple[str, str]], str | None]:
-    """(name, type as the catalog spells it) of each of the table's columns, in order, and its
-    ``pg_class.relkind`` ("r": a plain table, "p": a partitioned one); ([], None) when it is missing."""
-    rows = await ex.fetch(_COLUMN_TYPES, dialect.fold(schema_name), dialect.fold(table))
+async def table_shape(ex: Executor, dialect: Dialect, schema_name: str, table: str) -> Shape:
+    """The table's ``Shape``: its columns and kind, or ``MISSING``."""
+    rows = await ex.fetch(SHAPE_SQL, dialect.fold(schema_name), dialect.fold(table))
     columns = [(str(row["name"]), str(row["sqltype"])) for row in rows]
     return columns, (str(rows[0]["kind"]) if rows else None)
-
-
-async def column_types(ex: Executor, dialect: Dialect, schema_name: str, table: str) -> list[tuple[str, str]]:
-    """(name, type as the catalog spells it) of each of the table's columns, in order."""
-    return (await table_shape(ex, dialect, schema_name, table))[0]
 
 
 async def table_columns(ex: Executor, dialect: Dialect, schema_name: str, table: str) -> list[str]:

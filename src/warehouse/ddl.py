@@ -56,6 +56,13 @@ class Dialect:
     truncate_in_transaction: bool = False
     system_columns: frozenset[str] = PG_SYSTEM_COLUMNS  # names a column cannot have (after folding)
 
+    @property
+    def begin_sql(self) -> str:
+        """Opens the commit transaction: READ COMMITTED where snapshots are per statement (whatever the
+        server's default), so the guard's SELECT sees every commit its LOCK waited for; plain BEGIN on
+        Redshift, which has no such level (SET TRANSACTION is PostgreSQL's)."""
+        return "BEGIN" if self.snapshot_per_transaction else "BEGIN ISOLATION LEVEL READ COMMITTED"
+
     def fold(self, name: str) -> str:
         if not self.folds_case:
             return name

@@ -12,7 +12,7 @@
   table inside the data transaction (CREATE the new definition, INSERT ... SELECT with lossless casts,
   DROP the old, RENAME the new), and fails naming the column when no lossless conversion exists.
 
-Every change is reported in words (``Plan.notes``) for the table result. Pure functions, except ``read``.
+Every change is reported in words (``Plan.notes``) for the table result. Pure functions.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from src.common.errors import WarehouseError
-from src.warehouse.catalog import Executor, column_types
 from src.warehouse.ddl import (
     NO_ALTER_ENCODINGS,
     STAGING_PREFIX,
@@ -205,12 +204,6 @@ class _Diff:
     @property
     def new_type(self) -> SqlType:
         return parse_type(self.new)
-
-
-async def read(ex: Executor, spec: LoadSpec) -> Plan:
-    """The plan for the target as the catalog shows it now (raises for an incompatible change)."""
-    existing = await column_types(ex, spec.dialect, spec.schema_name, spec.target_table)
-    return plan(spec, existing)
 
 
 def plan(spec: LoadSpec, existing: Sequence[tuple[str, str]]) -> Plan:

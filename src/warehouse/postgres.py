@@ -4,9 +4,11 @@ A replace (with files) COPYs straight into the target, which the same transactio
 (``run_refill``): with FREEZE, the rows are written once and never revisited to set hint bits. That needs
 every target column to be exactly the type the binary data is: json is sent as jsonb, a UTC timestamp's
 binary form is timestamptz's; a wide decimal (staged as text), a target column kept wider than the
-source's, or a partitioned target are staged instead. Other modes COPY into a staging table whose columns
-are what pgpq emits for the Parquet (Arrow) schema; the INSERT into the target casts where the two differ
-(json -> jsonb, timestamp -> timestamptz at UTC, wide decimals staged as text -> numeric).
+source's, or a partitioned target are staged instead (decided from the columns the commit transaction
+read under its lock, before evolving: a target this load has just evolved is staged, this once). Other
+modes COPY into a staging table whose columns are what pgpq emits for the Parquet (Arrow) schema; the
+INSERT into the target casts where the two differ (json -> jsonb, timestamp -> timestamptz at UTC, wide
+decimals staged as text -> numeric).
 
 Reading, decoding and encoding run ahead of the COPY in a task of their own (the CPU work in worker
 threads), through a stream of ``CHUNKS_AHEAD`` encoded batches: PostgreSQL stores one batch while the
@@ -33,7 +35,7 @@ from src.common.errors import WarehouseError, describe
 from src.common.schema import Column, TableSchema
 from src.config.models import TargetConn
 from src.warehouse.base import BatchOpener, Fill, fill_staging
-from src.warehouse.catalog import Executor, table_shape
+from src.warehouse.catalog import Executor, Shape
 from src.warehouse.ddl import POSTGRES, postgres_type, staging_name
 from src.warehouse.errors import classify, where
 from src.warehouse.evolve import parse_type
@@ -271,8 +273,8 @@ class PostgresWarehouse(SqlWarehouse):
     ) -> Refill:
         count_target = f"SELECT COUNT(*) FROM {spec.target_sql}"  # only if a COPY's tag had no count
 
-        async def refill() -> int:
-            existing, kind = await table_shape(ex, POSTGRES, spec.schema_name, spec.target_table)
+        async def refill(shape: Shape) -> int:
+            existing, kind = shape
             if copies_directly(spec.schema, existing, kind):
                 copied = await self._copy(ex, spec, direct=True, batches=batches)
                 return int(await ex.fetchval(count_target)) if copied is None else copied

@@ -21,25 +21,26 @@ from src.config.models import TargetConn
 from src.stage.models import StageResult
 from src.warehouse import state as st
 from src.warehouse.base import (
-    READ_COMMITTED,
     Commit,
     Fill,
     LoadResult,
     StreamedLoad,
-    apply,
+    batch,
+    committing,
     prepare,
     render,
     run_load,
     transaction,
 )
-from src.warehouse.catalog import Executor
+from src.warehouse.catalog import Executor, Shape
 from src.warehouse.ddl import Dialect
 from src.warehouse.errors import classify
 from src.warehouse.state import LoadRequest, StateRow
 from src.warehouse.statements import LoadSpec, emptied
 
-# Loads the stage into the target emptied in this transaction; returns the rows it loaded.
-Refill = Callable[[], Awaitable[int]]
+# Loads the stage into the target emptied in this transaction, whose shape (as read under the lock) it is
+# given; returns the rows it loaded.
+Refill = Callable[[Shape], Awaitable[int]]
 
 
 def renamed(req: LoadRequest) -> LoadRequest:
@@ -142,8 +143,9 @@ class SqlWarehouse:
         try:
             async with self._session(load=False) as ex:
                 await st.ensure(ex, self.dialect, schema)
-                async with transaction(ex):
-                    await ex.execute(st.lock_for_command(self.dialect, schema))
+                async with transaction(
+                    ex, batch(self.dialect.begin_sql, st.lock_for_command(self.dialect, schema))
+                ):
                     await st.insert(ex, self.dialect, schema, row)
         except Exception as exc:
             raise self._error(exc, "writing the state of", row.table) from exc
@@ -189,9 +191,9 @@ class SqlWarehouse:
             spec, commit = self._request_spec(req), self._commit(req)
             async with (
                 self._session(load=True) as ex,
-                emptied_target(ex, spec, commit, self._ready, record=False) as emptying,
+                emptied_target(ex, spec, commit, self._ready, record=False) as (emptying, shape),
             ):
-                load = _Streamed(self, ex, spec, commit, emptying)
+                load = _Streamed(self, ex, spec, commit, emptying, shape)
                 ours = False
                 yield load
                 ours = True
@@ -221,9 +223,16 @@ class _Streamed:
     """The open load of ``SqlWarehouse._streamed``."""
 
     def __init__(
-        self, wh: SqlWarehouse, ex: Executor, spec: LoadSpec, commit: Commit, emptying: LoadResult
+        self,
+        wh: SqlWarehouse,
+        ex: Executor,
+        spec: LoadSpec,
+        commit: Commit,
+        emptying: LoadResult,
+        shape: Shape,
     ) -> None:
         self._wh, self._ex, self._spec, self._commit, self._emptying = wh, ex, spec, commit, emptying
+        self._shape = shape
         self._copied: int | None = None
         self.finished = False
 
@@ -232,7 +241,7 @@ class _Streamed:
 
     async def copy(self, batches: AsyncIterator[pa.RecordBatch]) -> None:
         try:
-            self._copied = await self._wh._refill(self._ex, self._spec, batches)()
+            self._copied = await self._wh._refill(self._ex, self._spec, batches)(self._shape)
         except Exception as exc:
             raise self._error(exc) from exc
 
@@ -270,11 +279,11 @@ async def run_refill(
     ex: Executor, spec: LoadSpec, refill: Refill, commit: Commit, ready: set[str] | None = None
 ) -> LoadResult:
     """A replace that loads the target itself: ``run_load``'s protocol for ``emptied(spec)`` (locks,
-    guard, evolution, COUNT and TRUNCATE, state row), then ``refill`` in the same transaction. No staging
-    table: the rows are written once. Only where TRUNCATE is transactional and snapshots are per statement
+    guard, evolution, TRUNCATE, state row), then ``refill`` in the same transaction. No staging table: the
+    rows are written once. Only where TRUNCATE is transactional and snapshots are per statement
     (``Dialect.truncate_in_transaction``, not ``snapshot_per_transaction``)."""
-    async with emptied_target(ex, spec, commit, ready) as result:
-        loaded = await refill()
+    async with emptied_target(ex, spec, commit, ready) as (result, shape):
+        loaded = await refill(shape)
         check_loaded(spec, spec.stage, loaded)
     return replace(result, rows_loaded=loaded)
 
@@ -282,14 +291,14 @@ async def run_refill(
 @asynccontextmanager
 async def emptied_target(
     ex: Executor, spec: LoadSpec, commit: Commit, ready: set[str] | None, *, record: bool = True
-) -> AsyncIterator[LoadResult]:
-    """A refill's transaction up to the rows: ``prepare``, then in one READ COMMITTED transaction
-    ``apply`` of ``emptied(spec)`` (locks, guard, evolution, COUNT and TRUNCATE, the state row unless
-    ``record`` is false); the body loads the target; leaving commits (an error rolls back)."""
-    done = await prepare(ex, spec, commit, ready)
-    async with transaction(ex):
-        await ex.execute(READ_COMMITTED)
-        yield await apply(ex, emptied(spec), commit, done, record=record)
+) -> AsyncIterator[tuple[LoadResult, Shape]]:
+    """A refill's transaction up to the rows: ``prepare``, then ``committing`` of ``emptied(spec)`` (BEGIN
+    with the locks, guard, the target's shape, evolution, TRUNCATE, the state row unless ``record`` is
+    false); the body loads the target, as the shape says; leaving commits (an error rolls back)."""
+    empty = emptied(spec)
+    prepared = await prepare(ex, empty, commit, ready)
+    async with committing(ex, empty, commit, prepared, record=record) as applied:
+        yield applied
 
 
 def render_refill(spec: LoadSpec, refill_sql: str, commit: Commit) -> list[str]:

@@ -4,8 +4,8 @@ A spec's column names are the TARGET names (after the request's rename map); the
 Parquet file's columns, types and order, under those names (both fills map columns by position).
 Modes (the target is written by column name):
 - ``replace``: DELETE every target row, INSERT every staged row; where TRUNCATE is transactional
-  (``Dialect.truncate_in_transaction``: PostgreSQL) COUNT the target's rows and TRUNCATE it instead
-  (never on Redshift, where TRUNCATE commits). A warehouse that COPYs into the emptied target itself
+  (``Dialect.truncate_in_transaction``: PostgreSQL) TRUNCATE it instead, its rows not counted (never on
+  Redshift, where TRUNCATE commits). A warehouse that COPYs into the emptied target itself
   (PostgreSQL) runs the steps of ``emptied(spec)`` and then its COPY, without a staging table;
 - ``merge``: DELETE the target rows whose key is staged, INSERT the staged rows deduplicated by key,
   the last by ``order_by`` winning (ROW_NUMBER, which both warehouses have; no MERGE, no ON CONFLICT);
@@ -24,7 +24,7 @@ from src.stage.models import StageResult
 from src.warehouse.ddl import Dialect, DistSort, create_table_sql, insert_select_sql, lock_sql
 from src.warehouse.state import Mode
 
-Step = tuple[Literal["delete", "count_deleted", "insert"], str]  # count_deleted: a SELECT COUNT(*)
+Step = tuple[Literal["delete", "truncate", "insert"], str]  # truncate: empties, its tag has no count
 ROW_NUMBER_ALIAS = "s3shift_rn"
 
 
@@ -133,13 +133,11 @@ def apply_steps(spec: LoadSpec) -> list[Step]:
 
 
 def _empty_all(spec: LoadSpec) -> list[Step]:
-    """Remove every target row, counting them (the caller holds a lock that excludes other writers)."""
+    """Remove every target row (the caller holds a lock that excludes other writers). TRUNCATE does not
+    count them, and counting would read the whole old table for a number no report shows."""
     if not spec.dialect.truncate_in_transaction:
         return [("delete", f"DELETE FROM {spec.target_sql}")]
-    return [
-        ("count_deleted", f"SELECT COUNT(*) FROM {spec.target_sql}"),
-        ("delete", f"TRUNCATE {spec.target_sql}"),
-    ]
+    return [("truncate", f"TRUNCATE {spec.target_sql}")]
 
 
 def _pairs(spec: LoadSpec) -> list[tuple[str, str]]:

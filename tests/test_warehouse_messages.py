@@ -1,0 +1,155 @@
+"""What a load sends, message by message: each message is a round trip and, on a small box, a context
+switch each way, which W4's many small tables pay per table. A replace of a table loaded before sends
+seven (BEGIN with the LOCKs as one message, guard, the target's shape read once, TRUNCATE, COPY, state
+row, COMMIT), streamed or not; a merge eleven. Recorded by a connection class that logs every statement
+s3shift sends through asyncpg (asyncpg's own Parse of a new statement on a new connection is cached per
+connection and not counted). A target dropped after its table was loaded, which the load then no longer
+examines before its transaction, is found under the lock and created again."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar
+
+import asyncpg
+import pytest
+
+from src.config.models import S3Conn, TargetConn
+from src.warehouse.base import LoadRequest, Mode, Warehouse
+from src.warehouse.postgres import PooledConnection, PostgresWarehouse, connect_kwargs
+from tests.test_warehouse_load import pg, s3_batches, target_conn, warehouse
+from tests.test_warehouse_merge import content, request, rows, staged, state_rows, ts
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Recording(PooledConnection):
+    """A pooled connection that records every statement sent through it (a COPY by its target)."""
+
+    sent: ClassVar[list[str]] = []
+
+    async def execute(self, query: str, *args: Any, **kw: Any) -> str:
+        self.sent.append(query)
+        return str(await super().execute(query, *args, **kw))
+
+    async def fetch(self, query: str, *args: Any, **kw: Any) -> list[Any]:
+        self.sent.append(query)
+        return list(await super().fetch(query, *args, **kw))
+
+    async def fetchval(self, query: str, *args: Any, **kw: Any) -> Any:
+        self.sent.append(query)
+        return await super().fetchval(query, *args, **kw)
+
+    async def fetchrow(self, query: str, *args: Any, **kw: Any) -> Any:
+        self.sent.append(query)
+        return await super().fetchrow(query, *args, **kw)
+
+    async def copy_to_table(self, table_name: str, **kw: Any) -> str:
+        self.sent.append(f"COPY {table_name}")
+        return str(await super().copy_to_table(table_name, **kw))
+
+
+@asynccontextmanager
+async def recording(cfg: TargetConn, s3: S3Conn) -> AsyncIterator[PostgresWarehouse]:
+    """A PostgreSQL warehouse over one ``Recording`` connection."""
+    pool = await asyncpg.create_pool(
+        **connect_kwargs(cfg, False), min_size=0, max_size=1, connection_class=Recording
+    )
+    try:
+        yield PostgresWarehouse(cfg, pool, batches=s3_batches(s3))
+    finally:
+        await pool.close()
+        Recording.sent.clear()
+
+
+def kinds(sent: list[str], schema: str) -> list[str]:
+    """Each message by what it does."""
+    names = {
+        f'BEGIN ISOLATION LEVEL READ COMMITTED; LOCK TABLE "{schema}"."t" IN SHARE ROW EXCLUSIVE MODE; '
+        f'LOCK TABLE "{schema}"."s3shift_state" IN ROW EXCLUSIVE MODE': "begin+locks",
+        f'LOCK TABLE "{schema}"."t" IN SHARE ROW EXCLUSIVE MODE; '
+        f'LOCK TABLE "{schema}"."s3shift_state" IN ROW EXCLUSIVE MODE': "locks",
+        "BEGIN ISOLATION LEVEL READ COMMITTED": "begin",
+        "COMMIT": "commit",
+    }
+    out = []
+    for sql in sent:
+        if sql in names:
+            out.append(names[sql])
+        elif sql.startswith("SELECT") and "s3shift_state" in sql and "ORDER BY" in sql:
+            out.append("guard")
+        elif "pg_catalog.pg_attribute" in sql and "relkind" in sql:
+            out.append("shape")
+        elif sql.startswith("INSERT INTO") and "s3shift_state" in sql:
+            out.append("state")
+        else:
+            out.append(sql.split()[0].lower())  # truncate, copy, create, delete, insert, drop
+    return out
+
+
+async def loaded_before(wh: Warehouse, s3: S3Conn, mode: Mode = "replace") -> LoadRequest:
+    """A request planned from the state its table's first load left."""
+    first = request(staged(s3, rows((1, 1, "a"), (2, 1, "b"))), mode=mode)
+    await wh.load(first)
+    return request(staged(s3, rows((2, 2, "b2"), (3, 2, "c"))), mode=mode, expect=first.execution_id)
+
+
+async def test_a_streamed_replace_of_a_loaded_table_sends_seven_messages(
+    pg_schema: str, s3_conn: S3Conn
+) -> None:
+    async with recording(target_conn("postgres", pg_schema), s3_conn) as wh:
+        req = await loaded_before(wh, s3_conn)
+        Recording.sent.clear()
+        streamed = wh.stream_replace(req)
+        assert streamed is not None
+        async with streamed as load:
+            await load.copy(wh._batches(req.stage))
+            result = await load.finish(req.stage)
+        sent = list(Recording.sent)
+    assert kinds(sent, pg_schema) == ["begin+locks", "guard", "shape", "truncate", "copy", "state", "commit"]
+    assert result.rows_loaded == 2 and result.rows_deleted is None  # TRUNCATE: not counted
+    assert await content(pg_schema) == [(2, ts(2), "b2"), (3, ts(2), "c")]
+
+
+async def test_a_replace_loaded_after_staging_sends_seven_and_a_merge_eleven(
+    pg_schema: str, s3_conn: S3Conn
+) -> None:
+    async with recording(target_conn("postgres", pg_schema), s3_conn) as wh:
+        req = await loaded_before(wh, s3_conn)
+        Recording.sent.clear()
+        await wh.load(req)
+        replaced = kinds(Recording.sent, pg_schema)
+        merge = request(staged(s3_conn, rows((4, 3, "d"))), mode="merge", expect=req.execution_id)
+        Recording.sent.clear()
+        await wh.load(merge)
+        merged = kinds(Recording.sent, pg_schema)
+    assert replaced == ["begin+locks", "guard", "shape", "truncate", "state", "copy", "commit"]
+    assert merged == [
+        *("begin", "create", "copy", "locks", "guard", "shape"),  # the staging table, then the LOCKs
+        *("delete", "insert", "drop", "state", "commit"),
+    ]
+    assert await content(pg_schema) == [(2, ts(2), "b2"), (3, ts(2), "c"), (4, ts(3), "d")]
+
+
+@pytest.mark.parametrize(
+    ("kind", "mode"), [("postgres", "replace"), ("postgres", "merge"), ("redshift", "merge")]
+)
+async def test_a_target_dropped_after_its_first_load_is_created_again(
+    kind: str, mode: Mode, pg_schema: str, s3_conn: S3Conn
+) -> None:
+    """The LOCK finds it missing: the transaction rolls back, the target is created, and the load runs
+    again (refilling the staging table where the transaction holds it) and commits once."""
+    async with warehouse(target_conn(kind, pg_schema), s3_conn) as wh:
+        req = await loaded_before(wh, s3_conn, mode)
+        await pg(f'DROP TABLE "{pg_schema}".t')
+        result = await wh.load(req)
+    assert result.rows_loaded == 2
+    assert await content(pg_schema) == [(2, ts(2), "b2"), (3, ts(2), "c")]
+    assert [r[0] for r in await state_rows(pg_schema)][-1] == req.execution_id
+    assert len(await state_rows(pg_schema)) == 2
