@@ -1,7 +1,7 @@
 """What a load sends, message by message: each message is a round trip and, on a small box, a context
 switch each way, which W4's many small tables pay per table. A replace of a table loaded before sends
-seven (BEGIN with the LOCKs as one message, guard, the target's shape read once, TRUNCATE, COPY, state
-row, COMMIT), streamed or not; a merge eleven. Recorded by a connection class that logs every statement
+six (BEGIN, the LOCKs and TRUNCATE as one message, guard, the target's shape read once, COPY, state row,
+COMMIT), streamed or not; a merge eleven. Recorded by a connection class that logs every statement
 s3shift sends through asyncpg (asyncpg's own Parse of a new statement on a new connection is cached per
 connection and not counted). A target dropped after its table was loaded, which the load then no longer
 examines before its transaction, is found under the lock and created again."""
@@ -70,12 +70,13 @@ async def recording(cfg: TargetConn, s3: S3Conn) -> AsyncIterator[PostgresWareho
 
 def kinds(sent: list[str], schema: str) -> list[str]:
     """Each message by what it does."""
+    target, state = f'"{schema}"."t"', f'"{schema}"."s3shift_state"'
+    locks = f"LOCK TABLE {target} IN SHARE ROW EXCLUSIVE MODE; LOCK TABLE {state} IN ROW EXCLUSIVE MODE"
+    begin = "BEGIN ISOLATION LEVEL READ COMMITTED"
     names = {
-        f'BEGIN ISOLATION LEVEL READ COMMITTED; LOCK TABLE "{schema}"."t" IN SHARE ROW EXCLUSIVE MODE; '
-        f'LOCK TABLE "{schema}"."s3shift_state" IN ROW EXCLUSIVE MODE': "begin+locks",
-        f'LOCK TABLE "{schema}"."t" IN SHARE ROW EXCLUSIVE MODE; '
-        f'LOCK TABLE "{schema}"."s3shift_state" IN ROW EXCLUSIVE MODE': "locks",
-        "BEGIN ISOLATION LEVEL READ COMMITTED": "begin",
+        f"{begin}; {locks}; TRUNCATE {target}": "begin+truncate",
+        locks: "locks",
+        begin: "begin",
         "COMMIT": "commit",
     }
     out = []
@@ -100,7 +101,7 @@ async def loaded_before(wh: Warehouse, s3: S3Conn, mode: Mode = "replace") -> Lo
     return request(staged(s3, rows((2, 2, "b2"), (3, 2, "c"))), mode=mode, expect=first.execution_id)
 
 
-async def test_a_streamed_replace_of_a_loaded_table_sends_seven_messages(
+async def test_a_streamed_replace_of_a_loaded_table_sends_six_messages(
     pg_schema: str, s3_conn: S3Conn
 ) -> None:
     async with recording(target_conn("postgres", pg_schema), s3_conn) as wh:
@@ -112,12 +113,12 @@ async def test_a_streamed_replace_of_a_loaded_table_sends_seven_messages(
             await load.copy(wh._batches(req.stage))
             result = await load.finish(req.stage)
         sent = list(Recording.sent)
-    assert kinds(sent, pg_schema) == ["begin+locks", "guard", "shape", "truncate", "copy", "state", "commit"]
+    assert kinds(sent, pg_schema) == ["begin+truncate", "guard", "shape", "copy", "state", "commit"]
     assert result.rows_loaded == 2 and result.rows_deleted is None  # TRUNCATE: not counted
     assert await content(pg_schema) == [(2, ts(2), "b2"), (3, ts(2), "c")]
 
 
-async def test_a_replace_loaded_after_staging_sends_seven_and_a_merge_eleven(
+async def test_a_replace_loaded_after_staging_sends_six_and_a_merge_eleven(
     pg_schema: str, s3_conn: S3Conn
 ) -> None:
     async with recording(target_conn("postgres", pg_schema), s3_conn) as wh:
@@ -129,7 +130,7 @@ async def test_a_replace_loaded_after_staging_sends_seven_and_a_merge_eleven(
         Recording.sent.clear()
         await wh.load(merge)
         merged = kinds(Recording.sent, pg_schema)
-    assert replaced == ["begin+locks", "guard", "shape", "truncate", "state", "copy", "commit"]
+    assert replaced == ["begin+truncate", "guard", "shape", "state", "copy", "commit"]
     assert merged == [
         *("begin", "create", "copy", "locks", "guard", "shape"),  # the staging table, then the LOCKs
         *("delete", "insert", "drop", "state", "commit"),

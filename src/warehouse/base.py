@@ -11,9 +11,10 @@ A load (DESIGN.md section 4, research/reliability.md sections 1.7-1.8):
    needing such a change rolls back, is prepared as above, and the transaction runs again (once);
 2. the staging table (a temp table mirroring the Parquet schema in order), filled by COPY, its row
    count checked against the stage manifest;
-3. LOCK the target (serialising loads of one table), LOCK the state table for writing, read the latest
-   state row and compare it with the one the caller planned from (the concurrency guard), read the
-   target's columns (``catalog.table_shape``: once per load);
+3. LOCK the target (serialising loads of one table), LOCK the state table for writing (and TRUNCATE
+   the target when the mode empties it so: it depends on nothing the next steps decide, and a failed
+   guard rolls it back), read the latest state row and compare it with the one the caller planned from
+   (the concurrency guard), read the target's columns (``catalog.table_shape``: once per load);
 4. evolve the target (ADD COLUMN, ALTER COLUMN TYPE, or a rebuild; planned from that read, under the
    lock), change the target by mode (``statements.apply_steps``), drop the staging table, append the
    state row, COMMIT.
@@ -26,7 +27,7 @@ which also keeps its serializable isolation from aborting them. Any failure roll
 target and state are untouched; the staging table is dropped (or dies with the session).
 
 Round trips: statements without bound values that run back to back go as one message (``batch``):
-BEGIN and the LOCKs (on PostgreSQL with a staging table, BEGIN and then the LOCKs after the fill).
+BEGIN, the LOCKs and a TRUNCATE (on PostgreSQL with a staging table, BEGIN, then the rest after the fill).
 ``render`` lists the messages in the order they are sent, built by the same functions.
 """
 
@@ -193,13 +194,19 @@ def lock_sqls(spec: LoadSpec, commit: Commit | None) -> list[str]:
     return [target_lock_sql(spec), *state]
 
 
+def truncate_sqls(spec: LoadSpec) -> list[str]:
+    """The TRUNCATE among the target's changes, which goes with the LOCKs: it empties whatever columns
+    the target has, so it waits for neither the guard (which rolls it back) nor the evolution."""
+    return [sql for kind, sql in apply_steps(spec) if kind == "truncate"]
+
+
 def opening_sqls(spec: LoadSpec, commit: Commit | None) -> list[str]:
-    """The commit transaction's first messages: BEGIN with the LOCKs, or (``stages_inside``) BEGIN, and
-    the LOCKs once the staging table is filled."""
-    begin = spec.dialect.begin_sql
+    """The commit transaction's first messages: BEGIN with the LOCKs (and ``truncate_sqls``), or
+    (``stages_inside``) BEGIN, and the LOCKs once the staging table is filled."""
+    begin, locking = spec.dialect.begin_sql, [*lock_sqls(spec, commit), *truncate_sqls(spec)]
     if stages_inside(spec):
-        return [begin, batch(*lock_sqls(spec, commit))]
-    return [batch(begin, *lock_sqls(spec, commit))]
+        return [begin, batch(*locking)]
+    return [batch(begin, *locking)]
 
 
 async def run_load(
@@ -328,22 +335,28 @@ async def apply(
     *,
     record: bool = True,
 ) -> tuple[LoadResult, Shape]:
-    """Inside the commit transaction, its LOCKs held: guard, schema evolution, target changes, state row
-    (not when ``record`` is false: the caller appends it once the rows it loads are known). Returns the
-    result and the target's shape as read under the lock (``MISSING`` when the evolution changed it)."""
+    """Inside the commit transaction, its LOCKs held (``opening_sqls``): guard, schema evolution, target
+    changes, state row (not when ``record`` is false: the caller appends it once the rows it loads are
+    known). Returns the result and the target's shape as read under the lock (``MISSING`` when the
+    evolution changed it)."""
     if commit is not None:
         await guard(ex, spec, commit)
     notes, shape = await evolve_locked(ex, spec, prepared)
-    steps, counts = apply_steps(spec), {"delete": 0, "truncate": 0, "insert": 0}
-    for kind, sql in steps:
+    counts = {"delete": 0, "insert": 0}
+    for kind, sql in changing_steps(spec):
         counts[kind] += _affected(await ex.execute(sql))
-    deleted = None if any(kind == "truncate" for kind, _ in steps) else counts["delete"]
+    deleted = None if truncate_sqls(spec) else counts["delete"]
     if spec.has_staging:
         await ex.execute(drop_staging_sql(spec))
     if commit is not None and record:
         await st.insert(ex, spec.dialect, commit.state_schema, commit.row)
     changes = (*(prepared or ()), *notes)
     return LoadResult(counts["insert"], spec.target_name, rows_deleted=deleted, schema_changes=changes), shape
+
+
+def changing_steps(spec: LoadSpec) -> list[tuple[str, str]]:
+    """``apply_steps`` after the guard and the evolution: all but the TRUNCATE sent with the LOCKs."""
+    return [(kind, sql) for kind, sql in apply_steps(spec) if kind != "truncate"]
 
 
 async def evolve_locked(
@@ -423,7 +436,7 @@ def render(spec: LoadSpec, fill_sql: str, commit: Commit | None, *, fill_counts:
     if commit is not None:
         out.append(st.latest_sql(d, commit.state_schema))
     out.append(SHAPE_SQL)
-    out += [sql for _, sql in apply_steps(spec)]
+    out += [sql for _, sql in changing_steps(spec)]
     if spec.has_staging:
         out.append(drop_staging_sql(spec))
     if commit is not None:
