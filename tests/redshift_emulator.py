@@ -389,7 +389,7 @@ class RedshiftEmulator:
     def __init__(self, conn: Any, *, s3_endpoint: str) -> None:
         self.conn = conn
         self.s3_endpoint = s3_endpoint
-        self.statements: list[str] = []  # every statement as the loader sent it, for assertions
+        self.statements: list[str] = []  # every message as the loader sent it, for assertions
 
     async def _accept(self, query: str) -> str:
         """The message for PostgreSQL: each statement checked (a transaction opened or ended by an earlier

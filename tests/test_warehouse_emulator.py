@@ -32,7 +32,13 @@ from src.warehouse.ddl import (
     redshift_type,
 )
 from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER, s3_client
-from tests.redshift_emulator import RedshiftEmulator, check_redshift_sql, redshift_unquote, rewrite
+from tests.redshift_emulator import (
+    RedshiftEmulator,
+    check_redshift_sql,
+    redshift_unquote,
+    rewrite,
+    split_statements,
+)
 from tests.test_warehouse_load import (
     ROLE,
     arrow_table,
@@ -238,6 +244,20 @@ def test_truncate_only_outside_a_transaction_and_names_in_quotes_pass() -> None:
         check_redshift_sql('TRUNCATE "t"', in_transaction=True)
     check_redshift_sql('SELECT "returning", \'ON CONFLICT\' FROM "clock_timestamp"', in_transaction=True)
     check_redshift_sql('LOCK "s"."t"', in_transaction=True)
+
+
+async def test_a_message_of_several_statements_is_checked_one_by_one(emulator: RedshiftEmulator) -> None:
+    """The loader sends BEGIN and its LOCKs as one message: a statement after a BEGIN of the same message
+    is inside the transaction, and every transaction runs SERIALIZABLE, whatever BEGIN asks for."""
+    assert split_statements("BEGIN; SELECT ';' ;; SELECT \"a;b\"") == ["BEGIN", "SELECT ';'", 'SELECT "a;b"']
+    with pytest.raises(asyncpg.PostgresSyntaxError, match="commits implicitly"):
+        await emulator.execute('BEGIN; TRUNCATE "t"')
+    await emulator.execute("BEGIN ISOLATION LEVEL READ COMMITTED; SELECT 1")
+    try:
+        assert await emulator.fetchval("SHOW transaction_isolation") == "serializable"
+    finally:
+        await emulator.execute("ROLLBACK")
+    assert not emulator.conn.is_in_transaction()
 
 
 async def test_getdate_is_the_utc_wall_clock(emulator: RedshiftEmulator) -> None:

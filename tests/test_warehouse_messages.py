@@ -1,7 +1,8 @@
 """What a load sends, message by message: each message is a round trip and, on a small box, a context
 switch each way, which W4's many small tables pay per table. A replace of a table loaded before sends
 six (BEGIN, the LOCKs and TRUNCATE as one message, guard, the target's shape read once, COPY, state row,
-COMMIT), streamed or not; a merge eleven. Recorded by a connection class that logs every statement
+COMMIT), streamed or not; a merge eleven; on Redshift both eleven. ``render_load`` (the dry run) lists
+exactly these messages. Recorded by a connection class that logs every statement
 s3shift sends through asyncpg (asyncpg's own Parse of a new statement on a new connection is cached per
 connection and not counted). A target dropped after its table was loaded, which the load then no longer
 examines before its transaction, is found under the lock and created again."""
@@ -18,6 +19,7 @@ import pytest
 from src.config.models import S3Conn, TargetConn
 from src.warehouse.base import LoadRequest, Mode, Warehouse
 from src.warehouse.postgres import PooledConnection, PostgresWarehouse, connect_kwargs
+from tests.redshift_emulator import RedshiftEmulator
 from tests.test_warehouse_load import pg, s3_batches, target_conn, warehouse
 from tests.test_warehouse_merge import content, request, rows, staged, state_rows, ts
 
@@ -94,6 +96,20 @@ def kinds(sent: list[str], schema: str) -> list[str]:
     return out
 
 
+CREATION = ("CREATE SCHEMA IF NOT EXISTS", "CREATE TABLE IF NOT EXISTS", "CREATE INDEX IF NOT EXISTS")
+
+
+def as_sent(sql: list[str]) -> list[str]:
+    """Messages compared as the load sends them: a COPY by its verb (asyncpg writes PostgreSQL's own)."""
+    return ["COPY" if s.startswith("COPY") else s for s in sql]
+
+
+def rendered(wh: Warehouse, req: LoadRequest) -> list[str]:
+    """What ``render_load`` says ``load(req)`` sends into a target that exists (creation runs only when
+    something is missing)."""
+    return as_sent([s for s in wh.render_load(req) if not s.startswith(CREATION)])
+
+
 async def loaded_before(wh: Warehouse, s3: S3Conn, mode: Mode = "replace") -> LoadRequest:
     """A request planned from the state its table's first load left."""
     first = request(staged(s3, rows((1, 1, "a"), (2, 1, "b"))), mode=mode)
@@ -125,10 +141,12 @@ async def test_a_replace_loaded_after_staging_sends_six_and_a_merge_eleven(
         req = await loaded_before(wh, s3_conn)
         Recording.sent.clear()
         await wh.load(req)
+        assert as_sent(Recording.sent) == rendered(wh, req)  # the dry run shows what is sent
         replaced = kinds(Recording.sent, pg_schema)
         merge = request(staged(s3_conn, rows((4, 3, "d"))), mode="merge", expect=req.execution_id)
         Recording.sent.clear()
         await wh.load(merge)
+        assert as_sent(Recording.sent) == rendered(wh, merge)
         merged = kinds(Recording.sent, pg_schema)
     assert replaced == ["begin+truncate", "guard", "shape", "state", "copy", "commit"]
     assert merged == [
@@ -136,6 +154,22 @@ async def test_a_replace_loaded_after_staging_sends_six_and_a_merge_eleven(
         *("delete", "insert", "drop", "state", "commit"),
     ]
     assert await content(pg_schema) == [(2, ts(2), "b2"), (3, ts(2), "c"), (4, ts(3), "d")]
+
+
+@pytest.mark.parametrize("mode", ["replace", "merge"])
+async def test_redshift_sends_eleven_messages_as_rendered(
+    mode: Mode, pg_schema: str, s3_conn: S3Conn
+) -> None:
+    """Staging (CREATE TEMP, COPY, COUNT) before the transaction; BEGIN and the LOCKs as one message;
+    guard, shape, DELETE, INSERT, DROP, state row, COMMIT."""
+    sessions: list[RedshiftEmulator] = []
+    async with warehouse(target_conn("redshift", pg_schema), s3_conn, sessions=sessions) as wh:
+        req = await loaded_before(wh, s3_conn, mode)
+        sessions.clear()
+        await wh.load(req)
+    [session] = sessions
+    assert as_sent(session.statements) == rendered(wh, req) and len(session.statements) == 11
+    assert session.statements[3] == f'BEGIN; LOCK "{pg_schema}"."t"; LOCK "{pg_schema}"."s3shift_state"'
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,7 @@ from src.warehouse.errors import sqlstate_of
 from src.warehouse.state import LoadRequest, Mode, StateRow
 from src.warehouse.statements import (
     LoadSpec,
+    Step,
     apply_steps,
     check_keys,
     count_sql,
@@ -331,7 +332,7 @@ async def apply(
     ex: Executor,
     spec: LoadSpec,
     commit: Commit | None,
-    prepared: tuple[str, ...] | None = (),
+    prepared: tuple[str, ...] | None,
     *,
     record: bool = True,
 ) -> tuple[LoadResult, Shape]:
@@ -354,7 +355,7 @@ async def apply(
     return LoadResult(counts["insert"], spec.target_name, rows_deleted=deleted, schema_changes=changes), shape
 
 
-def changing_steps(spec: LoadSpec) -> list[tuple[str, str]]:
+def changing_steps(spec: LoadSpec) -> list[Step]:
     """``apply_steps`` after the guard and the evolution: all but the TRUNCATE sent with the LOCKs."""
     return [(kind, sql) for kind, sql in apply_steps(spec) if kind != "truncate"]
 
