@@ -126,7 +126,7 @@ async def test_a_streamed_replace_of_a_loaded_table_sends_six_messages(
         streamed = wh.stream_replace(req)
         assert streamed is not None
         async with streamed as load:
-            await load.copy(wh._batches(req.stage))
+            await load.copy(s3_batches(s3_conn)(req.stage))
             result = await load.finish(req.stage)
         sent = list(Recording.sent)
     assert kinds(sent, pg_schema) == ["begin+truncate", "guard", "shape", "copy", "state", "commit"]
