@@ -147,6 +147,7 @@ def main() -> int:
                 cmd = [
                     pyspy,
                     "record",
+                    "--subprocesses",  # worker processes too (processing.processes)
                     "--format",
                     "raw",
                     "-r",

@@ -3,14 +3,20 @@ tables, the same schemas and errors as ``describe_table``, and never a descripti
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from src.common.errors import ConfigError, SourceError
 from src.common.policy import ColumnSelection
 from src.config.models import SourceConn
-from src.source.introspect import Catalog, describe_table
+from src.plan.models import Window
+from src.source.introspect import Catalog, SourceClock, describe_table, server_now
 from src.source.mysql import MySQLSource, SourceConnection
+from src.source.window import estimate_rows
 from tests.conftest import mysql_exec
+
+FULL = Window(strategy="full_sync")
 
 pytestmark = pytest.mark.anyio
 
@@ -57,3 +63,40 @@ async def test_a_description_older_than_max_age_is_read_again(source_conn: Sourc
         mysql_exec(mysql_db, "ALTER TABLE b ADD COLUMN added INT")
         assert (await describe_table(conn, mysql_db, "b", catalog=fresh)).names == ("id",)  # within its age
         assert (await describe_table(conn, mysql_db, "b", catalog=stale)).names == ("id", "added")
+
+
+async def test_the_catalog_carries_table_rows_so_a_full_read_estimate_costs_no_query(
+    source_conn: SourceConn, mysql_db: str
+) -> None:
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE big (id INT PRIMARY KEY, v INT)",
+        "INSERT INTO big SELECT seq, seq FROM seq_1_to_5000",
+        "CREATE TABLE small (id INT PRIMARY KEY)",
+        "ANALYZE TABLE big, small",
+    )
+    catalog = Catalog([(mysql_db, "big"), (mysql_db, "small")])
+    async with MySQLSource(source_conn) as src, src.connection() as conn:
+        assert catalog.table_rows(mysql_db, "big") is None  # not described yet
+        schema = await describe_table(conn, mysql_db, "big", catalog=catalog)
+        direct = await estimate_rows(conn, mysql_db, "big", schema, FULL)
+        before = await _selects(conn)
+        assert await estimate_rows(conn, mysql_db, "big", schema, FULL, catalog=catalog) == direct > 4000
+        assert await estimate_rows(conn, mysql_db, "small", schema, FULL, catalog=catalog) == 0
+        assert await _selects(conn) == before  # both from the one catalog query
+
+
+async def test_the_source_clock_reads_the_server_once_per_refresh(source_conn: SourceConn) -> None:
+    clock, stale = SourceClock(), SourceClock(refresh=0)
+    async with MySQLSource(source_conn) as src, src.connection() as conn:
+        first = await clock.now(conn)
+        before = await _selects(conn)
+        later = [await clock.now(conn) for _ in range(5)]
+        assert await _selects(conn) == before  # advanced by the local clock
+        assert first <= later[0] <= later[-1] and later[-1] - first < timedelta(seconds=1)
+        server = await server_now(conn)
+        assert abs(await clock.now(conn) - server) < timedelta(seconds=1)
+        before = await _selects(conn)
+        await stale.now(conn)
+        await stale.now(conn)
+        assert await _selects(conn) - before == 2  # refresh 0: every call reads the server

@@ -28,7 +28,7 @@ from src.source.extract import ExtractStats
 from src.source.fastpath import MIN_ROWS as FAST_MIN_ROWS
 from src.source.fastpath import FastRead
 from src.source.fastpath import blocker as fast_blocker
-from src.source.introspect import Catalog, describe_table
+from src.source.introspect import Catalog, SourceClock, describe_table
 from src.source.mysql import MySQLSource, SourceConnection
 from src.source.ranges import range_key
 from src.source.text import ReadRules
@@ -67,6 +67,7 @@ class RunContext:
     states: Mapping[str, StateRow] | None = (
         None  # every table's state read at the run's start (None: per table)
     )
+    clock: SourceClock = field(default_factory=SourceClock)  # the source's clock for stage labels
 
 
 @dataclass
@@ -181,7 +182,7 @@ async def _backup(
         stats = ExtractStats()
         if window_is_empty(win):
             return _Backup(None, stats, win)
-        extracted_at = await source_now(conn)
+        extracted_at = await source_now(conn, ctx.clock)
         progress.phase = "extract"
         mark = time.monotonic()
         meta = stage_meta(ctx, plan, schema, resolved, win, extracted_at)
@@ -532,7 +533,9 @@ async def _fast_read(
         if isinstance(keys, str) and win.strategy in ("full_sync", "id_only"):
             stats.path = {"path": "asyncmy", "reason": keys}
         return None
-    estimated = await estimate_rows(conn, plan.database, plan.source_table, schema, win, where=plan.where)
+    estimated = await estimate_rows(
+        conn, plan.database, plan.source_table, schema, win, where=plan.where, catalog=ctx.catalog
+    )
     if reason := too_few_rows(ctx, estimated):
         stats.path = {"path": "asyncmy", "reason": reason}
         return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import anyio
@@ -25,12 +25,14 @@ from src.source.typemap import DEFAULT_POLICY, ColumnInfo, data_type_of, map_col
 
 ALL_COLUMNS = ColumnSelection()
 CATALOG_BATCH: Final = 100  # tables per catalog query of a run (MariaDB: ~20 ms + ~0.5 ms per table)
+CLOCK_REFRESH: Final = 60.0  # seconds a SourceClock goes on the local clock before it reads the source's
 CATALOG_MAX_AGE: Final = 30.0  # seconds a batched description may wait for its table's turn
 _COLUMNS = """
 SELECT c.TABLE_NAME, c.COLUMN_NAME, c.DATA_TYPE, c.COLUMN_TYPE, c.IS_NULLABLE,
        c.CHARACTER_MAXIMUM_LENGTH, c.CHARACTER_OCTET_LENGTH, c.NUMERIC_PRECISION, c.NUMERIC_SCALE,
-       c.DATETIME_PRECISION, c.CHARACTER_SET_NAME, s.SEQ_IN_INDEX, {check_clause}
+       c.DATETIME_PRECISION, c.CHARACTER_SET_NAME, s.SEQ_IN_INDEX, {check_clause}, t.TABLE_ROWS
 FROM information_schema.COLUMNS c
+LEFT JOIN information_schema.TABLES t ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME
 LEFT JOIN information_schema.STATISTICS s
   ON s.TABLE_SCHEMA = c.TABLE_SCHEMA AND s.TABLE_NAME = c.TABLE_NAME
  AND s.COLUMN_NAME = c.COLUMN_NAME AND s.INDEX_NAME = 'PRIMARY'
@@ -113,7 +115,13 @@ class Catalog:
         self._batch = max(1, batch)
         self._max_age = max_age
         self._rows: dict[tuple[str, str], tuple[float, list[tuple[Any, ...]]]] = {}
+        self._table_rows: dict[tuple[str, str], int] = {}
         self._lock = anyio.Lock()
+
+    def table_rows(self, database: str, table: str) -> int | None:
+        """``information_schema.TABLES.TABLE_ROWS`` (the engine's estimate) of a table this catalog has
+        described: read with its columns, so that a full read's estimate costs no query of its own."""
+        return self._table_rows.get((database, table))
 
     async def rows(self, conn: SourceConnection, database: str, table: str) -> list[tuple[Any, ...]]:
         """The catalog rows of one table (fetched with the next batch of the run's tables when needed)."""
@@ -124,6 +132,9 @@ class Catalog:
             names = self._next_batch(database, table)
             at = time.monotonic()
             grouped = await _catalog(conn, database, names)
+            for name, columns in grouped.items():
+                first = next(iter(columns.values()))
+                self._table_rows[(database, name)] = int(first[13] or 0)
             for name in names[1:]:
                 self._rows[(database, name)] = (at, list(grouped.get(name, {}).values()))
             return list(grouped.get(table, {}).values())
@@ -269,6 +280,23 @@ async def check_booleans(conn: SourceConnection, database: str, table: str, sche
         column=name,
         retryable=False,
     )
+
+
+class SourceClock:
+    """The source's clock for labels (a stage's ``extracted_at``): read from the server at most once per
+    ``refresh`` seconds and advanced meanwhile by the local monotonic clock (drift: milliseconds at
+    most), so a run of many tables costs one clock query, not one per table. A window's bound never
+    comes from here: ``upper_bound`` reads the server's clock itself."""
+
+    def __init__(self, refresh: float = CLOCK_REFRESH) -> None:
+        self._refresh = refresh
+        self._base: tuple[datetime, float] | None = None
+
+    async def now(self, conn: SourceConnection) -> datetime:
+        base = self._base
+        if base is None or time.monotonic() - base[1] > self._refresh:
+            base = self._base = (await server_now(conn), time.monotonic())
+        return base[0] + timedelta(seconds=time.monotonic() - base[1])
 
 
 async def server_now(conn: SourceConnection) -> datetime:

@@ -34,7 +34,7 @@ from src.common.policy import TypePolicy
 from src.common.schema import Column, TableSchema
 from src.plan.models import Watermark, Window
 from src.source.extract import ExtractStats, drift_errors, extract_table, select_sql, with_filter
-from src.source.introspect import describe_table, server_now
+from src.source.introspect import Catalog, SourceClock, describe_table, server_now
 from src.source.keyset import end_value, keyset_for, predicate, start_position, steady_position
 from src.source.mysql import SourceConnection
 from src.source.pages import PageQuery, PageReader
@@ -125,9 +125,9 @@ def _check_mark(table: str, window: Window, name: str, mark: Watermark | None) -
 # ---- the source's clock ---------------------------------------------------------------------------------
 
 
-async def source_now(conn: SourceConnection) -> datetime:
-    """The source's clock: naive UTC with microseconds."""
-    return (await server_now(conn)).replace(tzinfo=None)
+async def source_now(conn: SourceConnection, clock: SourceClock | None = None) -> datetime:
+    """The source's clock: naive UTC with microseconds (from ``clock`` when given: labels only)."""
+    return (await (clock.now(conn) if clock else server_now(conn))).replace(tzinfo=None)
 
 
 async def upper_bound(
@@ -283,15 +283,22 @@ async def estimate_rows(
     window: Window,
     *,
     where: str | None = None,
+    catalog: Catalog | None = None,
 ) -> int:
     """The optimizer's estimate of the window's rows (EXPLAIN, never a COUNT); full_sync: TABLE_ROWS
-    (EXPLAIN with a row filter ``where``). Without an index on the cursor the estimate is the whole
-    table's."""
+    (from the run's ``catalog`` when it has the table; EXPLAIN with a row filter ``where``). Without an
+    index on the cursor the estimate is the whole table's."""
     source = qualify_mysql(database, table)
     if window.strategy == "full_sync" and where:
         return _estimate(
             await _explain(conn, f"SELECT 1 FROM {source} WHERE {with_filter(None, where, bound=False)}", [])
         )
+    if (
+        window.strategy == "full_sync"
+        and catalog
+        and (known := catalog.table_rows(database, table)) is not None
+    ):
+        return known
     if window.strategy == "full_sync":
         rows = await conn.fetchall(
             "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
