@@ -135,6 +135,24 @@ def check_all_equal(db: str, schema: str) -> None:
         assert assert_tables_equal(db, f"t{i}", schema, f"t{i}", "id") == 100 * (i + 1)
 
 
+@contextmanager
+def blocked_run(
+    setup: tuple[Path, tuple[str, ...], list[str]], mysql_db: str, pg_schema: str, label: str
+) -> Iterator[tuple[subprocess.Popen[str], list[Any]]]:
+    """After a first sync, a changed source and a run whose four table slots (two per process) all wait
+    on our lock of their targets; the lock goes when the block ends. Yields the run and the targets'
+    contents before it."""
+    cfg, cli, tables = setup
+    first = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", ",".join(tables), cli=cli)
+    assert first[1].returncode == 0, failures(first[0])
+    mysql_exec(mysql_db, *(f"UPDATE t{i} SET v = '{label}'" for i in range(TABLES)))
+    before = contents(pg_schema)
+    with targets_locked(pg_schema):
+        proc = start(cfg, cli, tables)
+        wait_for(lambda: lock_waiters(pg_schema) >= 4, "both processes' table slots to wait on the lock")
+        yield proc, before
+
+
 def test_processes_share_the_tables_and_sync_each_exactly(
     setup: tuple[Path, tuple[str, ...], list[str]], mysql_db: str, pg_schema: str
 ) -> None:
@@ -160,15 +178,7 @@ def test_sigterm_rolls_back_every_process_and_reports_every_table(
     setup: tuple[Path, tuple[str, ...], list[str]], mysql_db: str, pg_schema: str, s3_conn: S3Conn
 ) -> None:
     cfg, cli, tables = setup
-    assert (
-        run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", ",".join(tables), cli=cli)[1].returncode
-        == 0
-    )
-    mysql_exec(mysql_db, *(f"UPDATE t{i} SET v = 'terminated'" for i in range(TABLES)))
-    before = contents(pg_schema)
-    with targets_locked(pg_schema):
-        proc = start(cfg, cli, tables)
-        wait_for(lambda: lock_waiters(pg_schema) >= 4, "both processes' table slots to wait on the lock")
+    with blocked_run(setup, mysql_db, pg_schema, "terminated") as (proc, before):
         workers = children(proc.pid)
         assert workers, "no worker process was forked"
         proc.send_signal(signal.SIGTERM)
@@ -192,15 +202,7 @@ def test_a_dead_worker_fails_only_its_tables(
     setup: tuple[Path, tuple[str, ...], list[str]], mysql_db: str, pg_schema: str
 ) -> None:
     cfg, cli, tables = setup
-    assert (
-        run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", ",".join(tables), cli=cli)[1].returncode
-        == 0
-    )
-    mysql_exec(mysql_db, *(f"UPDATE t{i} SET v = 'after the kill'" for i in range(TABLES)))
-    before = contents(pg_schema)
-    with targets_locked(pg_schema):
-        proc = start(cfg, cli, tables)
-        wait_for(lambda: lock_waiters(pg_schema) >= 4, "both processes' table slots to wait on the lock")
+    with blocked_run(setup, mysql_db, pg_schema, "after the kill") as (proc, before):
         (worker,) = children(proc.pid)
         os.kill(worker, signal.SIGKILL)  # its sessions wait on until the lock goes, then find it gone
         wait_for(lambda: not alive(worker), "the worker to die")
@@ -227,22 +229,14 @@ def test_workers_end_with_a_killed_parent(
     setup: tuple[Path, tuple[str, ...], list[str]], mysql_db: str, pg_schema: str
 ) -> None:
     cfg, cli, tables = setup
-    assert (
-        run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", ",".join(tables), cli=cli)[1].returncode
-        == 0
-    )
-    mysql_exec(mysql_db, *(f"UPDATE t{i} SET v = 'orphaned'" for i in range(TABLES)))
-    before = contents(pg_schema)
-    with targets_locked(pg_schema):
-        proc = start(cfg, cli, tables)
-        wait_for(lambda: lock_waiters(pg_schema) >= 4, "both processes' table slots to wait on the lock")
+    with blocked_run(setup, mysql_db, pg_schema, "orphaned") as (proc, before):
         workers = children(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
         wait_for(lambda: not any(alive(p) for p in workers), "the orphaned workers to end", timeout=30)
         # the workers cancelled their waits (the parent's sessions wait on until the lock goes)
-        wait_for(lambda: lock_waiters(pg_schema) <= 2, "the workers' sessions to end")
-    wait_for(lambda: lock_waiters(pg_schema) == 0, "every session to end")
+        wait_for(lambda: lock_waiters(pg_schema) <= 2, "the workers' sessions to end", timeout=120)
+    wait_for(lambda: lock_waiters(pg_schema) == 0, "every session to end", timeout=120)
     assert contents(pg_schema) == before
     doc, done = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", ",".join(tables), cli=cli)
     assert done.returncode == 0, doc
