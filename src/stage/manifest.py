@@ -90,21 +90,29 @@ async def stage_from_manifest(s3: S3Stage, key: str, manifest: bytes) -> StageRe
     try:
         files = tuple(_staged_file(s3, url, size, rows) for url, size, rows in entries)
         engine = _engine(doc[ENGINE_KEY])
-        result = StageResult(
-            prefix=prefix,
-            files=files,
-            manifest_key=key,
-            manifest_url=s3.url(key),
-            rows=sum(f.rows for f in files),
-            bytes=sum(f.size_bytes for f in files),
-            schema_hash=engine["schema_hash"],
-            meta=engine["meta"],
-        )
+        result = stage_result(s3, prefix, files, engine["schema_hash"], engine["meta"])
         if doc.get("meta") != {"content_length": result.bytes, "record_count": result.rows}:
             raise ValueError(f"its totals {doc.get('meta')!r} disagree with its entries")
     except (ValueError, KeyError, TypeError) as exc:
         raise StageError(f"bad {ENGINE_KEY} manifest {s3.url(key)}: {exc}", key=key, retryable=False) from exc
     return result
+
+
+def stage_result(
+    s3: S3Stage, prefix: str, files: tuple[StagedFile, ...], schema_hash: str | None, meta: dict[str, Any]
+) -> StageResult:
+    """The run staged under ``prefix``: its files, its manifest there, and their totals."""
+    manifest_key = f"{prefix}{MANIFEST_NAME}"
+    return StageResult(
+        prefix=prefix,
+        files=files,
+        manifest_key=manifest_key,
+        manifest_url=s3.url(manifest_key),
+        rows=sum(f.rows for f in files),
+        bytes=sum(f.size_bytes for f in files),
+        schema_hash=schema_hash,
+        meta=meta,
+    )
 
 
 def _staged_file(s3: S3Stage, url: str, size: int, rows: Any) -> StagedFile:
@@ -145,16 +153,7 @@ async def _legacy_stage(s3: S3Stage, key: str, entries: list[tuple[str, int]]) -
             key=key,
             retryable=False,
         )
-    return StageResult(
-        prefix=prefix,
-        files=files,
-        manifest_key=key,
-        manifest_url=manifest_url,
-        rows=sum(f.rows for f in files),
-        bytes=sum(f.size_bytes for f in files),
-        schema_hash=sidecar.get("schema_hash"),
-        meta=sidecar["meta"],
-    )
+    return stage_result(s3, prefix, files, sidecar.get("schema_hash"), sidecar["meta"])
 
 
 def _sidecar_file(f: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from src.common.errors import StageError
 from src.common.log import get_logger
-from src.stage.manifest import MANIFEST_NAME, build_manifest, encode_meta
+from src.stage.manifest import build_manifest, encode_meta, stage_result
 from src.stage.models import StagedFile, StageResult
 from src.stage.multipart import CLEANUP_TIMEOUT
 from src.stage.s3 import S3Stage
@@ -197,7 +197,7 @@ async def write_parquet(
                 unverified.append(staged)
             group = await groups.next() if rolled else None
         await _verify(s3, unverified)
-        result = _result(s3, prefix, tuple(files), schema_hash, dict(meta or {}))
+        result = stage_result(s3, prefix, tuple(files), schema_hash, dict(meta or {}))
         return await _publish(s3, result, created)
     except BaseException:
         await _discard(s3, created)
@@ -270,22 +270,6 @@ async def _verify(s3: S3Stage, files: Sequence[StagedFile]) -> None:
                 key=staged.key,
                 retryable=True,
             )
-
-
-def _result(
-    s3: S3Stage, prefix: str, files: tuple[StagedFile, ...], schema_hash: str | None, meta: dict[str, Any]
-) -> StageResult:
-    manifest_key = f"{prefix}{MANIFEST_NAME}"
-    return StageResult(
-        prefix=prefix,
-        files=files,
-        manifest_key=manifest_key,
-        manifest_url=s3.url(manifest_key),
-        rows=sum(f.rows for f in files),
-        bytes=sum(f.size_bytes for f in files),
-        schema_hash=schema_hash,
-        meta=meta,
-    )
 
 
 async def _publish(s3: S3Stage, result: StageResult, created: list[str]) -> StageResult:
