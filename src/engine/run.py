@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AsyncExitStack, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import cast
 
 import anyio
 import anyio.abc
@@ -72,8 +71,6 @@ def start_workers(request: SyncRequest) -> Workers | None:
     """Fork the worker processes that will share this run's tables (``src.engine.workers``), when its
     pipeline's ``processing.processes`` and its table count call for more than one process. Call before
     the event loop starts; a config that does not load forks nothing (the run reports it)."""
-    if request.mode not in ("sync", "backup_only", "load_only"):
-        return None
     try:
         pipeline = load_config(request.pipeline, request.config_dir)
     except S3ShiftError:
@@ -272,7 +269,7 @@ async def _worker_run(channel: Channel, index: int) -> None:
     job: Job | None = await channel.receive()
     if job is None:
         return
-    pipeline, mode = job.pipeline, cast(RunMode, job.mode)
+    pipeline, mode = job.pipeline, job.mode
     limits = Limits.for_pipeline(pipeline, index=job.index, processes=job.processes)
     asker = Asker(channel)
     async with AsyncExitStack() as stack, anyio.create_task_group() as outer:

@@ -47,6 +47,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from src.common.errors import describe
 from src.common.log import get_logger
 from src.config.models import Pipeline
+from src.engine.table import RunMode
 from src.plan.planner import TablePlan
 from src.report.models import TableFailure, TableResult, utc_now
 from src.stage.pending import PipelineScan
@@ -88,7 +89,7 @@ class Job:
     execution_id: str
     pipeline: Pipeline
     plans: tuple[TablePlan, ...]
-    mode: str
+    mode: RunMode
     scan: PipelineScan | None
     states: Mapping[str, StateRow]
     index: int  # this process's index (the parent is 0)

@@ -25,8 +25,8 @@ from src.source.typemap import DEFAULT_POLICY, ColumnInfo, data_type_of, map_col
 
 ALL_COLUMNS = ColumnSelection()
 CATALOG_BATCH: Final = 100  # tables per catalog query of a run (MariaDB: ~20 ms + ~0.5 ms per table)
-CLOCK_REFRESH: Final = 60.0  # seconds a SourceClock goes on the local clock before it reads the source's
 CATALOG_MAX_AGE: Final = 30.0  # seconds a batched description may wait for its table's turn
+CLOCK_REFRESH: Final = 60.0  # seconds a SourceClock goes on the local clock before it reads the source's
 _COLUMNS = """
 SELECT c.TABLE_NAME, c.COLUMN_NAME, c.DATA_TYPE, c.COLUMN_TYPE, c.IS_NULLABLE,
        c.CHARACTER_MAXIMUM_LENGTH, c.CHARACTER_OCTET_LENGTH, c.NUMERIC_PRECISION, c.NUMERIC_SCALE,

@@ -293,13 +293,9 @@ async def estimate_rows(
         return _estimate(
             await _explain(conn, f"SELECT 1 FROM {source} WHERE {with_filter(None, where, bound=False)}", [])
         )
-    if (
-        window.strategy == "full_sync"
-        and catalog
-        and (known := catalog.table_rows(database, table)) is not None
-    ):
-        return known
     if window.strategy == "full_sync":
+        if catalog and (known := catalog.table_rows(database, table)) is not None:
+            return known
         rows = await conn.fetchall(
             "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
             (database, table),
