@@ -1,5 +1,6 @@
-"""Where W4's time goes: CPU seconds per process (s3shift, moto, PostgreSQL, MariaDB) around one s3shift
-run of many small tables, and optionally a py-spy profile of the s3shift process.
+"""Where a workload's time goes (W4 by default, ``--workload W1`` for another): CPU seconds per process
+(s3shift, moto, PostgreSQL, MariaDB) around one s3shift run, and optionally a py-spy profile of the
+s3shift process.
 
     .venv/bin/python -m benchmarks.profile_w4 --w4-tables 200 --runs 2 [--py-spy /tmp/w4.txt]
 
@@ -123,6 +124,8 @@ def summarize_raw(path: Path, top: int = 25) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workload", default="W4", help="W1..W5 (default W4)")
+    ap.add_argument("--rows-scale", type=float, default=1.0)
     ap.add_argument("--w4-tables", type=int, default=200)
     ap.add_argument("--w4-rows", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=2)
@@ -130,7 +133,7 @@ def main() -> int:
     ap.add_argument("--py-spy", type=Path, default=None, help="write py-spy's collapsed stacks here")
     ap.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     args = ap.parse_args()
-    w = workloads(args.db_prefix, 1.0, args.w4_tables, args.w4_rows)["W4"]
+    w = workloads(args.db_prefix, args.rows_scale, args.w4_tables, args.w4_rows)[args.workload]
     with moto_server(None) as endpoint, tempfile.TemporaryDirectory(prefix="s3shift-prof-") as tmp:
         env = c.Env(endpoint, "s3shift-bench", Path(tmp), c.PEERS_VENV, pg_schema_prefix=args.db_prefix)
         ensure_bucket(endpoint, env.bucket)

@@ -252,3 +252,57 @@ async def test_half_configured_credentials_are_rejected(s3_conn: S3Conn) -> None
     with pytest.raises(StageError, match="both access_key_id and secret_access_key"):
         async with S3Stage(cfg):
             pass
+
+
+def test_aiohttp_default_contexts_are_skipped_and_ssl_restored() -> None:
+    """src.stage imports aiohttp without loading the CA store into its two unused default contexts (a
+    start-up cost), and leaves ssl as it found it."""
+    import ssl
+
+    import aiohttp.connector
+
+    unused = (aiohttp.connector._SSL_CONTEXT_VERIFIED, aiohttp.connector._SSL_CONTEXT_UNVERIFIED)
+    assert [c.cert_store_stats()["x509_ca"] for c in unused] == [0, 0]
+    assert ssl.create_default_context().cert_store_stats()["x509_ca"] > 0
+
+
+async def test_https_endpoint_still_verifies_its_certificate(s3_conn: S3Conn, tmp_path: Path) -> None:
+    """An HTTPS endpoint with a certificate no CA vouches for is refused: skipping aiohttp's default
+    contexts never skips verification."""
+    import socket
+    import ssl
+    import threading
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    await anyio.run_process(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert), "-days", "1"],
+    )  # fmt: skip
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    handshakes: list[str] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with server_ctx.wrap_socket(conn, server_side=True):
+                    handshakes.append("completed")
+            except (ssl.SSLError, OSError) as exc:
+                handshakes.append(type(exc).__name__)
+
+    threading.Thread(target=serve, daemon=True).start()
+    cfg = dataclasses.replace(s3_conn, endpoint_url=f"https://127.0.0.1:{port}")
+    try:
+        with pytest.raises(StageError) as err:
+            async with S3Stage(cfg, max_attempts=1) as s3:
+                await s3.put_bytes("k", b"x")
+    finally:
+        listener.close()
+    assert "certificate" in describe(err.value).lower()
+    assert "completed" not in handshakes
