@@ -157,6 +157,9 @@ def test_processes_share_the_tables_and_sync_each_exactly(
     setup: tuple[Path, tuple[str, ...], list[str]], mysql_db: str, pg_schema: str
 ) -> None:
     cfg, cli, tables = setup
+    sync = ("--config-dir", str(cfg), "sync", "-p", "p", "-t", ",".join(tables))
+    plan, _ = run_json(*sync, "--dry-run", cli=cli)
+    assert plan["processes"] == 2  # processing.processes, as the run below forks
     doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", ",".join(tables), cli=cli)
     assert proc.returncode == 0 and doc["status"] == "success", doc
     assert sorted(doc["table_results"]) == sorted(tables)

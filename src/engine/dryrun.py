@@ -24,6 +24,7 @@ from src.engine.table import (
     too_few_rows,
     window_is_empty,
 )
+from src.engine.workers import process_count
 from src.plan.models import Window
 from src.plan.planner import TablePlan, plan_table, read_window
 from src.report.models import iso, new_execution_id, utc_now
@@ -36,7 +37,8 @@ from src.warehouse.redshift import RedshiftConnect
 async def plan_sync(
     request: SyncRequest, *, redshift_connect: RedshiftConnect | None = None
 ) -> dict[str, Any]:
-    """The JSON plan: ``{"dry_run": true, "execution_id", "pipeline", "tables": {table: plan | error}}``."""
+    """The JSON plan: ``{"dry_run": true, "execution_id", "pipeline", "mode", "processes",
+    "tables": {table: plan | error}}``."""
     start = utc_now()
     execution_id = new_execution_id(start)
     tables = unique(request.tables)
@@ -53,6 +55,7 @@ async def plan_sync(
     except S3ShiftError as exc:
         doc["tables"] = {t: {"status": "error", "error_message": describe(exc)} for t in tables}
         return doc
+    doc["processes"] = process_count(pipeline, len(tables))  # what the run would fork (start_workers)
     limits = Limits.for_pipeline(pipeline)
     async with AsyncExitStack() as stack:
         try:
