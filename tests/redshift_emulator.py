@@ -1,28 +1,27 @@
 """Test-only Redshift emulation: the Redshift loader's SQL, unchanged, against a real PostgreSQL.
 
-``RedshiftEmulator`` is an ``Executor`` over an asyncpg connection. It rewrites Redshift-only syntax
-for PostgreSQL (DISTSTYLE/DISTKEY/SORTKEY/ENCODE/BACKUP clauses dropped, VARBYTE(n) -> the domain
-public."varbyte(n)" over bytea with an octet_length check, created on demand, so the catalog and the
-COPY rules keep the length; SUPER -> jsonb, JSON_PARSE(x) -> jsonb(x), GETDATE() -> the statement's UTC
-start) outside quoted identifiers and literals, refuses PostgreSQL-only syntax Redshift lacks (ON CONFLICT,
-RETURNING, FOR UPDATE/SHARE, LOCK ... IN ... MODE, advisory locks, clock_timestamp, SET TRANSACTION,
-TRUNCATE inside a transaction: it commits there) and the ALTER TABLE forms Redshift refuses (several
-actions in one statement; ALTER COLUMN TYPE to anything but a VARCHAR, inside a transaction block, or on a
-primary-key column), runs transactions SERIALIZABLE whatever BEGIN says (like Redshift, a
-transaction's snapshot is fixed by its first query, not by a LOCK it waited on), checks each statement
-of a message of several (``BEGIN; LOCK ...``) on its own, and carries out
-``COPY t FROM 's3://.../manifest.json' IAM_ROLE '...' FORMAT AS PARQUET MANIFEST`` by reading the
-manifest and the Parquet files from the moto S3 server. Before inserting anything it ENFORCES the
-documented COPY-Parquet rules (research/reliability.md section 2.2): only the options Redshift accepts
-for Parquet; manifest entries mandatory with a content_length equal to the object's size (other keys,
-such as UNLOAD MANIFEST VERBOSE's record_count and totals or s3shift's own, are ignored, as AWS documents
-COPY doing for UNLOAD's manifests; only a real cluster can confirm it); no empty manifest; column count
-equal and mapping by POSITION; each Parquet type compatible with the declared column type (decimal
-precision and scale equal, no INT64 NANOS, no TIME, no unsigned 64-bit, no decimal into an integer);
-VARCHAR(n) in BYTES; valid UTF-8; rows of at most 4 MB. Any violation fails
-the whole COPY with ``asyncpg.exceptions.InternalServerError`` (SQLSTATE XX000), as Redshift does.
-Each file is held in memory while it is checked: fine for tests, not a production reader.
-"""
+``RedshiftEmulator`` is an ``Executor`` over an asyncpg connection. Through ``tests/redshift_sql.py`` it
+rewrites Redshift-only syntax for PostgreSQL (DISTSTYLE/DISTKEY/SORTKEY/ENCODE/BACKUP clauses dropped,
+VARBYTE(n) -> the domain public."varbyte(n)" over bytea with an octet_length check, created on demand, so
+the catalog and the COPY rules keep the length; SUPER -> jsonb, JSON_PARSE(x) -> jsonb(x), GETDATE() ->
+the statement's UTC start) outside quoted identifiers and literals, refuses PostgreSQL-only syntax
+Redshift lacks (ON CONFLICT, RETURNING, FOR UPDATE/SHARE, LOCK ... IN ... MODE, advisory locks,
+clock_timestamp, SET TRANSACTION, TRUNCATE inside a transaction: it commits there) and the ALTER TABLE
+forms Redshift refuses (several actions in one statement; ALTER COLUMN TYPE to anything but a VARCHAR,
+inside a transaction block, or on a primary-key column), runs transactions SERIALIZABLE whatever BEGIN
+says (like Redshift, a transaction's snapshot is fixed by its first query, not by a LOCK it waited on),
+checks each statement of a message of several (``BEGIN; LOCK ...``) on its own, and carries out ``COPY t
+FROM 's3://.../manifest.json' IAM_ROLE '...' FORMAT AS PARQUET MANIFEST`` by reading the manifest and the
+Parquet files from the moto S3 server. Before inserting anything it ENFORCES the documented COPY-Parquet
+rules (research/reliability.md section 2.2): only the options Redshift accepts for Parquet; manifest
+entries mandatory with a content_length equal to the object's size (other keys, such as UNLOAD MANIFEST
+VERBOSE's record_count and totals or s3shift's own, are ignored, as AWS documents COPY doing for UNLOAD's
+manifests; only a real cluster can confirm it); no empty manifest; column count equal and mapping by
+POSITION; each Parquet type compatible with the declared column type (decimal precision and scale equal,
+no INT64 NANOS, no TIME, no unsigned 64-bit, no decimal into an integer); VARCHAR(n) in BYTES; valid
+UTF-8; rows of at most 4 MB. Any violation fails the whole COPY with
+``asyncpg.exceptions.InternalServerError`` (SQLSTATE XX000), as Redshift does. Each file is held in memory
+while it is checked: fine for tests, not a production reader."""
 
 from __future__ import annotations
 
@@ -41,10 +40,20 @@ import boto3
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from asyncpg.exceptions import InternalServerError, PostgresSyntaxError, UndefinedTableError
+from asyncpg.exceptions import InternalServerError, UndefinedTableError
 from pgpq import ArrowToPostgresBinaryEncoder
 
 from src.config.models import TargetConn
+from tests.redshift_sql import (
+    BEGIN_WORDS,
+    END_WORDS,
+    alter_type_target,
+    check_redshift_sql,
+    first_word,
+    rewrite,
+    split_statements,
+    tokenize,
+)
 
 MAX_ROW_BYTES = 4 * 1024 * 1024
 PARQUET_OPTIONS = {
@@ -59,142 +68,6 @@ PARQUET_OPTIONS = {
     "TRUE",
     "FALSE",
 }
-_TOKEN = re.compile(r"\"(?:[^\"]|\"\")*\"|'(?:[^'\\]|''|\\.)*'|[A-Za-z_][A-Za-z0-9_$]*|\d+|\s+|.", re.S)
-
-
-# ---- SQL rewriting ----------------------------------------------------------------------------
-
-
-def tokenize(sql: str) -> list[str]:
-    return _TOKEN.findall(sql)
-
-
-def _next(tokens: list[str], i: int) -> int:
-    """Index of the next non-blank token at or after ``i`` (len(tokens) if none)."""
-    while i < len(tokens) and tokens[i].isspace():
-        i += 1
-    return i
-
-
-def _skip_parens(tokens: list[str], i: int) -> int:
-    """If tokens[i] (after blanks) opens a parenthesis, the index after its match; else ``i``."""
-    j = _next(tokens, i)
-    if j >= len(tokens) or tokens[j] != "(":
-        return i
-    depth = 0
-    for k in range(j, len(tokens)):
-        depth += {"(": 1, ")": -1}.get(tokens[k], 0)
-        if depth == 0:
-            return k + 1
-    raise ValueError("unbalanced parentheses")
-
-
-def rewrite(sql: str) -> str:
-    """Redshift DDL/DML -> PostgreSQL. Quoted identifiers and literals are never touched."""
-    tokens, out, i = tokenize(sql), [], 0
-    while i < len(tokens):
-        word = tokens[i].upper()
-        if word == "VARBYTE":
-            end = _skip_parens(tokens, i + 1)
-            size = "".join(tokens[i + 1 : end]).strip().strip("()").strip()
-            out.append(f'public."varbyte({int(size)})"' if size else "bytea")
-            i = end
-        elif word == "SUPER":
-            out.append("jsonb")
-            i += 1
-        elif word == "JSON_PARSE":
-            out.append("jsonb")  # PostgreSQL's function-style cast text -> jsonb
-            i += 1
-        elif word == "GETDATE":  # Redshift: the current statement's start, UTC by default
-            out.append("(statement_timestamp() AT TIME ZONE 'UTC')")
-            i = _skip_parens(tokens, i + 1)
-        elif word in {"ENCODE", "DISTSTYLE", "BACKUP"}:
-            i = _next(tokens, i + 1) + 1  # the keyword and its one-word argument
-        elif word in {"DISTKEY", "SORTKEY"}:
-            j = _skip_parens(tokens, i + 1)
-            if j == i + 1:  # no parenthesis: a column attribute, or SORTKEY AUTO
-                k = _next(tokens, i + 1)
-                j = k + 1 if k < len(tokens) and tokens[k].upper() == "AUTO" else i + 1
-            i = j
-        elif word in {"COMPOUND", "INTERLEAVED"}:
-            i += 1
-        else:
-            out.append(tokens[i])
-            i += 1
-    return "".join(out)
-
-
-def split_statements(sql: str) -> list[str]:
-    """The statements of one simple-query message: split at semicolons outside quotes, blanks dropped."""
-    out: list[str] = []
-    current: list[str] = []
-    for token in tokenize(sql):
-        if token == ";":
-            out.append("".join(current))
-            current = []
-        else:
-            current.append(token)
-    out.append("".join(current))
-    return [s.strip() for s in out if s.strip()]
-
-
-def first_word(sql: str) -> str:
-    return next((t.upper() for t in tokenize(sql) if not t.isspace()), "")
-
-
-_BEGIN = {"BEGIN", "START"}
-_END = {"COMMIT", "END", "ROLLBACK", "ABORT"}
-_PG_ONLY_PAIRS = {("ON", "CONFLICT"), ("FOR", "UPDATE"), ("FOR", "SHARE"), ("SET", "TRANSACTION")}
-_PG_ONLY_WORDS = {"RETURNING", "CLOCK_TIMESTAMP", "STATEMENT_TIMESTAMP", "TRANSACTION_TIMESTAMP"}
-
-
-def check_redshift_sql(sql: str, *, in_transaction: bool) -> None:
-    """Refuse what the loader must never send to Redshift (it would fail or behave differently there)."""
-    words = [t.upper() for t in tokenize(sql) if not t.isspace() and not t.startswith(("'", '"'))]
-    found = next((" ".join(p) for p in itertools.pairwise(words) if p in _PG_ONLY_PAIRS), None)
-    found = found or next((w for w in words if w in _PG_ONLY_WORDS or w.startswith("PG_ADVISORY")), None)
-    if words[:1] == ["LOCK"] and "MODE" in words:
-        found = "LOCK ... IN ... MODE (Redshift's LOCK has no modes)"
-    if words[:1] == ["TRUNCATE"] and in_transaction:
-        found = "TRUNCATE inside a transaction (it commits implicitly on Redshift)"
-    found = found or _alter_problem(sql, words, in_transaction=in_transaction)
-    if found:
-        raise PostgresSyntaxError(f"emulator: Redshift does not support {found}")
-
-
-def _top_level_commas(sql: str) -> int:
-    depth, commas = 0, 0
-    for token in tokenize(sql):
-        depth += {"(": 1, ")": -1}.get(token, 0)
-        commas += token == "," and depth == 0
-    return commas
-
-
-def alter_type_target(sql: str) -> tuple[str, str] | None:
-    """(table as written, column name) of an ALTER TABLE ... ALTER COLUMN ... TYPE, else None."""
-    tokens = [t for t in tokenize(sql) if not t.isspace()]
-    upper = [t.upper() for t in tokens]
-    if upper[:2] != ["ALTER", "TABLE"] or "TYPE" not in upper or "ALTER" not in upper[2:]:
-        return None
-    at = upper.index("ALTER", 2)
-    column = tokens[at + 2] if upper[at + 1] == "COLUMN" else tokens[at + 1]
-    name = column[1:-1].replace('""', '"') if column.startswith('"') else column.lower()
-    return "".join(tokens[2:at]), name
-
-
-def _alter_problem(sql: str, words: list[str], *, in_transaction: bool) -> str | None:
-    if words[:2] != ["ALTER", "TABLE"]:
-        return None
-    if _top_level_commas(sql):
-        return "several actions in one ALTER TABLE (one column per statement)"
-    if alter_type_target(sql) is None:
-        return None
-    if in_transaction:
-        return "ALTER TABLE ALTER COLUMN TYPE inside a transaction block"
-    after = words[words.index("TYPE") + 1 :]
-    if after[:1] != ["VARCHAR"] and after[:2] != ["CHARACTER", "VARYING"]:
-        return "ALTER COLUMN TYPE to anything but a VARCHAR size (" + " ".join(after) + ")"
-    return None
 
 
 # ---- COPY parsing ---------------------------------------------------------------------------------
@@ -398,8 +271,8 @@ class RedshiftEmulator:
         in_transaction, out = self.conn.is_in_transaction(), []
         for statement in split_statements(query):
             word = first_word(statement)
-            if word in _BEGIN | _END:
-                in_transaction = word in _BEGIN
+            if word in BEGIN_WORDS | END_WORDS:
+                in_transaction = word in BEGIN_WORDS
                 out.append("BEGIN ISOLATION LEVEL SERIALIZABLE" if in_transaction else statement)
                 continue
             check_redshift_sql(statement, in_transaction=in_transaction)

@@ -32,13 +32,8 @@ from src.warehouse.ddl import (
     redshift_type,
 )
 from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER, s3_client
-from tests.redshift_emulator import (
-    RedshiftEmulator,
-    check_redshift_sql,
-    redshift_unquote,
-    rewrite,
-    split_statements,
-)
+from tests.redshift_emulator import RedshiftEmulator, redshift_unquote
+from tests.redshift_sql import check_redshift_sql, rewrite, split_statements
 from tests.test_warehouse_load import (
     ROLE,
     arrow_table,

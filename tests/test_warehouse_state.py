@@ -17,7 +17,8 @@ from src.warehouse.base import StateRow
 from src.warehouse.catalog import Executor
 from src.warehouse.ddl import POSTGRES, REDSHIFT
 from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER
-from tests.redshift_emulator import RedshiftEmulator, check_redshift_sql, split_statements
+from tests.redshift_emulator import RedshiftEmulator
+from tests.redshift_sql import check_redshift_sql, split_statements
 from tests.test_warehouse_load import pg, stage, target_conn, warehouse
 from tests.test_warehouse_merge import U64_MAX, request, rows, staged
 
