@@ -229,3 +229,48 @@ def test_bad_table_keys(tmp_path: Path, entry: str, expect: str) -> None:
     body = entry if entry.startswith("{") else "{" + entry + "}"
     with pytest.raises(ConfigError, match=expect):
         load_pipeline(write(tmp_path, nightly=NIGHTLY + f"  shop.t: {body}\n"), "nightly")
+
+
+@pytest.mark.parametrize(("old", "new"), [("port: 3306", "port: 70000"), ("port: 5432", "port: 65536")])
+def test_port_out_of_range_names_file_and_key(tmp_path: Path, old: str, new: str) -> None:
+    with pytest.raises(ConfigError, match=r"connections.yml: '.*\.port' must be a TCP port from 1 to 65535"):
+        load_pipeline(write(tmp_path, CONNECTIONS.replace(old, new)), "nightly")
+
+
+@pytest.mark.parametrize("text", ["${T_PW", "x${}y", "${BAD-NAME}", "${1ABC}"])
+def test_malformed_reference_is_an_error_not_literal_text(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match=r"starts no environment reference") as err:
+        interpolate(text, where="f: k", env={"T_PW": "x"})
+    assert text not in str(err.value)  # a password could be the value: never echoed
+    conns = CONNECTIONS.replace('password: "${T_MYSQL_PASSWORD:-}"', f'password: "pw{text}"')
+    with pytest.raises(
+        ConfigError, match=r"connections.yml: connections.sources.shop_mysql.password: '\$\{'"
+    ):
+        load_pipeline(write(tmp_path, conns), "nightly")
+    escaped = text.replace("${", "$${")  # the same text, escaped: taken literally
+    assert interpolate(escaped, where="w", env={}) == text
+
+
+def test_duplicate_keys_are_errors(tmp_path: Path) -> None:
+    pipe = NIGHTLY + "  shop.orders: {cdc_strategy: id_only}\n"
+    with pytest.raises(
+        ConfigError, match=r"nightly.yml: invalid YAML at line 7.*'shop.orders' is given twice"
+    ):
+        load_pipeline(write(tmp_path, nightly=pipe), "nightly")
+    conns = CONNECTIONS.replace("port: 3306,", "port: 3306, port: 3307,")
+    with pytest.raises(ConfigError, match=r"connections.yml: .*'port' is given twice"):
+        load_pipeline(write(tmp_path, conns), "nightly")
+
+
+def test_merge_keys_may_override(tmp_path: Path) -> None:
+    pipe = NIGHTLY.replace("shop.orders: {", "shop.orders: &base {").replace(
+        "shop.customers: {cdc_strategy: full_sync,", "shop.customers: {<<: *base, cdc_strategy: full_sync,"
+    )
+    p = load_pipeline(write(tmp_path, nightly=pipe), "nightly")
+    assert p.table("shop.customers").cdc_strategy == "full_sync"  # overrides the merged "full"
+    assert p.table("shop.customers").target_table == "dim_customers"
+
+
+def test_missing_config_dir_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config directory .*nowhere not found; pass --config-dir"):
+        load_pipeline(tmp_path / "nowhere", "nightly")

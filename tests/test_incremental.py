@@ -4,6 +4,8 @@ dry-run and watermark commands (MySQL -> S3 moto -> PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import socket
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +200,32 @@ def test_watermark_get_set_reset(cfg: Path, mysql_db: str, pg_schema: str) -> No
     assert sync(cfg, t)["table_results"][t]["rows_processed"] == 2  # from the beginning; merged
     assert assert_tables_equal(mysql_db, "events", pg_schema, "events", "id") == 2
     no_duplicates(pg_schema, "events", "id")
+
+
+def test_watermark_commands_report_an_unreachable_warehouse(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = write_config(tmp_path / "c", source_conn, replace(pg_target, port=port), s3_conn)
+    for action in (("get",), ("set", "--id", "5"), ("reset",)):
+        proc = run_cli(
+            "--config-dir", str(cfg), "watermark", *action, "-p", "p", "-t", "a.b", "--json-output"
+        )
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        doc = json.loads(proc.stdout)
+        assert doc["status"] == "failed" and doc["table"] == "a.b"
+        assert f"connecting to target 'tgt' (127.0.0.1:{port}/" in doc["error_message"]
+
+
+def test_watermark_commands_take_one_table(cfg: Path, mysql_db: str) -> None:
+    t1, t2 = f"{mysql_db}.events", f"{mysql_db}.log"
+    proc = run_cli(
+        "--config-dir", str(cfg), "watermark", "get", "-p", "p", "-t", t1, "-t", t2, "--json-output"
+    )
+    assert proc.returncode == 2 and proc.stdout == ""  # not the last one silently
+    assert f"watermark get takes one table; got 2: {t1}, {t2}" in proc.stderr
 
 
 def test_dry_run_changes_nothing(cfg: Path, mysql_db: str, pg_schema: str, s3_conn: S3Conn) -> None:

@@ -128,28 +128,39 @@ def watermark() -> None:
 
 def _watermark_command(action: Action) -> Any:
     @click.option("-p", "--pipeline", default="default", show_default=True, help="Pipeline name.")
-    @click.option("-t", "--table", required=True, help="The table, as database.table.")
+    @click.option(
+        "-t", "--table", "tables", multiple=True, required=True, help="The table, as database.table (one)."
+    )
     @click.option("--json-output", is_flag=True, help="Print one JSON document on stdout.")
     @click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr.")
     @click.pass_context
     def command(
-        ctx: click.Context, /, pipeline: str, table: str, json_output: bool, verbose: bool, **kw: Any
+        ctx: click.Context,
+        /,
+        pipeline: str,
+        tables: Sequence[str],
+        json_output: bool,
+        verbose: bool,
+        **kw: Any,
     ) -> None:
         log.configure(verbose)
+        if len(tables) != 1:  # click keeps only the last of a repeated single option: say so instead
+            raise click.UsageError(
+                f"watermark {action} takes one table; got {len(tables)}: {', '.join(tables)}"
+            )
+        table = tables[0]
         mark = _parse_watermark(kw.get("timestamp"), kw.get("id")) if action == "set" else None
         request = WatermarkRequest(action, pipeline, table, ctx.find_root().obj["config_dir"], mark)
         try:
             result: dict[str, Any] = anyio.run(run_watermark, request)
             result["status"] = "success"
-        except S3ShiftError as exc:
+        except Exception as exc:  # ours carry the cause; anything else is a bug, still one line
             if verbose:
                 traceback.print_exc(file=sys.stderr)
-            result = {
-                "pipeline": pipeline,
-                "table": table,
-                "status": "failed",
-                "error_message": describe(exc),
-            }
+            message = describe(exc)
+            if not isinstance(exc, S3ShiftError):
+                message = f"internal error: {message} (rerun with --verbose for the traceback)"
+            result = {"pipeline": pipeline, "table": table, "status": "failed", "error_message": message}
         if json_output:
             click.echo(dumps(result, pretty=True))
         else:

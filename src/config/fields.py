@@ -114,3 +114,15 @@ def positive(values: Mapping[str, Any], keys: tuple[str, ...], file: Path, where
                 file=str(file),
                 key=f"{where}.{key}",
             )
+
+
+def port_number(values: Mapping[str, Any], file: Path, where: str) -> None:
+    """``port``, when given, is a TCP port: an out-of-range one would only fail later, inside a driver,
+    with a message that names neither the file nor the key."""
+    port = values.get("port")
+    if port is not None and not 0 < port <= 65535:
+        raise ConfigError(
+            f"{file}: '{where}.port' must be a TCP port from 1 to 65535 (got {port})",
+            file=str(file),
+            key=f"{where}.port",
+        )

@@ -7,14 +7,22 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from src.common.errors import ConfigError
-from src.config.fields import as_bool, check_keys, checked_values, get_section, positive, require
+from src.config.fields import (
+    as_bool,
+    check_keys,
+    checked_values,
+    get_section,
+    port_number,
+    positive,
+    require,
+)
 from src.config.models import (
     Pipeline,
     S3Conn,
@@ -98,6 +106,12 @@ def load_pipeline(directory: Path, name: str) -> Pipeline:
         raise ConfigError(
             f"pipeline name {name!r} is not valid: use letters, digits, '_', '-', '.'", key=name
         )
+    if not directory.is_dir():
+        raise ConfigError(
+            f"config directory {directory} not found; pass --config-dir DIR or set {CONFIG_DIR_ENV} "
+            f"(default ./{DEFAULT_CONFIG_DIR})",
+            file=str(directory),
+        )
     path = directory / "pipelines" / f"{name}.yml"
     if not path.is_file() and path.with_suffix(".yaml").is_file():
         path = path.with_suffix(".yaml")
@@ -154,6 +168,26 @@ def load_pipeline(directory: Path, name: str) -> Pipeline:
     )
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps the
+    last silently, so a table listed twice (or a key repeated by a paste) would pass unnoticed."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base": its keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the base class reports it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"key {key!r} is given twice in one mapping", problem_mark=key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -164,7 +198,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}", file=str(path)) from None
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -237,6 +271,7 @@ def _source(ref: tuple[str, dict[str, Any]], file: Path) -> SourceConn:
             key=f"{where}.driver",
         )
     positive(v, ("port", "max_connections"), file, where)
+    port_number(v, file, where)
     return SourceConn(name=name, **v)
 
 
@@ -254,6 +289,7 @@ def _target(ref: tuple[str, dict[str, Any]], file: Path) -> TargetConn:
     require(v, ("host", "username", "database"), file, where)
     v.setdefault("port", 5439 if kind == "redshift" else 5432)
     positive(v, ("port", "max_connections"), file, where)
+    port_number(v, file, where)
     if not v.get("iam_role"):
         v.pop("iam_role", None)
     if not v.get("region"):

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from src.common.errors import ConfigError
+from src.common.errors import ConfigError, S3ShiftError
 from src.common.naming import split_table
 from src.engine.limits import Limits
 from src.engine.run import load_config, open_resources
+from src.engine.table import first_error
 from src.plan.models import Watermark
 from src.report.models import iso, new_execution_id, utc_now
 from src.warehouse.base import StateRow
@@ -41,7 +42,15 @@ async def run_watermark(
     pipeline = load_config(req.pipeline, req.config_dir)
     limits = Limits.for_pipeline(pipeline)
     async with AsyncExitStack() as stack:
-        res = await open_resources(stack, pipeline, limits, redshift_connect, source=False, s3_check=False)
+        try:
+            res = await open_resources(
+                stack, pipeline, limits, redshift_connect, source=False, s3_check=False
+            )
+        except BaseExceptionGroup as group:  # the connection checks run in a task group
+            err = first_error(group)
+            if isinstance(err, S3ShiftError):
+                raise err from None
+            raise
         wh = res.warehouse
         if req.action != "get":
             cfg = pipeline.table(req.table)
