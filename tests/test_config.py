@@ -80,6 +80,15 @@ def test_env_interpolation_and_secrets(tmp_path: Path, monkeypatch: pytest.Monke
     assert "pw-Very-Secret-1" not in repr(p) and "pw-Very-Secret-1" not in str(p.target)
 
 
+def test_scrub_replaces_secrets_and_spares_words_holding_a_short_one() -> None:
+    from src.common.secret import scrub
+
+    Secret("tst9")  # a short local key: a word of its own or between punctuation only
+    Secret("Long-Secret-Value-0x99")  # anywhere, even inside a longer word
+    text = "la-tst9 tst9: the latst9s at 127.0.0.1:5432/tst9 user:tst9@h; xLong-Secret-Value-0x99y"
+    assert scrub(text) == "la-*** ***: the latst9s at 127.0.0.1:5432/*** user:***@h; x***y"
+
+
 def test_missing_env_var_names_file_key_and_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("T_RS_HOST", raising=False)
     pipe = NIGHTLY.replace("target: local_pg", "target: prod_rs")

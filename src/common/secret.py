@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Final
 
 REDACTED: Final = "***"
+WHOLE_WORD_BELOW: Final = 8  # a secret shorter than this is scrubbed only where it stands as a word
 _known: set[str] = set()
 _lock = threading.Lock()
 
@@ -44,10 +46,16 @@ class Secret:
 
 
 def scrub(text: str) -> str:
-    """Replace every known secret value in ``text`` (longest first) with ``***``."""
+    """Replace every known secret value in ``text`` (longest first) with ``***``. A short one (a local
+    ``test`` key, say) only where no letter or digit touches it, or every word holding it would be
+    garbled ("the la*** state"); in ``user:pw@host`` or ``/pw`` it is still replaced."""
     with _lock:
         known = sorted(_known, key=len, reverse=True)
     for value in known:
-        if value in text:
+        if value not in text:
+            continue
+        if len(value) >= WHOLE_WORD_BELOW:
             text = text.replace(value, REDACTED)
+        else:
+            text = re.sub(rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])", REDACTED, text)
     return text
