@@ -13,6 +13,7 @@ class S3ShiftError(Exception):
     """
 
     retryable: bool = False
+    echo: bool = False  # only the echo of a failure raised elsewhere: report that one (``first_error``)
 
     def __init__(
         self,
@@ -62,3 +63,20 @@ def describe(exc: BaseException) -> str:
         return exc.message
     text = " ".join(str(exc).split()) or "no details"
     return scrub(f"{type(exc).__name__}: {text}")
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The one exception to report for ``exc``, which may be a (nested) exception group: ours first (they
+    carry the cause), an echo of another failure only when nothing else failed."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves = [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    leaves = [e for e in leaves if not (isinstance(e, S3ShiftError) and e.echo)] or leaves
+    ours = [e for e in leaves if isinstance(e, S3ShiftError)]
+    return (ours or leaves)[0]
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]

@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 
-from src.common.errors import S3ShiftError, describe
+from src.common.errors import S3ShiftError, describe, first_error
 from src.common.schema import TableSchema
 from src.engine.limits import Limits
 from src.engine.pending import describe_stage, format_ts, select
@@ -16,7 +16,6 @@ from src.engine.run import Resources, SyncRequest, load_config, open_resources, 
 from src.engine.table import (
     RunContext,
     fast_window,
-    first_error,
     load_request,
     plan_window,
     stage_meta,

@@ -14,13 +14,13 @@ import anyio
 import anyio.abc
 import pyarrow as pa
 
-from src.common.errors import S3ShiftError, describe
+from src.common.errors import S3ShiftError, describe, first_error
 from src.common.jsonio import dumps_bytes
 from src.common.log import get_logger
 from src.config.loader import config_dir, load_pipeline
 from src.config.models import Pipeline
 from src.engine.limits import Limits, share
-from src.engine.table import RunContext, RunMode, first_error, sync_table
+from src.engine.table import RunContext, RunMode, sync_table
 from src.engine.workers import (
     Asker,
     Channel,

@@ -16,6 +16,8 @@ T = TypeVar("T")
 class ProducerFailed(StageError):
     """The consumer's view of a failed producer; the producer's own error is the one to report."""
 
+    echo = True
+
 
 class Completion:
     """Set by the producer's wrapper: ``ok`` once it returned normally, ``failed`` otherwise."""

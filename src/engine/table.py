@@ -14,13 +14,13 @@ import anyio
 import anyio.abc
 import pyarrow as pa
 
-from src.common.errors import S3ShiftError, describe
+from src.common.errors import S3ShiftError, describe, first_error
 from src.common.log import get_logger
 from src.common.schema import TableSchema
 from src.config.models import Pipeline
 from src.engine.limits import Limits
 from src.engine.pending import Chain, describe_stage, format_ts, parse_ts, select, stage_id, stage_window
-from src.engine.streams import CheckedReceive, Completion, ProducerFailed, Tap
+from src.engine.streams import CheckedReceive, Completion, Tap
 from src.plan.models import Watermark, Window
 from src.plan.planner import Resolved, TablePlan, read_window, resolve, window
 from src.report.models import TableFailure, TableResult, TableSuccess, utc_now
@@ -558,13 +558,3 @@ async def _fast_read(
         upto=keys[1],
     )
     return reader, estimated
-
-
-def first_error(exc: BaseException) -> BaseException:
-    """The first leaf of an exception group, preferring our own errors (they carry the cause)."""
-    if isinstance(exc, BaseExceptionGroup):
-        leaves = [first_error(e) for e in exc.exceptions]
-        leaves = [e for e in leaves if not isinstance(e, ProducerFailed)] or leaves
-        ours = [e for e in leaves if isinstance(e, S3ShiftError)]
-        return (ours or leaves)[0]
-    return exc

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from src.common.errors import ConfigError, S3ShiftError
+from src.common.errors import ConfigError, S3ShiftError, first_error
 from src.common.naming import split_table
 from src.engine.limits import Limits
 from src.engine.run import load_config, open_resources
-from src.engine.table import first_error
 from src.plan.models import Watermark
 from src.report.models import iso, new_execution_id, utc_now
 from src.warehouse.base import StateRow

@@ -19,13 +19,13 @@ from typing import Final
 
 import anyio
 
-from src.common.errors import StageError
+from src.common.errors import StageError, first_error
 from src.common.log import get_logger
 from src.stage.manifest import LEGACY_SIDECAR_NAME, MANIFEST_NAME, stage_from_manifest
 from src.stage.models import StageResult
 from src.stage.multipart import error_code
 from src.stage.runs import RUNS_DIR, RunMarker, bury_dead_runs, clean_dead_runs, read_run_markers, run_marker
-from src.stage.s3 import OpenUpload, S3Stage, sole_error
+from src.stage.s3 import OpenUpload, S3Stage
 
 __all__ = [
     "PipelineScan",
@@ -131,7 +131,7 @@ async def read_stages(s3: S3Stage, pipeline: str, table: str, ids: Sequence[str]
             for execution_id in ids:
                 tg.start_soon(_read_one, s3, f"{table_prefix}{execution_id}/", found, limiter)
     except BaseExceptionGroup as group:
-        raise sole_error(group) from None
+        raise first_error(group) from None
     return sorted(found, key=_order)
 
 

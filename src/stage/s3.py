@@ -24,7 +24,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from src.common.errors import S3ShiftError, StageError
+from src.common.errors import StageError, first_error
 from src.common.log import get_logger
 from src.config.models import S3Conn
 from src.stage.multipart import CLEANUP_TIMEOUT, MultipartUpload, error_code
@@ -301,7 +301,7 @@ class S3Stage:
             await upload._finish()
         except BaseExceptionGroup as group:
             await upload._abort()
-            raise sole_error(group) from None
+            raise first_error(group) from None
         except BaseException:
             await upload._abort()
             raise
@@ -406,21 +406,3 @@ def path_segment(label: str, value: str) -> str:
 def _require_prefix(prefix: str) -> None:
     if not prefix.strip("/"):
         raise StageError("refusing to act on the whole bucket: the prefix is empty", retryable=False)
-
-
-def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one exception worth raising from a task group: ours first, then the first other one."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for exc in leaves[1:]:
-        log.debug("also failed: %r", exc)
-    ours = [e for e in leaves if isinstance(e, S3ShiftError)]
-    return (ours or leaves)[0]
