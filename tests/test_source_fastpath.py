@@ -237,7 +237,7 @@ async def test_zero_and_invalid_dates_are_handed_to_the_canonical_path(
     canonical, quick, slow, fast = await read_both(source_conn, "shared")
     assert_same(canonical, quick)
     assert slow.coercions["dt"] == {"zero_date_to_null": 2} and fast.coercions == slow.coercions
-    assert fast.path["fallbacks"] == ["_Handover: a zero or invalid date"] * 2
+    assert fast.path["fallbacks"] == ["a zero or invalid date"] * 2
 
 
 async def test_sparse_and_skewed_keys(source_conn: SourceConn, mysql_db: str) -> None:
@@ -372,7 +372,7 @@ async def test_blockers_name_the_column(source_conn: SourceConn, mysql_db: str) 
         "t_geo": "column 'g': point",
         "t_pair": "the primary key is not a single integer column",
         "t_text_key": "the primary key is not a single integer column",
-        "t_none": "the primary key is not a single integer column",
+        "t_none": "the table has no primary key to split into key ranges",
     }
     async with MySQLSource(source_conn) as source, source.connection() as conn:
         for table, reason in expected.items():
@@ -488,4 +488,4 @@ async def test_a_bad_date_is_told_from_a_null_one_column_by_column(
     assert canonical.num_rows == 240
     assert_same(canonical, quick)
     assert fast.coercions == slow.coercions == {"d": {"zero_date_to_null": 1}, "n": {"zero_date_to_null": 1}}
-    assert fast.path["fallbacks"] == ["_Handover: a zero or invalid date"] * 2
+    assert fast.path["fallbacks"] == ["a zero or invalid date"] * 2

@@ -590,7 +590,7 @@ SCHEMA = TableSchema(
         ),
         (
             Window("id_only", id_column="ts"),
-            "'ts' of shop.o, which is timestamp(6); a id cursor must be an integer",
+            "'ts' of shop.o, which is timestamp(6); an id cursor must be an integer",
             "cdc_id_column",
         ),
         (Window("hybrid", ts_column="ts", id_column="amount"), "which is decimal(10,2)", "cdc_id_column"),

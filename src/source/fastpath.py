@@ -111,6 +111,8 @@ def blocker(schema: TableSchema) -> str | None:
     if connectorx is None:
         return "connectorx is not installed on this platform"
     if range_key(schema) is None:
+        if not schema.primary_key:
+            return "the table has no primary key to split into key ranges"
         return "the primary key is not a single integer column"
     for column in schema.columns:
         if reason := column_blocker(column):
@@ -394,4 +396,4 @@ def _fetch(url: str, sql: str) -> pa.Table:
 def _reason(exc: BaseException) -> str:
     """A one-line reason, with no connection URL and no secret."""
     text = _URL.sub("mysql://…", " ".join(str(exc).split()))
-    return scrub(f"{type(exc).__name__}: {text}"[:300])
+    return scrub((text if isinstance(exc, _Handover) else f"{type(exc).__name__}: {text}")[:300])

@@ -52,7 +52,7 @@ _HINTS = {
     2002: "check host/port and that the server is running",
     2003: "check host/port and that the server is running",
     2005: "check the host name",
-    1045: "check the username and the password (from the environment)",
+    1045: "check the username and the password",
     1044: "grant the user access to the database",
     1142: "grant the user SELECT on the table",
     1049: "check the database name",

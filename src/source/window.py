@@ -89,8 +89,9 @@ def _check_column(table: str, schema: TableSchema, window: Window, key: str, nam
         wanted = (
             "DATE, DATETIME or TIMESTAMP" if kind == "timestamp" else "an integer (TINYINT … BIGINT UNSIGNED)"
         )
+        article = "a" if kind == "timestamp" else "an"
         raise ConfigError(
-            f"{config_key} names column {name!r} of {table}, which is {column.source_type}; a {kind} "
+            f"{config_key} names column {name!r} of {table}, which is {column.source_type}; {article} {kind} "
             f"cursor must be {wanted} — pick another column or another cdc_strategy",
             table=table,
             column=name,
