@@ -244,3 +244,20 @@ def test_verbose_keeps_stdout_pure(cfg: Path, mysql_db: str) -> None:
         "--config-dir", str(cfg), "sync", "-p", "p", "-t", f"{mysql_db}.customers", "--verbose"
     )
     assert proc.returncode == 0 and "DEBUG" in proc.stderr
+
+
+def test_state_that_cannot_be_read_fails_every_table_and_the_report_is_kept(
+    cfg: Path, mysql_db: str, pg_schema: str, s3_conn: S3Conn
+) -> None:
+    make_customers(mysql_db)
+    pg_fetch(f'CREATE SCHEMA IF NOT EXISTS "{pg_schema}"')
+    pg_fetch(f'CREATE TABLE "{pg_schema}".s3shift_state (x INT)')  # someone else's table, that name
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", f"{mysql_db}.customers")
+    assert proc.returncode == 1 and doc["status"] == "failed", doc
+    result = doc["table_results"][f"{mysql_db}.customers"]
+    assert result["phase"] == "state" and "reading the state of" in result["error_message"]
+    report_key = f"staging/p/_reports/{doc['execution_id']}.json"
+    body = (
+        s3_client(s3_conn.endpoint_url or "").get_object(Bucket=s3_conn.bucket, Key=report_key)["Body"].read()
+    )
+    assert json.loads(body) == doc

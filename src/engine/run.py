@@ -14,7 +14,7 @@ import anyio
 import anyio.abc
 import pyarrow as pa
 
-from src.common.errors import S3ShiftError, describe, first_error
+from src.common.errors import S3ShiftError, StageError, describe, first_error
 from src.common.jsonio import dumps_bytes
 from src.common.log import get_logger
 from src.config.loader import config_dir, load_pipeline
@@ -180,9 +180,13 @@ async def _run_plans(
             outer.cancel_scope.cancel()
         if workers and interrupted:
             await drain(workers, dispenser, agg.record)
-        if failed is not None:
-            return _fail_all(agg, [p.table for p in plans], first_error(failed), phase="state")
-        report = _final(agg, interrupted)
+        if failed is None:
+            report = _final(agg, interrupted)
+        else:
+            cause = first_error(failed)
+            report = _fail_all(agg, [p.table for p in plans], cause, phase="state")
+            if isinstance(cause, StageError):  # S3 itself failed: no report can be kept there
+                return report
         await _persist(resources.s3, pipeline, report)
         return report
 
