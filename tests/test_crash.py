@@ -206,6 +206,8 @@ def test_sigterm_reports_every_table(setup: Setup, mysql_db: str, pg_schema: str
 
     doc = json.loads(out)
     assert proc.returncode == 1 and doc["status"] == "failed"
-    assert "SIGTERM" in doc["table_results"][setup.table]["error_message"]
+    result = doc["table_results"][setup.table]
+    assert "SIGTERM" in result["error_message"]
+    assert (result["phase"], result["retryable"]) == ("interrupted", True)
     assert open_uploads(s3_conn) == []  # aborted on the way out
     rerun_and_check(setup, mysql_db, pg_schema, s3_conn)

@@ -191,6 +191,7 @@ def test_sigterm_rolls_back_every_process_and_reports_every_table(
     assert sorted(doc["table_results"]) == sorted(tables)
     for result in doc["table_results"].values():
         assert result["status"] == "failed" and "SIGTERM" in result["error_message"], result
+        assert result["retryable"] is True, result
     wait_for(lambda: not any(alive(p) for p in workers), "the workers to end", timeout=30)
     assert contents(pg_schema) == before  # every process's transaction rolled back
     assert lock_waiters(pg_schema) == 0

@@ -10,6 +10,7 @@ from src.common.log import get_logger
 from src.report.models import RunReport, TableFailure, TableResult, utc_now
 
 log = get_logger("report")
+INTERRUPTED = {"phase": "interrupted", "retryable": True}  # a table the run ended without: rerun it
 
 
 @dataclass
@@ -31,10 +32,11 @@ class Aggregator:
         log.info("%s %s", result.table, outcome)
 
     def report(self, *, missing_reason: str = "table was not processed (run interrupted)") -> RunReport:
-        """The final report. A requested table with no result is reported failed, never dropped."""
+        """The final report. A requested table with no result is reported failed (``INTERRUPTED``), never
+        dropped."""
         now = utc_now()
         results = {
-            t: self.results.get(t) or TableFailure(table=t, error_message=missing_reason, failed_at=now)
+            t: self.results.get(t) or TableFailure(t, missing_reason, now, extra=dict(INTERRUPTED))
             for t in self.tables
         }
         return RunReport(
