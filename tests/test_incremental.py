@@ -241,3 +241,31 @@ def test_dry_run_changes_nothing(cfg: Path, mysql_db: str, pg_schema: str, s3_co
     assert "ORDER BY" in plan["sql"]["extract"] and any("INSERT" in s for s in plan["sql"]["load"])
     assert s3.list_objects_v2(Bucket=s3_conn.bucket).get("KeyCount", 0) == 0
     assert pg_fetch("SELECT count(*) FROM pg_namespace WHERE nspname = $1", pg_schema)[0][0] == 0
+
+
+def test_dry_run_warns_only_when_no_index_could_serve_the_window(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
+) -> None:
+    """A timestamp_only window of a table with a composite key is one unpaged query: on a small table
+    the optimizer scans even with an index on the cursor, which is no reason to ask for one."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE pairs (a INT NOT NULL, b INT NOT NULL, ts DATETIME(6) NOT NULL,"
+        " other DATETIME NOT NULL, PRIMARY KEY (a, b), KEY ix_ts (ts))",
+        "INSERT INTO pairs SELECT seq, seq, '2024-01-01' + INTERVAL seq MINUTE, '2024-01-01'"
+        " FROM seq_1_to_50",
+    )
+    tables = {
+        f"{mysql_db}.pairs": {"cdc_strategy": "timestamp_only", "cdc_timestamp_column": "ts"},
+        f"{mysql_db}.unindexed": {"cdc_strategy": "timestamp_only", "cdc_timestamp_column": "other"},
+    }
+    mysql_exec(mysql_db, "CREATE TABLE unindexed LIKE pairs", "INSERT INTO unindexed SELECT * FROM pairs")
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, tables)
+    proc = run_cli(
+        "--config-dir", str(cfg), "sync", "-p", "p", "-t", ",".join(tables), "--dry-run", "--json-output"
+    )
+    plans = json.loads(proc.stdout)["tables"]
+    assert "warning" not in plans[f"{mysql_db}.pairs"], plans[f"{mysql_db}.pairs"]
+    assert plans[f"{mysql_db}.unindexed"]["warning"] == (
+        "no index serves the window query: the window query is a full scan; add an index on the cursor"
+    )

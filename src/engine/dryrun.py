@@ -143,7 +143,7 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
         estimated_rows=estimate,
         extract_path=_extract_path(ctx, schema, reading, estimate),
         load_path=_load_path(ctx, plan),
-        index=index,
+        index=index.used if index else None,
         target=f"{ctx.pipeline.target.schema}.{plan.target_table}",
         s3_prefix=res.s3.url(prefix),
         sql={
@@ -151,10 +151,9 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
             "load": load_sql,
         },
     )
-    if index is None and not empty and plan.strategy != "full_sync":
-        out["warning"] = (
-            "no index serves the window query: each page is a full scan; add an index on the cursor"
-        )
+    if index is not None and not index.possible and plan.strategy != "full_sync":
+        reads = "each page is" if index.paged else "the window query is"
+        out["warning"] = f"no index serves the window query: {reads} a full scan; add an index on the cursor"
     return out
 
 

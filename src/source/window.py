@@ -20,6 +20,7 @@ What a window guarantees (the tests prove each point):
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
 
@@ -322,6 +323,16 @@ def _estimate(plan: dict[str, Any]) -> int:
     return round(float(plan.get("rows") or 0) * float(plan.get("filtered") or 100) / 100)
 
 
+@dataclass(frozen=True)
+class IndexUse:
+    """What EXPLAIN says of a window's query: the index it uses (None: a table scan), the indexes it
+    could use (none: each read is a full scan whatever the table's size), and whether it reads pages."""
+
+    used: str | None
+    possible: tuple[str, ...]
+    paged: bool
+
+
 async def index_for(
     conn: SourceConnection,
     database: str,
@@ -330,19 +341,21 @@ async def index_for(
     *,
     schema: TableSchema | None = None,
     where: str | None = None,
-) -> str | None:
-    """The index EXPLAIN says the window's first page uses (None: a full table scan). The probe page is
-    tiny, so the answer is the index pages use on a table much larger than a page (on a small table the
-    optimizer may rightly prefer a scan). ``schema`` (with any configured primary key) defaults to the
-    catalog's. Logs a warning when the pages would also sort."""
+) -> IndexUse:
+    """What EXPLAIN says of the window's first page (of its one query, for a timestamp_only window
+    without a single-column key). The probe page is tiny, so ``used`` is the index pages use on a table
+    much larger than a page (on a small table the optimizer may rightly prefer a scan, and an unpaged
+    query does so on any table where the window is wide). ``schema`` (with any configured primary key)
+    defaults to the catalog's. Logs a warning when the pages would also sort."""
     if window.strategy == "full_sync":
-        return None
+        return IndexUse(None, (), paged=False)
     schema = schema or await describe_table(conn, database, table)
     check_window(f"{database}.{table}", schema, window)
     keyset = keyset_for(schema, window)
     query = PageQuery(database, table, schema, keyset, _PROBE_LIMIT, where)
     plan = await _explain(conn, *query.sql(start_position(keyset, window), end_value(keyset, window)))
     key = plan.get("key")
+    possible = tuple(k for k in str(plan.get("possible_keys") or "").split(",") if k)
     if key and keyset.paged and "filesort" in str(plan.get("Extra") or ""):
         log.warning(
             "%s.%s: pages use index %s but still sort; an index on (%s) reads each page directly",
@@ -351,7 +364,7 @@ async def index_for(
             key,
             ", ".join(keyset.names),
         )
-    return str(key) if key else None
+    return IndexUse(str(key) if key else None, possible, keyset.paged)
 
 
 async def _explain(conn: SourceConnection, sql: str, args: list[object]) -> dict[str, Any]:
