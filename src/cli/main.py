@@ -18,9 +18,9 @@ import click
 from src.common import log
 from src.common.errors import S3ShiftError, describe
 from src.common.jsonio import dumps
+from src.engine.context import RunMode
 from src.engine.dryrun import plan_sync
 from src.engine.run import SyncRequest, run_sync, start_workers, unique
-from src.engine.table import RunMode
 from src.engine.watermarks import Action, WatermarkRequest, run_watermark
 from src.plan.models import Watermark
 from src.report.aggregator import Aggregator

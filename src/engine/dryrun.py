@@ -10,19 +10,12 @@ import anyio
 
 from src.common.errors import S3ShiftError, describe, first_error
 from src.common.schema import TableSchema
+from src.engine.context import RunContext
 from src.engine.limits import Limits
 from src.engine.pending import describe_stage, format_ts, select
+from src.engine.reading import fast_window, plan_window, too_few_rows, window_is_empty
 from src.engine.run import Resources, SyncRequest, load_config, open_resources, unique
-from src.engine.table import (
-    RunContext,
-    fast_window,
-    load_request,
-    plan_window,
-    stage_meta,
-    stream_blocker,
-    too_few_rows,
-    window_is_empty,
-)
+from src.engine.table import load_request, stage_meta, stream_blocker
 from src.engine.workers import process_count
 from src.plan.models import Window
 from src.plan.planner import TablePlan, plan_table, read_window

@@ -19,8 +19,9 @@ from src.common.jsonio import dumps_bytes
 from src.common.log import get_logger
 from src.config.loader import config_dir, load_pipeline
 from src.config.models import Pipeline
+from src.engine.context import RunContext, RunMode
 from src.engine.limits import Limits, share
-from src.engine.table import RunContext, RunMode, sync_table
+from src.engine.table import sync_table
 from src.engine.workers import (
     Asker,
     Channel,

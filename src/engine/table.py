@@ -4,11 +4,9 @@ Returns a result; never raises a table error."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
-from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -17,57 +15,28 @@ import pyarrow as pa
 from src.common.errors import S3ShiftError, describe, first_error
 from src.common.log import get_logger
 from src.common.schema import TableSchema
-from src.config.models import Pipeline
-from src.engine.limits import Limits
+from src.engine.context import RunContext
 from src.engine.pending import Chain, describe_stage, format_ts, parse_ts, select, stage_id, stage_window
-from src.engine.streams import CheckedReceive, Completion, Tap
-from src.plan.models import Watermark, Window
-from src.plan.planner import Resolved, TablePlan, read_window, resolve, window
+from src.engine.reading import extract_and_stage, plan_window, window_is_empty
+from src.plan.models import Window
+from src.plan.planner import Resolved, TablePlan, read_window
 from src.report.models import TableFailure, TableResult, TableSuccess, utc_now
 from src.source.extract import ExtractStats
-from src.source.fastpath import MIN_ROWS as FAST_MIN_ROWS
-from src.source.fastpath import FastRead
-from src.source.fastpath import blocker as fast_blocker
-from src.source.introspect import Catalog, SourceClock, describe_table
-from src.source.mysql import MySQLSource, SourceConnection
-from src.source.ranges import range_key
-from src.source.text import ReadRules
-from src.source.window import check_window, estimate_rows, extract_window, source_now, upper_bound
+from src.source.mysql import SourceConnection
+from src.source.window import source_now
 from src.stage.manifest import MANIFEST_NAME
 from src.stage.models import StageResult
 from src.stage.pending import (
-    PipelineScan,
     clean_dead_runs,
     delete_stage,
     list_runs,
     read_stages,
 )
-from src.stage.s3 import S3Stage
-from src.stage.writer import write_parquet
-from src.warehouse.base import LoadRequest, LoadResult, StateRow, StreamedLoad, Warehouse
+from src.warehouse.base import LoadRequest, LoadResult, StateRow, StreamedLoad
 from src.warehouse.ddl import DistSort
 
 log = get_logger("engine")
-BATCHES_IN_FLIGHT = 2  # bound of the stream between extract and stage, in record batches
-RunMode = Literal["sync", "backup_only", "load_only"]
 DELETES_NOTE = "deletes at the source are not captured by watermark strategies; run full_sync to reconcile"
-
-
-@dataclass(frozen=True)
-class RunContext:
-    execution_id: str
-    pipeline: Pipeline
-    limits: Limits
-    source: MySQLSource | None  # None for --load-only: no MySQL reads at all
-    s3: S3Stage
-    warehouse: Warehouse
-    mode: RunMode = "sync"
-    catalog: Catalog | None = None  # the run's batched source catalog (None: one query per table)
-    scan: PipelineScan | None = None  # the S3 listings made at the run's start (None: per table)
-    states: Mapping[str, StateRow] | None = (
-        None  # every table's state read at the run's start (None: per table)
-    )
-    clock: SourceClock = field(default_factory=SourceClock)  # the source's clock for stage labels
 
 
 @dataclass
@@ -191,7 +160,7 @@ async def _backup(
         # the run's marker (``run.run_marker``) covers this table's uploads
         streamed = _stream_load(ctx, plan, meta, state)
         if streamed is None:
-            stage = await _extract_and_stage(ctx, conn, plan, schema, rwin, stats, meta)
+            stage = await extract_and_stage(ctx, conn, plan, schema, rwin, stats, meta)
         else:
             stage, loaded = await _stage_and_load(
                 ctx, conn, plan, schema, rwin, stats, meta, streamed, progress
@@ -250,7 +219,7 @@ async def _stage_and_load(
     streamed: AbstractAsyncContextManager[StreamedLoad],
     progress: _Progress,
 ) -> tuple[StageResult, LoadResult]:
-    """Extract and stage as ``_extract_and_stage``, while the warehouse loads the same batches in an open
+    """Extract and stage as ``extract_and_stage``, while the warehouse loads the same batches in an open
     transaction (the target locked and emptied before the first row is read); it commits only after the
     manifest is written, with the state row. A failed load does not stop the stage: it is kept pending
     (a later run's fresh snapshot supersedes it), and the load's error is the table's."""
@@ -267,45 +236,11 @@ async def _stage_and_load(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(copy)
-            stage = await _extract_and_stage(ctx, conn, plan, schema, win, stats, meta, tap=send)
+            stage = await extract_and_stage(ctx, conn, plan, schema, win, stats, meta, tap=send)
         progress.phase = "load"
         if failed:
             raise failed[0]
         return stage, await load.finish(stage)
-
-
-async def plan_window(
-    conn: SourceConnection, plan: TablePlan, position: Watermark | None, catalog: Catalog | None = None
-) -> tuple[TableSchema, Resolved, Window]:
-    """Describe the table (from the run's ``catalog`` when given), choose how it is read and loaded, and
-    fix the window's end from the source."""
-    schema = await describe_table(
-        conn,
-        plan.database,
-        plan.source_table,
-        primary_key=plan.primary_key,
-        policy=plan.policy,
-        selection=plan.columns,
-        catalog=catalog,
-    )
-    resolved = resolve(plan, schema)
-    win = window(plan, resolved, position)
-    check_window(plan.table, schema, win)
-    end = await upper_bound(conn, plan.database, plan.source_table, schema, win, lag_seconds=plan.lag_seconds)
-    return schema, resolved, replace(win, end=end)
-
-
-def window_is_empty(win: Window) -> bool:
-    """A window that cannot hold a row (no rows yet, or the upper bound is not past the watermark)."""
-    if win.strategy == "full_sync":
-        return False
-    if win.end is None:
-        return True
-    if win.start is None:
-        return False
-    if win.strategy == "id_only":
-        return win.start.id is not None and win.end.id is not None and win.start.id >= win.end.id
-    return win.start.ts is not None and win.end.ts is not None and win.start.ts >= win.end.ts
 
 
 def stage_meta(
@@ -431,130 +366,3 @@ def _window_dict(win: Window) -> dict[str, Any]:
         "start": win.start.to_dict() if win.start else None,
         "end": win.end.to_dict() if win.end else None,
     }
-
-
-async def _extract_and_stage(
-    ctx: RunContext,
-    conn: SourceConnection,
-    plan: TablePlan,
-    schema: TableSchema,
-    win: Window,
-    stats: ExtractStats,
-    meta: dict[str, Any],
-    tap: anyio.abc.ObjectSendStream[pa.RecordBatch] | None = None,
-) -> StageResult:
-    """Extract and stage run concurrently through a bounded stream; the manifest is written only when
-    extraction finished cleanly. ``tap`` also gets every batch staged, and its end only on a clean one."""
-    send, receive = anyio.create_memory_object_stream[pa.RecordBatch](max_buffer_size=BATCHES_IN_FLIGHT)
-    completion = Completion()
-    extract = partial(
-        extract_window,
-        conn,
-        plan.database,
-        plan.source_table,
-        schema,
-        send,
-        window=win,
-        batch_size=plan.batch_size,
-        stats=stats,
-        cpu_limiter=ctx.limits.cpu,
-        policy=plan.policy,
-        where=plan.where,
-        max_text_bytes=ctx.warehouse.max_varchar_bytes,
-    )
-
-    async def produce() -> None:
-        try:
-            fast = await _fast_read(ctx, conn, plan, schema, win, send, stats)
-            if fast is None:
-                await extract()
-            else:
-                async with send:
-                    await fast[0].run(fast[1])
-        except BaseException:
-            completion.fail()
-            raise
-        completion.succeed()
-
-    prefix = ctx.s3.run_prefix(ctx.pipeline.name, plan.table, ctx.execution_id)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(produce)
-        async with CheckedReceive(receive, completion, f"extract of {plan.table}") as checked:
-            result = await write_parquet(
-                ctx.s3,
-                prefix=prefix,
-                schema=schema.arrow_schema(),
-                receive=checked if tap is None else Tap(checked, tap),
-                file_size_bytes=plan.file_size_bytes,
-                cpu_limiter=ctx.limits.cpu,
-                schema_hash=schema.schema_hash(),
-                meta=meta,
-            )
-    return result
-
-
-def fast_window(ctx: RunContext, schema: TableSchema, win: Window) -> tuple[int | None, int | None] | str:
-    """The keys the fast path would read — ``(after, upto]``, (None, None) for the whole table — or why
-    the table is read by asyncmy. Whether it is big enough is decided from its row estimate."""
-    if not ctx.pipeline.processing.fast_path:
-        return "processing.fast_path is off"
-    if win.strategy == "id_only":  # a window of the primary key is a key range too
-        key = range_key(schema)
-        if key is None or win.id_column != key.name:
-            return "the id_only cursor is not the single-column integer primary key"
-        if win.end is None or win.end.id is None:
-            return "the window is empty"
-        return fast_blocker(schema) or ((win.start.id if win.start else None), win.end.id)
-    if win.strategy != "full_sync":
-        return f"{win.strategy} windows are read in keyset pages"
-    return fast_blocker(schema) or (None, None)
-
-
-def too_few_rows(ctx: RunContext, estimated_rows: int) -> str | None:
-    """Why a table of this many (estimated) rows is not worth the fast path's connections (None: it is)."""
-    if estimated_rows >= min(FAST_MIN_ROWS, ctx.pipeline.processing.range_rows):
-        return None
-    return f"about {estimated_rows} rows, too few for key ranges"
-
-
-async def _fast_read(
-    ctx: RunContext,
-    conn: SourceConnection,
-    plan: TablePlan,
-    schema: TableSchema,
-    win: Window,
-    send: anyio.abc.ObjectSendStream[pa.RecordBatch],
-    stats: ExtractStats,
-) -> tuple[FastRead, int] | None:
-    """The connectorx key-range reader and the table's row estimate, for a table it can carry exactly and
-    that is big enough (else None, with the reason in ``stats.path``)."""
-    keys = fast_window(ctx, schema, win)
-    if ctx.source is None or isinstance(keys, str):
-        if isinstance(keys, str) and win.strategy in ("full_sync", "id_only"):
-            stats.path = {"path": "asyncmy", "reason": keys}
-        return None
-    estimated = await estimate_rows(
-        conn, plan.database, plan.source_table, schema, win, where=plan.where, catalog=ctx.catalog
-    )
-    if reason := too_few_rows(ctx, estimated):
-        stats.path = {"path": "asyncmy", "reason": reason}
-        return None
-    processing = ctx.pipeline.processing
-    reader = FastRead(
-        source=ctx.source,
-        conn=conn,
-        database=plan.database,
-        table=plan.source_table,
-        schema=schema,
-        rules=ReadRules(plan.table, plan.policy, ctx.warehouse.max_varchar_bytes),
-        send=send,
-        stats=stats,
-        batch_size=plan.batch_size,
-        range_rows=processing.range_rows,
-        workers=processing.range_workers,
-        where=plan.where,
-        cpu_limiter=ctx.limits.cpu,
-        after=keys[0],
-        upto=keys[1],
-    )
-    return reader, estimated

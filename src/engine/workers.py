@@ -47,7 +47,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from src.common.errors import describe
 from src.common.log import get_logger
 from src.config.models import Pipeline
-from src.engine.table import RunMode
+from src.engine.context import RunMode
 from src.plan.planner import TablePlan
 from src.report.models import TableFailure, TableResult, utc_now
 from src.stage.pending import PipelineScan
