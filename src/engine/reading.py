@@ -3,7 +3,7 @@ asyncmy), and extract and stage run together through a bounded stream."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -65,30 +65,38 @@ def window_is_empty(win: Window) -> bool:
     return win.start.ts is not None and win.end.ts is not None and win.start.ts >= win.end.ts
 
 
+@dataclass(frozen=True)
+class TableRead:
+    """One table's read of one window: from which connection, with which schema, counted where, and
+    labelled with which stage metadata."""
+
+    ctx: RunContext
+    conn: SourceConnection
+    plan: TablePlan
+    schema: TableSchema
+    window: Window
+    stats: ExtractStats
+    meta: dict[str, Any]
+
+
 async def extract_and_stage(
-    ctx: RunContext,
-    conn: SourceConnection,
-    plan: TablePlan,
-    schema: TableSchema,
-    win: Window,
-    stats: ExtractStats,
-    meta: dict[str, Any],
-    tap: anyio.abc.ObjectSendStream[pa.RecordBatch] | None = None,
+    read: TableRead, tap: anyio.abc.ObjectSendStream[pa.RecordBatch] | None = None
 ) -> StageResult:
     """Extract and stage run concurrently through a bounded stream; the manifest is written only when
     extraction finished cleanly. ``tap`` also gets every batch staged, and its end only on a clean one."""
+    ctx, plan, schema = read.ctx, read.plan, read.schema
     send, receive = anyio.create_memory_object_stream[pa.RecordBatch](max_buffer_size=BATCHES_IN_FLIGHT)
     completion = Completion()
     extract = partial(
         extract_window,
-        conn,
+        read.conn,
         plan.database,
         plan.source_table,
         schema,
         send,
-        window=win,
+        window=read.window,
         batch_size=plan.batch_size,
-        stats=stats,
+        stats=read.stats,
         cpu_limiter=ctx.limits.cpu,
         policy=plan.policy,
         where=plan.where,
@@ -97,7 +105,7 @@ async def extract_and_stage(
 
     async def produce() -> None:
         try:
-            fast = await _fast_read(ctx, conn, plan, schema, win, send, stats)
+            fast = await _fast_read(read, send)
             if fast is None:
                 await extract()
             else:
@@ -120,7 +128,7 @@ async def extract_and_stage(
                 file_size_bytes=plan.file_size_bytes,
                 cpu_limiter=ctx.limits.cpu,
                 schema_hash=schema.schema_hash(),
-                meta=meta,
+                meta=read.meta,
             )
     return result
 
@@ -150,16 +158,11 @@ def too_few_rows(ctx: RunContext, estimated_rows: int) -> str | None:
 
 
 async def _fast_read(
-    ctx: RunContext,
-    conn: SourceConnection,
-    plan: TablePlan,
-    schema: TableSchema,
-    win: Window,
-    send: anyio.abc.ObjectSendStream[pa.RecordBatch],
-    stats: ExtractStats,
+    read: TableRead, send: anyio.abc.ObjectSendStream[pa.RecordBatch]
 ) -> tuple[FastRead, int] | None:
     """The connectorx key-range reader and the table's row estimate, for a table it can carry exactly and
     that is big enough (else None, with the reason in ``stats.path``)."""
+    ctx, conn, plan, schema, win, stats = read.ctx, read.conn, read.plan, read.schema, read.window, read.stats
     keys = fast_window(ctx, schema, win)
     if ctx.source is None or isinstance(keys, str):
         if isinstance(keys, str) and win.strategy in ("full_sync", "id_only"):

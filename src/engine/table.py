@@ -17,12 +17,11 @@ from src.common.log import get_logger
 from src.common.schema import TableSchema
 from src.engine.context import RunContext
 from src.engine.pending import Chain, describe_stage, format_ts, parse_ts, select, stage_id, stage_window
-from src.engine.reading import extract_and_stage, plan_window, window_is_empty
+from src.engine.reading import TableRead, extract_and_stage, plan_window, window_is_empty
 from src.plan.models import Window
 from src.plan.planner import Resolved, TablePlan, read_window
 from src.report.models import TableFailure, TableResult, TableSuccess, utc_now
 from src.source.extract import ExtractStats
-from src.source.mysql import SourceConnection
 from src.source.window import source_now
 from src.stage.manifest import MANIFEST_NAME
 from src.stage.models import StageResult
@@ -155,16 +154,14 @@ async def _backup(
         progress.phase = "extract"
         mark = time.monotonic()
         meta = stage_meta(ctx, plan, schema, resolved, win, extracted_at)
-        rwin = read_window(plan, win)
+        read = TableRead(ctx, conn, plan, schema, read_window(plan, win), stats, meta)
         loaded: LoadResult | None = None
         # the run's marker (``run.run_marker``) covers this table's uploads
         streamed = _stream_load(ctx, plan, meta, state)
         if streamed is None:
-            stage = await extract_and_stage(ctx, conn, plan, schema, rwin, stats, meta)
+            stage = await extract_and_stage(read)
         else:
-            stage, loaded = await _stage_and_load(
-                ctx, conn, plan, schema, rwin, stats, meta, streamed, progress
-            )
+            stage, loaded = await _stage_and_load(read, streamed, progress)
         if stage.rows == 0 and plan.strategy != "full_sync":
             await delete_stage(ctx.s3, stage)  # nothing new: no COPY, state untouched
             progress.timed("extract_stage", mark)
@@ -209,15 +206,7 @@ def _stream_load(
 
 
 async def _stage_and_load(
-    ctx: RunContext,
-    conn: SourceConnection,
-    plan: TablePlan,
-    schema: TableSchema,
-    win: Window,
-    stats: ExtractStats,
-    meta: dict[str, Any],
-    streamed: AbstractAsyncContextManager[StreamedLoad],
-    progress: _Progress,
+    read: TableRead, streamed: AbstractAsyncContextManager[StreamedLoad], progress: _Progress
 ) -> tuple[StageResult, LoadResult]:
     """Extract and stage as ``extract_and_stage``, while the warehouse loads the same batches in an open
     transaction (the target locked and emptied before the first row is read); it commits only after the
@@ -236,7 +225,7 @@ async def _stage_and_load(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(copy)
-            stage = await extract_and_stage(ctx, conn, plan, schema, win, stats, meta, tap=send)
+            stage = await extract_and_stage(read, tap=send)
         progress.phase = "load"
         if failed:
             raise failed[0]
