@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import re
 import threading
 from collections.abc import Callable
@@ -279,6 +280,12 @@ class FastRead:
             return await explain_rows(self.conn, sql, [])
 
     async def _read(self, url: str, part: KeyRange) -> None:
+        try:
+            await self._read_range(url, part)
+        finally:
+            release_freed_memory()
+
+    async def _read_range(self, url: str, part: KeyRange) -> None:
         last: int | None = None
         key_index = self.schema.names.index(self.key.name)
         where = with_filter(part.condition(self.key.name), self.where, bound=False) or ""
@@ -378,6 +385,26 @@ async def in_daemon_thread(fn: Callable[[], T]) -> T:
         raise value
     result: T = value
     return result
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # the C library this process runs on
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand the C allocator's free pages back to the OS, after a range. connectorx allocates a range's
+    Arrow buffers with the C allocator, each range in a thread of its own, and glibc keeps what is freed
+    in per-thread arenas: on 20M rows (160 ranges) the peak RSS crept from 215 to 255 MB over the read
+    without this, and stayed within 210-240 MB with it (measured). Takes well under a millisecond."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class _Handover(Exception):
