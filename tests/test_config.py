@@ -224,6 +224,26 @@ def test_type_policies_selection_filter_and_physical_design(tmp_path: Path) -> N
     assert (t.diststyle, t.distkey, t.sortkey, t.encode) == ("KEY", "id", ("id",), (("full_name", "ZSTD"),))
 
 
+def test_type_policies_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A policy can be switched from the environment, like any other value (e.g. a one-off rebuild)."""
+    pipe = NIGHTLY + '  shop.t: {type_policies: {schema_change: "${T_SCHEMA_CHANGE:-fail}"}}\n'
+
+    def policy() -> str:
+        return (
+            load_pipeline(write(tmp_path, nightly=pipe), "nightly")
+            .table("shop.t")
+            .type_policies.schema_change
+        )
+
+    monkeypatch.delenv("T_SCHEMA_CHANGE", raising=False)
+    assert policy() == "fail"
+    monkeypatch.setenv("T_SCHEMA_CHANGE", "rebuild")
+    assert policy() == "rebuild"
+    monkeypatch.setenv("T_SCHEMA_CHANGE", "drop")
+    with pytest.raises(ConfigError, match=r"schema_change' must be one of fail, rebuild \(got 'drop'\)"):
+        policy()
+
+
 @pytest.mark.parametrize(
     ("entry", "expect"),
     [

@@ -191,6 +191,22 @@ async def test_one_task_may_borrow_two_connections(cfg: SourceConn) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_pooled_connection_the_server_ended_is_not_reused(cfg: SourceConn) -> None:
+    """A session killed while idle in the pool (KILL, wait_timeout, a restart) is not handed out again: the
+    next table got '(2006) MySQL server has gone away' (only sessions idle for 30 s are pinged)."""
+    async with MySQLSource(cfg) as src:
+        async with src.connection() as conn:
+            first = conn.thread_id
+        mysql_exec("mysql", f"KILL {first}")
+        await _wait_gone(first)
+        await anyio.sleep(0.1)  # the event loop sees the socket's EOF
+        async with src.connection() as conn:
+            assert await conn.fetchall("SELECT 1") == [(1,)]
+            assert conn.thread_id != first
+        assert src.open_connections == 1
+
+
+@pytest.mark.anyio
 async def test_error_while_borrowed_closes_the_connection(cfg: SourceConn) -> None:
     async with MySQLSource(cfg) as src:
         with pytest.raises(RuntimeError):

@@ -154,3 +154,36 @@ async def test_backend_killed_mid_copy_is_retryable_and_target_untouched(
         assert [r["id"] for r in await target_rows(pg_schema, "t", schema)] == [1]
         assert (await load(wh, schema, stage(s3_conn, []))).rows_loaded == 0  # the pool still works
     assert await target_rows(pg_schema, "t", schema) == []
+
+
+@pytest.mark.anyio
+async def test_backend_killed_before_a_streamed_load_finishes_is_retryable(
+    pg_schema: str, s3_conn: S3Conn
+) -> None:
+    """asyncpg detaches a pooled connection that closes, so the streamed load's next statement (its state
+    row) raised 'released back to the pool', reported as a client misuse no retry could help."""
+    schema = TableSchema((col("id", "int64"),))
+    cfg = target_conn("postgres", pg_schema)
+    async with warehouse(cfg, s3_conn) as wh:
+        await load(wh, schema, stage(s3_conn, [arrow_table(schema, [{"id": 1}])]))
+        state = await wh.read_state("test", "db.t")
+        many = stage(s3_conn, [arrow_table(schema, [{"id": i} for i in range(10)])])
+        streamed = wh.stream_replace(replace_request(schema, many, expect=state.stage_id if state else None))
+        assert streamed is not None
+        with pytest.raises(WarehouseError) as err:
+            async with streamed as open_load:
+                await open_load.copy(s3_batches(s3_conn)(many))
+                await pg(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE $1 "
+                    "AND pid <> pg_backend_pid()",
+                    f'COPY "{pg_schema}"."t"%',
+                )
+                await anyio.sleep(0.5)  # the termination reaches the connection, which the pool detaches
+                await open_load.finish(many)
+        assert err.value.retryable, err.value
+        assert str(err.value).startswith(
+            f"lost the connection to target '{cfg.name}' ({cfg.host}:{cfg.port}/"
+        )
+        assert await wh.read_state("test", "db.t") == state
+        assert [r["id"] for r in await target_rows(pg_schema, "t", schema)] == [1]
+        assert (await load(wh, schema, stage(s3_conn, []))).rows_loaded == 0  # the pool still works

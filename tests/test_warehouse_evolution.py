@@ -208,6 +208,31 @@ async def test_rebuild_keeps_every_row(kind: str, pg_schema: str, s3_conn: S3Con
 
 
 @pytest.mark.parametrize("kind", KINDS)
+async def test_replace_rebuilds_a_change_no_cast_could_keep(
+    kind: str, pg_schema: str, s3_conn: S3Conn
+) -> None:
+    """A full_sync replaces every row, so its rebuild copies none and needs no lossless cast (TEXT -> BIGINT
+    was refused, leaving the table stuck until migrated by hand); ``fail`` still refuses it."""
+    texts = TableSchema(
+        (col("id", "int64"), col("code", "string", byte_length=40), col("gone", "int16")), ("id",)
+    )
+    ints = TableSchema((col("id", "int64"), col("code", "int64")), ("id",))
+    async with warehouse(target_conn(kind, pg_schema), s3_conn) as wh:
+        await run(wh, s3_conn, texts, [{"id": 1, "code": "one", "gone": 1}], mode="replace")
+        before = (await content(pg_schema), await state(pg_schema), await types(pg_schema))
+        with pytest.raises(WarehouseError, match="cannot apply in place"):
+            await run(wh, s3_conn, ints, [{"id": 2, "code": 2}], mode="replace")
+        assert (await content(pg_schema), await state(pg_schema), await types(pg_schema)) == before
+        result = await run(wh, s3_conn, ints, [{"id": 2, "code": 2}], mode="replace", schema_change="rebuild")
+    assert result.schema_changes == (
+        f"rebuilt {pg_schema}.t (code {text(kind, 40)} -> BIGINT)",
+        "source dropped gone (kept, NULL for new rows)",
+    )
+    assert await content(pg_schema) == [(2, 2, None)]
+    assert (await types(pg_schema))["code"] == "bigint" and len(await state(pg_schema)) == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
 async def test_append_to_a_table_without_a_key_with_a_new_column(
     kind: str, pg_schema: str, s3_conn: S3Conn
 ) -> None:

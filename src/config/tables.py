@@ -8,7 +8,7 @@ from typing import Any
 
 from src.common.errors import ConfigError
 from src.common.policy import POLICY_CHOICES, ColumnSelection, TypePolicy
-from src.config.fields import check_keys, checked_values, positive
+from src.config.fields import checked_values, positive
 from src.config.models import STRATEGY_ALIASES, Processing, TableConfig
 
 _PROCESSING_KEYS = {
@@ -76,8 +76,12 @@ def parse_processing(raw: Any, file: Path) -> Processing:
 def _table_types(v: dict[str, Any], base: TableConfig, file: Path, where: str) -> None:
     """type_policies, column selection, row filter and Redshift physical design, validated in place."""
     if "type_policies" in v:
-        raw = v.pop("type_policies")
-        check_keys(raw, dict.fromkeys(POLICY_CHOICES, "str"), file=file, where=f"{where}.type_policies")
+        raw = checked_values(
+            v.pop("type_policies"),
+            dict.fromkeys(POLICY_CHOICES, "str"),
+            file=file,
+            where=f"{where}.type_policies",
+        )
         merged = {**base.type_policies.to_dict(), **raw}
         for key, value in raw.items():
             if value not in POLICY_CHOICES[key]:

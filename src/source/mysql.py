@@ -140,12 +140,16 @@ class SourceConnection:
 
     @property
     def broken(self) -> bool:
-        """True when the connection must not be reused (error, cancellation, unfinished stream)."""
+        """True when the connection must not be reused: an error, a cancellation, an unfinished stream, or
+        the server ended the session while it sat idle (KILL, wait_timeout, a restart: its socket is at EOF,
+        which the drivers notice only at the next query, as '(2006) MySQL server has gone away')."""
         if self._broken:
             return True
         if self.cfg.driver == "aiomysql":
-            return bool(self._raw.closed)
-        return not self._raw.connected
+            reader = getattr(self._raw, "_reader", None)
+            return bool(self._raw.closed) or (reader is not None and reader.at_eof())
+        transport = getattr(self._raw, "_transport", None)
+        return not self._raw.connected or transport is None or transport.is_closing()
 
     @property
     def thread_id(self) -> int:

@@ -54,6 +54,33 @@ def cause_text(exc: BaseException) -> str:
     return describe(exc)
 
 
+def client_side_cause(exc: BaseException) -> BaseException | None:
+    """The asyncpg client-side error in ``exc``'s chain (``InterfaceError`` other than bad input data,
+    ``InternalClientError``), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        client = isinstance(current, asyncpg.InternalClientError) or (
+            isinstance(current, asyncpg.InterfaceError) and not isinstance(current, asyncpg.DataError)
+        )
+        if client:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def lost_connection(exc: BaseException, cfg: TargetConn) -> WarehouseError:
+    """A session's connection closed or broken under it (terminated by the server, a network cut): asyncpg
+    then raises client-side errors ('connection has been released back to the pool', 'another operation
+    is in progress') that name no cause and that ``classify`` would take for a misuse no retry can help."""
+    cause = client_side_cause(exc) or exc
+    return WarehouseError(
+        f"lost the connection to {where(cfg)} ({describe(cause)}); rerun the table",
+        retryable=True,
+    )
+
+
 def classify(exc: BaseException, *, cfg: TargetConn, action: str, table: str | None = None) -> WarehouseError:
     """A ``WarehouseError`` for ``exc`` raised while doing ``action`` on ``cfg`` (ours pass through)."""
     if isinstance(exc, WarehouseError):

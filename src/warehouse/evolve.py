@@ -10,7 +10,9 @@
 - a narrower type that the target's type holds exactly: the target keeps its type;
 - anything else is incompatible. Policy ``fail`` raises before anything changed. ``rebuild`` recreates the
   table inside the data transaction (CREATE the new definition, INSERT ... SELECT with lossless casts,
-  DROP the old, RENAME the new), and fails naming the column when no lossless conversion exists.
+  DROP the old, RENAME the new), and fails naming the column when no lossless conversion exists. A
+  replace (full_sync) loses no row by a rebuild, since every row is replaced: it copies nothing, so any
+  change can be rebuilt.
 
 Every change is reported in words (``Plan.notes``) for the table result. Pure functions.
 """
@@ -260,7 +262,8 @@ def _in_place(spec: LoadSpec, x: _Diff) -> Change | None:
 
 def _refuse(spec: LoadSpec, conflicts: Sequence[_Diff]) -> None:
     what = "; ".join(f"column {x.name!r} changed from {show(x.old)} to {show(x.new)}" for x in conflicts)
-    unsafe = [x for x in conflicts if not castable(x.old_type, x.new_type)]
+    replaced = spec.mode == "replace"  # its rebuild copies no row, so needs no lossless conversion
+    unsafe = [x for x in conflicts if not replaced and not castable(x.old_type, x.new_type)]
     where = spec.target_name
     if spec.schema_change == "fail" and not unsafe:
         raise WarehouseError(
@@ -283,7 +286,8 @@ def _refuse(spec: LoadSpec, conflicts: Sequence[_Diff]) -> None:
 def _rebuild(
     spec: LoadSpec, diffs: Sequence[_Diff], dropped: Sequence[tuple[str, str]], conflicts: Sequence[_Diff]
 ) -> Change:
-    """The new table (wanted columns, then the dropped ones kept), filled from the old, swapped in."""
+    """The new table (wanted columns, then the dropped ones kept), filled from the old (unless the load
+    replaces every row), swapped in."""
     d = spec.dialect
     columns: list[tuple[str, str]] = []
     copy: list[tuple[str, str]] = []
@@ -297,9 +301,10 @@ def _rebuild(
     copy += [(n, d.ident(n)) for n, _ in dropped]
     tmp = REBUILD_PREFIX + spec.staging_table.removeprefix(STAGING_PREFIX)
     tmp_sql = d.qualify(spec.schema_name, tmp)
+    fill = () if spec.mode == "replace" else (insert_select_sql(d, tmp_sql, spec.target_sql, copy),)
     sql = (
         create_table_sql(d, tmp_sql, columns, primary_key=spec.schema.primary_key, distsort=spec.distsort),
-        insert_select_sql(d, tmp_sql, spec.target_sql, copy),
+        *fill,
         f"DROP TABLE {spec.target_sql}",
         f"ALTER TABLE {tmp_sql} RENAME TO {d.ident(spec.target_table)}",
     )

@@ -37,7 +37,7 @@ from src.config.models import TargetConn
 from src.warehouse.base import BatchOpener, Fill, fill_staging
 from src.warehouse.catalog import Executor, Shape
 from src.warehouse.ddl import POSTGRES, postgres_type, staging_name
-from src.warehouse.errors import classify, where
+from src.warehouse.errors import classify, client_side_cause, lost_connection, where
 from src.warehouse.evolve import parse_type
 from src.warehouse.sqlwarehouse import Refill, SqlWarehouse
 from src.warehouse.state import LoadRequest
@@ -249,6 +249,12 @@ class PostgresWarehouse(SqlWarehouse):
         async with _maybe(self._load_limiter if load else None), self._pool.acquire() as conn:
             try:
                 yield conn
+            except Exception as exc:
+                if broken(conn, exc):
+                    with contextlib.suppress(asyncpg.InterfaceError):  # detached: already closed
+                        conn.terminate()
+                    raise lost_connection(exc, self.cfg) from exc
+                raise
             finally:
                 discard_if_in_transaction(conn)
 
@@ -335,6 +341,22 @@ class PostgresWarehouse(SqlWarehouse):
                 batches, arrow_schema, spec.target_name, self._cpu_limiter, jsonb=jsonb
             )
             await encode_ahead(chunks, send)
+
+
+def broken(conn: Any, exc: Exception) -> bool:
+    """``exc`` came from the connection itself failing, not from a statement: asyncpg's protocol is out of
+    step (``InternalClientError``; e.g. a termination notice received while idle in the pool), or the
+    connection is closed (a pool's proxy is detached when its connection closes, so every later call says
+    it was 'released back to the pool'). Such a connection is never reused."""
+    cause = client_side_cause(exc)
+    if cause is None:
+        return False
+    if isinstance(cause, asyncpg.InternalClientError):
+        return True
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # the proxy was detached: its connection closed
+        return True
 
 
 def discard_if_in_transaction(conn: Any) -> None:
