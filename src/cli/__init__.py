@@ -14,26 +14,13 @@ loads: Arrow's allocator, glibc's mmap threshold, and quiet Rust logging.
   once (RUST_LOG in the environment wins).
 """
 
-import ctypes
-import ctypes.util
 import os
-import sys
+
+from src.common.memory import fix_mmap_threshold
 
 MMAP_THRESHOLD_BYTES = 256 * 1024
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 os.environ.setdefault("RUST_LOG", "off")
-
-
-def _fixed_mmap_threshold() -> None:
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)  # not glibc (musl): no mallopt, skipped
-    except (OSError, AttributeError):
-        return
-
-
-_fixed_mmap_threshold()
+if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+    fix_mmap_threshold(MMAP_THRESHOLD_BYTES)
