@@ -31,11 +31,12 @@ class Aggregator:
         log.info("%s %s", result.table, outcome)
 
     def report(self, *, missing_reason: str = "table was not processed (run interrupted)") -> RunReport:
-        """The final report. A requested table with no result is reported failed, never dropped."""
+        """The final report. A requested table with no result is reported failed, never dropped, and
+        retryable: the run stopped before it, so a rerun can do it."""
         now = utc_now()
+        missing = {"retryable": True}
         results = {
-            t: self.results.get(t) or TableFailure(table=t, error_message=missing_reason, failed_at=now)
-            for t in self.tables
+            t: self.results.get(t) or TableFailure(t, missing_reason, now, missing) for t in self.tables
         }
         return RunReport(
             execution_id=self.execution_id,
