@@ -34,9 +34,9 @@ class Aggregator:
         """The final report. A requested table with no result is reported failed, never dropped, and
         retryable: the run stopped before it, so a rerun can do it."""
         now = utc_now()
-        missing = {"retryable": True}
         results = {
-            t: self.results.get(t) or TableFailure(t, missing_reason, now, missing) for t in self.tables
+            t: self.results.get(t) or TableFailure(t, missing_reason, now, {"retryable": True})
+            for t in self.tables
         }
         return RunReport(
             execution_id=self.execution_id,
