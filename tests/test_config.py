@@ -178,6 +178,16 @@ def test_strategy_short_forms(tmp_path: Path) -> None:
     assert p.table("shop.b").cdc_strategy == "id_only"
 
 
+def test_target_lock_timeout(tmp_path: Path) -> None:
+    assert load_pipeline(write(tmp_path), "nightly").target.lock_timeout == 300
+    conns = CONNECTIONS.replace("schema: analytics}", "schema: analytics, lock_timeout: 2.5}")
+    assert load_pipeline(write(tmp_path, conns), "nightly").target.lock_timeout == 2.5
+    with pytest.raises(
+        ConfigError, match=r"local_pg.lock_timeout' must be zero \(no limit\) or more seconds"
+    ):
+        load_pipeline(write(tmp_path, conns.replace("2.5", "-1")), "nightly")
+
+
 def test_port_from_env_is_converted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("T_PORT", "3307")
     conns = CONNECTIONS.replace("port: 3306", 'port: "${T_PORT}"')

@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from src.common.jsonio import loads
+from src.report.aggregator import Aggregator
 from src.report.models import RunReport, TableFailure, TableSuccess, iso, new_execution_id
 from src.report.render import render_json, render_text
 from tests.e2e import check_contract
@@ -86,3 +87,16 @@ def test_iso_converts_to_utc_and_keeps_microseconds() -> None:
 def test_text_summary_lists_every_table() -> None:
     text = render_text(report(bad("a.x"), ok("a.y", 1234, 1)))
     assert "partial_success" in text and "FAIL a.x" in text and "1,234 rows" in text
+
+
+def test_a_table_the_run_never_finished_is_failed_and_retryable() -> None:
+    """A run interrupted (SIGTERM, SIGINT) reports the tables it had not finished with the failure keys an
+    orchestrator reads, ``retryable`` included (it was missing, so a retry loop had to treat it as fatal)."""
+    agg = Aggregator("sync_20250926_195438_2f01922d", T0, "pipe", ("a.x", "a.y"))
+    agg.record(ok("a.x", 1, 1))
+    doc = loads(
+        render_json(agg.report(missing_reason="run interrupted (SIGTERM) before this table finished"))
+    )
+    check_contract(doc, ["a.x", "a.y"], pipeline="pipe")
+    assert doc["table_results"]["a.y"]["retryable"] is True and doc["status"] == "partial_success"
+    assert "retryable" not in doc["table_results"]["a.x"]

@@ -187,3 +187,31 @@ async def test_backend_killed_before_a_streamed_load_finishes_is_retryable(
         assert await wh.read_state("test", "db.t") == state
         assert [r["id"] for r in await target_rows(pg_schema, "t", schema)] == [1]
         assert (await load(wh, schema, stage(s3_conn, []))).rows_loaded == 0  # the pool still works
+
+
+@pytest.mark.anyio
+async def test_a_lock_held_elsewhere_fails_the_load_after_lock_timeout(
+    pg_schema: str, s3_conn: S3Conn
+) -> None:
+    """An idle transaction holding the target (a BI tool, a forgotten psql) made a load wait for as long as
+    it lived, silently: now the load gives up after the target's ``lock_timeout``, retryable, naming the
+    cause, with the target and its state as they were."""
+    schema = TableSchema((col("id", "int64"),))
+    cfg = dataclasses.replace(target_conn("postgres", pg_schema), lock_timeout=1)
+    async with warehouse(cfg, s3_conn) as wh:
+        await load(wh, schema, stage(s3_conn, [arrow_table(schema, [{"id": 1}])]))
+        state = await wh.read_state("test", "db.t")
+        holder = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_DATABASE)
+        try:
+            async with holder.transaction():
+                await holder.execute(f'LOCK TABLE "{pg_schema}"."t" IN ACCESS EXCLUSIVE MODE')
+                with anyio.fail_after(30), pytest.raises(WarehouseError) as err:
+                    await load(wh, schema, stage(s3_conn, [arrow_table(schema, [{"id": 2}])]))
+        finally:
+            await holder.close()
+        assert (err.value.sqlstate, err.value.retryable) == ("55P03", True), err.value
+        assert "another session holds a lock on the table" in str(err.value) and "lock_timeout" in str(
+            err.value
+        )
+        assert await wh.read_state("test", "db.t") == state
+    assert [r["id"] for r in await target_rows(pg_schema, "t", schema)] == [1]

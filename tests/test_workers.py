@@ -25,7 +25,7 @@ import pytest
 from src.common.secret import Secret
 from src.config.models import Processing, S3Conn, SourceConn, TargetConn
 from src.engine.limits import share
-from src.engine.workers import AUTO_MIN_TABLES, Dispenser, process_count
+from src.engine.workers import AUTO_MIN_TABLES, Dispenser, process_count, worker_failure
 from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER, ROOT, mysql_exec, pg_fetch, s3_client
 from tests.e2e import CLI, as_redshift, assert_tables_equal, run_json, write_config
 
@@ -236,8 +236,9 @@ def test_workers_end_with_a_killed_parent(
     with blocked_run(setup, mysql_db, pg_schema, "orphaned") as (proc, before):
         workers = children(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)  # the workers write to the same stderr
         wait_for(lambda: not any(alive(p) for p in workers), "the orphaned workers to end", timeout=30)
+        assert " failed: " not in err, err  # a parent gone is no failure of the worker
         # the workers cancelled their waits (the parent's sessions wait on until the lock goes)
         wait_for(lambda: lock_waiters(pg_schema) <= 2, "the workers' sessions to end", timeout=120)
     wait_for(lambda: lock_waiters(pg_schema) == 0, "every session to end", timeout=120)
@@ -332,3 +333,16 @@ def test_dispenser_hands_out_tables_in_turn() -> None:
         assert await stopped.take(0) is None
 
     anyio.run(main)
+
+
+def test_a_worker_whose_parent_is_gone_logs_no_failure() -> None:
+    """The parent's end reaches a worker as EOFError, raised in one of its tasks as often as not, which a
+    task group wraps: the worker logged 'failed: ExceptionGroup: unhandled errors in a TaskGroup (1
+    sub-exception)' after every SIGKILL of its parent. Real failures are named, each of them."""
+    assert worker_failure(EOFError("closed")) is None
+    assert (
+        worker_failure(BaseExceptionGroup("tg", [EOFError(), ExceptionGroup("inner", [EOFError()])])) is None
+    )
+    mixed = ExceptionGroup("unhandled errors in a TaskGroup", [EOFError(), ValueError("bad page")])
+    assert worker_failure(mixed) == "ValueError: bad page"
+    assert worker_failure(RuntimeError("boom")) == "RuntimeError: boom"

@@ -17,6 +17,21 @@ class _ScrubFilter(logging.Filter):
         return True
 
 
+class _OneLineFilter(logging.Filter):
+    """A library's record with a traceback (asyncio's 'Task exception was never retrieved' for a request
+    task aiohttp left behind when S3 dropped its connection) as one line: the exception named, no
+    traceback (--verbose keeps it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = (record.getMessage().splitlines() or [""])[0]  # asyncio adds the task's repr below
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            text = " ".join(str(exc).split())
+            message += f": {type(exc).__name__}" + (f": {text}" if text else "")
+        record.msg, record.args, record.exc_info, record.exc_text = message, None, None, None
+        return True
+
+
 def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{name}")
 
@@ -34,3 +49,15 @@ def configure(verbose: bool) -> None:
     root.propagate = False
     for noisy in ("botocore", "aiobotocore", "boto3", "aioboto3", "urllib3", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # asyncio's own reports (unretrieved task exceptions) go through the same handler, in one line, instead
+    # of Python's last-resort handler, which printed them with a traceback.
+    loop_log = logging.getLogger("asyncio")
+    for old in list(loop_log.handlers):
+        loop_log.removeHandler(old)
+    loop_handler = logging.StreamHandler(sys.stderr)
+    loop_handler.setFormatter(handler.formatter)
+    if not verbose:
+        loop_handler.addFilter(_OneLineFilter())
+    loop_handler.addFilter(_ScrubFilter())
+    loop_log.addHandler(loop_handler)
+    loop_log.propagate = False

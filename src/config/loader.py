@@ -68,6 +68,7 @@ _TARGET_KEYS = {
     "description": "str",
     "ssh_tunnel": "map",
     "state_schema": "str",
+    "lock_timeout": "float",
 }
 _S3_KEYS = {
     "bucket": "str",
@@ -290,6 +291,13 @@ def _target(ref: tuple[str, dict[str, Any]], file: Path) -> TargetConn:
     v.setdefault("port", 5439 if kind == "redshift" else 5432)
     positive(v, ("port", "max_connections"), file, where)
     port_number(v, file, where)
+    if v.get("lock_timeout", 0) < 0:
+        raise ConfigError(
+            f"{file}: '{where}.lock_timeout' must be zero (no limit) or more seconds "
+            f"(got {v['lock_timeout']})",
+            file=str(file),
+            key=f"{where}.lock_timeout",
+        )
     if not v.get("iam_role"):
         v.pop("iam_role", None)
     if not v.get("region"):

@@ -57,6 +57,7 @@ class TargetConn:
     connect_timeout: float = 15.0
     ssl: bool = False
     state_schema: str | None = None  # where s3shift_state lives; None = ``schema``
+    lock_timeout: float = 300.0  # PostgreSQL: seconds a statement waits for a lock; 0 = no limit
 
 
 @dataclass(frozen=True)

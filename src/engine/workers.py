@@ -368,14 +368,34 @@ def _worker_main(
             await serve(await Channel.open(sock), index)
 
         anyio.run(main)
-    except EOFError:
-        pass  # the parent is gone: nothing to report to
     except BaseException as exc:  # a worker never unwinds into the CLI's code
-        code = 1
-        log.error("worker process %d failed: %s", index, describe(exc) if isinstance(exc, Exception) else exc)
+        failure = worker_failure(exc)
+        if failure is not None:
+            code = 1
+            log.error("worker process %d failed: %s", index, failure)
     finally:
         sys.stderr.flush()
         os._exit(code)
+
+
+def worker_failure(exc: BaseException) -> str | None:
+    """How a worker's end is logged: None when its parent is gone (the socket closed: ``EOFError``, alone
+    or raised in tasks of a task group, which wraps it), else one line naming each error (a task group's
+    own message, 'unhandled errors in a TaskGroup', names none)."""
+    if isinstance(exc, BaseExceptionGroup):
+        rest = exc.split(EOFError)[1]
+        return None if rest is None else "; ".join(map(_one_line, _leaves(rest)))
+    return None if isinstance(exc, EOFError) else _one_line(exc)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _one_line(exc: BaseException) -> str:
+    return describe(exc) if isinstance(exc, Exception) else type(exc).__name__
 
 
 def _die_with_parent() -> None:

@@ -47,10 +47,18 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | TimeoutError | ConnectionError)
 
 
+# What to do, after the cause, for SQLSTATEs whose message says only what happened.
+HINTS = {
+    "55P03": "another session holds a lock on the table (see pg_locks); rerun when it is released, or raise "
+    "the target's lock_timeout",
+}
+
+
 def cause_text(exc: BaseException) -> str:
     state = sqlstate_of(exc)
     if state is not None and isinstance(exc, asyncpg.PostgresError):
-        return f"{type(exc).__name__} (SQLSTATE {state}): {' '.join(str(exc).split())}"
+        hint = f" — {HINTS[state]}" if state in HINTS else ""
+        return f"{type(exc).__name__} (SQLSTATE {state}): {' '.join(str(exc).split())}{hint}"
     return describe(exc)
 
 

@@ -393,6 +393,13 @@ def connect_kwargs(cfg: TargetConn, tls: ssl.SSLContext | bool) -> dict[str, Any
     }
 
 
+def session_settings(cfg: TargetConn) -> dict[str, str]:
+    """A statement waits at most ``lock_timeout`` for a lock (a session holding the target or the state
+    table, e.g. an idle transaction of a BI tool, made a load wait for as long as it lived, saying nothing);
+    then it fails with SQLSTATE 55P03, retryable, and the transaction rolls back."""
+    return {"lock_timeout": str(round(cfg.lock_timeout * 1000))}
+
+
 class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
     """A pooled connection released without asyncpg's reset query (``SELECT pg_advisory_unlock_all();
     CLOSE ALL; UNLISTEN *; RESET ALL``: one more round trip per release, i.e. per load). s3shift keeps no
@@ -414,6 +421,7 @@ async def open_pool(cfg: TargetConn) -> AsyncIterator[Any]:
             min_size=0,
             max_size=max(1, cfg.max_connections),
             connection_class=PooledConnection,
+            server_settings=session_settings(cfg),
         )
     except Exception as exc:
         raise WarehouseError(f"cannot open a connection pool to {where(cfg)}: {describe(exc)}") from exc
