@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from src.config.models import S3Conn, SourceConn, TargetConn
-from tests.conftest import mysql_exec, pg_fetch, s3_client
+from tests.conftest import _free_port, mysql_exec, pg_fetch, s3_client
 from tests.e2e import PASSWORD_ENV, assert_tables_equal, check_contract, run_cli, run_json, write_config
 
 ORDERS = """CREATE TABLE orders (
@@ -207,11 +207,7 @@ def test_bad_config_fails_every_table_naming_file_and_key(cfg: Path) -> None:
 def test_unreachable_mysql_names_cause_and_hides_password(
     tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn
 ) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     from dataclasses import replace
 
     cfg = write_config(tmp_path / "c", replace(source_conn, port=port), pg_target, s3_conn)

@@ -4,7 +4,6 @@ dry-run and watermark commands (MySQL -> S3 moto -> PostgreSQL)."""
 from __future__ import annotations
 
 import json
-import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 
 from src.config.models import S3Conn, SourceConn, TargetConn
-from tests.conftest import mysql_exec, mysql_rows, pg_fetch, s3_client
+from tests.conftest import _free_port, mysql_exec, mysql_rows, pg_fetch, s3_client
 from tests.e2e import assert_tables_equal, run_cli, run_json, write_config
 
 EVENTS = """CREATE TABLE events (
@@ -205,9 +204,7 @@ def test_watermark_get_set_reset(cfg: Path, mysql_db: str, pg_schema: str) -> No
 def test_watermark_commands_report_an_unreachable_warehouse(
     tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     cfg = write_config(tmp_path / "c", source_conn, replace(pg_target, port=port), s3_conn)
     for action in (("get",), ("set", "--id", "5"), ("reset",)):
         proc = run_cli(
