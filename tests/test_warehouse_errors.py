@@ -78,6 +78,23 @@ async def test_classify_real_postgres_errors(sql: str, state: str, retryable: bo
     assert "loading s.t on target 'wh' (db.example:5432/dw) failed:" in str(err) and state in str(err)
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("ddl", "value", "expect"),
+    [
+        ("a int NOT NULL", "NULL", 'null value in column "a" of relation'),
+        ("a int CHECK (a > 0)", "-1", 'violates check constraint "rows_a_check"'),
+    ],
+)
+async def test_a_violation_does_not_print_the_row(ddl: str, value: str, expect: str) -> None:
+    """PostgreSQL's DETAIL 'Failing row contains (...)' carries every value of the row: it went into the
+    error message, so into the report, CI logs and S3 (and made the one line as long as the row)."""
+    sql = f"CREATE TEMP TABLE rows ({ddl}, b text); INSERT INTO rows VALUES ({value}, 'card 4111')"
+    err = classify(await _raise(sql), cfg=CFG, action="loading", table="s.t")
+    assert expect in str(err) and not err.retryable, err
+    assert "4111" not in str(err) and "Failing row" not in str(err), err
+
+
 def test_classify_network_and_client_errors() -> None:
     assert classify(ConnectionRefusedError(111, "refused"), cfg=CFG, action="x").retryable
     assert classify(TimeoutError(), cfg=CFG, action="x").retryable

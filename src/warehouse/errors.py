@@ -54,12 +54,25 @@ HINTS = {
 }
 
 
+# SQLSTATEs whose DETAIL is 'Failing row contains (...)': every value of the row (not null, check
+# violations). It would put a customer's data into the report, CI logs and S3, and make the one-line
+# message as long as the row; the message, the column and the constraint named are enough.
+ROW_DETAIL = frozenset({"23502", "23514"})
+
+
 def cause_text(exc: BaseException) -> str:
     state = sqlstate_of(exc)
     if state is not None and isinstance(exc, asyncpg.PostgresError):
         hint = f" — {HINTS[state]}" if state in HINTS else ""
-        return f"{type(exc).__name__} (SQLSTATE {state}): {' '.join(str(exc).split())}{hint}"
+        return f"{type(exc).__name__} (SQLSTATE {state}): {' '.join(_server_text(exc, state).split())}{hint}"
     return describe(exc)
+
+
+def _server_text(exc: BaseException, state: str) -> str:
+    if state not in ROW_DETAIL:
+        return str(exc)
+    server_hint = getattr(exc, "hint", None)
+    return str(exc.args[0] if exc.args else "") + (f" HINT: {server_hint}" if server_hint else "")
 
 
 def client_side_cause(exc: BaseException) -> BaseException | None:
