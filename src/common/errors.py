@@ -70,13 +70,14 @@ def first_error(exc: BaseException) -> BaseException:
     carry the cause), an echo of another failure only when nothing else failed."""
     if not isinstance(exc, BaseExceptionGroup):
         return exc
-    leaves = [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    leaves = [e for e in leaves if not (isinstance(e, S3ShiftError) and e.echo)] or leaves
-    ours = [e for e in leaves if isinstance(e, S3ShiftError)]
-    return (ours or leaves)[0]
+    found = leaves(exc)
+    found = [e for e in found if not (isinstance(e, S3ShiftError) and e.echo)] or found
+    ours = [e for e in found if isinstance(e, S3ShiftError)]
+    return (ours or found)[0]
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions in ``exc``, a (nested) exception group or not, in order."""
     if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
     return [exc]

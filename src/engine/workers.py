@@ -44,7 +44,7 @@ import anyio
 from anyio.abc import SocketStream, UNIXSocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from src.common.errors import describe
+from src.common.errors import describe, leaves
 from src.common.log import get_logger
 from src.config.models import Pipeline
 from src.engine.context import RunMode
@@ -384,14 +384,8 @@ def worker_failure(exc: BaseException) -> str | None:
     own message, 'unhandled errors in a TaskGroup', names none)."""
     if isinstance(exc, BaseExceptionGroup):
         rest = exc.split(EOFError)[1]
-        return None if rest is None else "; ".join(map(_one_line, _leaves(rest)))
+        return None if rest is None else "; ".join(map(_one_line, leaves(rest)))
     return None if isinstance(exc, EOFError) else _one_line(exc)
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
 
 
 def _one_line(exc: BaseException) -> str:
