@@ -221,3 +221,8 @@ def check_contract(doc: dict[str, Any], tables: list[str], pipeline: str = "p") 
         "total_rows_processed": sum(r["rows_processed"] for r in ok),
         "total_files_created": sum(r["files_created"] for r in ok),
     }
+
+
+def failures(doc: dict[str, Any]) -> dict[str, str]:
+    """The failed tables of a report and their messages (an assertion's explanation)."""
+    return {t: r["error_message"] for t, r in doc["table_results"].items() if r["status"] != "success"}

@@ -12,7 +12,7 @@ import pytest
 
 from src.config.models import S3Conn, SourceConn, TargetConn
 from tests.conftest import _free_port, mysql_exec, mysql_rows, pg_fetch, s3_client
-from tests.e2e import assert_tables_equal, run_cli, run_json, write_config
+from tests.e2e import assert_tables_equal, failures, run_cli, run_json, write_config
 
 EVENTS = """CREATE TABLE events (
   id BIGINT UNSIGNED NOT NULL PRIMARY KEY, kind VARCHAR(20) NOT NULL, amount DECIMAL(10,2),
@@ -118,7 +118,8 @@ def test_id_only_append_without_key_exactly_once(cfg: Path, mysql_db: str, pg_sc
     mysql_exec(mysql_db, "INSERT INTO log VALUES (1, 'a'), (2, 'b'), (2, 'b-dup'), (5, 'e')")
     t = f"{mysql_db}.log"
     doc = sync(cfg, t)
-    assert doc["status"] == "success" and doc["table_results"][t]["rows_processed"] == 4, doc
+    assert doc["status"] == "success", failures(doc)
+    assert doc["table_results"][t]["rows_processed"] == 4
     mysql_exec(mysql_db, "INSERT INTO log VALUES (6, 'f'), (7, 'g')")
     assert sync(cfg, t)["table_results"][t]["rows_processed"] == 2
     assert sync(cfg, t)["table_results"][t]["rows_processed"] == 0

@@ -27,7 +27,7 @@ from src.config.models import Processing, S3Conn, SourceConn, TargetConn
 from src.engine.limits import share
 from src.engine.workers import AUTO_MIN_TABLES, Dispenser, process_count, worker_failure
 from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER, ROOT, mysql_exec, pg_fetch, s3_client
-from tests.e2e import CLI, as_redshift, assert_tables_equal, run_json, write_config
+from tests.e2e import CLI, as_redshift, assert_tables_equal, failures, run_json, write_config
 
 TABLES = 10
 
@@ -124,10 +124,6 @@ def targets_locked(schema: str) -> Iterator[None]:
 
 def contents(schema: str) -> list[Any]:
     return [pg_fetch(f'SELECT count(*) AS n, sum(d) AS s FROM "{schema}"."t{i}"')[0] for i in range(TABLES)]
-
-
-def failures(doc: dict[str, Any]) -> dict[str, str]:
-    return {t: r["error_message"] for t, r in doc["table_results"].items() if r["status"] != "success"}
 
 
 def check_all_equal(db: str, schema: str) -> None:
