@@ -21,7 +21,8 @@ from src.plan.models import Window
 from src.plan.planner import TablePlan, plan_table, read_window
 from src.report.models import iso, new_execution_id, utc_now
 from src.source.window import estimate_rows, index_for, source_now, window_sql
-from src.stage.models import StagedFile, StageResult
+from src.stage.manifest import stage_result
+from src.stage.models import StagedFile
 from src.stage.pending import list_stages
 from src.warehouse.redshift import RedshiftConnect
 
@@ -108,17 +109,8 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
         index = None if empty else await index_for(conn, db, name, reading, schema=schema, where=where)
     meta = stage_meta(ctx, plan, schema, resolved, win, now)
     prefix = res.s3.run_prefix(ctx.pipeline.name, plan.table, ctx.execution_id)
-    would_be = StageResult(
-        prefix=prefix,
-        files=(
-            StagedFile(f"{prefix}part-00000.parquet", res.s3.url(f"{prefix}part-00000.parquet"), 0, estimate),
-        ),
-        manifest_key=f"{prefix}manifest.json",
-        manifest_url=res.s3.url(f"{prefix}manifest.json"),
-        rows=estimate,
-        bytes=0,
-        meta=meta,
-    )
+    part = f"{prefix}part-00000.parquet"
+    would_be = stage_result(res.s3, prefix, (StagedFile(part, res.s3.url(part), 0, estimate),), None, meta)
     load_sql = [
         sql
         for s in (*chain.load, would_be)

@@ -23,7 +23,7 @@ from src.plan.planner import Resolved, TablePlan, read_window
 from src.report.models import TableFailure, TableResult, TableSuccess, utc_now
 from src.source.extract import ExtractStats
 from src.source.window import source_now
-from src.stage.manifest import MANIFEST_NAME
+from src.stage.manifest import stage_result
 from src.stage.models import StageResult
 from src.stage.pending import (
     clean_dead_runs,
@@ -192,16 +192,7 @@ def _stream_load(
     if stream_blocker(ctx, plan) is not None:
         return None
     prefix = ctx.s3.run_prefix(ctx.pipeline.name, plan.table, ctx.execution_id)
-    manifest_key = f"{prefix}{MANIFEST_NAME}"
-    planned = StageResult(  # the stage this run is about to write: its rows are known at the end
-        prefix=prefix,
-        files=(),
-        manifest_key=manifest_key,
-        manifest_url=ctx.s3.url(manifest_key),
-        rows=0,
-        bytes=0,
-        meta=meta,
-    )
+    planned = stage_result(ctx.s3, prefix, (), None, meta)  # about to be written: rows known at the end
     return ctx.warehouse.stream_replace(load_request(ctx, plan, planned, state))
 
 
