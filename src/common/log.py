@@ -54,10 +54,9 @@ def configure(verbose: bool) -> None:
     loop_log = logging.getLogger("asyncio")
     for old in list(loop_log.handlers):
         loop_log.removeHandler(old)
-    loop_handler = logging.StreamHandler(sys.stderr)
-    loop_handler.setFormatter(handler.formatter)
-    if not verbose:
-        loop_handler.addFilter(_OneLineFilter())
-    loop_handler.addFilter(_ScrubFilter())
-    loop_log.addHandler(loop_handler)
+    for old_filter in list(loop_log.filters):
+        loop_log.removeFilter(old_filter)
+    if not verbose:  # a logger's filter runs before its handlers': one line, then scrubbed
+        loop_log.addFilter(_OneLineFilter())
+    loop_log.addHandler(handler)
     loop_log.propagate = False
