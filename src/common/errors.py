@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from src.common.log import get_logger
 from src.common.secret import scrub
+
+log = get_logger("errors")
 
 
 class S3ShiftError(Exception):
@@ -73,7 +76,11 @@ def first_error(exc: BaseException) -> BaseException:
     found = leaves(exc)
     found = [e for e in found if not (isinstance(e, S3ShiftError) and e.echo)] or found
     ours = [e for e in found if isinstance(e, S3ShiftError)]
-    return (ours or found)[0]
+    chosen = (ours or found)[0]
+    for other in found:
+        if other is not chosen:
+            log.debug("also failed: %r", other)  # --verbose shows what the one reported error hides
+    return chosen
 
 
 def leaves(exc: BaseException) -> list[BaseException]:
