@@ -244,6 +244,49 @@ def test_workers_end_with_a_killed_parent(
     check_all_equal(mysql_db, pg_schema)
 
 
+_SIGNALLED = """
+import anyio
+from src.engine.run import watching_signals
+
+async def main() -> None:
+    interrupted: list[str] = []
+    async with watching_signals(interrupted) as cancel_on_signal:
+        with cancel_on_signal:
+            print("ready", flush=True)
+            await anyio.sleep(60)
+        with anyio.CancelScope(shield=True):  # as a rollback is
+            await anyio.sleep(1)
+    print("cleaned up after", interrupted, flush=True)
+
+anyio.run(main)
+"""
+
+
+def test_a_later_signal_never_cuts_the_cleanup_short() -> None:
+    """The first SIGTERM cancels the run; later ones (a worker gets one per thread of a parent that dies:
+    the kernel hands it from thread to thread) are logged and ignored until the cleanup is done, instead
+    of the default death half-way through a rollback, its session left waiting on a lock."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SIGNALLED],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGINT):
+        proc.send_signal(signum)
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out == "cleaned up after ['SIGTERM']\n"
+    assert "SIGTERM received: cancelling the run" in err
+    assert (
+        "SIGTERM received: the run is already ending" in err
+        and "SIGINT received: the run is already ending" in err
+    )
+
+
 def test_process_count_and_shares(source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn) -> None:
     from src.config.models import Pipeline, TableConfig
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack, nullcontext
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -142,7 +142,7 @@ async def _run_plans(
         if workers:
             workers.terminate()
 
-    async with AsyncExitStack() as stack:
+    async with watching_signals(interrupted, stop) as cancel_on_signal, AsyncExitStack() as stack:
         try:
             resources = await open_resources(
                 stack,
@@ -155,8 +155,7 @@ async def _run_plans(
         except Exception as exc:
             return _fail_all(agg, [p.table for p in plans], first_error(exc), phase="connect")
         failed: Exception | None = None
-        async with anyio.create_task_group() as outer:  # a signal cancels the scan as well as the tables
-            outer.start_soon(watch_signals, outer.cancel_scope, interrupted, stop)
+        with cancel_on_signal:  # a signal cancels the scan as well as the tables
             try:
                 scan = await _mark_and_scan(stack, resources.s3, pipeline, plans, agg.execution_id, mode)
                 states = await resources.warehouse.read_states(pipeline.name, [p.table for p in plans])
@@ -178,7 +177,6 @@ async def _run_plans(
                         job_of = replace(job, index=worker.index)
                         tg.start_soon(serve_worker, worker, job_of, dispenser, agg.record)
                     _pull(tg, ctx, plans, take, record)
-            outer.cancel_scope.cancel()
         if workers and interrupted:
             await drain(workers, dispenser, agg.record)
         if failed is None:
@@ -227,23 +225,40 @@ async def _persist(s3: S3Stage, pipeline: Pipeline, report: RunReport) -> None:
             )
 
 
-async def watch_signals(
-    scope: anyio.CancelScope,
+@asynccontextmanager
+async def watching_signals(
     interrupted: list[str],
     on_signal: Callable[[], None] | None = None,
     signums: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
-) -> None:
-    """SIGTERM/SIGINT cancel the run: in-flight loads roll back, uploads are aborted (shielded cleanup),
-    and the report still names every table. ``on_signal`` first (the parent's workers get SIGTERM)."""
-    with anyio.open_signal_receiver(*signums) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            log.warning("%s received: cancelling the run", name)
-            interrupted.append(name)
-            if on_signal is not None:
-                on_signal()
-            scope.cancel()
-            return
+) -> AsyncIterator[anyio.CancelScope]:
+    """SIGTERM/SIGINT cancel the run: the yielded scope, which the block enters around its work; in-flight
+    loads roll back, uploads are aborted (shielded cleanup), and the report still names every table.
+    ``on_signal`` first (the parent's workers get SIGTERM). The signals stay caught until the block ends:
+    a later one is logged and ignored, never the default death half-way through a rollback (the cleanup
+    is time-boxed, so the run still ends). A worker gets SIGTERM once per thread of a dying parent: the
+    kernel hands it from thread to thread (``PR_SET_PDEATHSIG``)."""
+    scope = anyio.CancelScope()
+
+    async def watch(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.open_signal_receiver(*signums) as signals:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if interrupted:
+                    log.warning("%s received: the run is already ending", name)
+                    continue
+                log.warning("%s received: cancelling the run", name)
+                interrupted.append(name)
+                if on_signal is not None:
+                    on_signal()
+                scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(watch)  # caught from here on
+        try:
+            yield scope
+        finally:
+            tg.cancel_scope.cancel()
 
 
 NextTable = Callable[[], Awaitable[int | None]]
@@ -277,26 +292,28 @@ async def _worker_run(channel: Channel, index: int) -> None:
     pipeline, mode = job.pipeline, job.mode
     limits = Limits.for_pipeline(pipeline, index=job.index, processes=job.processes)
     asker = Asker(channel)
-    async with AsyncExitStack() as stack, anyio.create_task_group() as outer:
-        outer.start_soon(watch_signals, outer.cancel_scope, [], None, (signal.SIGTERM,))
-        try:
-            resources = await open_resources(
-                stack, pipeline, limits, None, source=mode != "load_only", keep_written=mode == "sync"
-            )
-        except Exception as exc:
-            log.warning(
-                "worker process %d could not connect; the other processes run the tables: %s",
-                index,
-                describe(exc),
-            )
-        else:
-            ctx = _context(
-                job.execution_id, pipeline, limits, resources, mode, job.plans, job.scan, job.states
-            )
-            async with anyio.create_task_group() as tg:
-                _pull(tg, ctx, job.plans, asker.next_table, asker.done)
-            log.info("worker process %d ran %d table(s)", index, asker.delivered)
-        outer.cancel_scope.cancel()
+    async with (
+        watching_signals([], None, (signal.SIGTERM,)) as cancel_on_signal,
+        AsyncExitStack() as stack,
+    ):
+        with cancel_on_signal:
+            try:
+                resources = await open_resources(
+                    stack, pipeline, limits, None, source=mode != "load_only", keep_written=mode == "sync"
+                )
+            except Exception as exc:
+                log.warning(
+                    "worker process %d could not connect; the other processes run the tables: %s",
+                    index,
+                    describe(exc),
+                )
+            else:
+                ctx = _context(
+                    job.execution_id, pipeline, limits, resources, mode, job.plans, job.scan, job.states
+                )
+                async with anyio.create_task_group() as tg:
+                    _pull(tg, ctx, job.plans, asker.next_table, asker.done)
+                log.info("worker process %d ran %d table(s)", index, asker.delivered)
 
 
 def _context(
