@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 import src.source.fastpath as fastpath
-from src.common.errors import SourceError
+from src.common.errors import SourceError, first_error
 from src.common.policy import TypePolicy
 from src.common.schema import Column, TableSchema
 from src.common.secret import Secret
@@ -452,6 +452,57 @@ async def test_a_hung_range_is_handed_over_after_read_timeout(
     assert time.monotonic() - started < 4.5  # the hung read was left behind, not waited for
     assert_same(canonical, quick)
     assert fast.path["fallbacks"] == ["TimeoutError: "]
+
+
+async def test_a_lock_wait_fails_the_read_instead_of_waiting_again(
+    source_conn: SourceConn, mysql_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A range whose read timed out on another session's lock (connectorx: MySQL error 1205) is not
+    handed to the canonical path, which would wait as long again on the same lock: the table fails,
+    retryable, saying why."""
+    fill_shared(mysql_db, list(range(1, 121)))
+    monkeypatch.setattr(fastpath, "LOCK_WAIT_TIMEOUT_S", 1)
+    real_fetch = fastpath._fetch
+    holder = mysql_connect(mysql_db)
+
+    def behind_a_lock(url: str, sql: str) -> pa.Table:
+        with holder.cursor() as cur:  # planned: now a DDL or LOCK TABLES of another session holds it
+            cur.execute("LOCK TABLES shared WRITE")
+        return real_fetch(url, sql)
+
+    monkeypatch.setattr(fastpath, "_fetch", behind_a_lock)
+    try:
+        async with MySQLSource(source_conn) as source, source.connection() as conn:
+            schema = await describe_table(conn, mysql_db, "shared")
+            stats = ExtractStats()
+
+            async def fast(send: Any) -> None:
+                reader = FastRead(
+                    source=source,
+                    conn=conn,
+                    database=mysql_db,
+                    table="shared",
+                    schema=schema,
+                    rules=ReadRules(f"{mysql_db}.shared"),
+                    send=send,
+                    stats=stats,
+                    batch_size=50,
+                    range_rows=200,
+                    workers=1,
+                )
+                async with send:
+                    await reader.run(120)
+
+            started = time.monotonic()
+            with pytest.raises(BaseExceptionGroup) as caught:
+                await _collect(fast)
+        assert time.monotonic() - started < 10  # the canonical path never waited its 60 s
+        failure = first_error(caught.value)
+        assert isinstance(failure, SourceError) and failure.retryable and not stats.path.get("fallbacks")
+        message = str(failure)
+        assert "(1205) Lock wait timeout exceeded" in message and "another session holds a lock" in message
+    finally:
+        holder.close()
 
 
 async def test_an_id_only_window_over_negative_keys_stops_at_its_end(

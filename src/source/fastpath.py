@@ -15,7 +15,8 @@ The asyncmy path (``src.source.extract``) stays canonical: this one must give th
   a second date expression per column); a NULL the source does not have is such a date, and a batch
   holding one goes to the canonical path, which applies ``type_policies.zero_date``;
 - any error of connectorx on a range (and a flagged batch) hands the rest of that range, after the last
-  key already sent, to the canonical path on the table's own connection. Rows are read in key order, so
+  key already sent, to the canonical path on the table's own connection; but a lock wait that timed out
+  (MySQL error 1205) fails the table, retryable, as on the canonical path, which would wait as long again. Rows are read in key order, so
   nothing is read twice or skipped.
 
 Connections: the table's own pooled connection plans the ranges and serves the fallbacks; connectorx
@@ -47,6 +48,7 @@ import anyio
 import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
+import asyncmy.errors
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -59,7 +61,7 @@ from src.common.secret import Secret, scrub
 from src.config.models import SourceConn
 from src.source.convert import Coercions, numbers_to_bool
 from src.source.extract import ExtractStats, stream_query, with_filter
-from src.source.mysql import LOCK_WAIT_TIMEOUT_S, MySQLSource, SourceConnection
+from src.source.mysql import LOCK_WAIT_TIMEOUT_S, MySQLSource, SourceConnection, source_error
 from src.source.ranges import KeyRange, key_bounds, range_key, row_bytes, split
 from src.source.text import ReadRules, text_rules
 from src.source.typemap import data_type_of
@@ -82,6 +84,10 @@ _TEXTS = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longte
 _BINARIES = frozenset({"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"})
 _DATES = {"date": "date", "timestamp": "datetime", "timestamptz": "timestamp"}  # logical -> DATA_TYPE
 _URL = re.compile(r"mysql://\S*")
+_SERVER_ERROR = re.compile(
+    r"ERROR (\d+) \(\w+\): (.*?)\s*\}?\s*$"
+)  # connectorx: MySqlError { ERROR 1205 (HY000): … }
+_NOT_HANDED_OVER = frozenset({1205})  # a lock wait: the canonical path would wait as long again
 
 
 def column_blocker(column: Column) -> str | None:
@@ -312,6 +318,10 @@ class FastRead:
         except BaseException as exc:  # connectorx raises PanicException, a BaseException
             if isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt | SystemExit):
                 raise
+            refusal = _SERVER_ERROR.search(" ".join(str(exc).split()))
+            if refusal and int(refusal[1]) in _NOT_HANDED_OVER:
+                server = asyncmy.errors.OperationalError(int(refusal[1]), refusal[2])
+                raise source_error(self.source.cfg, server, doing="a connectorx read") from exc
             reason = _reason(exc)
             log.debug("%s: range %s handed to the asyncmy path: %s", self.rules.ref, part, reason)
             self.fallbacks.append(reason)
