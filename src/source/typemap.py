@@ -167,12 +167,14 @@ def _string_bytes(info: ColumnInfo) -> int | None:
 
 def _member_bytes(info: ColumnInfo, is_set: bool) -> int:
     """ENUM: the longest member; SET: every member joined by commas. In UTF-8 bytes. A binary ENUM/SET may
-    hold bytes that are not UTF-8: each may become U+FFFD (3 bytes) under ``invalid_utf8: replace``."""
+    hold bytes that are not UTF-8: each may become U+FFFD (3 bytes) under ``invalid_utf8: replace``.
+    MariaDB's catalog is utf8mb3: it shows a member's 4-byte characters (emoji) as '?', so every '?' is
+    counted as 4 bytes (a real '?' only widens the column)."""
     if (info.charset or "").lower() == "binary" and info.char_octet_length is not None:
         return info.char_octet_length * 3
     column_type = info.column_type
     inner = column_type[column_type.index("(") + 1 : column_type.rindex(")")]
-    sizes = [len(m.replace("''", "'").encode()) for m in _MEMBER.findall(inner)]
+    sizes = [len(m.replace("''", "'").encode()) + 3 * m.count("?") for m in _MEMBER.findall(inner)]
     if not sizes:
         return 0
     return sum(sizes) + len(sizes) - 1 if is_set else max(sizes)
