@@ -16,8 +16,8 @@ The asyncmy path (``src.source.extract``) stays canonical: this one must give th
   holding one goes to the canonical path, which applies ``type_policies.zero_date``;
 - any error of connectorx on a range (and a flagged batch) hands the rest of that range, after the last
   key already sent, to the canonical path on the table's own connection; but a lock wait that timed out
-  (MySQL error 1205) fails the table, retryable, as on the canonical path, which would wait as long again. Rows are read in key order, so
-  nothing is read twice or skipped.
+  (MySQL error 1205) fails the table, retryable, as on the canonical path, which would wait as long
+  again. Rows are read in key order, so nothing is read twice or skipped.
 
 Connections: the table's own pooled connection plans the ranges and serves the fallbacks; connectorx
 opens one connection per worker, each under a token of the source's connection budget taken without
