@@ -4,6 +4,7 @@ the row filter, a 1,000-column table and an empty one."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -144,6 +145,9 @@ def nul_table(mysql_db: str) -> str:
         "CREATE TABLE nul (id INT PRIMARY KEY, t TEXT, j JSON, b VARBINARY(8))",
         "INSERT INTO nul VALUES (1, 'a\\0b\\0', '\"x\"', x'00'), (2, 'clean', '[1]', NULL),"
         " (3, '\\0', NULL, x'0000')",
+        # JSON holds U+0000 as the escape \u0000 (jsonb refuses it); an escaped backslash is not one
+        r"""INSERT INTO nul VALUES (4, NULL, '{"k": "a\\u0000b", "e": "\\\\u0000"}', NULL),"""
+        r""" (5, NULL, '["\\u0000\\u00001"]', NULL)""",
     )
     return "nul"
 
@@ -158,9 +162,16 @@ def test_has_nul_looks_only_at_the_array_s_own_values() -> None:
 @pytest.mark.anyio
 async def test_nul_stripped_by_default_and_counted(cfg: SourceConn, nul_table: str) -> None:
     rows, stats, _ = await read(cfg, nul_table)
-    assert [r["t"] for r in rows] == ["ab", "clean", ""]
-    assert [r["b"] for r in rows] == [b"\x00", None, b"\x00\x00"]  # bytes are never touched
-    assert stats.coercions == {"t": {"nul_stripped": 2}}
+    assert [r["t"] for r in rows] == ["ab", "clean", "", None, None]
+    assert [r["b"] for r in rows] == [b"\x00", None, b"\x00\x00", None, None]  # bytes are never touched
+    assert [None if r["j"] is None else json.loads(r["j"]) for r in rows] == [
+        "x",
+        [1],
+        None,
+        {"k": "ab", "e": "\\u0000"},
+        ["1"],
+    ]
+    assert stats.coercions == {"t": {"nul_stripped": 2}, "j": {"nul_stripped": 2}}
 
 
 @pytest.mark.anyio

@@ -11,8 +11,9 @@ Policies (``src.common.policy.TypePolicy``), each counted per column in ``coerci
   only from columns stored ``CHARACTER SET binary`` that map to text (ENUM / SET), which the drivers hand
   over as bytes. ``fail`` (default) names the column and the first bad value; ``replace`` decodes with
   U+FFFD (kind ``invalid_utf8_replaced``).
-- ``nul_bytes``: U+0000 in text or JSON, which PostgreSQL cannot store. ``strip`` (default, kind
-  ``nul_stripped``) removes it; ``fail`` names the column.
+- ``nul_bytes``: U+0000 in text or JSON, which PostgreSQL cannot store (in JSON it is the escape
+  ``\u0000``, which jsonb refuses). ``strip`` (default, kind ``nul_stripped``) removes it (in JSON, the
+  escape); ``fail`` names the column.
 - ``long_text``: with a byte limit (Redshift VARCHAR: 65,535 bytes), a longer value: ``fail`` (default)
   names the column and the byte length; ``truncate`` cuts at a UTF-8 character boundary (kind
   ``truncated_to_<n>_bytes``). JSON is never truncated (it would no longer parse): it always fails.
@@ -20,6 +21,7 @@ Policies (``src.common.policy.TypePolicy``), each counted per column in ``coerci
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,9 @@ INVALID_UTF8 = "invalid_utf8_replaced"
 NUL_STRIPPED = "nul_stripped"
 _STRING = pa.string()
 _SHOWN = 40  # bytes of a bad value shown in a message
+_JSON_NUL = b"\\u0000"
+# A JSON escape (an escaped backslash never starts one) or a raw NUL: ``_json_nul`` drops the NULs.
+_JSON_ESCAPE = re.compile(r"\\(u0000|.)|\x00", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -102,21 +107,32 @@ def _invalid_utf8(column: Column, value: bytes, rules: ReadRules) -> SourceError
     )
 
 
-def has_nul(array: pa.Array) -> bool:
-    """Whether any value of a string array holds U+0000: one memchr over the values' bytes (about 30x
-    faster than ``pc.match_substring``, which then runs only when there is something to count)."""
+def has_nul(array: pa.Array, needle: bytes = b"\x00") -> bool:
+    """Whether any value of a string array holds U+0000 (or ``needle``): one scan over the values' bytes
+    (about 30x faster than ``pc.match_substring``, which then runs only when there is something to count)."""
     _, offsets, data = array.buffers()
     if data is None or len(array) == 0:
         return False
     bounds = memoryview(offsets).cast("i")
     start, end = bounds[array.offset], bounds[array.offset + len(array)]
-    return memoryview(data)[start:end].tobytes().find(b"\x00") >= 0
+    return memoryview(data)[start:end].tobytes().find(needle) >= 0
+
+
+def _json_nul(match: re.Match[str]) -> str:
+    return "" if match[1] == "u0000" or match[0] == "\x00" else match[0]
 
 
 def _nul(column: Column, array: pa.Array, rules: ReadRules, counts: Counts) -> pa.Array:
-    if not has_nul(array):
+    if column.logical == "json" and has_nul(array, _JSON_NUL):  # rare: per value, only on such a batch
+        values = array.to_pylist()
+        cleaned = [None if v is None else _JSON_ESCAPE.sub(_json_nul, v) for v in values]
+        found = sum(v != c for v, c in zip(values, cleaned, strict=True))
+    elif has_nul(array):
+        found, cleaned = int(pc.sum(pc.match_substring(array, "\x00")).as_py() or 0), None
+    else:
         return array
-    found = int(pc.sum(pc.match_substring(array, "\x00")).as_py() or 0)
+    if not found:
+        return array
     if rules.policy.nul_bytes == "fail":
         raise SourceError(
             f"column {column.name!r} of {rules.ref} holds {found} value(s) with a NUL character (U+0000), "
@@ -127,7 +143,7 @@ def _nul(column: Column, array: pa.Array, rules: ReadRules, counts: Counts) -> p
             retryable=False,
         )
     counts[NUL_STRIPPED] = found
-    return pc.replace_substring(array, "\x00", "")
+    return pc.replace_substring(array, "\x00", "") if cleaned is None else pa.array(cleaned, type=_STRING)
 
 
 def _long(column: Column, array: pa.Array, rules: ReadRules, counts: Counts) -> pa.Array:
