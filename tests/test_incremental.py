@@ -4,6 +4,8 @@ dry-run and watermark commands (MySQL -> S3 moto -> PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import pytest
 
 from src.config.models import S3Conn, SourceConn, TargetConn
-from tests.conftest import _free_port, mysql_exec, mysql_rows, pg_fetch, s3_client
+from tests.conftest import _free_port, mysql_connect, mysql_exec, mysql_rows, pg_fetch, s3_client
 from tests.e2e import assert_tables_equal, failures, run_cli, run_json, write_config
 
 EVENTS = """CREATE TABLE events (
@@ -125,6 +127,48 @@ def test_id_only_append_without_key_exactly_once(cfg: Path, mysql_db: str, pg_sc
     assert sync(cfg, t)["table_results"][t]["rows_processed"] == 0
     rows = sorted(tuple(r) for r in pg_fetch(f'SELECT seq, msg FROM "{pg_schema}".log'))
     assert rows == sorted(tuple(r) for r in mysql_rows(mysql_db, "SELECT seq, msg FROM log"))
+
+
+def test_rows_stamped_in_the_second_a_run_reads_its_clock_are_read_by_the_next_run(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """A DATETIME holds whole seconds: a row stamped NOW() after a run read the source's clock, in that same
+    second, holds the second the run's window would end at if it ended there. A writer running beside the
+    runs (lag_seconds 0) loses nothing: windows end at the last complete second."""
+    mysql_exec(mysql_db, "CREATE TABLE ticks (id INT PRIMARY KEY, at DATETIME NOT NULL, KEY (at))")
+    t = f"{mysql_db}.ticks"
+    strategy = {"cdc_strategy": "timestamp_only", "cdc_timestamp_column": "at", "lag_seconds": 0}
+    cfg = write_config(tmp_path / "c", source_conn, pg_target, s3_conn, {t: strategy})
+    stop = threading.Event()
+
+    def writer() -> None:
+        conn = mysql_connect(mysql_db)
+        try:
+            with conn.cursor() as cur:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    cur.execute("INSERT INTO ticks VALUES (%s, NOW())", (n,))
+                    time.sleep(0.005)
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(2):  # each run reads the clock inside a second the writer goes on stamping
+            assert sync(cfg, t)["status"] == "success"
+    finally:
+        stop.set()
+        thread.join()
+    time.sleep(1.1)  # the writer's last second is complete
+    assert sync(cfg, t)["status"] == "success"
+    assert assert_tables_equal(mysql_db, "ticks", pg_schema, "ticks", "id") > 50
 
 
 def test_lookback_without_key_is_refused(

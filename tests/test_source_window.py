@@ -372,8 +372,10 @@ async def test_upper_bound_is_the_source_clock_minus_lag(cfg: SourceConn, mysql_
         )
         return
     digits = 6 if "(6)" in column else 3 if "(3)" in column else 0
+    unit = timedelta(microseconds=10 ** (6 - digits))
     assert end.ts.microsecond % 10 ** (6 - digits) == 0
-    assert low - timedelta(microseconds=10 ** (6 - digits)) < end.ts <= high
+    # the end of the last complete unit: a row written now, in the unit the clock is in, comes after it
+    assert low - 2 * unit < end.ts and end.ts + unit <= high
 
 
 @pytest.mark.anyio
@@ -417,9 +419,11 @@ def test_ts_bound_truncates_to_the_column_and_dates_to_complete_days() -> None:
     def col(source_type: str) -> Column:
         return Column("ts", "date" if source_type == "date" else "timestamp", True, source_type)
 
-    assert ts_bound(col("datetime(6)"), value) == value
-    assert ts_bound(col("datetime(3)"), value) == value.replace(microsecond=987000)
-    assert ts_bound(col("timestamp"), value) == value.replace(microsecond=0)
+    # the last complete unit: a row stamped later in the unit ``value`` is in belongs to the next window
+    assert ts_bound(col("datetime(6)"), value) == value.replace(microsecond=987653)
+    assert ts_bound(col("datetime(3)"), value) == value.replace(microsecond=986000)
+    assert ts_bound(col("timestamp"), value) == value.replace(second=8, microsecond=0)
+    assert ts_bound(col("timestamp"), value.replace(microsecond=0)) == value.replace(second=8, microsecond=0)
     assert ts_bound(col("date"), value) == datetime(2024, 5, 5)
 
 

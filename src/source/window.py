@@ -148,8 +148,10 @@ async def upper_bound(
     - DATETIME cursor (no zone: the stored wall time): the earlier of the UTC clock and the clock of the
       server's default zone, minus lag, so values written in either zone are safe; for DATETIMEs written
       in a zone behind both, raise lag by the difference.
-    - Truncated (never rounded up) to the column's fractional digits, so the bound is a value the column
-      can hold and no comparison rounds it. A DATE cursor ends at the last complete day (yesterday).
+    - The end of the last complete unit of the column (``ts_bound``): a value the column can hold, so no
+      comparison rounds it, and one that no later write can take: a row stamped ``NOW()`` into a
+      DATETIME (whole seconds) in the second the bound was read holds that second, which must therefore
+      stay in the next window. A DATE cursor ends at the last complete day (yesterday).
     """
     if lag_seconds < 0:
         raise ValueError("lag_seconds must not be negative")
@@ -165,12 +167,15 @@ async def upper_bound(
 
 
 def ts_bound(column: Column, value: datetime) -> datetime:
-    """``value`` truncated to what ``column`` can hold; DATE: the previous day (only complete days)."""
+    """The last value of ``column``'s precision whose unit is complete at ``value``: ``value`` truncated to
+    the column's unit (a day for DATE, a second for DATETIME, a microsecond for DATETIME(6)), minus one
+    unit. Values in the unit ``value`` is in can still be written (``NOW()`` truncates or rounds to it)."""
     if column.logical == "date":
         return datetime.combine(value.date() - timedelta(days=1), time())
     match = _FSP.search(column.source_type)
     unit = 10 ** (6 - (int(match[1]) if match else 0))
-    return value.replace(microsecond=value.microsecond - value.microsecond % unit)
+    start = value.replace(microsecond=value.microsecond - value.microsecond % unit)
+    return start - timedelta(microseconds=unit)
 
 
 async def _clocks(conn: SourceConnection) -> tuple[datetime, datetime | None]:
