@@ -171,6 +171,36 @@ def test_rows_stamped_in_the_second_a_run_reads_its_clock_are_read_by_the_next_r
     assert assert_tables_equal(mysql_db, "ticks", pg_schema, "ticks", "id") > 50
 
 
+def test_a_unique_key_of_not_null_columns_is_the_key_without_a_primary_key(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """No PRIMARY KEY, but a UNIQUE index of NOT NULL columns (MySQL reports it as the key, InnoDB
+    clusters on it): an updated row is merged, not appended a second time."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE accounts (email VARCHAR(50) NOT NULL, v INT, updated_at DATETIME(6) NOT NULL,"
+        " UNIQUE KEY (email), KEY (updated_at))",
+        "INSERT INTO accounts VALUES ('x@a', 1, '2024-01-01'), ('y@a', 2, '2024-01-01')",
+    )
+    t = f"{mysql_db}.accounts"
+    cfg = write_config(
+        tmp_path / "c",
+        source_conn,
+        pg_target,
+        s3_conn,
+        {t: {"cdc_strategy": "timestamp_only", "lag_seconds": 0}},
+    )
+    assert sync(cfg, t)["status"] == "success"
+    mysql_exec(mysql_db, "UPDATE accounts SET v = 10, updated_at = NOW(6) WHERE email = 'x@a'")
+    assert sync(cfg, t)["table_results"][t]["rows_processed"] == 1
+    assert assert_tables_equal(mysql_db, "accounts", pg_schema, "accounts", "email") == 2
+
+
 def test_lookback_without_key_is_refused(
     tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
 ) -> None:

@@ -199,8 +199,17 @@ async def _selects(conn: SourceConnection) -> int:
 
 @pytest.mark.anyio
 async def test_unknown_table_and_key_override(source_conn: SourceConn, mysql_db: str) -> None:
-    mysql_exec(mysql_db, "CREATE TABLE nokey (a INT NOT NULL, b INT NOT NULL)")
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE nokey (a INT NOT NULL, b INT NOT NULL)",
+        # no PRIMARY KEY: the first UNIQUE index of NOT NULL columns identifies rows (InnoDB's, MySQL's PRI)
+        "CREATE TABLE uniq (n INT, x INT NOT NULL, a INT NOT NULL, b INT NOT NULL, c INT,"
+        " UNIQUE KEY un (n), UNIQUE KEY ba (b, a), UNIQUE KEY ux (x))",
+        "CREATE TABLE nullable_unique (a INT, b INT NOT NULL, UNIQUE KEY (a), KEY (b))",
+    )
     async with MySQLSource(source_conn) as src, src.connection() as conn:
+        assert (await describe_table(conn, mysql_db, "uniq")).primary_key == ("a", "b")
+        assert (await describe_table(conn, mysql_db, "nullable_unique")).primary_key == ()
         with pytest.raises(SourceError) as err:
             await describe_table(conn, mysql_db, "nope")
         assert str(err.value).startswith(f"table {mysql_db}.nope not found in MySQL source 'test_mysql'")

@@ -30,7 +30,8 @@ CLOCK_REFRESH: Final = 60.0  # seconds a SourceClock goes on the local clock bef
 _COLUMNS = """
 SELECT c.TABLE_NAME, c.COLUMN_NAME, c.DATA_TYPE, c.COLUMN_TYPE, c.IS_NULLABLE,
        c.CHARACTER_MAXIMUM_LENGTH, c.CHARACTER_OCTET_LENGTH, c.NUMERIC_PRECISION, c.NUMERIC_SCALE,
-       c.DATETIME_PRECISION, c.CHARACTER_SET_NAME, s.SEQ_IN_INDEX, {check_clause}, t.TABLE_ROWS
+       c.DATETIME_PRECISION, c.CHARACTER_SET_NAME, s.SEQ_IN_INDEX, {check_clause}, t.TABLE_ROWS,
+       c.COLUMN_KEY
 FROM information_schema.COLUMNS c
 LEFT JOIN information_schema.TABLES t ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME
 LEFT JOIN information_schema.STATISTICS s
@@ -205,11 +206,20 @@ def _schema(
         )
     infos = [_column_info(row) for row in rows]
     names = tuple(info.name for info in infos)
-    keyed = sorted((int(row[11]), _text(row[1])) for row in rows if row[11] is not None)
-    key = tuple(name for _, name in keyed) if primary_key is None else _check_key(ref, names, primary_key)
+    key = _source_key(rows) if primary_key is None else _check_key(ref, names, primary_key)
     kept = select_columns(ref, names, key, selection)
     columns = tuple(map_column(info, table=ref, policy=policy) for info in infos if info.name in kept)
     return TableSchema(columns, key)
+
+
+def _source_key(rows: list[tuple[Any, ...]]) -> tuple[str, ...]:
+    """The PRIMARY KEY's columns in key order; without one, the key the server reports as ``PRI``: its
+    first UNIQUE index whose columns are all NOT NULL (InnoDB's clustered key), in column order. Such an
+    index identifies a row as a primary key does, so updates merge instead of appending duplicates."""
+    keyed = sorted((int(row[11]), _text(row[1])) for row in rows if row[11] is not None)
+    if keyed:
+        return tuple(name for _, name in keyed)
+    return tuple(_text(row[1]) for row in rows if row[14] is not None and _text(row[14]) == "PRI")
 
 
 def _check_key(ref: str, names: tuple[str, ...], primary_key: tuple[str, ...]) -> tuple[str, ...]:
