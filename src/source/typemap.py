@@ -174,7 +174,7 @@ def _member_bytes(info: ColumnInfo, is_set: bool) -> int:
         return info.char_octet_length * 3
     column_type = info.column_type
     inner = column_type[column_type.index("(") + 1 : column_type.rindex(")")]
-    sizes = [len(m.replace("''", "'").encode()) + 3 * m.count("?") for m in _MEMBER.findall(inner)]
+    sizes: list[int] = [len(m.replace("''", "'").encode()) + 3 * m.count("?") for m in _MEMBER.findall(inner)]
     if not sizes:
         return 0
     return sum(sizes) + len(sizes) - 1 if is_set else max(sizes)
