@@ -9,7 +9,16 @@ import pytest
 
 from src.config.models import S3Conn, SourceConn, TargetConn
 from tests.conftest import _free_port, mysql_exec, pg_fetch, s3_client
-from tests.e2e import PASSWORD_ENV, assert_tables_equal, check_contract, run_cli, run_json, write_config
+from tests.e2e import (
+    PASSWORD_ENV,
+    as_redshift,
+    assert_tables_equal,
+    check_contract,
+    failures,
+    run_cli,
+    run_json,
+    write_config,
+)
 
 ORDERS = """CREATE TABLE orders (
   id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -160,6 +169,60 @@ def test_one_failing_table_among_good_ones(cfg: Path, mysql_db: str, pg_schema: 
         )
         == 3
     )
+
+
+def test_tables_whose_target_cannot_be_theirs_fail_alone_saying_what_to_do(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    s3_endpoint: str,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """Two tables that would load one target (here by target_name; on Redshift by case) would overwrite
+    each other, and a table named like the state table would overwrite every watermark: none of them
+    runs. A name the warehouse cannot hold and a dotted table name say what to do. The rest syncs."""
+    make_customers(mysql_db)
+    make_orders(mysql_db)
+    long_name = "t" * 64
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE s3shift_state (id INT PRIMARY KEY)",
+        f"CREATE TABLE {long_name} (id INT PRIMARY KEY)",
+        "CREATE TABLE `dot.ted` (id INT PRIMARY KEY)",
+        "CREATE TABLE good (id INT PRIMARY KEY)",
+        "INSERT INTO good VALUES (1)",
+    )
+    db = mysql_db
+    bad = [f"{db}.customers", f"{db}.orders", f"{db}.s3shift_state", f"{db}.{long_name}", f"{db}.dot.ted"]
+    tables = [*bad, f"{db}.good"]
+    same = {"target_name": "dim"}
+    cfg = write_config(tmp_path / "c", source_conn, pg_target, s3_conn, {tables[0]: same, tables[1]: same})
+    doc, _ = run_json("--config-dir", str(cfg), "sync", "-p", "p", *[a for t in tables for a in ("-t", t)])
+    check_contract(doc, tables)
+    errors = failures(doc)
+    assert list(errors) == bad and doc["status"] == "partial_success", doc
+    assert errors[tables[0]].startswith(
+        f"{db}.customers would load {pg_schema}.dim, as {db}.orders would too"
+    )
+    assert f"set tables.{db}.orders.target_name" in errors[tables[1]]
+    assert f"{pg_schema}.s3shift_state, the state table of s3shift" in errors[tables[2]]
+    assert "longer than 63 bytes" in errors[tables[3]] and "set target_name" in errors[tables[3]]
+    assert f"CREATE VIEW `{db}`.`dot_ted` AS SELECT * FROM `{db}`.`dot.ted`" in errors[tables[4]]
+    assert [doc["table_results"][t]["phase"] for t in (*tables[:3], tables[4])] == ["plan"] * 4
+    assert pg_fetch("SELECT to_regclass($1)", f"{pg_schema}.dim")[0][0] is None
+    state = pg_fetch(f'SELECT source_table, row_count FROM "{pg_schema}".s3shift_state')
+    assert [tuple(r) for r in state] == [(f"{db}.good", 1)]  # the state table is the state, untouched
+    # on Redshift, names that differ only by case are one table
+    mysql_exec(mysql_db, "CREATE TABLE `Orders` (id INT PRIMARY KEY)")
+    rs_target, rs_cli = as_redshift(pg_target, s3_endpoint)
+    rs_cfg = write_config(tmp_path / "rs", source_conn, rs_target, s3_conn)
+    pair = [f"{db}.orders", f"{db}.Orders"]
+    doc, _ = run_json(
+        "--config-dir", str(rs_cfg), "sync", "-p", "p", "-t", pair[0], "-t", pair[1], cli=rs_cli
+    )
+    assert "(redshift folds names to lowercase)" in failures(doc)[pair[1]], doc
 
 
 def test_failed_table_leaves_previous_target_untouched(cfg: Path, mysql_db: str, pg_schema: str) -> None:

@@ -161,6 +161,7 @@ def test_bad_yaml_names_line(tmp_path: Path) -> None:
     [
         ("cdc_strategy: full_sync", "cdc_strategy: snapshot", "cdc_strategy' must be one of"),
         ("shop.customers:", "customers:", "must be written as database.table"),
+        ("shop.customers:", "shop.cust.omers:", r"more than one dot.*CREATE VIEW `shop`.`cust_omers` AS"),
         ("name: nightly", "name: other", "pipeline.name is 'other'"),
         ("max_parallel_tables: 8", "max_parallel_tables: zero", "must be an integer"),
         ("max_parallel_tables: 8", "max_parallel_tables: 0", "must be a positive integer"),

@@ -24,9 +24,16 @@ def qualify_pg(schema: str, table: str) -> str:
 
 
 def split_table(ref: str) -> tuple[str, str]:
-    """'db.table' -> ('db', 'table'). The first dot separates; table names may contain dots only if quoted
-    upstream, which we do not support: exactly one dot is required."""
+    """'db.table' -> ('db', 'table'). Exactly one dot is required: a database or table name holding a dot
+    cannot be told apart from the separator, so the error says how to reach such a table (a view)."""
     db, sep, table = ref.partition(".")
-    if not sep or not db or not table or "." in table:
+    if not sep or not db or not table:
         raise ValueError(f"table {ref!r} must be written as database.table")
+    if "." in table:
+        view = table.replace(".", "_")
+        raise ValueError(
+            f"table {ref!r} has more than one dot: a database or table name holding a dot cannot be named "
+            f"as database.table — sync a view with a plain name instead, e.g. CREATE VIEW "
+            f"{qualify_mysql(db, view)} AS SELECT * FROM {qualify_mysql(db, table)}, then -t {db}.{view}"
+        )
     return db, table

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from src.common.errors import ConfigError
+from src.common.naming import split_table
 from src.config.fields import (
     as_bool,
     check_keys,
@@ -153,10 +154,11 @@ def load_pipeline(directory: Path, name: str) -> Pipeline:
     tables: dict[str, TableConfig] = {}
     for table_name, raw in (get_section(doc, "tables", file=path, where="") or {}).items():
         key = f"tables.{table_name}"
-        if not isinstance(table_name, str) or table_name.count(".") != 1 or not all(table_name.split(".")):
-            raise ConfigError(
-                f"{path}: {key}: table names must be written as database.table", file=str(path), key=key
-            )
+        try:
+            split_table(table_name if isinstance(table_name, str) else "")
+        except ValueError as exc:
+            problem = exc if isinstance(table_name, str) else "table names must be written as database.table"
+            raise ConfigError(f"{path}: {key}: {problem}", file=str(path), key=key) from None
         tables[table_name] = parse_table(table_name, raw or {}, defaults, path, key)
     return Pipeline(
         name=name,

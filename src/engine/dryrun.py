@@ -14,11 +14,11 @@ from src.engine.context import RunContext
 from src.engine.limits import Limits
 from src.engine.pending import describe_stage, format_ts, select
 from src.engine.reading import fast_window, plan_window, too_few_rows, window_is_empty
-from src.engine.run import Resources, SyncRequest, load_config, open_resources, unique
+from src.engine.run import Resources, SyncRequest, load_config, open_resources, plan_tables, unique
 from src.engine.table import load_request, stage_meta, stream_blocker
 from src.engine.workers import process_count
 from src.plan.models import Window
-from src.plan.planner import TablePlan, plan_table, read_window
+from src.plan.planner import TablePlan, read_window
 from src.report.models import iso, new_execution_id, utc_now
 from src.source.window import estimate_rows, index_for, source_now, window_sql
 from src.stage.manifest import stage_result
@@ -62,9 +62,14 @@ async def plan_sync(
         ctx = RunContext(execution_id, pipeline, limits, res.source, res.s3, res.warehouse, request.mode)
         results: dict[str, dict[str, Any]] = {}
 
+        planned = plan_tables(pipeline, tables)
+
         async def one(table: str) -> None:
             try:
-                results[table] = await _plan_one(ctx, res, plan_table(pipeline, table))
+                plan = planned[table]
+                if isinstance(plan, S3ShiftError):
+                    raise plan
+                results[table] = await _plan_one(ctx, res, plan)
             except Exception as exc:
                 results[table] = {"status": "error", "error_message": describe(first_error(exc))}
 

@@ -14,7 +14,7 @@ import anyio
 import anyio.abc
 import pyarrow as pa
 
-from src.common.errors import S3ShiftError, StageError, describe, first_error
+from src.common.errors import ConfigError, S3ShiftError, StageError, describe, first_error
 from src.common.jsonio import dumps_bytes
 from src.common.log import get_logger
 from src.config.loader import config_dir, load_pipeline
@@ -43,9 +43,10 @@ from src.stage.pending import PipelineScan, bury_dead_runs, run_marker, scan_pip
 from src.stage.reader import iter_staged_batches
 from src.stage.s3 import S3Stage
 from src.warehouse.base import Warehouse
+from src.warehouse.ddl import dialect_of
 from src.warehouse.factory import open_warehouse
 from src.warehouse.redshift import RedshiftConnect
-from src.warehouse.state import StateRow
+from src.warehouse.state import STATE_TABLE, StateRow, state_schema
 
 log = get_logger("engine")
 REPORT_TIMEOUT = 30.0
@@ -108,14 +109,52 @@ async def _run_sync(
     except S3ShiftError as exc:
         return _fail_all(agg, tables, exc, phase="config")
     plans: list[TablePlan] = []
-    for table in tables:
-        try:
-            plans.append(plan_table(pipeline, table))
-        except S3ShiftError as exc:
-            agg.record(_failure(table, exc, phase="plan"))
+    for table, plan in plan_tables(pipeline, tables).items():
+        if isinstance(plan, S3ShiftError):
+            agg.record(_failure(table, plan, phase="plan"))
+        else:
+            plans.append(plan)
     if not plans:
         return agg.report()
     return await _run_plans(agg, pipeline, plans, request.mode, redshift_connect, workers)
+
+
+def plan_tables(pipeline: Pipeline, tables: Sequence[str]) -> dict[str, TablePlan | S3ShiftError]:
+    """Every table's plan, or why it cannot run: its own config, or a target it cannot have. Tables that
+    would load one target table (as the warehouse spells names: Redshift folds them to lowercase) would
+    replace or merge into each other's rows, so none of them runs; nor does a table whose target is the
+    state table."""
+    planned: dict[str, TablePlan | S3ShiftError] = {}
+    for table in tables:
+        try:
+            planned[table] = plan_table(pipeline, table)
+        except S3ShiftError as exc:
+            planned[table] = exc
+    dialect = dialect_of(pipeline.target.type)
+    state = (dialect.fold(state_schema(pipeline.target)), dialect.fold(STATE_TABLE))
+    loading: dict[tuple[str, str], list[TablePlan]] = {}
+    for plan in planned.values():
+        if isinstance(plan, TablePlan):
+            target = (dialect.fold(plan.target_schema), dialect.fold(plan.target_table))
+            loading.setdefault(target, []).append(plan)
+    for target, same in loading.items():
+        for plan in same:
+            where = f"{plan.target_schema}.{plan.target_table}"
+            others = [p.table for p in same if p is not plan]
+            if target == state:
+                why = f"{plan.table} would load {where}, the state table of s3shift"
+            elif others:
+                why = f"{plan.table} would load {where}, as {' and '.join(others)} would too"
+                if dialect.folds_case:
+                    why += f" ({dialect.name} folds names to lowercase)"
+            else:
+                continue
+            planned[plan.table] = ConfigError(
+                f"{why}: set {plan.key_path('target_name')} to a table name of its own; not synced",
+                table=plan.table,
+                key=plan.key_path("target_name"),
+            )
+    return planned
 
 
 def _final(agg: Aggregator, interrupted: list[str]) -> RunReport:

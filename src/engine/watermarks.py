@@ -34,8 +34,8 @@ async def run_watermark(
     """Returns the table's state after the action. Raises S3ShiftError with a one-line message."""
     try:
         split_table(req.table)
-    except ValueError:
-        raise ConfigError(f"table '{req.table}' must be written as database.table", table=req.table) from None
+    except ValueError as exc:
+        raise ConfigError(str(exc), table=req.table) from None
     if req.action == "set" and req.watermark is None:
         raise ConfigError("watermark set needs --timestamp and/or --id")
     pipeline = load_config(req.pipeline, req.config_dir)

@@ -61,10 +61,8 @@ def plan_table(pipeline: Pipeline, table: str) -> TablePlan:
     """Raise ConfigError (naming the pipeline and table) when the table cannot be planned."""
     try:
         database, name = split_table(table)
-    except ValueError:
-        raise ConfigError(
-            f"table '{table}' must be written as database.table (pipeline '{pipeline.name}')", table=table
-        ) from None
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (pipeline '{pipeline.name}')", table=table) from None
     cfg = pipeline.table(table)
     return TablePlan(
         table=table,

@@ -86,6 +86,13 @@ REDSHIFT = Dialect(
     alter_type_in_transaction=False,
     system_columns=SYSTEM_COLUMNS,
 )
+
+
+def dialect_of(kind: str) -> Dialect:
+    """The dialect of a target ``type`` (``redshift`` or ``postgres``)."""
+    return REDSHIFT if kind == "redshift" else POSTGRES
+
+
 ENCODINGS = frozenset(
     {"RAW", "AZ64", "BYTEDICT", "DELTA", "DELTA32K", "LZO", "MOSTLY8", "MOSTLY16", "MOSTLY32", "RUNLENGTH"}
     | {"TEXT255", "TEXT32K", "ZSTD"}
@@ -207,11 +214,17 @@ def check_identifiers(dialect: Dialect, schema_name: str, target_table: str, sch
     """Reject names the warehouse would mangle: control characters, over-long, system or colliding.
     Column problems are reported all at once, with the ``rename_columns`` that would fix them."""
     where = f"{schema_name}.{target_table}"
+    fixes = {
+        "schema": "set schema in the target connection",
+        "table": "set target_name in the table's config",
+    }
     for kind, name in (("schema", schema_name), ("table", target_table)):
         problem = _name_problem(dialect, name)
         if problem:
             raise WarehouseError(
-                f"{kind} name {name!r} of {where} {problem}, which {dialect.name} does not allow", table=where
+                f"{kind} name {name!r} of {where} {problem}, which {dialect.name} does not allow: "
+                + fixes[kind],
+                table=where,
             )
     problems: dict[str, str] = {}
     folded: dict[str, str] = {}
