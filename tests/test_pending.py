@@ -3,6 +3,7 @@ the engine finding them through the CLI (MySQL -> S3 moto -> PostgreSQL)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from src.plan.models import Watermark, Window
 from src.stage.models import StageResult
 from src.warehouse.base import StateRow
 from tests.conftest import mysql_exec
-from tests.e2e import assert_tables_equal, write_config
+from tests.e2e import assert_tables_equal, run_cli, write_config
 from tests.test_incremental import EVENTS, insert_events, sync, tables_cfg
 from tests.test_stage_support import list_keys, rewrite_as_v1
 
@@ -92,6 +93,45 @@ def test_reset_restarts_the_chain_from_the_beginning() -> None:
     w1 = Watermark(ts=T[1])
     chain = select([stage("b", None, w1, T[3])], state("", None, None), committed={"a"})
     assert ids(chain.load) == ["b"]
+
+
+def test_a_stage_staged_before_a_watermark_set_is_skipped_even_where_the_set_starts() -> None:
+    """A window staged from w1 could not be loaded (say, the source's column type changed back since);
+    ``watermark set`` to w1 again means: read after w1 again. The old stage must not keep failing."""
+    w1, w2 = Watermark(ts=T[1]), Watermark(ts=T[2])
+    manual = replace(state("", w1, None), strategy="manual", committed_at=T[3])
+    chain = select([stage("b", w1, w2, T[2]), stage("c", w1, w2, T[4])], manual, committed=set())
+    assert ids(chain.load) == ["c"] and ids(chain.skipped) == ["b"] and chain.position == w2
+
+
+def test_a_window_that_cannot_be_loaded_says_how_to_read_it_again(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """A run stages its window, then cannot load it (a column's type changed incompatibly). The change is
+    undone at the source, but every run loads the staged window first and fails again: the error gives
+    the watermark command that makes the window stale, and the next run reads it again and loads it."""
+    mysql_exec(mysql_db, EVENTS)
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, tables_cfg(mysql_db))
+    t = f"{mysql_db}.events"
+    insert_events(mysql_db, [(1, "a", "2024-01-01")])
+    assert sync(cfg, t)["status"] == "success"
+    mysql_exec(mysql_db, "ALTER TABLE events MODIFY amount VARCHAR(20)")
+    insert_events(mysql_db, [(2, "b", "NOW(6)")])
+    assert sync(cfg, t)["status"] == "failed"  # staged, not loaded: the target's amount is numeric
+    mysql_exec(mysql_db, "ALTER TABLE events MODIFY amount DECIMAL(10,2)")
+    message = sync(cfg, t)["table_results"][t]["error_message"]
+    assert "changed from NUMERIC(10,2) to TEXT" in message, message
+    command = message.split("run: s3shift ")[1].split()
+    assert command[:5] == ["watermark", "set", "-p", "p", "-t"] and "--timestamp" in command, message
+    assert run_cli("--config-dir", str(cfg), *command).returncode == 0
+    doc = sync(cfg, t)
+    assert doc["status"] == "success" and len(doc["table_results"][t]["stages_skipped"]) == 1, doc
+    assert assert_tables_equal(mysql_db, "events", pg_schema, "events", "id") == 2
 
 
 def test_a_pending_stage_listed_beside_the_committed_one_loads_once(

@@ -94,9 +94,12 @@ def select(stages: list[StageResult], state: StateRow | None, committed: set[str
 
 
 def _newer(stage: StageResult, state: StateRow | None) -> bool:
-    if state is None or state.extracted_at is None:
-        return True
-    return extracted_at(stage) > state.extracted_at
+    """Whether ``stage`` was extracted after the latest state: after the extraction it committed, or
+    after a ``watermark set``/``reset`` (which extracts nothing) was written. A stage staged before a set
+    is stale even when its window starts where the set put the watermark: the set said to read from
+    there again (say, after the stage could not be loaded); skipping it only means reading it again."""
+    since = state.extracted_at or state.committed_at if state else None
+    return since is None or extracted_at(stage) > since
 
 
 def describe_stage(stage: StageResult) -> dict[str, Any]:

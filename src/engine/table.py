@@ -276,7 +276,20 @@ async def _load_chain(
         if stage.rows == 0 and stage_window(stage).strategy != "full_sync":
             continue
         req = load_request(ctx, plan, stage, state)
-        result = await ctx.warehouse.load(req)
+        try:
+            result = await ctx.warehouse.load(req)
+        except S3ShiftError as exc:
+            if exc.retryable or stage_id(stage) == ctx.execution_id:
+                raise
+            raise type(exc)(
+                f"{exc.message} — {_read_again(ctx, plan, stage)}",
+                table=exc.table,
+                column=exc.column,
+                file=exc.file,
+                key=exc.key,
+                sqlstate=exc.sqlstate,
+                retryable=False,
+            ) from exc
         rows += result.rows_loaded
         changes.extend(result.schema_changes)
         state = req.state
@@ -289,6 +302,23 @@ async def _load_chain(
         progress.extra["schema_changes"] = changes
     progress.timed("load", mark)
     return rows
+
+
+def _read_again(ctx: RunContext, plan: TablePlan, stage: StageResult) -> str:
+    """How to stop loading a window an earlier run staged, which every run would otherwise try again
+    first: move the watermark to where the window starts (``watermark set`` makes it stale)."""
+    start = stage_window(stage).start
+    command = f"s3shift watermark {{}} -p {ctx.pipeline.name} -t {plan.table}"
+    if start is None:
+        command = command.format("reset")
+    else:
+        command = command.format("set")
+        command += f" --timestamp {start.ts.isoformat()}" if start.ts is not None else ""
+        command += f" --id {start.id}" if start.id is not None else ""
+    return (
+        f"this window was staged by the earlier run {stage_id(stage)}; to read it again from the source "
+        f"as it is now instead, run: {command}"
+    )
 
 
 def load_request(ctx: RunContext, plan: TablePlan, stage: StageResult, state: StateRow | None) -> LoadRequest:
