@@ -179,6 +179,8 @@ async def _run_plans(
                     _pull(tg, ctx, plans, take, record)
         if workers and interrupted:
             await drain(workers, dispenser, agg.record)
+        if workers:  # their failed cleanups keep the run marker, as the parent's own do
+            resources.s3.left_behind(workers.unclean)
         if failed is None:
             report = _final(agg, interrupted)
         else:
@@ -296,6 +298,7 @@ async def _worker_run(channel: Channel, index: int) -> None:
         watching_signals([], None, (signal.SIGTERM,)) as cancel_on_signal,
         AsyncExitStack() as stack,
     ):
+        resources: Resources | None = None
         with cancel_on_signal:
             try:
                 resources = await open_resources(
@@ -314,6 +317,8 @@ async def _worker_run(channel: Channel, index: int) -> None:
                 async with anyio.create_task_group() as tg:
                     _pull(tg, ctx, job.plans, asker.next_table, asker.done)
                 log.info("worker process %d ran %d table(s)", index, asker.delivered)
+        if resources is not None and resources.s3.unclean:  # the parent keeps the run marker
+            await asker.unclean(resources.s3.unclean)
 
 
 def _context(
