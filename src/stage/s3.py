@@ -31,7 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from src.common.errors import StageError, first_error
 from src.common.log import get_logger
 from src.config.models import S3Conn
-from src.stage.breaker import CONNECT_TIMEOUT, Breaker, EndpointDown, connect_failure
+from src.stage.breaker import CONNECT_TIMEOUT, COOL_DOWN, Breaker, EndpointDown, connect_failure
 from src.stage.multipart import CLEANUP_TIMEOUT, MultipartUpload, error_code
 
 MIB: Final = 1024 * 1024
@@ -76,6 +76,7 @@ class S3Stage:
         *,
         max_attempts: int = DEFAULT_ATTEMPTS,
         keep_written: bool = False,
+        cool_down: float = COOL_DOWN,
     ) -> None:
         self.cfg = cfg
         self._part_limiter = part_limiter
@@ -85,7 +86,7 @@ class S3Stage:
         self._later: list[str] = []  # keys to delete in batches (``delete_later``)
         self._keep_written = keep_written
         self._written: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        self._breaker = Breaker(max_attempts=max_attempts)
+        self._breaker = Breaker(max_attempts=max_attempts, cool_down=cool_down)
         self.unclean = 0  # cleanups that failed (``left_behind``)
 
     def __repr__(self) -> str:
@@ -436,8 +437,8 @@ class S3Stage:
 
     def _unreachable(self, cause: str, action: str, key: str | None, *, sent: bool) -> StageError:
         where = self.url(key) if key else f"s3://{self.cfg.bucket}"
-        every = self._breaker.cool_down
-        outcome = "failed" if sent else f"not sent: none is while it is down (one probes it each {every:g} s)"
+        every = f"one request probes it every {self._breaker.cool_down:g} s"
+        outcome = "failed" if sent else f"not sent, a probe failed too ({every})"
         return StageError(
             f"S3 endpoint {self._endpoint_url()} unreachable ({cause}): {action} on {where} {outcome} - "
             f"check connections.s3.{self.cfg.name}.endpoint_url/region and the network, then rerun",
