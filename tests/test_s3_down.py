@@ -178,7 +178,7 @@ def test_sigterm_with_s3_down_ends_the_run_promptly(
 
     check_contract(doc, tables)
     assert run.returncode == 1
-    assert took < 15, f"the run took {took:.1f} s to end after SIGTERM"  # Kubernetes grants 30 s
+    assert took < 10, f"the run took {took:.1f} s to end after SIGTERM"  # Kubernetes grants 30 s
     failed = failures(doc)
     assert failed
     for table, message in failed.items():

@@ -143,6 +143,32 @@ async def test_a_dns_failure_keeps_botocores_retries() -> None:
     assert attempts.count == 2
 
 
+async def test_a_run_being_stopped_neither_retries_nor_waits_for_a_probe() -> None:
+    """SIGTERM: the run's cleanup must end within the grace period (``S3Stage.hurry``)."""
+    cfg = S3Conn(name="lost", bucket="b", endpoint_url=f"http://127.0.0.1:{_free_port()}")
+    async with S3Stage(cfg, cool_down=60) as s3:
+        attempts = counted(s3)
+        with pytest.raises(StageError):
+            await s3.check()  # trips: the others wait a minute for the probe
+
+        async def waiting() -> None:
+            with pytest.raises(StageError, match="not sent"):
+                await s3.put_bytes("staging/a", b"a")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiting)
+            await anyio.sleep(0.1)
+            hurried = time.monotonic()
+            s3.hurry()
+        assert time.monotonic() - hurried < 1 and attempts.count == REFUSED_ATTEMPTS
+    async with S3Stage(cfg) as s3:
+        attempts = counted(s3)
+        s3.hurry()
+        with pytest.raises(StageError, match="connection refused"):
+            await s3.check()
+        assert attempts.count == 1
+
+
 def test_only_a_connection_never_opened_counts() -> None:
     url = "http://127.0.0.1:9"
     failure = connect_failure(ConnectTimeoutError(endpoint_url=url))

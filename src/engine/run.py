@@ -136,11 +136,14 @@ async def _run_plans(
     interrupted: list[str] = []
     slots = [share(pipeline.processing.max_parallel_tables, i, processes) for i in range(processes)]
     dispenser = Dispenser(len(plans), slots)
+    resources: Resources | None = None
 
     def stop() -> None:
         dispenser.stop()
         if workers:
             workers.terminate()
+        if resources is not None:
+            resources.s3.hurry()
 
     async with watching_signals(interrupted, stop) as cancel_on_signal, AsyncExitStack() as stack:
         try:
@@ -294,11 +297,16 @@ async def _worker_run(channel: Channel, index: int) -> None:
     pipeline, mode = job.pipeline, job.mode
     limits = Limits.for_pipeline(pipeline, index=job.index, processes=job.processes)
     asker = Asker(channel)
+    resources: Resources | None = None
+
+    def stop() -> None:
+        if resources is not None:
+            resources.s3.hurry()
+
     async with (
-        watching_signals([], None, (signal.SIGTERM,)) as cancel_on_signal,
+        watching_signals([], stop, (signal.SIGTERM,)) as cancel_on_signal,
         AsyncExitStack() as stack,
     ):
-        resources: Resources | None = None
         with cancel_on_signal:
             try:
                 resources = await open_resources(

@@ -21,11 +21,14 @@ From the trip on, no request goes out unless it is the probe, one attempt withou
   seconds goes out as the probe, so a long run recovers when the endpoint comes back.
 
 Only a probe closes the breaker, on any answer (an error status too): a request sent before the trip
-proves nothing about the endpoint now.
+proves nothing about the endpoint now. A run being stopped (SIGTERM) has its cleanup to end within the
+grace period (``hurry``): then a connection that cannot be opened is not retried and no request waits
+for a probe.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import socket
@@ -68,7 +71,9 @@ class Breaker:
         self.cool_down = cool_down
         self._max_attempts = max_attempts
         self._down: _Down | None = None
-        self._probe: anyio.Event | None = None  # set when the probe in flight ends
+        self._probing = False
+        self._hurry = False
+        self._changed = anyio.Event()  # set, and replaced, when a probe ends or the run hurries
 
     @property
     def cause(self) -> str | None:
@@ -80,16 +85,20 @@ class Breaker:
         False: the endpoint is not known to be down. ``EndpointDown`` when it failed a probe."""
         while (down := self._down) is not None:
             wait = down.since + self.cool_down - anyio.current_time()
-            if self._probe is None and wait <= 0:
-                self._probe = anyio.Event()
+            if not self._probing and wait <= 0:
+                self._probing = True
                 return True
-            if down.probed:
+            if down.probed or self._hurry:
                 raise EndpointDown(down.cause)
-            if self._probe is not None:
-                await self._probe.wait()
-            else:
-                await anyio.sleep(wait)
+            with anyio.move_on_after(math.inf if self._probing else wait):
+                await self._changed.wait()
         return False
+
+    def hurry(self) -> None:
+        """From now on: no retry of a connection that could not be opened, no wait for a probe (those
+        waiting fail now)."""
+        self._hurry = True
+        self._notify()
 
     def failed(self, cause: str, *, probe: bool) -> bool:
         """A request could not connect (after its retries). True when this trips the breaker."""
@@ -111,9 +120,13 @@ class Breaker:
 
     def release(self, probe: bool) -> None:
         """After the outcome (or cancellation) of a request that ``admit`` made the probe."""
-        if probe and self._probe is not None:
-            self._probe.set()
-            self._probe = None
+        if probe:
+            self._probing = False
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
 
     def retry_hook(
         self, attempts: int, caught_exception: BaseException | None = None, **_: Any
@@ -125,7 +138,8 @@ class Breaker:
         failure = connect_failure(caught_exception)
         if failure is None or caught_exception is None:
             return None
-        if self._down is not None or attempts >= min(failure.attempts, self._max_attempts):
+        limit = 1 if self._hurry else min(failure.attempts, self._max_attempts)
+        if self._down is not None or attempts >= limit:
             raise caught_exception
         if failure.kind != "refused":
             return None

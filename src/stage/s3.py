@@ -157,6 +157,11 @@ class S3Stage:
         if self._breaker.cause is not None:
             await self.check()
 
+    def hurry(self) -> None:
+        """The run is being stopped (SIGTERM/SIGINT): its cleanup must end within the grace period, so an
+        endpoint that cannot be reached costs one attempt, not retries nor a wait for a probe."""
+        self._breaker.hurry()
+
     def left_behind(self, count: int = 1) -> None:
         """A cleanup failed (an upload not aborted, a partial file not deleted; ``count`` of them). The run
         then keeps its marker (``runs.run_marker``), so that the next run of the pipeline cleans up after
