@@ -7,11 +7,15 @@ other's data. Endpoints come from the environment when set (S3SHIFT_TEST_*), els
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -52,6 +56,23 @@ def _s3_up(url: str) -> bool:
         return False
 
 
+def start_moto(port: int) -> subprocess.Popen[bytes]:
+    """A moto S3 server in its own process on 127.0.0.1:``port``, once it answers."""
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not _s3_up(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"moto server did not start on {url}")
+        time.sleep(0.1)
+    return proc
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server in its own process (or S3SHIFT_TEST_S3_ENDPOINT if already running)."""
@@ -60,22 +81,103 @@ def s3_endpoint() -> Iterator[str]:
         yield given
         return
     port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_moto(port)
     try:
-        deadline = time.monotonic() + 30
-        while not _s3_up(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start on {url}")
-            time.sleep(0.1)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+class CutProxy:
+    """A TCP proxy in front of a real server that a test cuts and restores: a network fault between
+    s3shift and the server, which keeps its data. Cut, the port refuses connections and the open ones
+    are closed under their users; restored, it forwards again on the same port."""
+
+    def __init__(self, target: str) -> None:
+        host, port = urllib.parse.urlsplit(target).netloc.rsplit(":", 1)
+        self._target = (host, int(port))
+        self.port = _free_port()
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            _hang_up(listener)
+        with self._lock:
+            for sock in list(self._open):
+                _hang_up(sock)
+            self._open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # cut
+                return
+            try:
+                server = socket.create_connection(self._target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open.update((client, server))
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            with self._lock:
+                self._open.discard(sock)
+            _hang_up(sock)
+
+
+def _hang_up(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept() or recv() on it
+    sock.close()
+
+
+@pytest.fixture
+def s3_proxy(s3_endpoint: str) -> Iterator[CutProxy]:
+    """A ``CutProxy`` in front of the session's S3 server (its ``url`` is the endpoint to use)."""
+    proxy = CutProxy(s3_endpoint)
+    try:
+        yield proxy
+    finally:
+        proxy.cut()
+
+
+@pytest.fixture
+def stage_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """s3shift's logs, even after a CLI test in this session stopped them propagating to the root."""
+    logger = logging.getLogger("s3shift")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.DEBUG, logger="s3shift")
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
 
 
 @pytest.fixture(autouse=True)

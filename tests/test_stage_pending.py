@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,18 +59,6 @@ async def stage(
 ) -> StageResult:
     prefix = s3.run_prefix("p", table, execution_id)
     return await stage_batches(s3, prefix, SCHEMA, [batch(1)], schema_hash="h1", meta=meta)
-
-
-@pytest.fixture
-def stage_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """s3shift's logs, even after a CLI test in this session stopped them propagating to the root."""
-    logger = logging.getLogger("s3shift")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.DEBUG, logger="s3shift")
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
 
 
 def test_execution_time_parses_only_execution_ids() -> None:

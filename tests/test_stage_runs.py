@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import signal
 import socket
@@ -36,7 +35,7 @@ from src.stage.runs import (
     run_marker_key,
 )
 from src.stage.s3 import S3Stage
-from tests.conftest import ROOT, s3_client
+from tests.conftest import ROOT, CutProxy, s3_client
 from tests.test_stage_support import FailTimes, get_object, list_keys, open_uploads, stage_batches
 
 pytestmark = pytest.mark.anyio
@@ -64,17 +63,6 @@ async def main(endpoint: str, bucket: str, execution_id: str) -> None:
 
 anyio.run(main, *sys.argv[1:])
 """
-
-
-@pytest.fixture
-def stage_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    logger = logging.getLogger("s3shift")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.DEBUG, logger="s3shift")
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
 
 
 @dataclasses.dataclass
@@ -391,6 +379,28 @@ async def test_a_failed_marker_delete_is_only_logged(
                 raise RuntimeError("the real failure")
     assert run_marker_names(s3_conn) == [f"{OWN}.json"]
     assert any("could not delete objects queued" in r.getMessage() for r in stage_log.records)
+
+
+async def test_a_run_whose_abort_failed_keeps_its_marker_for_the_next_run(
+    s3_conn: S3Conn, s3_proxy: CutProxy, stage_log: pytest.LogCaptureFixture
+) -> None:
+    """S3 unreachable: the upload cannot be aborted. S3 is back when the run ends, yet the marker stays,
+    so the next run takes the run for a killed one and aborts the upload (CLI: tests/test_s3_down.py)."""
+    cfg = dataclasses.replace(s3_conn, endpoint_url=s3_proxy.url)
+    async with S3Stage(cfg, cool_down=0.5) as s3, run_marker(s3, "p", OWN, [TABLE]):
+        with pytest.raises(StageError, match="unreachable"):
+            async with s3.multipart("staging/p/db.t/big") as upload:
+                await upload.write(b"x" * (5 * 1024 * 1024 + 1))  # the upload is open
+                await anyio.sleep(0.2)
+                s3_proxy.cut()
+                await upload.write(b"x" * (5 * 1024 * 1024))
+        assert s3.unclean == 1
+        s3_proxy.restore()
+        await anyio.sleep(0.5)
+        await s3.check()  # the probe: reachable again before the run ends
+    assert run_marker_names(s3_conn) == [f"{OWN}.json"]
+    assert open_uploads(s3_conn) == ["staging/p/db.t/big"]
+    assert any("kept the run marker" in r.getMessage() for r in stage_log.records)
 
 
 def test_marker_round_trip_and_bad_markers() -> None:

@@ -175,11 +175,14 @@ async def _run_plans(
     interrupted: list[str] = []
     slots = [share(pipeline.processing.max_parallel_tables, i, processes) for i in range(processes)]
     dispenser = Dispenser(len(plans), slots)
+    resources: Resources | None = None
 
     def stop() -> None:
         dispenser.stop()
         if workers:
             workers.terminate()
+        if resources is not None:
+            resources.s3.hurry()
 
     async with watching_signals(interrupted, stop) as cancel_on_signal, AsyncExitStack() as stack:
         try:
@@ -218,6 +221,8 @@ async def _run_plans(
                     _pull(tg, ctx, plans, take, record)
         if workers and interrupted:
             await drain(workers, dispenser, agg.record)
+        if workers:  # their failed cleanups keep the run marker, as the parent's own do
+            resources.s3.left_behind(workers.unclean)
         if failed is None:
             report = _final(agg, interrupted)
         else:
@@ -331,8 +336,14 @@ async def _worker_run(channel: Channel, index: int) -> None:
     pipeline, mode = job.pipeline, job.mode
     limits = Limits.for_pipeline(pipeline, index=job.index, processes=job.processes)
     asker = Asker(channel)
+    resources: Resources | None = None
+
+    def stop() -> None:
+        if resources is not None:
+            resources.s3.hurry()
+
     async with (
-        watching_signals([], None, (signal.SIGTERM,)) as cancel_on_signal,
+        watching_signals([], stop, (signal.SIGTERM,)) as cancel_on_signal,
         AsyncExitStack() as stack,
     ):
         with cancel_on_signal:
@@ -353,6 +364,8 @@ async def _worker_run(channel: Channel, index: int) -> None:
                 async with anyio.create_task_group() as tg:
                     _pull(tg, ctx, job.plans, asker.next_table, asker.done)
                 log.info("worker process %d ran %d table(s)", index, asker.delivered)
+        if resources is not None and resources.s3.unclean:  # the parent keeps the run marker
+            await asker.unclean(resources.s3.unclean)
 
 
 def _context(

@@ -72,6 +72,8 @@ async def sync_table(ctx: RunContext, plan: TablePlan) -> TableResult:
 
 
 async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSuccess:
+    progress.phase = "connect"
+    await ctx.s3.ensure_reachable()  # S3 found unreachable: fail before reading what could not be staged
     progress.phase = "state"
     if ctx.states is not None:  # read with every other table's at the run's start
         state = ctx.states.get(plan.table)

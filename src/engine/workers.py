@@ -20,6 +20,8 @@ Failures:
 - the parent dies, even by SIGKILL: the kernel sends each worker SIGTERM (``PR_SET_PDEATHSIG``).
 - a worker dies: each table it had not reported is failed, saying so (its open transaction died with
   its connection, so the warehouse rolled it back); the other processes run the rest.
+- a worker's cleanup fails (S3 unreachable: an upload it could not abort), or it died with tables in
+  flight: the parent keeps the run marker (``Workers.unclean``), so the next run cleans up after it.
 
 Messages are length-prefixed pickles over a UNIX socketpair, between two processes of one program.
 """
@@ -63,6 +65,7 @@ _HEADER: Final = struct.Struct("!I")
 _PR_SET_PDEATHSIG: Final = 1
 _NEXT: Final = "next"
 _DONE: Final = "done"
+_UNCLEAN: Final = "unclean"
 
 
 def process_count(pipeline: Pipeline, tables: int) -> int:
@@ -138,6 +141,7 @@ class Worker:
     sock: socket.socket
     channel: Channel | None = None
     taken: set[int] = field(default_factory=set)  # tables handed out and not reported yet
+    unclean: int = 0  # cleanups it could not finish (``S3Stage.unclean``), or tables it died with
 
 
 @dataclass
@@ -149,6 +153,11 @@ class Workers:
     @property
     def processes(self) -> int:
         return len(self.procs) + 1
+
+    @property
+    def unclean(self) -> int:
+        """Cleanups the workers could not finish (S3 unreachable), and tables of workers that died."""
+        return sum(w.unclean for w in self.procs)
 
     def terminate(self) -> None:
         """SIGTERM to every worker: each cancels its tables (rolled back) and reports them."""
@@ -304,11 +313,14 @@ async def _answer(worker: Worker, dispenser: Dispenser, record: Callable[[TableR
             worker.taken.discard(message[1])
             dispenser.finished(worker.index)
             record(message[2])
+        elif message[0] == _UNCLEAN:
+            worker.unclean += message[1]
 
 
 async def _lost(worker: Worker, plans: Sequence[TablePlan], record: Callable[[TableResult], None]) -> None:
     if not worker.taken:
         return
+    worker.unclean += len(worker.taken)  # uploads it had open may be left: the next run aborts them
     status = "ended"
     with anyio.move_on_after(REAP_TIMEOUT, shield=True):
         _, code = await anyio.to_thread.run_sync(os.waitpid, worker.pid, 0)
@@ -352,6 +364,10 @@ class Asker:
     async def done(self, index: int, result: TableResult) -> None:
         await self._channel.send((_DONE, index, result))
         self.delivered += 1
+
+    async def unclean(self, count: int) -> None:
+        """Before the worker ends: ``count`` cleanups of its own failed (``S3Stage.unclean``)."""
+        await self._channel.send((_UNCLEAN, count))
 
 
 def _worker_main(

@@ -132,17 +132,20 @@ class MultipartUpload:
                         "abort_multipart_upload", self.key, Key=self.key, UploadId=self._upload_id
                     )
             except StageError as exc:
+                self._stage.left_behind()
                 log.warning("could not abort the multipart upload of %s: %s", self.key, exc.message)
             if self._completing:
                 await _delete_quietly(self._stage, self.key)
         if scope.cancelled_caught:
-            log.warning("timed out aborting the upload of %s; a lifecycle rule will clean it", self.key)
+            self._stage.left_behind()
+            log.warning("timed out aborting the upload of %s; the next run will abort it", self.key)
 
 
 async def _delete_quietly(stage: S3Stage, key: str) -> None:
     try:
         await stage._call("delete_object", key, Key=key)
     except StageError as exc:
+        stage.left_behind()
         log.warning("could not delete %s: %s", key, exc.message)
 
 

@@ -3,13 +3,15 @@
 A run writes ONE marker, ``<pipeline prefix>_runs/<execution_id>.json`` (host, pid, the pid's start
 time, boot id, start time, and the tables it may write under), before it uploads anything, and deletes
 it when it ends (``run_marker``). A SIGKILL leaves the marker behind, with maybe unfinished multipart
-uploads (invisible, billed) and partial files under its tables. A later run of the pipeline reads the
-markers once at its start and judges them: on this host a run is dead when its pid is gone, a zombie,
-or now belongs to another process (pid reuse: another start time); on another host (or after a
-reboot) when it started more than ``foreign_after_seconds`` ago. For a dead run, under each table it
-named (every table directory when its marker cannot be read), its uploads are aborted and its files
-deleted unless it wrote a manifest (then it is a pending stage, kept for loading); its marker goes
-last, so a cleanup that is itself interrupted is simply redone (``bury_dead_runs``).
+uploads (invisible, billed) and partial files under its tables; so does a run that could not finish
+its own cleanup (S3 unreachable), on purpose: it is then cleaned up as a killed run. A later run of
+the pipeline reads the markers once at its start and judges them: on this host a run is dead when its
+pid is gone, a zombie, or now belongs to another process (pid reuse: another start time); on another
+host (or after a reboot) when it started more than ``foreign_after_seconds`` ago. For a dead run,
+under each table it named (every table directory when its marker cannot be read), its uploads are
+aborted and its files deleted unless it wrote a manifest (then it is a pending stage, kept for
+loading); its marker goes last, so a cleanup that is itself interrupted is simply redone
+(``bury_dead_runs``).
 
 Markers of one table, ``<table prefix>_runs/<execution_id>.json`` (written by earlier versions, one per
 table), are judged the same way when that table is cleaned (``clean_dead_runs``), which also aborts
@@ -110,8 +112,9 @@ def run_marker(
     s3: S3Stage, pipeline: str, execution_id: str, tables: Sequence[str]
 ) -> contextlib.AbstractAsyncContextManager[None]:
     """Mark this run alive on the pipeline while inside, naming the ``tables`` ("db.table") it may write
-    under; enter it before any upload. On any exit the marker is queued for deletion
-    (``S3Stage.delete_later``: at the latest when the client closes)."""
+    under; enter it before any upload. On exit the marker is queued for deletion (``S3Stage.delete_later``:
+    at the latest when the client closes), unless a cleanup of the run failed (``S3Stage.left_behind``,
+    counted in ``unclean``): then it stays, and the next run, finding it dead, cleans up after it."""
     marker = RunMarker.current(execution_id, tables)
     return _run_marker(s3, run_marker_key(s3, pipeline, execution_id), marker)
 
@@ -122,13 +125,25 @@ async def _run_marker(s3: S3Stage, key: str, marker: RunMarker) -> AsyncIterator
     try:
         yield
     finally:
-        with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True) as scope:
-            try:
-                await s3.delete_later(key)
-            except StageError as exc:
-                log.warning("could not remove the run marker %s: %s", s3.url(key), exc.message)
-        if scope.cancelled_caught:
-            log.warning("timed out removing the run marker %s; the next run will", s3.url(key))
+        if s3.unclean:
+            log.warning(
+                "kept the run marker %s: %d cleanup(s) failed, so the next run of the pipeline cleans up "
+                "after this one (aborts its uploads, removes its partial files)",
+                s3.url(key),
+                s3.unclean,
+            )
+        else:
+            await _remove_marker(s3, key)
+
+
+async def _remove_marker(s3: S3Stage, key: str) -> None:
+    with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True) as scope:
+        try:
+            await s3.delete_later(key)
+        except StageError as exc:
+            log.warning("could not remove the run marker %s: %s", s3.url(key), exc.message)
+    if scope.cancelled_caught:
+        log.warning("timed out removing the run marker %s; the next run will", s3.url(key))
 
 
 async def clean_dead_runs(

@@ -3,6 +3,10 @@
 Every S3 call goes through ``S3Stage._call``, which turns botocore/aiohttp failures into one-line
 ``StageError``s naming the bucket/key and what to check. Credentials are revealed only when the
 client is built and never appear in messages.
+
+An endpoint that cannot be reached is found in seconds, once per process, and then no request goes
+out until a probe gets through (``src.stage.breaker``); each request that fails so names the
+endpoint and the cause.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from src.common.errors import StageError, first_error
 from src.common.log import get_logger
 from src.config.models import S3Conn
+from src.stage.breaker import CONNECT_TIMEOUT, COOL_DOWN, Breaker, EndpointDown, connect_failure
 from src.stage.multipart import CLEANUP_TIMEOUT, MultipartUpload, error_code
 
 MIB: Final = 1024 * 1024
@@ -71,6 +76,7 @@ class S3Stage:
         *,
         max_attempts: int = DEFAULT_ATTEMPTS,
         keep_written: bool = False,
+        cool_down: float = COOL_DOWN,
     ) -> None:
         self.cfg = cfg
         self._part_limiter = part_limiter
@@ -80,6 +86,8 @@ class S3Stage:
         self._later: list[str] = []  # keys to delete in batches (``delete_later``)
         self._keep_written = keep_written
         self._written: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._breaker = Breaker(max_attempts=max_attempts, cool_down=cool_down)
+        self.unclean = 0  # cleanups that failed (``left_behind``)
 
     def __repr__(self) -> str:
         return f"S3Stage(bucket={self.cfg.bucket!r}, endpoint={self._endpoint_label()!r})"
@@ -91,6 +99,7 @@ class S3Stage:
             self._client = await stack.enter_async_context(session.create_client("s3", **self._client_args()))
         except (*_TRANSPORT_ERRORS, ValueError, BotoCoreError) as exc:
             raise self._error(exc, "client setup", None) from exc
+        self._client.meta.events.register_first("needs-retry.s3", self._breaker.retry_hook)
         if self._part_limiter is None:
             self._part_limiter = anyio.CapacityLimiter(max(1, self.cfg.max_concurrency))
         self._stack = stack
@@ -140,6 +149,24 @@ class S3Stage:
     async def check(self) -> None:
         """Fail fast with a clear message when the bucket cannot be reached."""
         await self._call("head_bucket", None)
+
+    async def ensure_reachable(self) -> None:
+        """Nothing while the endpoint is not known to be unreachable. Else the ``Breaker``'s verdict, as
+        for any request (a wait for a probe, perhaps this call's HEAD of the bucket): StageError when the
+        endpoint stays unreachable. A table calls it before it reads anything it would have to stage."""
+        if self._breaker.cause is not None:
+            await self.check()
+
+    def hurry(self) -> None:
+        """The run is being stopped (SIGTERM/SIGINT): its cleanup must end within the grace period, so an
+        endpoint that cannot be reached costs one attempt, not retries nor a wait for a probe."""
+        self._breaker.hurry()
+
+    def left_behind(self, count: int = 1) -> None:
+        """A cleanup failed (an upload not aborted, a partial file not deleted; ``count`` of them). The run
+        then keeps its marker (``runs.run_marker``), so that the next run of the pipeline cleans up after
+        it as after a killed run, even when S3 is reachable again by the time this run ends."""
+        self.unclean += count
 
     async def abort_stale_uploads(self, prefix: str, older_than_seconds: float = 3600) -> int:
         """Abort unfinished multipart uploads under ``prefix`` started more than the given age ago."""
@@ -307,18 +334,64 @@ class S3Stage:
             raise
 
     async def _call(self, action: str, key: str | None, **kwargs: Any) -> Any:
+        probe = await self._admit(action, key)
         try:
-            return await getattr(self.client, action)(Bucket=self.cfg.bucket, **kwargs)
+            result = await getattr(self.client, action)(Bucket=self.cfg.bucket, **kwargs)
         except (*_TRANSPORT_ERRORS, ClientError) as exc:
-            raise self._error(exc, action, key) from exc
+            raise self._failed(exc, action, key, probe) from exc
+        else:
+            self._answered(probe)
+            return result
+        finally:
+            self._breaker.release(probe)
 
     async def _paginate(self, action: str, field: str, **kwargs: Any) -> AsyncIterator[Any]:
+        prefix = kwargs.get("Prefix")
+        probe = await self._admit(action, prefix)
         try:
             async for page in self.client.get_paginator(action).paginate(Bucket=self.cfg.bucket, **kwargs):
+                self._answered(probe)
                 for item in page.get(field, []):
                     yield item
         except (*_TRANSPORT_ERRORS, ClientError) as exc:
-            raise self._error(exc, action, kwargs.get("Prefix")) from exc
+            raise self._failed(exc, action, prefix, probe) from exc
+        finally:
+            self._breaker.release(probe)
+
+    async def _admit(self, action: str, key: str | None) -> bool:
+        """The ``Breaker``'s leave to send a request (True: as the probe); StageError when it is down."""
+        try:
+            return await self._breaker.admit()
+        except EndpointDown as down:
+            raise self._unreachable(down.cause, action, key, sent=False) from None
+
+    def _failed(self, exc: BaseException, action: str, key: str | None, probe: bool) -> StageError:
+        """The error for a request that failed; the ``Breaker`` learns whether it reached the endpoint."""
+        failure = connect_failure(exc)
+        if failure is None:
+            if not isinstance(exc, NoCredentialsError):  # that one sends nothing
+                self._answered(probe)
+            return self._error(exc, action, key)
+        if self._breaker.failed(failure.cause, probe=probe):
+            log.warning(
+                "S3 endpoint %s unreachable (%s): S3 requests wait %g s for a probe, then fail at once "
+                "until one gets through",
+                self._endpoint_url(),
+                failure.cause,
+                self._breaker.cool_down,
+            )
+        elif probe:
+            log.warning(
+                "S3 endpoint %s still unreachable (%s): S3 requests fail at once, one probes it every %g s",
+                self._endpoint_url(),
+                failure.cause,
+                self._breaker.cool_down,
+            )
+        return self._unreachable(failure.cause, action, key, sent=True)
+
+    def _answered(self, probe: bool) -> None:
+        if (down_for := self._breaker.answered(probe=probe)) is not None:
+            log.warning("S3 endpoint %s reachable again after %.1f s", self._endpoint_url(), down_for)
 
     def _session(self) -> AioSession:
         """aiobotocore's session (aioboto3 is a wrapper around it that adds nothing we use, and importing
@@ -346,7 +419,7 @@ class S3Stage:
     def _client_args(self) -> dict[str, Any]:
         config = AioConfig(
             retries={"mode": "standard", "max_attempts": self._max_attempts},
-            connect_timeout=10,
+            connect_timeout=CONNECT_TIMEOUT,
             read_timeout=120,
             max_pool_connections=max(10, 2 * self.cfg.max_concurrency),
             s3={"addressing_style": "path"} if self.cfg.endpoint_url else None,
@@ -362,6 +435,21 @@ class S3Stage:
 
     def _endpoint_label(self) -> str:
         return self.cfg.endpoint_url or f"AWS S3 {self.cfg.region}"
+
+    def _endpoint_url(self) -> str:
+        """The URL requests go to (AWS's regional one when no endpoint_url is configured)."""
+        return str(self._client.meta.endpoint_url) if self._client is not None else self._endpoint_label()
+
+    def _unreachable(self, cause: str, action: str, key: str | None, *, sent: bool) -> StageError:
+        where = self.url(key) if key else f"s3://{self.cfg.bucket}"
+        every = f"one request probes it every {self._breaker.cool_down:g} s"
+        outcome = "failed" if sent else f"not sent, a probe failed too ({every})"
+        return StageError(
+            f"S3 endpoint {self._endpoint_url()} unreachable ({cause}): {action} on {where} {outcome} - "
+            f"check connections.s3.{self.cfg.name}.endpoint_url/region and the network, then rerun",
+            key=key,
+            retryable=True,
+        )
 
     def _error(self, exc: BaseException, action: str, key: str | None) -> StageError:
         where = self.url(key) if key else f"s3://{self.cfg.bucket}"

@@ -283,8 +283,12 @@ async def _discard(s3: S3Stage, keys: list[str]) -> None:
     """Best effort, shielded and time-boxed: remove what this call completed before it failed."""
     if not keys:
         return
-    with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+    with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True) as scope:
         try:
             await s3.delete_keys(keys)
         except StageError as exc:
+            s3.left_behind()
             log.warning("could not remove staged files after a failure: %s", exc.message)
+    if scope.cancelled_caught:
+        s3.left_behind()
+        log.warning("timed out removing staged files after a failure; the next run will")
