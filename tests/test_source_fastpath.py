@@ -277,34 +277,49 @@ async def test_a_failing_range_is_read_by_the_canonical_path(
     assert fast.path["fallbacks"] and all("Lost connection" in f for f in fast.path["fallbacks"])
 
 
+async def read_shared_fast(
+    planner: SourceConn,
+    source: MySQLSource,
+    database: str,
+    stats: ExtractStats,
+    *,
+    range_rows: int,
+    workers: int,
+) -> list[pa.RecordBatch]:
+    """The 120 rows of ``shared`` through the fast path alone: ranges planned on a connection of
+    ``planner``, read by connectorx from ``source``."""
+    async with MySQLSource(planner) as own, own.connection() as conn:
+        schema = await describe_table(conn, database, "shared")
+
+        async def fast(send: Any) -> None:
+            reader = FastRead(
+                source=source,
+                conn=conn,
+                database=database,
+                table="shared",
+                schema=schema,
+                rules=ReadRules(f"{database}.shared"),
+                send=send,
+                stats=stats,
+                batch_size=50,
+                range_rows=range_rows,
+                workers=workers,
+            )
+            async with send:
+                await reader.run(120)
+
+        return await _collect(fast)
+
+
 async def test_a_refused_connection_falls_back_without_showing_the_password(
     source_conn: SourceConn, mysql_db: str
 ) -> None:
     fill_shared(mysql_db, list(range(1, 121)))
     secret = "s3cr3t/p@ss:word"
     cfg = replace(source_conn, username="s3shift_nobody", password=Secret(secret), connect_timeout=1.0)
-    async with MySQLSource(source_conn) as good, good.connection() as conn:
-        schema = await describe_table(conn, mysql_db, "shared")
-        stats = ExtractStats()
-
-        async def fast(send: Any) -> None:
-            reader = FastRead(
-                source=MySQLSource(cfg),  # connectorx logs in as a user that does not exist
-                conn=conn,
-                database=mysql_db,
-                table="shared",
-                schema=schema,
-                rules=ReadRules(f"{mysql_db}.shared"),
-                send=send,
-                stats=stats,
-                batch_size=50,
-                range_rows=40,
-                workers=2,
-            )
-            async with send:
-                await reader.run(120)
-
-        batches = await _collect(fast)
+    stats = ExtractStats()
+    async with MySQLSource(cfg) as bad:  # connectorx logs in as a user that does not exist
+        batches = await read_shared_fast(source_conn, bad, mysql_db, stats, range_rows=40, workers=2)
     assert sum(b.num_rows for b in batches) == 120
     reasons = " ".join(stats.path["fallbacks"])
     assert reasons == "connectorx could not connect within connect_timeout (1 s)"
@@ -472,30 +487,11 @@ async def test_a_lock_wait_fails_the_read_instead_of_waiting_again(
 
     monkeypatch.setattr(fastpath, "_fetch", behind_a_lock)
     try:
-        async with MySQLSource(source_conn) as source, source.connection() as conn:
-            schema = await describe_table(conn, mysql_db, "shared")
-            stats = ExtractStats()
-
-            async def fast(send: Any) -> None:
-                reader = FastRead(
-                    source=source,
-                    conn=conn,
-                    database=mysql_db,
-                    table="shared",
-                    schema=schema,
-                    rules=ReadRules(f"{mysql_db}.shared"),
-                    send=send,
-                    stats=stats,
-                    batch_size=50,
-                    range_rows=200,
-                    workers=1,
-                )
-                async with send:
-                    await reader.run(120)
-
-            started = time.monotonic()
+        stats = ExtractStats()
+        started = time.monotonic()
+        async with MySQLSource(source_conn) as source:
             with pytest.raises(BaseExceptionGroup) as caught:
-                await _collect(fast)
+                await read_shared_fast(source_conn, source, mysql_db, stats, range_rows=200, workers=1)
         assert time.monotonic() - started < 10  # the canonical path never waited its 60 s
         failure = first_error(caught.value)
         assert isinstance(failure, SourceError) and failure.retryable and not stats.path.get("fallbacks")
