@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from typing import Self
+
 from src.common.log import get_logger
 from src.common.secret import scrub
 
@@ -38,6 +41,13 @@ class S3ShiftError(Exception):
         if retryable is not None:
             self.retryable = retryable
         super().__init__(self.message)
+
+    def amended(self, more: str) -> Self:
+        """The same error (class, fields, retryable) with ``more`` said after its message."""
+        amended = copy.copy(self)
+        amended.message = scrub(f"{self.message} — {' '.join(more.split())}")
+        amended.args = (amended.message,)
+        return amended
 
 
 class ConfigError(S3ShiftError):

@@ -283,15 +283,7 @@ async def _load_chain(
         except S3ShiftError as exc:
             if exc.retryable or stage_id(stage) == ctx.execution_id:
                 raise
-            raise type(exc)(
-                f"{exc.message} — {_read_again(ctx, plan, stage)}",
-                table=exc.table,
-                column=exc.column,
-                file=exc.file,
-                key=exc.key,
-                sqlstate=exc.sqlstate,
-                retryable=False,
-            ) from exc
+            raise exc.amended(_read_again(ctx, plan, stage)) from exc
         rows += result.rows_loaded
         changes.extend(result.schema_changes)
         state = req.state
