@@ -9,9 +9,10 @@ import pytest
 
 from src.common.errors import ConfigError, SourceError
 from src.common.policy import ColumnSelection
+from src.common.schema import TableSchema
 from src.config.models import SourceConn
 from src.plan.models import Window
-from src.source.introspect import Catalog, SourceClock, describe_table, server_now
+from src.source.introspect import Catalog, SourceClock, describe_table, describe_tables, server_now
 from src.source.mysql import MySQLSource, SourceConnection
 from src.source.window import estimate_rows
 from tests.conftest import mysql_exec
@@ -21,8 +22,15 @@ FULL = Window(strategy="full_sync")
 pytestmark = pytest.mark.anyio
 
 
+ROUND = 4  # queries per catalog round on MariaDB: columns, primary keys, table rows, column checks
+
+
 async def _selects(conn: SourceConnection) -> int:
-    return int((await conn.fetchall("SHOW SESSION STATUS LIKE 'Com_select'"))[0][1])
+    return await _status(conn, "Com_select")
+
+
+async def _status(conn: SourceConnection, name: str) -> int:
+    return int((await conn.fetchall("SHOW SESSION STATUS LIKE %s", (name,)))[0][1])
 
 
 async def test_a_batch_of_tables_costs_one_query_and_matches_describe_table(
@@ -38,19 +46,34 @@ async def test_a_batch_of_tables_costs_one_query_and_matches_describe_table(
     async with MySQLSource(source_conn) as src, src.connection() as conn:
         before = await _selects(conn)
         got = [await describe_table(conn, mysql_db, n, catalog=catalog) for n in names[:4]]
-        assert await _selects(conn) - before == 1  # t0..t3 in one query
+        assert await _selects(conn) - before == ROUND  # t0..t3 in one round
         got += [await describe_table(conn, mysql_db, n, catalog=catalog) for n in names[4:]]
-        assert await _selects(conn) - before == 2  # t4, t5, t6 and nokey in the next one
+        assert await _selects(conn) - before == 2 * ROUND  # t4, t5, t6 and nokey in the next one
         key = await describe_table(conn, mysql_db, "nokey", primary_key=("b", "a"), catalog=catalog)
         with pytest.raises(SourceError, match=rf"table {mysql_db}\.missing not found"):
             await describe_table(conn, mysql_db, "missing", catalog=catalog)
-        assert await _selects(conn) - before == 3
+        assert await _selects(conn) - before == 2 * ROUND + 1  # no column found: the round stops there
         assert got == [await describe_table(conn, mysql_db, n) for n in names]
         with pytest.raises(ConfigError, match="include_columns"):  # described again: read again
             await describe_table(
                 conn, mysql_db, "t0", selection=ColumnSelection(include=("nope",)), catalog=catalog
             )
     assert key.primary_key == ("b", "a")
+
+
+async def test_a_catalog_round_reads_only_the_named_tables(source_conn: SourceConn, mysql_db: str) -> None:
+    """MariaDB fills a joined information_schema table whole (every table of the server): the catalog's
+    cost must follow the tables it describes, not the tables the server has. Measured by the rows MariaDB
+    writes into its information_schema temporary tables."""
+    mysql_exec(
+        mysql_db, *[f"CREATE TABLE t{i} (id INT PRIMARY KEY, a INT, b TEXT, c DATE)" for i in range(60)]
+    )
+    async with MySQLSource(source_conn) as src, src.connection() as conn:
+        before = await _status(conn, "Handler_tmp_write")
+        found = await describe_tables(conn, mysql_db, ["t0", "t1"])
+        written = await _status(conn, "Handler_tmp_write") - before
+    assert [len(schema.columns) for schema in found.values() if isinstance(schema, TableSchema)] == [4, 4]
+    assert written <= 4 * 8, f"{written} rows written to describe 8 columns"  # 2 tables of a 60-table schema
 
 
 async def test_a_description_older_than_max_age_is_read_again(source_conn: SourceConn, mysql_db: str) -> None:
@@ -83,7 +106,7 @@ async def test_the_catalog_carries_table_rows_so_a_full_read_estimate_costs_no_q
         before = await _selects(conn)
         assert await estimate_rows(conn, mysql_db, "big", schema, FULL, catalog=catalog) == direct > 4000
         assert await estimate_rows(conn, mysql_db, "small", schema, FULL, catalog=catalog) == 0
-        assert await _selects(conn) == before  # both from the one catalog query
+        assert await _selects(conn) == before  # both from the one catalog round
 
 
 async def test_the_source_clock_reads_the_server_once_per_refresh(source_conn: SourceConn) -> None:
