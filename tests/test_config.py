@@ -255,6 +255,31 @@ def test_type_policies_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         policy()
 
 
+def test_lists_and_column_maps_are_interpolated_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every value may reference the environment (DESIGN.md section 3), the items of a list and the values
+    of a column map included; their keys are column names, taken as written; ``$${`` stays literal."""
+    pipe = NIGHTLY + (
+        "  shop.t:\n"
+        '    primary_key: ["${T_KEY}"]\n'
+        '    include_columns: ["${T_KEY}", name, "${T_EXTRA:-note}", "$${lit}"]\n'
+        '    exclude_columns: ["${T_EXTRA:-note}"]\n'
+        '    rename_columns: {name: "${T_RENAMED}", "${T_KEY}": id2}\n'
+        '    sortkey: ["${T_KEY}"]\n'
+        '    encode: {name: "${T_CODEC:-zstd}"}\n'
+    )
+    monkeypatch.setenv("T_KEY", "order_id")
+    monkeypatch.setenv("T_RENAMED", "full_name")
+    t = load_pipeline(write(tmp_path, nightly=pipe), "nightly").table("shop.t")
+    assert t.primary_key == ("order_id",) and t.sortkey == ("order_id",) and t.encode == (("name", "ZSTD"),)
+    assert t.columns.include == ("order_id", "name", "note", "${lit}") and t.columns.exclude == ("note",)
+    assert t.columns.rename == (("name", "full_name"), ("${T_KEY}", "id2"))
+    monkeypatch.delenv("T_RENAMED")
+    with pytest.raises(
+        ConfigError, match=r"tables\.shop\.t\.rename_columns\.name: environment variable T_RENAMED"
+    ):
+        load_pipeline(write(tmp_path, nightly=pipe), "nightly")
+
+
 @pytest.mark.parametrize(
     ("entry", "expect"),
     [

@@ -59,15 +59,15 @@ def checked_values(
 
 
 def convert(value: Any, kind: str, *, file: Path, where: str) -> Any:
-    if kind in ("map", "list"):
-        expected = dict if kind == "map" else list
+    if kind in ("map", "pairs", "list"):
+        expected = list if kind == "list" else dict
         if not isinstance(value, expected):
             raise ConfigError(
-                f"{file}: '{where}' must be a {'mapping' if kind == 'map' else 'list'}",
+                f"{file}: '{where}' must be a {'list' if kind == 'list' else 'mapping'}",
                 file=str(file),
                 key=where,
-            )
-        return value
+            )  # a "map" is a section whose own values are checked (and interpolated) in their turn
+        return value if kind == "map" else _interpolated(value, file=file, where=where)
     text = interpolate(value, where=f"{file}: {where}") if isinstance(value, str) else value
     try:
         if kind == "int":
@@ -87,6 +87,18 @@ def convert(value: Any, kind: str, *, file: Path, where: str) -> Any:
     if isinstance(text, dict | list):
         raise ConfigError(f"{file}: '{where}' must be a single value", file=str(file), key=where)
     return Secret(str(text)) if kind == "secret" else str(text)
+
+
+def _interpolated(value: Any, *, file: Path, where: str) -> Any:
+    """``value`` with ``${VAR}`` resolved in every string it holds: the items of a list, the values (not
+    the keys) of a mapping, at any depth. For leaf values only: resolving twice would undo ``$${``."""
+    if isinstance(value, str):
+        return interpolate(value, where=f"{file}: {where}")
+    if isinstance(value, list):
+        return [_interpolated(item, file=file, where=f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _interpolated(item, file=file, where=where_of(where, str(k))) for k, item in value.items()}
+    return value
 
 
 def as_bool(value: Any) -> bool:

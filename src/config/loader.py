@@ -37,7 +37,8 @@ DEFAULT_CONFIG_DIR = "config"
 CONFIG_DIR_ENV = "S3SHIFT_CONFIG_DIR"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
-# Allowed keys per section: key -> kind ("str" | "int" | "float" | "bool" | "secret" | "map" | "list").
+# Allowed keys per section: key -> kind ("str" | "int" | "float" | "bool" | "secret" | "list" | "pairs": leaf
+# values with ${VAR} resolved in their items | "map": a section whose values are checked in their turn).
 _SOURCE_KEYS = {
     "host": "str",
     "port": "int",

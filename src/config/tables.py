@@ -38,13 +38,13 @@ _TABLE_KEYS = {
     "type_policies": "map",
     "include_columns": "list",
     "exclude_columns": "list",
-    "rename_columns": "map",
+    "rename_columns": "pairs",
     "where": "str",
     "additional_where": "str",
     "diststyle": "str",
     "distkey": "str",
     "sortkey": "list",
-    "encode": "map",
+    "encode": "pairs",
 }
 
 _TABLE_PROCESSING_KEYS = {"batch_size": "int", "file_size_mb": "int"}
