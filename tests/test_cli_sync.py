@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -320,3 +321,35 @@ def test_state_that_cannot_be_read_fails_every_table_and_the_report_is_kept(
         s3_client(s3_conn.endpoint_url or "").get_object(Bucket=s3_conn.bucket, Key=report_key)["Body"].read()
     )
     assert json.loads(body) == doc
+
+
+def test_an_internal_error_fails_every_table_as_not_retryable(cfg: Path) -> None:
+    """A bug that escapes the engine still gives the contract's JSON, every table failed, exit 1, and one
+    line on stderr; its tables are ``internal`` and not retryable (they were reported ``interrupted``,
+    retryable: a CI retry loop would rerun the bug for ever)."""
+    broken = (
+        "import src.cli.main as m\n"
+        "def start_workers(request):\n"
+        "    raise RuntimeError('planted bug')\n"
+        "m.start_workers = start_workers\n"
+        "m.main()\n"
+    )
+    doc, proc = run_json(
+        "--config-dir",
+        str(cfg),
+        "sync",
+        "-p",
+        "p",
+        "-t",
+        "a.b",
+        "-t",
+        "a.c",
+        cli=(sys.executable, "-c", broken),
+    )
+    assert proc.returncode == 1
+    check_contract(doc, ["a.b", "a.c"])
+    for result in doc["table_results"].values():
+        assert result["error_message"].startswith("internal error: RuntimeError: planted bug")
+        assert (result["phase"], result["retryable"]) == ("internal", False), result
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "planted bug" in errors[0] and "Traceback" not in proc.stderr, proc.stderr

@@ -289,6 +289,9 @@ def test_watermark_commands_report_an_unreachable_warehouse(
         doc = json.loads(proc.stdout)
         assert doc["status"] == "failed" and doc["table"] == "a.b"
         assert f"connecting to target 'tgt' (127.0.0.1:{port}/" in doc["error_message"]
+        # stderr says it too, in one line (a CI log shows stderr; stdout may go to a parser)
+        errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+        assert len(errors) == 1 and doc["error_message"] in errors[0], proc.stderr
 
 
 def test_watermark_commands_take_one_table(cfg: Path, mysql_db: str) -> None:
@@ -298,6 +301,22 @@ def test_watermark_commands_take_one_table(cfg: Path, mysql_db: str) -> None:
     )
     assert proc.returncode == 2 and proc.stdout == ""  # not the last one silently
     assert f"watermark get takes one table; got 2: {t1}, {t2}" in proc.stderr
+    # a comma-separated list, as sync takes it: the same usage error, not a table name with two dots
+    proc = run_cli(
+        "--config-dir",
+        str(cfg),
+        "watermark",
+        "set",
+        "-p",
+        "p",
+        "-t",
+        f"{t1},{t2}",
+        "--id",
+        "1",
+        "--json-output",
+    )
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert f"watermark set takes one table; got 2: {t1}, {t2}" in proc.stderr
 
 
 def test_dry_run_changes_nothing(cfg: Path, mysql_db: str, pg_schema: str, s3_conn: S3Conn) -> None:
@@ -313,6 +332,21 @@ def test_dry_run_changes_nothing(cfg: Path, mysql_db: str, pg_schema: str, s3_co
     assert "ORDER BY" in plan["sql"]["extract"] and any("INSERT" in s for s in plan["sql"]["load"])
     assert s3.list_objects_v2(Bucket=s3_conn.bucket).get("KeyCount", 0) == 0
     assert pg_fetch("SELECT count(*) FROM pg_namespace WHERE nspname = $1", pg_schema)[0][0] == 0
+
+
+def test_dry_run_errors_are_said_on_stderr(cfg: Path, mysql_db: str, tmp_path: Path) -> None:
+    """A plan that cannot be made says why on stderr too, in one line, not only inside the JSON."""
+    t = f"{mysql_db}.nope"
+    proc = run_cli("--config-dir", str(cfg), "sync", "-p", "p", "-t", t, "--dry-run", "--json-output")
+    assert proc.returncode == 1
+    message = json.loads(proc.stdout)["tables"][t]["error_message"]
+    assert "not found" in message
+    assert [line for line in proc.stderr.splitlines() if " ERROR " in line and message in line], proc.stderr
+    missing = tmp_path / "no-such-dir"
+    proc = run_cli("--config-dir", str(missing), "sync", "-p", "p", "-t", t, "--dry-run", "--json-output")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"config directory {missing} not found" in json.loads(proc.stdout)["tables"][t]["error_message"]
+    assert f"ERROR s3shift.dryrun: config directory {missing} not found" in proc.stderr, proc.stderr
 
 
 def test_dry_run_warns_only_when_no_index_could_serve_the_window(
