@@ -54,6 +54,7 @@ def write_config(
                     "username": target.username,
                     "database": target.database,
                     "schema": target.schema,
+                    "lock_timeout": target.lock_timeout,
                     **({"iam_role": target.iam_role} if target.iam_role else {}),
                 }
             },
