@@ -51,6 +51,8 @@ def is_retryable(exc: BaseException) -> bool:
 HINTS = {
     "55P03": "another session holds a lock on the table (see pg_locks); rerun when it is released, or raise "
     "the target's lock_timeout",
+    "42501": "grant the target's username the privilege named (or make it the owner of the schema and "
+    "table), then rerun",
 }
 
 
