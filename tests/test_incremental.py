@@ -4,6 +4,7 @@ dry-run and watermark commands (MySQL -> S3 moto -> PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -347,6 +348,34 @@ def test_dry_run_errors_are_said_on_stderr(cfg: Path, mysql_db: str, tmp_path: P
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"config directory {missing} not found" in json.loads(proc.stdout)["tables"][t]["error_message"]
     assert f"ERROR s3shift.dryrun: config directory {missing} not found" in proc.stderr, proc.stderr
+
+
+def test_a_dry_run_that_fails_exits_1(cfg: Path, mysql_db: str) -> None:
+    """A bug in the planner still prints one JSON document, and exits 1: it exited 0 (no table in the
+    document had failed, for there was none), so a CI job took the failed plan for a good one."""
+    broken = (
+        "import src.cli.main as m\n"
+        "async def plan_sync(request):\n"
+        "    raise RuntimeError('planted bug')\n"
+        "m.plan_sync = plan_sync\n"
+        "m.main()\n"
+    )
+    t = f"{mysql_db}.events"
+    proc = run_cli(
+        "--config-dir",
+        str(cfg),
+        "sync",
+        "-p",
+        "p",
+        "-t",
+        t,
+        "--dry-run",
+        "--json-output",
+        cli=(sys.executable, "-c", broken),
+    )
+    assert proc.returncode == 1, proc.stdout
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "failed" and "internal error: RuntimeError: planted bug" in doc["error_message"]
 
 
 def test_dry_run_warns_only_when_no_index_could_serve_the_window(

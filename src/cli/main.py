@@ -91,7 +91,8 @@ def sync(
     if dry_run:
         plan = _guarded(lambda: anyio.run(plan_sync, request), verbose)
         click.echo(dumps(plan, pretty=True))
-        ctx.exit(0 if all(t.get("status") == "planned" for t in plan.get("tables", {}).values()) else 1)
+        planned = plan.get("tables") or {}  # none at all: the plan itself failed
+        ctx.exit(0 if planned and all(t.get("status") == "planned" for t in planned.values()) else 1)
     report = _run(request, verbose)
     click.echo(render_json(report) if json_output else render_text(report))
     ctx.exit(report.exit_code)
