@@ -54,6 +54,7 @@ def write_config(
                     "username": target.username,
                     "database": target.database,
                     "schema": target.schema,
+                    "lock_timeout": target.lock_timeout,
                     **({"iam_role": target.iam_role} if target.iam_role else {}),
                 }
             },
@@ -179,8 +180,17 @@ def assert_tables_equal(
     return len(src)
 
 
+TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00")
+PHASES = {"config", "plan", "connect", "state", "cleanup", "introspect", "extract", "load"}
+PHASES |= {"interrupted", "worker", "internal"}
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def check_contract(doc: dict[str, Any], tables: list[str], pipeline: str = "p") -> None:
-    """Every rule of spec/json-output-format.md, for any report."""
+    """Every rule of spec/json-output-format.md, for any report (and the README's added keys)."""
     assert list(doc) == [
         "execution_id",
         "start_time",
@@ -195,24 +205,37 @@ def check_contract(doc: dict[str, Any], tables: list[str], pipeline: str = "p") 
     ]
     m = re.fullmatch(r"sync_(\d{8})_(\d{6})_([0-9a-f]{8})", doc["execution_id"])
     assert m, doc["execution_id"]
-    start = datetime.fromisoformat(doc["start_time"])
-    assert doc["start_time"].endswith("+00:00") and doc["end_time"].endswith("+00:00")
+    for stamp in (doc["start_time"], doc["end_time"]):
+        assert TIMESTAMP.fullmatch(stamp), stamp
+    start, end = datetime.fromisoformat(doc["start_time"]), datetime.fromisoformat(doc["end_time"])
     assert (m.group(1), m.group(2)) == (start.strftime("%Y%m%d"), start.strftime("%H%M%S"))
     assert doc["pipeline"] == pipeline
     assert doc["tables_requested"] == tables and doc["total_tables"] == len(tables)
     assert list(doc["table_results"]) == tables
     assert isinstance(doc["duration_seconds"], float) and doc["duration_seconds"] >= 0
+    assert abs((end - start).total_seconds() - doc["duration_seconds"]) < 2e-6
     ok = [r for r in doc["table_results"].values() if r["status"] == "success"]
     bad = [r for r in doc["table_results"].values() if r["status"] == "failed"]
     assert len(ok) + len(bad) == len(tables)
     for r in ok:
-        assert {"rows_processed", "files_created", "duration_seconds", "completed_at"} <= set(r)
-        assert not {"error_message", "failed_at"} & set(r)
-        assert r["completed_at"].endswith("+00:00")
+        assert list(r)[:5] == [
+            "status",
+            "rows_processed",
+            "files_created",
+            "duration_seconds",
+            "completed_at",
+        ]
+        assert _count(r["rows_processed"]) and _count(r["files_created"]), r
+        assert isinstance(r["duration_seconds"], float) and r["duration_seconds"] >= 0, r
+        assert not {"error_message", "failed_at", "phase", "retryable"} & set(r)
+        assert TIMESTAMP.fullmatch(r["completed_at"]), r["completed_at"]
     for r in bad:
-        assert {"error_message", "failed_at"} <= set(r) and r["error_message"]
+        assert list(r)[:3] == ["status", "error_message", "failed_at"], r
+        assert isinstance(r["error_message"], str) and r["error_message"].strip()
+        assert "\n" not in r["error_message"] and "Traceback" not in r["error_message"], r
         assert not {"rows_processed", "files_created", "completed_at", "duration_seconds"} & set(r)
-        assert r["failed_at"].endswith("+00:00")
+        assert TIMESTAMP.fullmatch(r["failed_at"]), r["failed_at"]
+        assert r.get("phase", "config") in PHASES and isinstance(r.get("retryable", False), bool), r
     expected = "success" if not bad else ("failed" if not ok else "partial_success")
     assert doc["status"] == expected
     assert doc["summary"] == {

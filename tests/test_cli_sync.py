@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -320,3 +321,67 @@ def test_state_that_cannot_be_read_fails_every_table_and_the_report_is_kept(
         s3_client(s3_conn.endpoint_url or "").get_object(Bucket=s3_conn.bucket, Key=report_key)["Body"].read()
     )
     assert json.loads(body) == doc
+
+
+def test_an_internal_error_fails_every_table_as_not_retryable(cfg: Path) -> None:
+    """A bug that escapes the engine still gives the contract's JSON, every table failed, exit 1, and one
+    line on stderr; its tables are ``internal`` and not retryable (they were reported ``interrupted``,
+    retryable: a CI retry loop would rerun the bug for ever)."""
+    broken = (
+        "import src.cli.main as m\n"
+        "def start_workers(request):\n"
+        "    raise RuntimeError('planted bug')\n"
+        "m.start_workers = start_workers\n"
+        "m.main()\n"
+    )
+    doc, proc = run_json(
+        "--config-dir",
+        str(cfg),
+        "sync",
+        "-p",
+        "p",
+        "-t",
+        "a.b",
+        "-t",
+        "a.c",
+        cli=(sys.executable, "-c", broken),
+    )
+    assert proc.returncode == 1
+    check_contract(doc, ["a.b", "a.c"])
+    for result in doc["table_results"].values():
+        assert result["error_message"].startswith("internal error: RuntimeError: planted bug")
+        assert (result["phase"], result["retryable"]) == ("internal", False), result
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "planted bug" in errors[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "expect"),
+    [
+        (
+            "port",
+            "ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', {port}) — check "
+            "connections.targets.tgt.host/port, the network path and that the server is running",
+        ),
+        ("database", 'database "s3s_no_such_db" does not exist — check connections.targets.tgt.database'),
+        (
+            "username",
+            'role "s3s_no_such_role" does not exist — check connections.targets.tgt.username and '
+            "its password",
+        ),
+    ],
+)
+def test_a_warehouse_that_refuses_the_connection_says_what_to_check(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, change: str, expect: str
+) -> None:
+    """As MySQL's connect errors do, the warehouse's name the config key to check, not only the cause."""
+    from dataclasses import replace
+
+    port = _free_port()
+    values = {"port": port, "database": "s3s_no_such_db", "username": "s3s_no_such_role"}
+    cfg = write_config(tmp_path / "c", source_conn, replace(pg_target, **{change: values[change]}), s3_conn)
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", "a.b")
+    assert proc.returncode == 1
+    check_contract(doc, ["a.b"])
+    result = doc["table_results"]["a.b"]
+    assert result["phase"] == "connect" and result["error_message"].endswith(expect.format(port=port)), result

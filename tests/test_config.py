@@ -339,3 +339,150 @@ def test_merge_keys_may_override(tmp_path: Path) -> None:
 def test_missing_config_dir_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"config directory .*nowhere not found; pass --config-dir"):
         load_pipeline(tmp_path / "nowhere", "nightly")
+
+
+@pytest.mark.parametrize(
+    ("section", "old", "new", "expect"),
+    [
+        # a value of the wrong kind: an error naming file and key, never truncated, coerced or a crash
+        (
+            "connections",
+            "port: 3306,",
+            "port: 3306.5,",
+            r"sources.shop_mysql.port' must be an integer \(got 3306.5",
+        ),
+        (
+            "connections",
+            "max_connections: 8}",
+            "max_connections: 2.9}",
+            r"max_connections' must be an integer",
+        ),
+        ("pipeline", "batch_size: 50000}", "batch_size: 0.5}", r"processing.batch_size' must be an integer"),
+        (
+            "connections",
+            "schema: analytics}",
+            "schema: yes}",
+            r"local_pg.schema' must be text, but YAML read",
+        ),
+        ("connections", "database: shop,", "database: off,", r"shop_mysql.database' must be text.*in quotes"),
+        (
+            "connections",
+            "max_connections: 8}",
+            "max_connections: 8, connect_timeout: true}",
+            r"connect_timeout' must be a finite number",
+        ),
+        (
+            "connections",
+            "max_connections: 8}",
+            "max_connections: 8, read_timeout: .nan}",
+            r"read_timeout' must be a finite number",
+        ),
+        (
+            "connections",
+            "schema: analytics}",
+            "schema: analytics, lock_timeout: .inf}",
+            r"lock_timeout' must be a finite number",
+        ),
+        (
+            "pipeline",
+            "cdc_id_column: id}",
+            "cdc_id_column: id, lag_seconds: .nan}",
+            r"shop.orders.lag_seconds' must be a finite",
+        ),
+        (
+            "connections",
+            "max_connections: 8}",
+            "max_connections: 8, connect_timeout: 0}",
+            r"connect_timeout' must be more than zero seconds",
+        ),
+        (
+            "connections",
+            "schema: analytics}",
+            "schema: analytics, connect_timeout: -1}",
+            r"local_pg.connect_timeout' must be more than zero",
+        ),
+        (
+            "connections",
+            "max_connections: 8}",
+            "max_connections: 8, read_timeout: -5}",
+            r"read_timeout' must be more than zero",
+        ),
+        (
+            "pipeline",
+            "target_name: dim_customers}",
+            "rename_columns: {name: [1]}}",
+            r"customers.rename_columns' must hold names, not \[1\]",
+        ),
+        (
+            "pipeline",
+            "target_name: dim_customers}",
+            "include_columns: [id, {a: 1}]}",
+            r"include_columns' must hold names",
+        ),
+        (
+            "pipeline",
+            "target_name: dim_customers}",
+            "sortkey: [id, no]}",
+            r"sortkey' must hold names, not False; put it in quotes",
+        ),
+        (
+            "pipeline",
+            "target_name: dim_customers}",
+            "encode: {id: [zstd]}}",
+            r"customers.encode' must hold names",
+        ),
+        (
+            "pipeline",
+            "source: shop_mysql",
+            "source: [shop_mysql]",
+            r"nightly.yml: 'pipeline.source' must be a single value",
+        ),
+        (
+            "pipeline",
+            "target: local_pg",
+            "target: {local_pg: 1}",
+            r"nightly.yml: 'pipeline.target' must be a single value",
+        ),
+        (
+            "connections",
+            "max_connections: 8}",
+            "max_connections: 8, ssh_tunnel: {enabled: flase}}",
+            r"ssh_tunnel.enabled' must be a bool",
+        ),
+    ],
+)
+def test_wrong_value_types_name_file_and_key(
+    tmp_path: Path, section: str, old: str, new: str, expect: str
+) -> None:
+    conns = CONNECTIONS.replace(old, new) if section == "connections" else CONNECTIONS
+    pipe = NIGHTLY.replace(old, new) if section == "pipeline" else NIGHTLY
+    assert conns != CONNECTIONS or pipe != NIGHTLY
+    with pytest.raises(ConfigError, match=expect) as err:
+        load_pipeline(write(tmp_path, conns, nightly=pipe), "nightly")
+    assert ("connections.yml" if section == "connections" else "nightly.yml") in str(err.value)
+
+
+def test_integral_numbers_and_numeric_names_still_load(tmp_path: Path) -> None:
+    conns = CONNECTIONS.replace("port: 3306,", "port: 3306.0,").replace("database: shop,", "database: 2024,")
+    pipe = NIGHTLY.replace("target_name: dim_customers}", "target_name: dim_customers, sortkey: [id, 2024]}")
+    p = load_pipeline(write(tmp_path, conns, nightly=pipe), "nightly")
+    assert (p.source.port, p.source.database) == (3306, "2024")
+    assert p.table("shop.customers").sortkey == ("id", "2024")
+
+
+def test_connection_names_of_a_pipeline_read_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any value may reference the environment: the connection names a pipeline picks too (one file for
+    staging and production), and its name."""
+    pipe = NIGHTLY.replace("target: local_pg", 'target: "${T_TARGET:-local_pg}"').replace(
+        "name: nightly", 'name: "${T_NAME:-nightly}"'
+    )
+    monkeypatch.delenv("T_TARGET", raising=False)
+    monkeypatch.delenv("T_NAME", raising=False)
+    assert load_pipeline(write(tmp_path, nightly=pipe), "nightly").target.name == "local_pg"
+    monkeypatch.setenv("T_TARGET", "prod_rs")
+    monkeypatch.setenv("T_RS_HOST", "rs.example.internal")
+    monkeypatch.setenv("T_RS_PASSWORD", "pw")
+    monkeypatch.setenv("T_RS_ROLE", "arn:aws:iam::123456789012:role/copy")
+    assert load_pipeline(write(tmp_path, nightly=pipe), "nightly").target.name == "prod_rs"

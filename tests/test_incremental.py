@@ -4,6 +4,7 @@ dry-run and watermark commands (MySQL -> S3 moto -> PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -289,6 +290,9 @@ def test_watermark_commands_report_an_unreachable_warehouse(
         doc = json.loads(proc.stdout)
         assert doc["status"] == "failed" and doc["table"] == "a.b"
         assert f"connecting to target 'tgt' (127.0.0.1:{port}/" in doc["error_message"]
+        # stderr says it too, in one line (a CI log shows stderr; stdout may go to a parser)
+        errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+        assert len(errors) == 1 and doc["error_message"] in errors[0], proc.stderr
 
 
 def test_watermark_commands_take_one_table(cfg: Path, mysql_db: str) -> None:
@@ -298,6 +302,22 @@ def test_watermark_commands_take_one_table(cfg: Path, mysql_db: str) -> None:
     )
     assert proc.returncode == 2 and proc.stdout == ""  # not the last one silently
     assert f"watermark get takes one table; got 2: {t1}, {t2}" in proc.stderr
+    # a comma-separated list, as sync takes it: the same usage error, not a table name with two dots
+    proc = run_cli(
+        "--config-dir",
+        str(cfg),
+        "watermark",
+        "set",
+        "-p",
+        "p",
+        "-t",
+        f"{t1},{t2}",
+        "--id",
+        "1",
+        "--json-output",
+    )
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert f"watermark set takes one table; got 2: {t1}, {t2}" in proc.stderr
 
 
 def test_dry_run_changes_nothing(cfg: Path, mysql_db: str, pg_schema: str, s3_conn: S3Conn) -> None:
@@ -313,6 +333,49 @@ def test_dry_run_changes_nothing(cfg: Path, mysql_db: str, pg_schema: str, s3_co
     assert "ORDER BY" in plan["sql"]["extract"] and any("INSERT" in s for s in plan["sql"]["load"])
     assert s3.list_objects_v2(Bucket=s3_conn.bucket).get("KeyCount", 0) == 0
     assert pg_fetch("SELECT count(*) FROM pg_namespace WHERE nspname = $1", pg_schema)[0][0] == 0
+
+
+def test_dry_run_errors_are_said_on_stderr(cfg: Path, mysql_db: str, tmp_path: Path) -> None:
+    """A plan that cannot be made says why on stderr too, in one line, not only inside the JSON."""
+    t = f"{mysql_db}.nope"
+    proc = run_cli("--config-dir", str(cfg), "sync", "-p", "p", "-t", t, "--dry-run", "--json-output")
+    assert proc.returncode == 1
+    message = json.loads(proc.stdout)["tables"][t]["error_message"]
+    assert "not found" in message
+    assert [line for line in proc.stderr.splitlines() if " ERROR " in line and message in line], proc.stderr
+    missing = tmp_path / "no-such-dir"
+    proc = run_cli("--config-dir", str(missing), "sync", "-p", "p", "-t", t, "--dry-run", "--json-output")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"config directory {missing} not found" in json.loads(proc.stdout)["tables"][t]["error_message"]
+    assert f"ERROR s3shift.dryrun: config directory {missing} not found" in proc.stderr, proc.stderr
+
+
+def test_a_dry_run_that_fails_exits_1(cfg: Path, mysql_db: str) -> None:
+    """A bug in the planner still prints one JSON document, and exits 1: it exited 0 (no table in the
+    document had failed, for there was none), so a CI job took the failed plan for a good one."""
+    broken = (
+        "import src.cli.main as m\n"
+        "async def plan_sync(request):\n"
+        "    raise RuntimeError('planted bug')\n"
+        "m.plan_sync = plan_sync\n"
+        "m.main()\n"
+    )
+    t = f"{mysql_db}.events"
+    proc = run_cli(
+        "--config-dir",
+        str(cfg),
+        "sync",
+        "-p",
+        "p",
+        "-t",
+        t,
+        "--dry-run",
+        "--json-output",
+        cli=(sys.executable, "-c", broken),
+    )
+    assert proc.returncode == 1, proc.stdout
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "failed" and "internal error: RuntimeError: planted bug" in doc["error_message"]
 
 
 def test_dry_run_warns_only_when_no_index_could_serve_the_window(

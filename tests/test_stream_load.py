@@ -7,6 +7,7 @@ back; an empty table empties the target."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 from pathlib import Path
@@ -156,6 +157,42 @@ def test_a_lock_on_the_target_delays_the_read_never_stalls_it(
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert assert_tables_equal(mysql_db, "big", pg_schema, "big", "id") == ROWS
+
+
+def test_a_target_locked_elsewhere_fails_the_table_in_its_load_phase(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """The streamed load locks the target before the first row is read; a lock another session keeps past
+    the target's ``lock_timeout`` fails the table retryable, target and state as they were, and the report
+    says the load failed (it said ``extract``: an orchestrator branching on the phase looked at MySQL)."""
+    mysql_exec(mysql_db, BIG, FILL.format(1, 100))
+    target = dataclasses.replace(pg_target, lock_timeout=1)
+    cfg = configure(tmp_path, source_conn, target, s3_conn, mysql_db)
+    table = f"{mysql_db}.big"
+    assert sync(cfg, table)["status"] == "success"
+    before = state(pg_schema, table)
+    mysql_exec(mysql_db, "DELETE FROM big WHERE id > 50")
+
+    async def locked() -> dict[str, Any]:
+        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_DATABASE)
+        try:
+            async with conn.transaction():
+                await conn.execute(f'LOCK TABLE "{pg_schema}".big IN ACCESS EXCLUSIVE MODE')
+                return await anyio.to_thread.run_sync(sync, cfg, table)
+        finally:
+            await conn.close()
+
+    failed = anyio.run(locked)
+    assert failed["status"] == "failed", failed
+    assert (failed["phase"], failed["retryable"]) == ("load", True), failed
+    assert "lock" in failed["error_message"] and "lock_timeout" in failed["error_message"]
+    assert state(pg_schema, table) == before
+    assert pg_fetch(f'SELECT count(*) AS n FROM "{pg_schema}".big')[0]["n"] == 100
 
 
 def test_a_failed_load_keeps_target_state_and_a_pending_stage(

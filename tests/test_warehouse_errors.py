@@ -79,6 +79,16 @@ async def test_classify_real_postgres_errors(sql: str, state: str, retryable: bo
 
 
 @pytest.mark.anyio
+async def test_a_privilege_the_user_lacks_says_what_to_grant() -> None:
+    sql = "DO $$BEGIN RAISE EXCEPTION 'permission denied for table b' USING ERRCODE = '42501'; END$$"
+    err = classify(await _raise(sql), cfg=CFG, action="replace load of", table="s.b")
+    assert str(err).endswith(
+        "permission denied for table b — grant the target's username the privilege named (or make it the "
+        "owner of the schema and table), then rerun"
+    ), err
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("ddl", "value", "expect"),
     [

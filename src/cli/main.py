@@ -23,9 +23,11 @@ from src.engine.dryrun import plan_sync
 from src.engine.run import SyncRequest, run_sync, start_workers, unique
 from src.engine.watermarks import Action, WatermarkRequest, run_watermark
 from src.plan.models import Watermark
-from src.report.aggregator import Aggregator
+from src.report.aggregator import INTERNAL, INTERRUPTED, Aggregator
 from src.report.models import RunReport, new_execution_id, utc_now
 from src.report.render import render_json, render_text
+
+_log = log.get_logger("cli")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,7 +91,8 @@ def sync(
     if dry_run:
         plan = _guarded(lambda: anyio.run(plan_sync, request), verbose)
         click.echo(dumps(plan, pretty=True))
-        ctx.exit(0 if all(t.get("status") == "planned" for t in plan.get("tables", {}).values()) else 1)
+        planned = plan.get("tables") or {}  # none at all: the plan itself failed
+        ctx.exit(0 if planned and all(t.get("status") == "planned" for t in planned.values()) else 1)
     report = _run(request, verbose)
     click.echo(render_json(report) if json_output else render_text(report))
     ctx.exit(report.exit_code)
@@ -102,23 +105,28 @@ def _run(request: SyncRequest, verbose: bool) -> RunReport:
         return anyio.run(functools.partial(run_sync, request, workers=workers))
     except KeyboardInterrupt:
         reason = "run interrupted (SIGINT) before this table finished; target and watermark unchanged"
+        extra = INTERRUPTED
     except Exception as exc:  # a bug: still honour the contract (JSON on stdout, every table failed)
         if verbose:
             traceback.print_exc(file=sys.stderr)
         reason = f"internal error: {describe(exc)} (rerun with --verbose for the traceback)"
+        extra = INTERNAL  # not "interrupted, retryable": a retry loop would rerun the bug forever
+        _log.error("%s", reason)
     start = utc_now()
     agg = Aggregator(new_execution_id(start), start, request.pipeline, request.tables)
-    return agg.report(missing_reason=reason)
+    return agg.report(missing_reason=reason, missing_extra=extra)
 
 
 def _guarded(fn: Any, verbose: bool) -> dict[str, Any]:
     try:
         result: dict[str, Any] = fn()
         return result
-    except Exception as exc:
+    except Exception as exc:  # the plan reports our errors per table: this is a bug
         if verbose:
             traceback.print_exc(file=sys.stderr)
-        return {"status": "failed", "error_message": describe(exc)}
+        message = f"internal error: {describe(exc)} (rerun with --verbose for the traceback)"
+        _log.error("%s", message)
+        return {"status": "failed", "error_message": message}
 
 
 @cli.group()
@@ -144,11 +152,12 @@ def _watermark_command(action: Action) -> Any:
         **kw: Any,
     ) -> None:
         log.configure(verbose)
-        if len(tables) != 1:  # click keeps only the last of a repeated single option: say so instead
+        named = unique([t for arg in tables for t in arg.split(",") if t.strip()])  # as sync reads -t
+        if len(named) != 1:  # click keeps only the last of a repeated single option: say so instead
             raise click.UsageError(
-                f"watermark {action} takes one table; got {len(tables)}: {', '.join(tables)}"
+                f"watermark {action} takes one table; got {len(named)}: {', '.join(named) or '(none)'}"
             )
-        table = tables[0]
+        table = named[0]
         mark = _parse_watermark(kw.get("timestamp"), kw.get("id")) if action == "set" else None
         request = WatermarkRequest(action, pipeline, table, ctx.find_root().obj["config_dir"], mark)
         try:
@@ -161,6 +170,7 @@ def _watermark_command(action: Action) -> Any:
             if not isinstance(exc, S3ShiftError):
                 message = f"internal error: {message} (rerun with --verbose for the traceback)"
             result = {"pipeline": pipeline, "table": table, "status": "failed", "error_message": message}
+            _log.error("watermark %s of %s (pipeline %s) failed: %s", action, table, pipeline, message)
         if json_output:
             click.echo(dumps(result, pretty=True))
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -59,46 +60,79 @@ def checked_values(
 
 
 def convert(value: Any, kind: str, *, file: Path, where: str) -> Any:
-    if kind in ("map", "pairs", "list"):
-        expected = list if kind == "list" else dict
-        if not isinstance(value, expected):
-            raise ConfigError(
-                f"{file}: '{where}' must be a {'list' if kind == 'list' else 'mapping'}",
-                file=str(file),
-                key=where,
-            )  # a "map" is a section whose own values are checked (and interpolated) in their turn
-        return value if kind == "map" else _interpolated(value, file=file, where=where)
+    if kind in ("map", "names", "name_map"):
+        return _collection(value, kind, file=file, where=where)
     text = interpolate(value, where=f"{file}: {where}") if isinstance(value, str) else value
     try:
         if kind == "int":
-            if isinstance(text, bool):
-                raise ValueError
-            return int(text)
+            return _integer(text)
         if kind == "float":
-            return float(text)
+            return _finite(text)
         if kind == "bool":
             return as_bool(text)
     except (TypeError, ValueError):
+        expected = {"int": "an integer", "float": "a finite number", "bool": "a bool"}[kind]
         raise ConfigError(
-            f"{file}: '{where}' must be {'an integer' if kind == 'int' else 'a ' + kind} (got {value!r})",
-            file=str(file),
-            key=where,
+            f"{file}: '{where}' must be {expected} (got {value!r})", file=str(file), key=where
         ) from None
     if isinstance(text, dict | list):
         raise ConfigError(f"{file}: '{where}' must be a single value", file=str(file), key=where)
+    if isinstance(text, bool):  # YAML 1.1 reads an unquoted yes/no/on/off/true/false as a boolean
+        raise ConfigError(
+            f"{file}: '{where}' must be text, but YAML read the unquoted word as a boolean "
+            f"({str(text).lower()}); put the value in quotes",
+            file=str(file),
+            key=where,
+        )
     return Secret(str(text)) if kind == "secret" else str(text)
 
 
-def _interpolated(value: Any, *, file: Path, where: str) -> Any:
-    """``value`` with ``${VAR}`` resolved in every string it holds: the items of a list, the values (not
-    the keys) of a mapping, at any depth. For leaf values only: resolving twice would undo ``$${``."""
-    if isinstance(value, str):
-        return interpolate(value, where=f"{file}: {where}")
+def _integer(value: Any) -> int:
+    """An integer, from an int, an integral float (``8.0``) or text; never a bool, never truncated."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    return int(value)
+
+
+def _finite(value: Any) -> float:
+    """A finite number (NaN and infinity reach the drivers as errors that name no key)."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
+
+
+def _collection(value: Any, kind: str, *, file: Path, where: str) -> Any:
+    """A mapping (a section: its values are checked, and resolved, in their turn), a list of names
+    (columns) or a mapping of names to names; a name is text or a number (YAML reads ``2024`` as one),
+    never a list, a mapping, a boolean or empty. ``${VAR}`` is resolved in the names (once: resolving
+    twice would undo ``$${``)."""
+    expected = list if kind == "names" else dict
+    if not isinstance(value, expected):
+        what = "a list" if kind == "names" else "a mapping"
+        raise ConfigError(f"{file}: '{where}' must be {what}", file=str(file), key=where)
+    if kind == "map":
+        return value
+    # ${VAR} is resolved in the names first; a mapping's keys are column names, taken as written
     if isinstance(value, list):
-        return [_interpolated(item, file=file, where=f"{where}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, dict):
-        return {k: _interpolated(item, file=file, where=where_of(where, str(k))) for k, item in value.items()}
+        value = [_resolved(item, file=file, where=f"{where}[{i}]") for i, item in enumerate(value)]
+    else:
+        value = {k: _resolved(item, file=file, where=where_of(where, str(k))) for k, item in value.items()}
+    items = list(value) if isinstance(value, list) else [n for pair in value.items() for n in pair]
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, str | int) or item == "":
+            quote = "; put it in quotes" if isinstance(item, bool) or item is None else ""
+            raise ConfigError(
+                f"{file}: '{where}' must hold names, not {item!r}{quote}", file=str(file), key=where
+            )
     return value
+
+
+def _resolved(name: Any, *, file: Path, where: str) -> Any:
+    """One name with its ``${VAR}`` references resolved (anything else passes, to be checked)."""
+    return interpolate(name, where=f"{file}: {where}") if isinstance(name, str) else name
 
 
 def as_bool(value: Any) -> bool:
@@ -123,6 +157,17 @@ def positive(values: Mapping[str, Any], keys: tuple[str, ...], file: Path, where
         if key in values and values[key] <= 0:
             raise ConfigError(
                 f"{file}: '{where}.{key}' must be a positive integer (got {values[key]})",
+                file=str(file),
+                key=f"{where}.{key}",
+            )
+
+
+def positive_seconds(values: Mapping[str, Any], keys: tuple[str, ...], file: Path, where: str) -> None:
+    """Timeouts: zero or less would reach a driver, which refuses it naming neither file nor key."""
+    for key in keys:
+        if key in values and values[key] <= 0:
+            raise ConfigError(
+                f"{file}: '{where}.{key}' must be more than zero seconds (got {values[key]})",
                 file=str(file),
                 key=f"{where}.{key}",
             )

@@ -16,12 +16,13 @@ import yaml
 from src.common.errors import ConfigError
 from src.common.naming import split_table
 from src.config.fields import (
-    as_bool,
     check_keys,
     checked_values,
+    convert,
     get_section,
     port_number,
     positive,
+    positive_seconds,
     require,
 )
 from src.config.models import (
@@ -37,8 +38,8 @@ DEFAULT_CONFIG_DIR = "config"
 CONFIG_DIR_ENV = "S3SHIFT_CONFIG_DIR"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
-# Allowed keys per section: key -> kind ("str" | "int" | "float" | "bool" | "secret" | "list" | "pairs": leaf
-# values with ${VAR} resolved in their items | "map": a section whose values are checked in their turn).
+# Allowed keys per section: key -> kind ("str" | "int" | "float" | "bool" | "secret" | "map", or
+# "names" | "name_map": a list of names, a mapping of names to names).
 _SOURCE_KEYS = {
     "host": "str",
     "port": "int",
@@ -127,7 +128,9 @@ def load_pipeline(directory: Path, name: str) -> Pipeline:
     spec = get_section(doc, "pipeline", file=path, where="", required=True) or {}
     check_keys(spec, _PIPELINE_KEYS, file=path, where="pipeline")
     declared = spec.get("name")
-    if declared is not None and str(declared) != name:
+    if declared is not None:
+        declared = convert(declared, "str", file=path, where="pipeline.name")
+    if declared is not None and declared != name:
         raise ConfigError(
             f"{path}: pipeline.name is '{declared}' but the file is named '{name}'; make them equal",
             file=str(path),
@@ -219,6 +222,8 @@ def _ref(
     connections: Mapping[str, Any], kind: str, spec: Mapping[str, Any], key: str, path: Path, conns_path: Path
 ) -> tuple[str, dict[str, Any]]:
     name = spec.get(key)
+    if name is not None:  # a name, ${VAR} resolved: a list or mapping here is an error, not a crash
+        name = convert(name, "str", file=path, where=f"pipeline.{key}")
     if not name:
         raise ConfigError(f"{path}: missing key 'pipeline.{key}'", file=str(path), key=f"pipeline.{key}")
     section = get_section(connections, kind, file=conns_path, where="connections") or {}
@@ -254,7 +259,9 @@ def _connection_values(
 def _no_tunnel(values: dict[str, Any], file: Path, where: str) -> None:
     tunnel = values.pop("ssh_tunnel", None)
     values.pop("description", None)
-    if tunnel and as_bool(tunnel.get("enabled", True)):
+    if tunnel and convert(
+        tunnel.get("enabled", True), "bool", file=file, where=f"{where}.ssh_tunnel.enabled"
+    ):
         raise ConfigError(
             f"{file}: '{where}.ssh_tunnel' is not supported; open the tunnel outside "
             "s3shift (e.g. ssh -L) and point host/port at it",
@@ -275,6 +282,7 @@ def _source(ref: tuple[str, dict[str, Any]], file: Path) -> SourceConn:
             key=f"{where}.driver",
         )
     positive(v, ("port", "max_connections"), file, where)
+    positive_seconds(v, ("connect_timeout", "read_timeout"), file, where)
     port_number(v, file, where)
     return SourceConn(name=name, **v)
 
@@ -293,6 +301,7 @@ def _target(ref: tuple[str, dict[str, Any]], file: Path) -> TargetConn:
     require(v, ("host", "username", "database"), file, where)
     v.setdefault("port", 5439 if kind == "redshift" else 5432)
     positive(v, ("port", "max_connections"), file, where)
+    positive_seconds(v, ("connect_timeout",), file, where)
     port_number(v, file, where)
     if v.get("lock_timeout", 0) < 0:
         raise ConfigError(

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 
 from src.common.errors import S3ShiftError, describe, first_error
+from src.common.log import get_logger
 from src.common.schema import TableSchema
 from src.engine.context import RunContext
 from src.engine.limits import Limits
@@ -25,6 +26,8 @@ from src.stage.manifest import stage_result
 from src.stage.models import StagedFile
 from src.stage.pending import list_stages
 from src.warehouse.redshift import RedshiftConnect
+
+log = get_logger("dryrun")
 
 
 async def plan_sync(
@@ -46,6 +49,7 @@ async def plan_sync(
     try:
         pipeline = load_config(request.pipeline, request.config_dir)
     except S3ShiftError as exc:
+        log.error("%s", describe(exc))
         doc["tables"] = {t: {"status": "error", "error_message": describe(exc)} for t in tables}
         return doc
     doc["processes"] = process_count(pipeline, len(tables))  # what the run would fork (start_workers)
@@ -57,6 +61,7 @@ async def plan_sync(
             )
         except Exception as exc:
             err = describe(first_error(exc))
+            log.error("%s", err)
             doc["tables"] = {t: {"status": "error", "error_message": err} for t in tables}
             return doc
         ctx = RunContext(execution_id, pipeline, limits, res.source, res.s3, res.warehouse, request.mode)
@@ -72,6 +77,7 @@ async def plan_sync(
                 results[table] = await _plan_one(ctx, res, plan)
             except Exception as exc:
                 results[table] = {"status": "error", "error_message": describe(first_error(exc))}
+                log.error("%s: %s", table, results[table]["error_message"])
 
         async with anyio.create_task_group() as tg:
             for table in tables:

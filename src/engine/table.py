@@ -205,7 +205,9 @@ async def _stage_and_load(
     transaction (the target locked and emptied before the first row is read); it commits only after the
     manifest is written, with the state row. A failed load does not stop the stage: it is kept pending
     (a later run's fresh snapshot supersedes it), and the load's error is the table's."""
+    progress.phase = "load"  # opening it locks the target: a lock or privilege it lacks fails the load
     async with streamed as load:
+        progress.phase = "extract"
         send, receive = anyio.create_memory_object_stream[pa.RecordBatch](max_buffer_size=1)
         failed: list[Exception] = []
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -11,6 +11,7 @@ from src.report.models import RunReport, TableFailure, TableResult, utc_now
 
 log = get_logger("report")
 INTERRUPTED = {"phase": "interrupted", "retryable": True}  # a table the run ended without: rerun it
+INTERNAL = {"phase": "internal", "retryable": False}  # a bug in s3shift: rerunning repeats it
 
 
 @dataclass
@@ -31,12 +32,17 @@ class Aggregator:
         outcome = "ok" if not isinstance(result, TableFailure) else f"FAILED: {result.error_message}"
         log.info("%s %s", result.table, outcome)
 
-    def report(self, *, missing_reason: str = "table was not processed (run interrupted)") -> RunReport:
-        """The final report. A requested table with no result is reported failed (``INTERRUPTED``), never
-        dropped."""
+    def report(
+        self,
+        *,
+        missing_reason: str = "table was not processed (run interrupted)",
+        missing_extra: Mapping[str, object] = INTERRUPTED,
+    ) -> RunReport:
+        """The final report. A requested table with no result is reported failed (``INTERRUPTED`` unless
+        ``missing_extra`` says otherwise), never dropped."""
         now = utc_now()
         results = {
-            t: self.results.get(t) or TableFailure(t, missing_reason, now, extra=dict(INTERRUPTED))
+            t: self.results.get(t) or TableFailure(t, missing_reason, now, extra=dict(missing_extra))
             for t in self.tables
         }
         return RunReport(

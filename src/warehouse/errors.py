@@ -51,6 +51,8 @@ def is_retryable(exc: BaseException) -> bool:
 HINTS = {
     "55P03": "another session holds a lock on the table (see pg_locks); rerun when it is released, or raise "
     "the target's lock_timeout",
+    "42501": "grant the target's username the privilege named (or make it the owner of the schema and "
+    "table), then rerun",
 }
 
 
@@ -73,6 +75,19 @@ def _server_text(exc: BaseException, state: str) -> str:
         return str(exc)
     server_hint = getattr(exc, "hint", None)
     return str(exc.args[0] if exc.args else "") + (f" HINT: {server_hint}" if server_hint else "")
+
+
+def connect_hint(exc: BaseException, cfg: TargetConn) -> str:
+    """What to check when a connection to ``cfg`` cannot be opened: the config key, as MySQL's say."""
+    key = f"connections.targets.{cfg.name}"
+    state = sqlstate_of(exc)
+    if state in ("28P01", "28000"):  # invalid password, invalid authorization (unknown role, pg_hba)
+        return f"check {key}.username and its password"
+    if state == "3D000":
+        return f"check {key}.database"
+    if state is None and isinstance(exc, OSError | TimeoutError):  # refused, unresolved, timed out
+        return f"check {key}.host/port, the network path and that the server is running"
+    return ""
 
 
 def client_side_cause(exc: BaseException) -> BaseException | None:
@@ -117,8 +132,9 @@ def classify(exc: BaseException, *, cfg: TargetConn, action: str, table: str | N
             retryable=exc.retryable,
         )
     subject = f"{action} {table} on {where(cfg)}" if table else f"{action} {where(cfg)}"
+    hint = connect_hint(exc, cfg) if action == "connecting to" else ""
     return WarehouseError(
-        f"{subject} failed: {cause_text(exc)}",
+        f"{subject} failed: {cause_text(exc)}" + (f" — {hint}" if hint else ""),
         table=table,
         sqlstate=sqlstate_of(exc),
         retryable=is_retryable(exc),
