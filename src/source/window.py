@@ -278,7 +278,7 @@ def window_sql(
         return select_sql(database, table, schema, with_filter(None, where, bound=False))
     check_window(f"{database}.{table}", schema, window)
     keyset = keyset_for(schema, window)
-    after = steady_position(keyset) if keyset.paged else (datetime.min,)
+    after = steady_position(keyset)
     return PageQuery(database, table, schema, keyset, batch_size, where).sql(after, datetime.min)[0]
 
 
