@@ -31,11 +31,12 @@ from src.stage.pending import (
     list_runs,
     read_stages,
 )
-from src.warehouse.base import LoadRequest, LoadResult, StateRow, StreamedLoad
+from src.warehouse.base import Clear, LoadRequest, LoadResult, StateRow, StreamedLoad
 from src.warehouse.ddl import DistSort
 
 log = get_logger("engine")
 DELETES_NOTE = "deletes at the source are not captured by watermark strategies; run full_sync to reconcile"
+UNCHAINED = frozenset({"manual", "reset", "full_sync"})  # state rows no incremental window continues
 
 
 @dataclass
@@ -350,7 +351,15 @@ def load_request(ctx: RunContext, plan: TablePlan, stage: StageResult, state: St
         rename=plan.columns.rename,
         schema_change=plan.policy.schema_change,
         distsort=_distsort(plan),
+        clear=Clear(win.start) if meta["mode"] == "append" and not full and unchained(state) else None,
     )
+
+
+def unchained(state: StateRow | None) -> bool:
+    """Whether the target may hold rows after the position the next window starts at: no append of the
+    window before it left the position there (no state yet, so a target loaded some other way; a
+    ``watermark set``/``reset``, which may move it back over loaded rows; a full snapshot)."""
+    return state is None or state.strategy in UNCHAINED
 
 
 def _distsort(plan: TablePlan) -> DistSort | None:
