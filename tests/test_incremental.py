@@ -159,6 +159,26 @@ def test_a_table_without_a_key_read_again_is_never_appended_twice(
     same()
 
 
+def test_a_new_target_name_is_loaded_from_the_beginning(cfg: Path, mysql_db: str, pg_schema: str) -> None:
+    """The watermark belongs to the target it was committed with: after target_name changed, the next run
+    went on from the old target's watermark, so the new target got only the rows written since."""
+    t = f"{mysql_db}.events"
+    insert_events(mysql_db, [(1, "a", "2024-01-01"), (2, "b", "2024-01-02")])
+    assert sync(cfg, t)["table_results"][t]["rows_processed"] == 2
+    pipeline = json.loads((cfg / "pipelines" / "p.yml").read_text())
+    pipeline["tables"][t]["target_name"] = "events_v2"
+    (cfg / "pipelines" / "p.yml").write_text(json.dumps(pipeline))
+    insert_events(mysql_db, [(3, "c", "NOW(6)")])
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", t)
+    r = doc["table_results"][t]
+    assert (
+        r["rows_processed"] == 3 and r["window"]["start"] is None and r["target"] == f"{pg_schema}.events_v2"
+    )
+    assert f"its watermark was committed for {pg_schema}.events, not {pg_schema}.events_v2" in proc.stderr
+    assert assert_tables_equal(mysql_db, "events", pg_schema, "events_v2", "id") == 3
+    assert sync(cfg, t)["table_results"][t]["rows_processed"] == 0  # the new target's own position now
+
+
 def test_rows_stamped_in_the_second_a_run_reads_its_clock_are_read_by_the_next_run(
     tmp_path: Path,
     source_conn: SourceConn,

@@ -16,7 +16,16 @@ from src.common.errors import S3ShiftError, describe, first_error
 from src.common.log import get_logger
 from src.common.schema import TableSchema
 from src.engine.context import RunContext
-from src.engine.pending import Chain, describe_stage, format_ts, parse_ts, select, stage_id, stage_window
+from src.engine.pending import (
+    Chain,
+    describe_stage,
+    for_target,
+    format_ts,
+    parse_ts,
+    select,
+    stage_id,
+    stage_window,
+)
 from src.engine.reading import TableRead, extract_and_stage, plan_window, window_is_empty
 from src.plan.models import Window
 from src.plan.planner import Resolved, TablePlan, read_window
@@ -80,6 +89,7 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
         state = ctx.states.get(plan.table)
     else:
         state = await ctx.warehouse.read_state(ctx.pipeline.name, plan.table)
+    state = for_target(state, target_of(ctx, plan))
     since = (state.stage_id or None) if state else None
     runs = await list_runs(ctx.s3, ctx.pipeline.name, plan.table, since=since, scan=ctx.scan)
     unknown = [i for i in runs.ids if i != since]  # the latest state row's own stage is committed
@@ -327,7 +337,7 @@ def load_request(ctx: RunContext, plan: TablePlan, stage: StageResult, state: St
     row = StateRow(
         pipeline=ctx.pipeline.name,
         table=plan.table,
-        target=f"{ctx.pipeline.target.schema}.{plan.target_table}",
+        target=target_of(ctx, plan),
         strategy=win.strategy,
         stage_id=stage_id(stage),
         loaded_by=ctx.execution_id,
@@ -353,6 +363,11 @@ def load_request(ctx: RunContext, plan: TablePlan, stage: StageResult, state: St
         distsort=_distsort(plan),
         clear=Clear(win.start) if meta["mode"] == "append" and not full and unchained(state) else None,
     )
+
+
+def target_of(ctx: RunContext, plan: TablePlan) -> str:
+    """The "schema.table" a table's state rows name as its target."""
+    return f"{ctx.pipeline.target.schema}.{plan.target_table}"
 
 
 def unchained(state: StateRow | None) -> bool:
