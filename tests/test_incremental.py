@@ -251,6 +251,36 @@ def test_a_unique_key_of_not_null_columns_is_the_key_without_a_primary_key(
     assert assert_tables_equal(mysql_db, "accounts", pg_schema, "accounts", "email") == 2
 
 
+def test_rows_with_a_null_cursor_are_counted_in_the_result(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+) -> None:
+    """No window ever reads a row whose cursor is NULL; the run said nothing of them, so rows a nullable
+    updated_at left NULL were missing from the target without a word. The result counts them (within the
+    table's row filter) and stderr says what to do; a NOT NULL cursor costs no query and adds no key."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE maybe (id INT PRIMARY KEY, v INT, updated_at DATETIME(6) NULL, KEY (updated_at))",
+        "INSERT INTO maybe VALUES (1, 1, '2024-01-01'), (2, 2, NULL), (3, 3, NULL), (4, 99, NULL)",
+    )
+    mysql_exec(mysql_db, EVENTS, "INSERT INTO events VALUES (1, 'a', 1, '2024-01-01')")
+    t, full = f"{mysql_db}.maybe", f"{mysql_db}.events"
+    tables = {
+        t: {"cdc_strategy": "timestamp_only", "lag_seconds": 0, "where": "v < 99"},
+        full: {"cdc_strategy": "hybrid", "lag_seconds": 0},
+    }
+    cfg = write_config(tmp_path / "c", source_conn, pg_target, s3_conn, tables)
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", t, "-t", full)
+    assert doc["table_results"][t]["rows_processed"] == 1 and doc["table_results"][t]["null_cursor_rows"] == 2
+    assert "null_cursor_rows" not in doc["table_results"][full]
+    assert (
+        f"{t}: 2 row(s) have a NULL cursor (updated_at) and are never read by timestamp_only" in proc.stderr
+    )
+
+
 def test_lookback_without_key_is_refused(
     tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
 ) -> None:

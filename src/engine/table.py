@@ -31,7 +31,8 @@ from src.plan.models import Window
 from src.plan.planner import Resolved, TablePlan, read_window
 from src.report.models import TableFailure, TableResult, TableSuccess, utc_now
 from src.source.extract import ExtractStats
-from src.source.window import source_now
+from src.source.mysql import SourceConnection
+from src.source.window import null_cursor_rows, source_now
 from src.stage.manifest import stage_result
 from src.stage.models import StageResult
 from src.stage.pending import (
@@ -65,6 +66,7 @@ class _Backup:
     stats: ExtractStats
     window: Window
     loaded: LoadResult | None = None  # the stage was loaded while it was written (``_stage_and_load``)
+    null_cursors: int = 0  # rows no window reads: a cursor column of theirs is NULL
 
 
 async def sync_table(ctx: RunContext, plan: TablePlan) -> TableResult:
@@ -116,6 +118,8 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
             progress.extra["coercions"] = backup.stats.coercions
         if backup.stats.path:
             progress.extra["extract"] = backup.stats.path
+        if backup.null_cursors:
+            progress.extra["null_cursor_rows"] = backup.null_cursors
         progress.extra["window"] = _window_dict(backup.window)
         if plan.strategy != "full_sync":
             progress.extra["deletes"] = DELETES_NOTE
@@ -161,8 +165,9 @@ async def _backup(
         progress.phase = "introspect"
         schema, resolved, win = await plan_window(conn, plan, chain.position, ctx.catalog)
         stats = ExtractStats()
+        nulls = await null_cursors(conn, plan, schema, win)
         if window_is_empty(win):
-            return _Backup(None, stats, win)
+            return _Backup(None, stats, win, null_cursors=nulls)
         extracted_at = await source_now(conn, ctx.clock)
         progress.phase = "extract"
         mark = time.monotonic()
@@ -178,9 +183,25 @@ async def _backup(
         if stage.rows == 0 and plan.strategy != "full_sync":
             await delete_stage(ctx.s3, stage)  # nothing new: no COPY, state untouched
             progress.timed("extract_stage", mark)
-            return _Backup(None, stats, win)
+            return _Backup(None, stats, win, null_cursors=nulls)
         progress.timed("extract_stage", mark)
-    return _Backup(stage, stats, win, loaded)
+    return _Backup(stage, stats, win, loaded, nulls)
+
+
+async def null_cursors(conn: SourceConnection, plan: TablePlan, schema: TableSchema, win: Window) -> int:
+    """The rows of the table no window reads because their cursor is NULL (logged when there are any)."""
+    found = await null_cursor_rows(conn, plan.database, plan.source_table, schema, win, where=plan.where)
+    if found:
+        columns = ", ".join(c for c in (win.ts_column, win.id_column) if c)
+        log.warning(
+            "%s: %d row(s) have a NULL cursor (%s) and are never read by %s; give them a value, or sync "
+            "the table with full_sync",
+            plan.table,
+            found,
+            columns,
+            plan.strategy,
+        )
+    return found
 
 
 def stream_blocker(ctx: RunContext, plan: TablePlan) -> str | None:
