@@ -130,6 +130,56 @@ def test_id_only_append_without_key_exactly_once(cfg: Path, mysql_db: str, pg_sc
     assert rows == sorted(tuple(r) for r in mysql_rows(mysql_db, "SELECT seq, msg FROM log"))
 
 
+def test_a_table_without_a_key_read_again_is_never_appended_twice(
+    cfg: Path, mysql_db: str, pg_schema: str
+) -> None:
+    """A table without a key appends each window. A window read again (the watermark set back, or reset;
+    the first window after a full snapshot) was appended beside the rows already loaded: every rerun
+    doubled them. Such a window now first deletes the target rows after its start."""
+    mysql_exec(mysql_db, "INSERT INTO log VALUES (1, 'a'), (2, 'b'), (2, 'b-dup'), (3, 'c'), (5, 'e')")
+    t = f"{mysql_db}.log"
+    base = ("--config-dir", str(cfg), "watermark")
+
+    def same() -> None:
+        rows = sorted(tuple(r) for r in pg_fetch(f'SELECT seq, msg FROM "{pg_schema}".log'))
+        assert rows == sorted(mysql_rows(mysql_db, "SELECT seq, msg FROM log"))
+
+    assert sync(cfg, t)["table_results"][t]["rows_processed"] == 5
+    assert run_cli(*base, "set", "-p", "p", "-t", t, "--id", "1").returncode == 0
+    mysql_exec(mysql_db, "INSERT INTO log VALUES (6, 'f')")
+    assert sync(cfg, t)["table_results"][t]["rows_processed"] == 5  # 2, 2, 3, 5 again, and 6
+    same()
+    pipeline = json.loads((cfg / "pipelines" / "p.yml").read_text())
+    pipeline["tables"][t]["cdc_strategy"] = "full_sync"
+    (cfg / "pipelines" / "p.yml").write_text(json.dumps(pipeline))
+    assert sync(cfg, t)["status"] == "success"
+    pipeline["tables"][t]["cdc_strategy"] = "id_only"
+    (cfg / "pipelines" / "p.yml").write_text(json.dumps(pipeline))
+    mysql_exec(mysql_db, "INSERT INTO log VALUES (7, 'g')")
+    assert sync(cfg, t)["table_results"][t]["rows_processed"] == 7  # from the start, after the snapshot
+    same()
+
+
+def test_a_new_target_name_is_loaded_from_the_beginning(cfg: Path, mysql_db: str, pg_schema: str) -> None:
+    """The watermark belongs to the target it was committed with: after target_name changed, the next run
+    went on from the old target's watermark, so the new target got only the rows written since."""
+    t = f"{mysql_db}.events"
+    insert_events(mysql_db, [(1, "a", "2024-01-01"), (2, "b", "2024-01-02")])
+    assert sync(cfg, t)["table_results"][t]["rows_processed"] == 2
+    pipeline = json.loads((cfg / "pipelines" / "p.yml").read_text())
+    pipeline["tables"][t]["target_name"] = "events_v2"
+    (cfg / "pipelines" / "p.yml").write_text(json.dumps(pipeline))
+    insert_events(mysql_db, [(3, "c", "NOW(6)")])
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", t)
+    r = doc["table_results"][t]
+    assert (
+        r["rows_processed"] == 3 and r["window"]["start"] is None and r["target"] == f"{pg_schema}.events_v2"
+    )
+    assert f"its watermark was committed for {pg_schema}.events, not {pg_schema}.events_v2" in proc.stderr
+    assert assert_tables_equal(mysql_db, "events", pg_schema, "events_v2", "id") == 3
+    assert sync(cfg, t)["table_results"][t]["rows_processed"] == 0  # the new target's own position now
+
+
 def test_rows_stamped_in_the_second_a_run_reads_its_clock_are_read_by_the_next_run(
     tmp_path: Path,
     source_conn: SourceConn,
@@ -200,6 +250,36 @@ def test_a_unique_key_of_not_null_columns_is_the_key_without_a_primary_key(
     mysql_exec(mysql_db, "UPDATE accounts SET v = 10, updated_at = NOW(6) WHERE email = 'x@a'")
     assert sync(cfg, t)["table_results"][t]["rows_processed"] == 1
     assert assert_tables_equal(mysql_db, "accounts", pg_schema, "accounts", "email") == 2
+
+
+def test_rows_with_a_null_cursor_are_counted_in_the_result(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+) -> None:
+    """No window ever reads a row whose cursor is NULL; the run said nothing of them, so rows a nullable
+    updated_at left NULL were missing from the target without a word. The result counts them (within the
+    table's row filter) and stderr says what to do; a NOT NULL cursor costs no query and adds no key."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE maybe (id INT PRIMARY KEY, v INT, updated_at DATETIME(6) NULL, KEY (updated_at))",
+        "INSERT INTO maybe VALUES (1, 1, '2024-01-01'), (2, 2, NULL), (3, 3, NULL), (4, 99, NULL)",
+    )
+    mysql_exec(mysql_db, EVENTS, "INSERT INTO events VALUES (1, 'a', 1, '2024-01-01')")
+    t, full = f"{mysql_db}.maybe", f"{mysql_db}.events"
+    tables = {
+        t: {"cdc_strategy": "timestamp_only", "lag_seconds": 0, "where": "v < 99"},
+        full: {"cdc_strategy": "hybrid", "lag_seconds": 0},
+    }
+    cfg = write_config(tmp_path / "c", source_conn, pg_target, s3_conn, tables)
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", t, "-t", full)
+    assert doc["table_results"][t]["rows_processed"] == 1 and doc["table_results"][t]["null_cursor_rows"] == 2
+    assert "null_cursor_rows" not in doc["table_results"][full]
+    assert (
+        f"{t}: 2 row(s) have a NULL cursor (updated_at) and are never read by timestamp_only" in proc.stderr
+    )
 
 
 def test_lookback_without_key_is_refused(

@@ -52,15 +52,22 @@ class Read:
 
 
 async def read(
-    cfg: SourceConn, table: str, window: Window, *, batch_size: int = 1000, on_batch: OnBatch | None = None
+    cfg: SourceConn,
+    table: str,
+    window: Window,
+    *,
+    batch_size: int = 1000,
+    on_batch: OnBatch | None = None,
+    primary_key: tuple[str, ...] | None = None,
 ) -> Read:
-    """extract_window into a consumer that sees each batch (buffer 0: the reader waits for it)."""
+    """extract_window into a consumer that sees each batch (buffer 0: the reader waits for it);
+    ``primary_key``: a configured key overriding the table's."""
     assert cfg.database
     stats = ExtractStats()
     batches: list[pa.RecordBatch] = []
     send, receive = anyio.create_memory_object_stream[pa.RecordBatch](0)
     async with MySQLSource(cfg) as src, src.connection() as conn:
-        schema = await describe_table(conn, cfg.database, table)
+        schema = await describe_table(conn, cfg.database, table, primary_key=primary_key)
         async with anyio.create_task_group() as tg:
             tg.start_soon(
                 lambda: extract_window(
@@ -129,6 +136,50 @@ async def test_ties_at_page_boundaries_are_read_exactly_once(
     assert got.sizes == [3, 3, 3, 3, 2] and got.stats.rows == 14 and got.stats.batches == 5
     resumed = await read(cfg, "o", replace(window, start=Watermark(ts=at(5), id=25)), batch_size=3)
     assert resumed.col("id") == [29, 33, 40, 50, 60, 1]
+
+
+@pytest.mark.anyio
+async def test_ties_of_a_cursor_that_is_not_the_whole_key_are_never_cut_by_a_page(
+    cfg: SourceConn, mysql_db: str
+) -> None:
+    """A per-tenant id (key ``(tenant, id)``) repeats across tenants, a log's ``seq`` repeats: pages
+    ordered by the cursor alone cut such a tie at a page boundary and the next page (``id > last``)
+    skipped the rest of it (hybrid and id_only read 8 of these 12 rows). The key's other columns now
+    complete the order; a table without a key is read in one query."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE c (tenant INT NOT NULL, id INT NOT NULL, ts DATETIME(6) NOT NULL,"
+        " PRIMARY KEY (tenant, id), KEY (ts, id))",
+        f"INSERT INTO c SELECT t.seq, i.seq, '{T0}' FROM seq_1_to_3 t, seq_1_to_4 i",
+        "CREATE TABLE g (seq INT NOT NULL, v VARCHAR(10), KEY (seq))",
+        "INSERT INTO g SELECT seq DIV 3, 'x' FROM seq_0_to_11",
+    )
+    every = [(t, i) for i in range(1, 5) for t in range(1, 4)]  # (ts, id, tenant) order
+    hyb = Window("hybrid", ts_column="ts", id_column="id", end=FAR)
+    got = await read(cfg, "c", hyb, batch_size=2)
+    assert list(zip(got.col("tenant"), got.col("id"), strict=True)) == every
+    resumed = await read(cfg, "c", replace(hyb, start=Watermark(ts=T0, id=2)), batch_size=2)
+    assert list(zip(resumed.col("tenant"), resumed.col("id"), strict=True)) == every[6:]
+    by_id = await read(cfg, "c", Window("id_only", id_column="id", end=Watermark(id=4)), batch_size=2)
+    assert list(zip(by_id.col("tenant"), by_id.col("id"), strict=True)) == every
+    log = await read(cfg, "g", Window("id_only", id_column="seq", end=Watermark(id=3)), batch_size=2)
+    assert sorted(log.col("seq")) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert "ORDER BY `ts`, `id`, `tenant` LIMIT" in await with_conn(cfg, _sql(hyb), "c")
+
+
+@pytest.mark.anyio
+async def test_a_configured_key_that_can_be_null_hides_no_row(cfg: SourceConn, mysql_db: str) -> None:
+    """``primary_key: [code]`` on a nullable column: pages broke timestamp ties on it with ``code > last``
+    and ``code IS NOT NULL``, so every row whose code was NULL was silently never read. Such a key does
+    not order the rows: the window is one query, and a NULL key reaches the load (which refuses it)."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE k (code VARCHAR(5) NULL, ts DATETIME(6) NOT NULL, KEY (ts))",
+        f"INSERT INTO k VALUES ('a', '{T0}'), (NULL, '{T0}'), ('c', '{T0}'), (NULL, '{at(1)}')",
+    )
+    window = Window("timestamp_only", ts_column="ts", end=FAR)
+    got = await read(cfg, "k", window, batch_size=1, primary_key=("code",))
+    assert sorted(got.col("code"), key=str) == [None, None, "a", "c"]
 
 
 @pytest.mark.anyio

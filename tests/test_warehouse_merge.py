@@ -18,7 +18,7 @@ from src.common.schema import TableSchema
 from src.config.models import S3Conn
 from src.plan.models import Watermark
 from src.stage.models import StageResult
-from src.warehouse.base import LoadRequest, LoadResult, Mode, StateRow, Warehouse
+from src.warehouse.base import Clear, LoadRequest, LoadResult, Mode, StateRow, Warehouse
 from src.warehouse.ddl import staging_name
 from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER
 from tests.test_warehouse_load import arrow_table, col, pg, stage, target_conn, warehouse
@@ -167,6 +167,74 @@ async def test_append_adds_exactly_once(kind: str, pg_schema: str, s3_conn: S3Co
             await wh.load(replace(two, execution_id="sync_again"))  # a rerun of the same window, same plan
         assert err.value.retryable
     assert await content(pg_schema) == [(1, ts(1), "a"), (1, ts(1), "a"), (2, ts(2), "b")]
+
+
+CURSORS = TableSchema(
+    (
+        col("id", "decimal", precision=20, scale=0),
+        col("ts", "timestamptz"),
+        col("d", "date"),
+        col("v", "string", byte_length=20),
+    )
+)
+
+
+def cursor_row(i: int, s: int | None, v: str) -> dict[str, Any]:
+    at = None if s is None else ts(s).replace(tzinfo=dt.UTC)
+    return {"id": Decimal(i), "ts": at, "d": None if at is None else at.date() + dt.timedelta(days=s), "v": v}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("order_by", "after", "left"),
+    [
+        (("ts", "id"), Watermark(ts=ts(2), id=5), ["a", "b", "null"]),
+        (("ts", "id"), Watermark(ts=ts(1)), ["a", "null"]),
+        (("ts", "id"), None, ["null"]),
+        (
+            ("d",),
+            Watermark(ts=dt.datetime.combine(T0.date() + dt.timedelta(days=2), dt.time())),
+            ["a", "b", "c", "null"],
+        ),
+        (("id",), Watermark(id=5), ["a", "b"]),
+    ],
+    ids=["hybrid", "hybrid_no_id", "from_the_start", "date", "unsigned_id"],
+)
+async def test_an_append_clears_the_rows_its_window_may_hold(
+    kind: str,
+    pg_schema: str,
+    s3_conn: S3Conn,
+    order_by: tuple[str, ...],
+    after: Watermark | None,
+    left: list[str],
+) -> None:
+    """A table without a key appends each window; a window read again after ``watermark set``/``reset`` (or
+    the first after a full snapshot) was appended a second time beside the rows loaded before. Such an
+    append first deletes the target's rows after the window's start, in the cursor's own type and order
+    (NULL cursors, never read by a window, stay)."""
+    loaded = [
+        cursor_row(1, 1, "a"),
+        cursor_row(5, 2, "b"),
+        cursor_row(6, 2, "c"),
+        cursor_row(U64_MAX - 1, 3, "d"),
+        cursor_row(9, None, "null"),
+    ]
+    async with warehouse(target_conn(kind, pg_schema), s3_conn) as wh:
+        first = request(
+            staged(s3_conn, loaded, schema=CURSORS), mode="append", schema=CURSORS, order_by=order_by
+        )
+        await wh.load(first)
+        again = request(
+            staged(s3_conn, [cursor_row(7, 4, "new")], schema=CURSORS),
+            mode="append",
+            schema=CURSORS,
+            order_by=order_by,
+            expect=first.execution_id,
+        )
+        result = await wh.load(replace(again, clear=Clear(after)))
+    assert result.rows_loaded == 1 and result.rows_deleted == 5 - len(left)
+    got = await pg(f'SELECT v FROM "{pg_schema}".t')
+    assert sorted(r[0] for r in got) == sorted([*left, "new"])
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -16,13 +16,23 @@ from src.common.errors import S3ShiftError, describe, first_error
 from src.common.log import get_logger
 from src.common.schema import TableSchema
 from src.engine.context import RunContext
-from src.engine.pending import Chain, describe_stage, format_ts, parse_ts, select, stage_id, stage_window
+from src.engine.pending import (
+    Chain,
+    describe_stage,
+    for_target,
+    format_ts,
+    parse_ts,
+    select,
+    stage_id,
+    stage_window,
+)
 from src.engine.reading import TableRead, extract_and_stage, plan_window, window_is_empty
 from src.plan.models import Window
 from src.plan.planner import Resolved, TablePlan, read_window
 from src.report.models import TableFailure, TableResult, TableSuccess, utc_now
 from src.source.extract import ExtractStats
-from src.source.window import source_now
+from src.source.mysql import SourceConnection
+from src.source.window import null_cursor_rows, source_now
 from src.stage.manifest import stage_result
 from src.stage.models import StageResult
 from src.stage.pending import (
@@ -31,11 +41,12 @@ from src.stage.pending import (
     list_runs,
     read_stages,
 )
-from src.warehouse.base import LoadRequest, LoadResult, StateRow, StreamedLoad
+from src.warehouse.base import Clear, LoadRequest, LoadResult, StateRow, StreamedLoad
 from src.warehouse.ddl import DistSort
 
 log = get_logger("engine")
 DELETES_NOTE = "deletes at the source are not captured by watermark strategies; run full_sync to reconcile"
+UNCHAINED = frozenset({"manual", "reset", "full_sync"})  # state rows no incremental window continues
 
 
 @dataclass
@@ -55,6 +66,7 @@ class _Backup:
     stats: ExtractStats
     window: Window
     loaded: LoadResult | None = None  # the stage was loaded while it was written (``_stage_and_load``)
+    null_cursors: int = 0  # rows no window reads: a cursor column of theirs is NULL
 
 
 async def sync_table(ctx: RunContext, plan: TablePlan) -> TableResult:
@@ -79,6 +91,7 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
         state = ctx.states.get(plan.table)
     else:
         state = await ctx.warehouse.read_state(ctx.pipeline.name, plan.table)
+    state = for_target(state, target_of(ctx, plan))
     since = (state.stage_id or None) if state else None
     runs = await list_runs(ctx.s3, ctx.pipeline.name, plan.table, since=since, scan=ctx.scan)
     unknown = [i for i in runs.ids if i != since]  # the latest state row's own stage is committed
@@ -105,6 +118,8 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
             progress.extra["coercions"] = backup.stats.coercions
         if backup.stats.path:
             progress.extra["extract"] = backup.stats.path
+        if backup.null_cursors:
+            progress.extra["null_cursor_rows"] = backup.null_cursors
         progress.extra["window"] = _window_dict(backup.window)
         if plan.strategy != "full_sync":
             progress.extra["deletes"] = DELETES_NOTE
@@ -150,8 +165,9 @@ async def _backup(
         progress.phase = "introspect"
         schema, resolved, win = await plan_window(conn, plan, chain.position, ctx.catalog)
         stats = ExtractStats()
+        nulls = await null_cursors(conn, plan, schema, win)
         if window_is_empty(win):
-            return _Backup(None, stats, win)
+            return _Backup(None, stats, win, null_cursors=nulls)
         extracted_at = await source_now(conn, ctx.clock)
         progress.phase = "extract"
         mark = time.monotonic()
@@ -167,9 +183,25 @@ async def _backup(
         if stage.rows == 0 and plan.strategy != "full_sync":
             await delete_stage(ctx.s3, stage)  # nothing new: no COPY, state untouched
             progress.timed("extract_stage", mark)
-            return _Backup(None, stats, win)
+            return _Backup(None, stats, win, null_cursors=nulls)
         progress.timed("extract_stage", mark)
-    return _Backup(stage, stats, win, loaded)
+    return _Backup(stage, stats, win, loaded, nulls)
+
+
+async def null_cursors(conn: SourceConnection, plan: TablePlan, schema: TableSchema, win: Window) -> int:
+    """The rows of the table no window reads because their cursor is NULL (logged when there are any)."""
+    found = await null_cursor_rows(conn, plan.database, plan.source_table, schema, win, where=plan.where)
+    if found:
+        columns = ", ".join(c for c in (win.ts_column, win.id_column) if c)
+        log.warning(
+            "%s: %d row(s) have a NULL cursor (%s) and are never read by %s; give them a value, or sync "
+            "the table with full_sync",
+            plan.table,
+            found,
+            columns,
+            plan.strategy,
+        )
+    return found
 
 
 def stream_blocker(ctx: RunContext, plan: TablePlan) -> str | None:
@@ -328,7 +360,7 @@ def load_request(ctx: RunContext, plan: TablePlan, stage: StageResult, state: St
     row = StateRow(
         pipeline=ctx.pipeline.name,
         table=plan.table,
-        target=f"{ctx.pipeline.target.schema}.{plan.target_table}",
+        target=target_of(ctx, plan),
         strategy=win.strategy,
         stage_id=stage_id(stage),
         loaded_by=ctx.execution_id,
@@ -352,7 +384,20 @@ def load_request(ctx: RunContext, plan: TablePlan, stage: StageResult, state: St
         rename=plan.columns.rename,
         schema_change=plan.policy.schema_change,
         distsort=_distsort(plan),
+        clear=Clear(win.start) if meta["mode"] == "append" and not full and unchained(state) else None,
     )
+
+
+def target_of(ctx: RunContext, plan: TablePlan) -> str:
+    """The "schema.table" a table's state rows name as its target."""
+    return f"{ctx.pipeline.target.schema}.{plan.target_table}"
+
+
+def unchained(state: StateRow | None) -> bool:
+    """Whether the target may hold rows after the position the next window starts at: no append of the
+    window before it left the position there (no state yet, so a target loaded some other way; a
+    ``watermark set``/``reset``, which may move it back over loaded rows; a full snapshot)."""
+    return state is None or state.strategy in UNCHAINED
 
 
 def _distsort(plan: TablePlan) -> DistSort | None:

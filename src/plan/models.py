@@ -52,6 +52,8 @@ class Window:
     - timestamp_only: ``start.ts < ts <= end.ts`` (pages ordered by ts and the single-column key when
       there is one, so ties across page boundaries are neither lost nor read twice).
     - hybrid: ``(ts, id) > (start.ts, start.id) AND ts <= end.ts``, keyset pages ordered by (ts, id).
+    Pages order by the key's other columns after an id that is not the whole key; a table with no key
+    that makes the order unique is read by one query (``src.source.keyset``).
     """
 
     strategy: Strategy

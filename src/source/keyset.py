@@ -10,6 +10,13 @@ primary key (InnoDB appends it to every secondary index). The shorter ``ts > p_t
 equivalent, but lets MariaDB pick an index merge of ``(ts)`` and ``PRIMARY`` plus a filesort of the whole
 remaining window on every page (measured: 3.4x slower on 500k rows, hence the longer form).
 
+A page boundary is exact only when the order is unique: rows sharing the last position of a page would
+otherwise be cut in two and the second part skipped. So an id cursor that is not the table's whole key
+(a per-tenant id of a ``(tenant, id)`` key, a non-unique ``seq`` of a log) is followed by the key's other
+columns, which InnoDB appends to the cursor's index anyway: ``(id, tenant)``, ``(ts, id, tenant)``. A table
+without a key (or whose configured key can be NULL) has no unique order: its window is one streaming
+query, never cut. A nullable key column never breaks ties: ``key > p`` is never true for a NULL.
+
 A position without an id (a window start that is a previous window's end) is the plain bound
 ``ts > p_ts``. NULL cursors never match these predicates, so NULL rows are never read.
 """
@@ -30,8 +37,9 @@ Position = tuple[Any, ...]  # values of the order columns (the last one may be N
 
 @dataclass(frozen=True)
 class Keyset:
-    """How a window is read. ``paged`` is False only for timestamp_only without a single-column key:
-    then one streaming query reads the window (no page boundary, so no tie can be split)."""
+    """How a window is read. ``paged`` is False when the order cannot be made unique (no key, or a key
+    that can be NULL): then one streaming query reads the window (no page boundary, so no tie can be
+    split)."""
 
     strategy: str
     order: tuple[Column, ...]
@@ -50,14 +58,27 @@ def tie_column(schema: TableSchema, window: Window) -> str | None:
 
 
 def keyset_for(schema: TableSchema, window: Window) -> Keyset:
-    """The read order of a watermark window (``check_window`` has validated the columns)."""
+    """The read order of a watermark window (``check_window`` has validated the columns): the cursor
+    columns, then the key's other columns, so that no two rows share a position (see the module
+    docstring); unpaged when the key cannot make it unique."""
     if window.strategy == "id_only":
-        return Keyset("id_only", (schema.column(_need(window.id_column)),), paged=True)
-    ts = schema.column(_need(window.ts_column))
-    tie = tie_column(schema, window)
-    if tie is None:
-        return Keyset(window.strategy, (ts,), paged=False)
-    return Keyset(window.strategy, (ts, schema.column(tie)), paged=True)
+        cursor: tuple[Column, ...] = (schema.column(_need(window.id_column)),)
+    else:
+        tie = tie_column(schema, window)
+        cursor = tuple(schema.column(name) for name in (_need(window.ts_column), tie) if name is not None)
+    key = unique_key(schema)
+    if key is None or (window.strategy == "timestamp_only" and len(cursor) == 1):
+        plain = cursor if window.strategy != "timestamp_only" else cursor[:1]
+        return Keyset(window.strategy, plain, paged=False)
+    rest = tuple(c for c in key if c.name not in {o.name for o in cursor})
+    return Keyset(window.strategy, cursor + rest, paged=True)
+
+
+def unique_key(schema: TableSchema) -> tuple[Column, ...] | None:
+    """The table's key when every row has a distinct value of it (None: no key, or a column of the
+    configured key is nullable, so rows may share a NULL)."""
+    key = tuple(schema.column(name) for name in schema.primary_key)
+    return key if key and not any(c.nullable for c in key) else None
 
 
 def _need(name: str | None) -> str:
@@ -75,7 +96,7 @@ def start_position(keyset: Keyset, window: Window) -> Position | None:
         return None if start.id is None else (start.id,)
     if start.ts is None:
         return None
-    return (start.ts, start.id) if keyset.paged else (start.ts,)
+    return (start.ts, start.id) if len(keyset.order) > 1 else (start.ts,)
 
 
 def end_value(keyset: Keyset, window: Window) -> Any:
@@ -91,13 +112,10 @@ def predicate(keyset: Keyset, after: Position | None, end: Any) -> tuple[str, li
     first = quote_mysql(keyset.order[0].name)
     parts: list[str] = []
     args: list[object] = []
-    if after is not None and (len(after) == 1 or after[1] is None):
-        parts.append(f"{first} > %s")
-        args.append(after[0])
-    elif after is not None:
-        second = quote_mysql(keyset.order[1].name)
-        parts.append(f"{first} >= %s AND ({first} > %s OR ({first} = %s AND {second} > %s))")
-        args += [after[0], after[0], after[0], after[1]]
+    if after is not None:
+        text, values = _after(keyset, after)
+        parts.append(text)
+        args += values
     if end is not None:
         parts.append(f"{first} <= %s")
         args.append(end)
@@ -105,6 +123,22 @@ def predicate(keyset: Keyset, after: Position | None, end: Any) -> tuple[str, li
         parts.append(f"{first} IS NOT NULL")
     parts += [f"{quote_mysql(c.name)} IS NOT NULL" for c in keyset.order[1:] if c.nullable]
     return " AND ".join(parts), args
+
+
+def _after(keyset: Keyset, after: Position) -> tuple[str, list[object]]:
+    """Rows after ``after`` in the keyset order; a position's trailing Nones stand for "after every value
+    of those columns" (``(ts, None)``: after all of ts). For ``(a, b, c)``:
+    ``a >= %s AND (a > %s OR (a = %s AND (b > %s OR (b = %s AND c > %s))))``."""
+    values = list(after)
+    while len(values) > 1 and values[-1] is None:
+        values.pop()
+    names = [quote_mysql(c.name) for c in keyset.order[: len(values)]]
+    text, args = f"{names[-1]} > %s", [values[-1]]
+    if len(values) == 1:
+        return text, args
+    for name, value in zip(names[-2::-1], values[-2::-1], strict=True):
+        text, args = f"({name} > %s OR ({name} = %s AND {text}))", [value, value, *args]
+    return f"{names[0]} >= %s AND {text}", [values[0], *args]
 
 
 def page_query(

@@ -7,7 +7,8 @@ are neither lost nor read twice, and a row moved by an update mid-read never mak
 
 What a window guarantees (the tests prove each point):
 - every row whose cursor lies in ``(start, end]`` for the whole read is read exactly once, in order;
-- rows whose cursor is NULL are never read by a watermark strategy (only full_sync carries them);
+- rows whose cursor is NULL are never read by a watermark strategy (only full_sync carries them); a run
+  counts them (``null_cursor_rows``);
 - a row updated mid-read to a cursor after ``end`` (``updated_at = NOW()``) belongs to the next window; a
   row moved to a position the read already passed is read by neither (a backdated cursor, like a delete,
   needs a full_sync to reconcile); a row moved forward inside the window is read at both positions and
@@ -260,6 +261,33 @@ async def extract_window(
                 await reader.stream(start_position(keyset, window), end)
 
 
+async def null_cursor_rows(
+    conn: SourceConnection,
+    database: str,
+    table: str,
+    schema: TableSchema,
+    window: Window,
+    *,
+    where: str | None = None,
+) -> int:
+    """The rows no window of ``window``'s strategy ever reads because a cursor column of theirs is NULL
+    (``where``: the table's row filter). No query when no cursor column is nullable (or for full_sync).
+    With the cursor's index this is an index range, not a scan."""
+    names = {
+        "id_only": (window.id_column,),
+        "timestamp_only": (window.ts_column,),
+        "hybrid": (window.ts_column, window.id_column),
+    }.get(window.strategy, ())
+    nullable = [n for n in names if n is not None and n in schema.names and schema.column(n).nullable]
+    if not nullable:
+        return 0
+    nulls = "(" + " OR ".join(f"{quote_mysql(n)} IS NULL" for n in nullable) + ")"
+    condition = with_filter(nulls, where, bound=False) or nulls
+    with drift_errors(f"{database}.{table}"):
+        rows = await conn.fetchall(f"SELECT COUNT(*) FROM {qualify_mysql(database, table)} WHERE {condition}")
+    return int(rows[0][0] or 0)
+
+
 # ---- plans: query text, estimates, index ----------------------------------------------------------------
 
 
@@ -278,7 +306,7 @@ def window_sql(
         return select_sql(database, table, schema, with_filter(None, where, bound=False))
     check_window(f"{database}.{table}", schema, window)
     keyset = keyset_for(schema, window)
-    after = steady_position(keyset) if keyset.paged else (datetime.min,)
+    after = steady_position(keyset)
     return PageQuery(database, table, schema, keyset, batch_size, where).sql(after, datetime.min)[0]
 
 

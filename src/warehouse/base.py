@@ -57,12 +57,13 @@ from src.warehouse.catalog import (
 )
 from src.warehouse.ddl import check_distsort, check_identifiers
 from src.warehouse.errors import sqlstate_of
-from src.warehouse.state import LoadRequest, Mode, StateRow
+from src.warehouse.state import Clear, LoadRequest, Mode, StateRow
 from src.warehouse.statements import (
     LoadSpec,
     Step,
     apply_steps,
     check_keys,
+    clear_step,
     count_sql,
     drop_staging_sql,
     staging_create_sql,
@@ -72,6 +73,7 @@ from src.warehouse.statements import (
 
 __all__ = [
     "BatchOpener",
+    "Clear",
     "Commit",
     "Executor",
     "LoadRequest",
@@ -344,6 +346,8 @@ async def apply(
         await guard(ex, spec, commit)
     notes, shape = await evolve_locked(ex, spec, prepared)
     counts = {"delete": 0, "insert": 0}
+    if (clear := clear_step(spec)) is not None:
+        counts["delete"] += _affected(await ex.execute(clear[0], *clear[1]))
     for kind, sql in changing_steps(spec):
         counts[kind] += _affected(await ex.execute(sql))
     deleted = None if truncate_sqls(spec) else counts["delete"]
@@ -437,6 +441,8 @@ def render(spec: LoadSpec, fill_sql: str, commit: Commit | None, *, fill_counts:
     if commit is not None:
         out.append(st.latest_sql(d, commit.state_schema))
     out.append(SHAPE_SQL)
+    if (clear := clear_step(spec)) is not None:
+        out.append(clear[0])
     out += [sql for _, sql in changing_steps(spec)]
     if spec.has_staging:
         out.append(drop_staging_sql(spec))

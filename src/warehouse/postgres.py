@@ -113,6 +113,7 @@ def build_spec(req: LoadRequest, *, schema_name: str) -> LoadSpec:
         order_by=req.order_by,
         schema_change=req.schema_change,
         key_exprs=key_exprs(schema, req.key, staging),
+        clear=req.clear,
     )
 
 

@@ -44,6 +44,16 @@ class StateRow:
 
 
 @dataclass(frozen=True)
+class Clear:
+    """An append whose target may already hold rows of its window (the position it starts at was set,
+    reset, or left by a full snapshot, rather than reached by appending the windows before it): the target
+    rows after ``after`` in the cursor order (None: every row whose cursor is not NULL) are deleted before
+    the window is appended. Rows after the window's end are deleted too: the next windows read them again."""
+
+    after: Watermark | None
+
+
+@dataclass(frozen=True)
 class LoadRequest:
     table: str  # source "db.table"
     schema: TableSchema
@@ -58,6 +68,7 @@ class LoadRequest:
     rename: tuple[tuple[str, str], ...] = ()  # (source column, target column); key/order_by are source names
     schema_change: SchemaChange = "fail"  # an incompatible column change: fail, or rebuild the target
     distsort: DistSort | None = None  # Redshift DISTSTYLE/DISTKEY/SORTKEY/ENCODE, by target column name
+    clear: Clear | None = None  # append: the target rows the window may hold already, deleted first
 
 
 # (column, type); the first BOUND are bound from a StateRow, the last two computed by the server.

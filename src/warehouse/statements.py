@@ -9,20 +9,25 @@ Modes (the target is written by column name):
   (PostgreSQL) runs the steps of ``emptied(spec)`` and then its COPY, without a staging table;
 - ``merge``: DELETE the target rows whose key is staged, INSERT the staged rows deduplicated by key,
   the last by ``order_by`` winning (ROW_NUMBER, which both warehouses have; no MERGE, no ON CONFLICT);
-- ``append``: INSERT every staged row.
+- ``append``: INSERT every staged row; when the target may hold rows of the window already (``Clear``:
+  after a ``watermark set``/``reset`` or a full snapshot), first DELETE its rows after the window's start
+  in the cursor order (``clear_step``), so a window read again is never appended twice.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from datetime import UTC
+from decimal import Decimal
+from typing import Any, Literal
 
 from src.common.errors import WarehouseError
 from src.common.policy import SchemaChange
-from src.common.schema import TableSchema
+from src.common.schema import Column, TableSchema
+from src.plan.models import Watermark
 from src.stage.models import StageResult
 from src.warehouse.ddl import Dialect, DistSort, create_table_sql, insert_select_sql, lock_sql
-from src.warehouse.state import Mode
+from src.warehouse.state import Clear, Mode
 
 Step = tuple[Literal["delete", "truncate", "insert"], str]  # truncate: empties, its tag has no count
 ROW_NUMBER_ALIAS = "s3shift_rn"
@@ -47,6 +52,7 @@ class LoadSpec:
     order_by: tuple[str, ...] = ()
     key_exprs: tuple[str, ...] = ()  # per key column, an expression over the QUALIFIED staging column
     schema_change: SchemaChange = "fail"  # what an incompatible change of the target's columns does
+    clear: Clear | None = None  # append: the target rows the window may hold, deleted first
 
     @property
     def target_name(self) -> str:
@@ -130,6 +136,41 @@ def apply_steps(spec: LoadSpec) -> list[Step]:
     if spec.mode == "append":
         return [("insert", insert_all_sql(spec))]
     return [("delete", _delete_staged_keys(spec)), ("insert", _insert_latest(spec))]
+
+
+def clear_step(spec: LoadSpec) -> tuple[str, list[Any]] | None:
+    """An append's DELETE of the target rows its window may hold (``spec.clear``), with its bound values;
+    None when there is nothing to clear. The cursor columns are ``order_by``: ``(ts)``, ``(id)`` or
+    ``(ts, id)``; a hybrid start ``(ts, id)`` clears ``ts > $1 OR (ts = $1 AND id > $2)``."""
+    if spec.clear is None or spec.mode != "append" or not spec.order_by:
+        return None
+    ident = spec.dialect.ident
+    columns = [spec.schema.column(name) for name in spec.order_by]
+    after = spec.clear.after
+    values = [_cursor_value(c, after) for c in columns] if after is not None else []
+    while values and values[-1] is None:
+        values.pop()
+    if not values:
+        where = " AND ".join(f"{ident(c.name)} IS NOT NULL" for c in columns)
+        return f"DELETE FROM {spec.target_sql} WHERE {where}", []
+    names = [ident(c.name) for c in columns[: len(values)]]
+    where = f"{names[-1]} > ${len(values)}"
+    for i in range(len(values) - 2, -1, -1):
+        where = f"({names[i]} > ${i + 1} OR ({names[i]} = ${i + 1} AND {where}))"
+    return f"DELETE FROM {spec.target_sql} WHERE {where}", values
+
+
+def _cursor_value(column: Column, after: Watermark) -> Any:
+    """The position's value of a cursor column, typed as the warehouse column holds it."""
+    if column.logical in ("date", "timestamp", "timestamptz"):
+        if after.ts is None:
+            return None
+        if column.logical == "date":
+            return after.ts.date()
+        return after.ts.replace(tzinfo=UTC) if column.logical == "timestamptz" else after.ts
+    if after.id is None:
+        return None
+    return Decimal(after.id) if column.logical == "decimal" else int(after.id)
 
 
 def _empty_all(spec: LoadSpec) -> list[Step]:
