@@ -152,11 +152,18 @@ def require(values: Mapping[str, Any], keys: tuple[str, ...], file: Path, where:
             raise ConfigError(f"{file}: missing key '{where}.{key}'", file=str(file), key=f"{where}.{key}")
 
 
-def positive(values: Mapping[str, Any], keys: tuple[str, ...], file: Path, where: str) -> None:
+def positive(
+    values: Mapping[str, Any],
+    keys: tuple[str, ...],
+    file: Path,
+    where: str,
+    *,
+    what: str = "a positive integer",
+) -> None:
     for key in keys:
         if key in values and values[key] <= 0:
             raise ConfigError(
-                f"{file}: '{where}.{key}' must be a positive integer (got {values[key]})",
+                f"{file}: '{where}.{key}' must be {what} (got {values[key]})",
                 file=str(file),
                 key=f"{where}.{key}",
             )
@@ -164,13 +171,7 @@ def positive(values: Mapping[str, Any], keys: tuple[str, ...], file: Path, where
 
 def positive_seconds(values: Mapping[str, Any], keys: tuple[str, ...], file: Path, where: str) -> None:
     """Timeouts: zero or less would reach a driver, which refuses it naming neither file nor key."""
-    for key in keys:
-        if key in values and values[key] <= 0:
-            raise ConfigError(
-                f"{file}: '{where}.{key}' must be more than zero seconds (got {values[key]})",
-                file=str(file),
-                key=f"{where}.{key}",
-            )
+    positive(values, keys, file, where, what="more than zero seconds")
 
 
 def port_number(values: Mapping[str, Any], file: Path, where: str) -> None:
