@@ -1,0 +1,75 @@
+"""Black-box checks through the public CLI: secrets under --verbose, unknown tables in --load-only and
+watermark set, YAML 1.1 scalars, extreme watermarks, and failures raised by foreign exceptions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from src.config.models import S3Conn, SourceConn, TargetConn
+from tests.e2e import check_contract, run_cli, run_json, write_config
+
+SECRET = "Bbl-Very-Secret-Pw-4711"
+SECRET_ENV = "S3SHIFT_TEST_TARGET_PW"
+
+
+@pytest.fixture
+def cfg(tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn) -> Path:
+    """The test services, with a target password (PostgreSQL's trust auth ignores it) from the
+    environment: a secret the run knows, so any text that shows it is a leak."""
+    directory = write_config(tmp_path / "config", source_conn, pg_target, s3_conn)
+    conns = directory / "connections.yml"
+    doc = json.loads(conns.read_text())
+    doc["connections"]["targets"]["tgt"]["password"] = f"${{{SECRET_ENV}}}"
+    conns.write_text(json.dumps(doc, indent=1))
+    return directory
+
+
+# A driver's error that shows a DSN with the password, raised inside a table's sync and chained
+# (__cause__ and __context__), and a thread dying on one: --verbose prints both tracebacks.
+PLANTED = """
+import threading
+import src.cli.main as m
+import src.engine.table as t
+
+async def _run(ctx, plan, progress):
+    pw = ctx.pipeline.target.password.reveal()
+    def dying():
+        raise ValueError(f"thread saw postgresql://postgres:{pw}@db/test")
+    th = threading.Thread(target=dying)
+    th.start()
+    th.join()
+    try:
+        try:
+            raise KeyError(f"context {pw}")
+        except KeyError:
+            raise OSError(f"cause: password={pw}")
+    except OSError as exc:
+        raise RuntimeError(f"driver failed: postgresql://postgres:{pw}@127.0.0.1/test") from exc
+
+t._run = _run
+m.main()
+"""
+
+
+def test_verbose_tracebacks_never_show_a_secret(cfg: Path) -> None:
+    doc, proc = run_json(
+        "--config-dir",
+        str(cfg),
+        "sync",
+        "-p",
+        "p",
+        "-t",
+        "a.b",
+        "--verbose",
+        env={SECRET_ENV: SECRET},
+        cli=(sys.executable, "-c", PLANTED),
+    )
+    check_contract(doc, ["a.b"])
+    assert "Traceback" in proc.stderr and "driver failed" in proc.stderr, proc.stderr  # shown, scrubbed
+    assert "thread saw postgresql://postgres:***@db/test" in proc.stderr, proc.stderr
+    assert "password=***" in proc.stderr and "context ***" in proc.stderr, proc.stderr
+    assert SECRET not in proc.stderr and SECRET not in proc.stdout
