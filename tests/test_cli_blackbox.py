@@ -73,3 +73,62 @@ def test_verbose_tracebacks_never_show_a_secret(cfg: Path) -> None:
     assert "thread saw postgresql://postgres:***@db/test" in proc.stderr, proc.stderr
     assert "password=***" in proc.stderr and "context ***" in proc.stderr, proc.stderr
     assert SECRET not in proc.stderr and SECRET not in proc.stdout
+    result = doc["table_results"]["a.b"]
+    assert result["error_message"].startswith("internal error: RuntimeError: driver failed"), result
+    assert (result["phase"], result["retryable"]) == ("internal", False), result
+
+
+# A foreign exception ending a table once its phase is known (here: reading the state).
+FOREIGN = """
+import dataclasses
+import src.cli.main as m
+import src.engine.table as t
+
+class Broken:
+    def get(self, table):
+        raise {exc}
+
+async def _run(ctx, plan, progress):
+    return await real(dataclasses.replace(ctx, states=Broken()), plan, progress)
+
+real, t._run = t._run, _run
+m.main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("exc", "phase", "retryable", "message"),
+    [
+        (
+            "ConnectionResetError(104, 'Connection reset by peer')",
+            "state",
+            True,
+            "ConnectionResetError: [Errno",
+        ),
+        ("TimeoutError('read timed out')", "state", True, "TimeoutError: read timed out"),
+        ("KeyError('x')", "internal", False, "internal error: KeyError: 'x' (rerun with --verbose"),
+        ("AttributeError('no y')", "internal", False, "internal error: AttributeError: no y"),
+    ],
+)
+def test_a_foreign_exception_still_says_phase_and_retryable(
+    cfg: Path, exc: str, phase: str, retryable: bool, message: str
+) -> None:
+    """Every failed table carries phase and retryable: an OSError (connection lost, timeout) is retryable
+    where it happened, any other foreign exception is a bug (internal, not retryable); both lacked
+    retryable, and the bug was reported in the phase it happened to be in."""
+    doc, proc = run_json(
+        "--config-dir",
+        str(cfg),
+        "sync",
+        "-p",
+        "p",
+        "-t",
+        "a.b",
+        env={SECRET_ENV: SECRET},
+        cli=(sys.executable, "-c", FOREIGN.format(exc=exc)),
+    )
+    assert proc.returncode == 1
+    check_contract(doc, ["a.b"])
+    result = doc["table_results"]["a.b"]
+    assert (result["phase"], result["retryable"]) == (phase, retryable), result
+    assert result["error_message"].startswith(message), result

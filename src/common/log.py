@@ -57,7 +57,7 @@ class ScrubbedStream:
 def scrub_stderr() -> None:
     """Route every Python-level write to stderr through the scrubber (once; forked workers inherit it)."""
     if not isinstance(sys.stderr, ScrubbedStream):
-        sys.stderr = ScrubbedStream(sys.stderr)  # type: ignore[assignment]
+        sys.stderr = ScrubbedStream(sys.stderr)
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -12,7 +12,7 @@ import anyio
 import anyio.abc
 import pyarrow as pa
 
-from src.common.errors import S3ShiftError, describe, first_error
+from src.common.errors import S3ShiftError, first_error
 from src.common.log import get_logger
 from src.common.schema import TableSchema
 from src.engine.context import RunContext
@@ -29,7 +29,8 @@ from src.engine.pending import (
 from src.engine.reading import TableRead, extract_and_stage, plan_window, window_is_empty
 from src.plan.models import Window
 from src.plan.planner import Resolved, TablePlan, read_window
-from src.report.models import TableFailure, TableResult, TableSuccess, utc_now
+from src.report.aggregator import failure
+from src.report.models import TableResult, TableSuccess, utc_now
 from src.source.extract import ExtractStats
 from src.source.mysql import SourceConnection
 from src.source.window import null_cursor_rows, source_now
@@ -77,10 +78,7 @@ async def sync_table(ctx: RunContext, plan: TablePlan) -> TableResult:
     except Exception as exc:  # a table's failure is a result; cancellation (BaseException) passes through
         err = first_error(exc)
         log.debug("%s failed in %s", plan.table, progress.phase, exc_info=err)
-        extra: dict[str, Any] = {"phase": progress.phase}
-        if isinstance(err, S3ShiftError):
-            extra["retryable"] = err.retryable
-        return TableFailure(table=plan.table, error_message=describe(err), failed_at=utc_now(), extra=extra)
+        return failure(plan.table, err, phase=progress.phase)
 
 
 async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSuccess:
