@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from src.config.models import S3Conn, SourceConn, TargetConn
+from tests.conftest import mysql_exec
 from tests.e2e import check_contract, run_cli, run_json, write_config
 
 SECRET = "Bbl-Very-Secret-Pw-4711"
@@ -23,7 +24,7 @@ def cfg(tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn:
     directory = write_config(tmp_path / "config", source_conn, pg_target, s3_conn)
     conns = directory / "connections.yml"
     doc = json.loads(conns.read_text())
-    doc["connections"]["targets"]["tgt"]["password"] = f"${{{SECRET_ENV}}}"
+    doc["connections"]["targets"]["tgt"]["password"] = f"${{{SECRET_ENV}:-}}"
     conns.write_text(json.dumps(doc, indent=1))
     return directory
 
@@ -132,3 +133,23 @@ def test_a_foreign_exception_still_says_phase_and_retryable(
     result = doc["table_results"]["a.b"]
     assert (result["phase"], result["retryable"]) == (phase, retryable), result
     assert result["error_message"].startswith(message), result
+
+
+def test_load_only_of_a_table_never_staged_nor_loaded_fails_naming_it(
+    cfg: Path, mysql_db: str, pg_schema: str
+) -> None:
+    """--load-only of a table with nothing staged and no state (a typo, or never synced) reported success
+    with 0 rows; it fails, naming the table and what to do."""
+    mysql_exec(mysql_db, "CREATE TABLE t (id INT PRIMARY KEY)", "INSERT INTO t VALUES (1)")
+    tables = [f"{mysql_db}.nope", f"{mysql_db}.t"]
+    doc, proc = run_json(
+        "--config-dir", str(cfg), "sync", "-p", "p", "-t", tables[0], "-t", tables[1], "--load-only"
+    )
+    assert proc.returncode == 1
+    check_contract(doc, tables)
+    for table in tables:
+        result = doc["table_results"][table]
+        assert result["error_message"] == (
+            f"nothing to load for {table}: no staged run is pending and pipeline p never loaded it into "
+            f"{pg_schema}.{table.split('.')[1]} — check the table name, or stage it first with sync --backup-only"
+        )

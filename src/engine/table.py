@@ -97,6 +97,8 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
     unread = [i for i in unknown if i not in committed]
     stages = await read_stages(ctx.s3, ctx.pipeline.name, plan.table, unread)
     chain = select(stages, state, committed)
+    if ctx.mode == "load_only" and state is None and not chain.load:
+        raise _nothing_to_load(ctx, plan)
     rows_extracted, files_created = 0, 0
     streamed: LoadResult | None = None
     if ctx.mode != "load_only":
@@ -383,6 +385,18 @@ def load_request(ctx: RunContext, plan: TablePlan, stage: StageResult, state: St
         schema_change=plan.policy.schema_change,
         distsort=_distsort(plan),
         clear=Clear(win.start) if meta["mode"] == "append" and not full and unchained(state) else None,
+    )
+
+
+def _nothing_to_load(ctx: RunContext, plan: TablePlan) -> S3ShiftError:
+    """--load-only of a table with no pending stage and no state: a typo, or a table never staged. It
+    would report a success that loaded nothing (load-only opens no MySQL connection to tell which)."""
+    return S3ShiftError(
+        f"nothing to load for {plan.table}: no staged run is pending and pipeline {ctx.pipeline.name} never "
+        f"loaded it into {target_of(ctx, plan)} — check the table name, or stage it first with sync "
+        "--backup-only",
+        table=plan.table,
+        retryable=False,
     )
 
 
