@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,17 +140,77 @@ def test_load_only_of_a_table_never_staged_nor_loaded_fails_naming_it(
     cfg: Path, mysql_db: str, pg_schema: str
 ) -> None:
     """--load-only of a table with nothing staged and no state (a typo, or never synced) reported success
-    with 0 rows; it fails, naming the table and what to do."""
-    mysql_exec(mysql_db, "CREATE TABLE t (id INT PRIMARY KEY)", "INSERT INTO t VALUES (1)")
-    tables = [f"{mysql_db}.nope", f"{mysql_db}.t"]
-    doc, proc = run_json(
-        "--config-dir", str(cfg), "sync", "-p", "p", "-t", tables[0], "-t", tables[1], "--load-only"
+    with 0 rows; it fails, naming the table and what to do. A table loaded before with nothing pending
+    still succeeds (nothing new)."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE t (id INT PRIMARY KEY)",
+        "CREATE TABLE u (id INT PRIMARY KEY)",
+        "INSERT INTO t VALUES (1)",
+        "INSERT INTO u VALUES (1)",
     )
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", f"{mysql_db}.u")
+    assert proc.returncode == 0, doc
+    tables = [f"{mysql_db}.nope", f"{mysql_db}.t", f"{mysql_db}.u"]
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", ",".join(tables), "--load-only")
     assert proc.returncode == 1
     check_contract(doc, tables)
-    for table in tables:
+    for table in tables[:2]:
         result = doc["table_results"][table]
+        name = table.split(".")[1]
         assert result["error_message"] == (
             f"nothing to load for {table}: no staged run is pending and pipeline p never loaded it into "
-            f"{pg_schema}.{table.split('.')[1]} — check the table name, or stage it first with sync --backup-only"
+            f"{pg_schema}.{name} — check the table name, or stage it first with sync --backup-only"
         )
+        assert (result["phase"], result["retryable"]) == ("state", False)
+        assert f"{table} FAILED: nothing to load" in proc.stderr
+    assert doc["table_results"][tables[2]]["rows_processed"] == 0
+
+
+def watermark(cfg: Path, *args: str, json_output: bool = True) -> tuple[dict[str, Any] | str, int]:
+    proc = run_cli("--config-dir", str(cfg), "watermark", *args, *(("--json-output",) if json_output else ()))
+    assert proc.returncode != 2, proc.stderr
+    return (json.loads(proc.stdout) if json_output else proc.stdout), proc.returncode
+
+
+@pytest.mark.parametrize("action", ["set", "reset"])
+def test_watermark_set_of_a_table_the_source_lacks_fails(cfg: Path, mysql_db: str, action: str) -> None:
+    """watermark set (or reset) of a table that is not in MySQL, and never synced, wrote a state row and
+    said success: a typo went unnoticed until the next sync. It fails, one line, exit 1; no state row."""
+    args = ["--timestamp", "2024-01-01T00:00:00"] if action == "set" else []
+    table = f"{mysql_db}.nope"
+    doc, code = watermark(cfg, action, "-p", "p", "-t", table, *args)
+    assert code == 1 and isinstance(doc, dict)
+    assert doc == {
+        "pipeline": "p",
+        "table": table,
+        "status": "failed",
+        "error_message": f"table {table} not found in MySQL source 'src' and never synced by pipeline p — "
+        "check the database and table names (they are case-sensitive); a watermark is kept only for a "
+        "table the source has",
+    }
+    text, code = watermark(cfg, action, "-p", "p", "-t", table, *args, json_output=False)
+    assert code == 1 and text == f"{table}: FAILED: {doc['error_message']}\n"
+    got, code = watermark(cfg, "get", "-p", "p", "-t", table)
+    assert code == 0 and isinstance(got, dict) and got["state"] is None  # nothing was written
+
+
+def test_watermark_set_before_the_first_sync_is_a_start_point(
+    cfg: Path, mysql_db: str, pg_schema: str
+) -> None:
+    """A table the source has but no run synced yet may get a watermark: the first sync reads after it."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE ev (id INT PRIMARY KEY, ts DATETIME(6) NOT NULL, KEY (ts))",
+        "INSERT INTO ev VALUES (1, '2020-01-01'), (2, '2024-06-01'), (3, '2024-07-01')",
+    )
+    table = f"{mysql_db}.ev"
+    doc, code = watermark(cfg, "set", "-p", "p", "-t", table, "--timestamp", "2024-01-01T00:00:00")
+    assert code == 0 and isinstance(doc, dict) and doc["watermark"]["ts"] == "2024-01-01 00:00:00.000000", doc
+    cfg_pipe = cfg / "pipelines" / "p.yml"
+    pipe = json.loads(cfg_pipe.read_text())
+    pipe["tables"] = {table: {"cdc_strategy": "timestamp_only", "cdc_timestamp_column": "ts"}}
+    cfg_pipe.write_text(json.dumps(pipe))
+    report, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    assert proc.returncode == 0, report
+    assert report["table_results"][table]["rows_processed"] == 2
