@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from src.config.models import S3Conn, SourceConn, TargetConn
+from src.common.errors import ConfigError
+from src.config.loader import load_pipeline
+from src.config.models import Pipeline, S3Conn, SourceConn, TargetConn
 from tests.conftest import mysql_exec
 from tests.e2e import check_contract, run_cli, run_json, write_config
 
@@ -214,3 +216,118 @@ def test_watermark_set_before_the_first_sync_is_a_start_point(
     report, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
     assert proc.returncode == 0, report
     assert report["table_results"][table]["rows_processed"] == 2
+
+
+YAML_CONNECTIONS = """
+connections:
+  sources:
+    src: {host: 127.0.0.1, port: PORT, username: USER, password: PASSWORD, database: DATABASE,
+          connect_timeout: TIMEOUT}
+  targets:
+    tgt: {type: postgres, host: 127.0.0.1, username: postgres, database: test, schema: SCHEMA, ssl: SSL}
+  s3:
+    stage: {bucket: BUCKET, prefix: PREFIX}
+"""
+YAML_PIPELINE = """
+pipeline: {name: p, source: src, target: tgt, s3_config: stage, processing: {batch_size: BATCH}}
+tables:
+  shop.orders: {cdc_strategy: full_sync, primary_key: [KEY], target_name: TARGET,
+                rename_columns: {KEY: TARGET}}
+"""
+
+
+def load_yaml(tmp_path: Path, **values: str) -> Pipeline:
+    defaults = {
+        "PORT": "3306",
+        "USER": "root",
+        "PASSWORD": '""',
+        "DATABASE": "shop",
+        "TIMEOUT": "10",
+        "SCHEMA": "analytics",
+        "SSL": "false",
+        "BUCKET": "b",
+        "PREFIX": "stage",
+        "BATCH": "1000",
+        "KEY": "id",
+        "TARGET": "orders",
+    }
+    conns, pipe = YAML_CONNECTIONS, YAML_PIPELINE
+    for key, value in {**defaults, **values}.items():
+        conns, pipe = conns.replace(key, value), pipe.replace(key, value)
+    (tmp_path / "pipelines").mkdir(exist_ok=True)
+    (tmp_path / "connections.yml").write_text(conns)
+    (tmp_path / "pipelines" / "p.yml").write_text(pipe)
+    return load_pipeline(tmp_path, "p")
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "0123",
+        "0o17",
+        "0x1F",
+        "1_000",
+        "12:30",
+        "1e3",
+        "1.50",
+        ".inf",
+        "yes",
+        "no",
+        "on",
+        "off",
+        "y",
+        "true",
+        "2024-01-01",
+    ],
+)
+def test_a_text_value_keeps_the_text_as_written(tmp_path: Path, written: str) -> None:
+    """YAML 1.1 read ``password: 0123`` as 83, ``1_000`` as 1000, ``12:30`` as 750, ``yes`` as True, ``1.50``
+    as 1.5: a text key got other text than the file holds (a password that failed to log in, a schema
+    named 'True'). Every text key now takes its value as written."""
+    p = load_yaml(
+        tmp_path,
+        PASSWORD=written,
+        USER=written,
+        DATABASE=written,
+        SCHEMA=written,
+        BUCKET=written,
+        PREFIX=written,
+        KEY=written,
+        TARGET=written,
+    )
+    assert p.source.password.reveal() == written
+    assert (p.source.username, p.source.database, p.target.schema, p.s3.bucket) == (written,) * 4
+    assert p.s3.prefix == f"{written}/"
+    t = p.table("shop.orders")
+    assert (t.primary_key, t.target_name, t.columns.rename) == ((written,), written, ((written, written),))
+
+
+@pytest.mark.parametrize(
+    ("written", "port"),
+    [("0123", 123), ("3306", 3306), ("03306", 3306), ("+3306", 3306), ("3_306", 3306), ("3306.0", 3306)],
+)
+def test_an_integer_with_a_leading_zero_is_decimal(tmp_path: Path, written: str, port: int) -> None:
+    """``port: 0123`` was 83 (YAML 1.1 octal); a number is read in decimal, as written."""
+    p = load_yaml(tmp_path, PORT=written, BATCH=written)
+    assert (p.source.port, p.processing.batch_size) == (port, port)
+
+
+@pytest.mark.parametrize("written", ["0o17", "0x1F", "12:30", "3306.5", "yes", ".inf", "1e400"])
+def test_an_integer_written_otherwise_is_an_error_naming_the_key(tmp_path: Path, written: str) -> None:
+    with pytest.raises(
+        ConfigError, match=r"connections.yml: 'connections.sources.src.port' must be an integer"
+    ):
+        load_yaml(tmp_path, PORT=written)
+
+
+@pytest.mark.parametrize(
+    ("written", "value"), [("yes", True), ("off", False), ("true", True), ("False", False)]
+)
+def test_booleans_and_numbers_still_read(tmp_path: Path, written: str, value: bool) -> None:
+    p = load_yaml(tmp_path, SSL=written, TIMEOUT="2.5")
+    assert p.target.ssl is value and p.source.connect_timeout == 2.5
+
+
+def test_a_null_value_is_still_unset(tmp_path: Path) -> None:
+    p = load_yaml(tmp_path, PASSWORD="~", TIMEOUT="null")
+    assert p.source.password.reveal() == "" and p.source.connect_timeout == 10
