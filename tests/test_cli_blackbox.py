@@ -331,3 +331,75 @@ def test_booleans_and_numbers_still_read(tmp_path: Path, written: str, value: bo
 def test_a_null_value_is_still_unset(tmp_path: Path) -> None:
     p = load_yaml(tmp_path, PASSWORD="~", TIMEOUT="null")
     assert p.source.password.reveal() == "" and p.source.connect_timeout == 10
+
+
+def events(mysql_db: str) -> str:
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE ev (id INT PRIMARY KEY, ts DATETIME(6) NOT NULL, KEY (ts))",
+        "INSERT INTO ev VALUES (1, '2020-01-01'), (2, '9999-12-31 23:59:59.999999')",
+    )
+    return f"{mysql_db}.ev"
+
+
+def incremental(cfg: Path, table: str, **keys: object) -> None:
+    path = cfg / "pipelines" / "p.yml"
+    pipe = json.loads(path.read_text())
+    pipe["tables"] = {table: {"cdc_strategy": "timestamp_only", "cdc_timestamp_column": "ts", **keys}}
+    path.write_text(json.dumps(pipe))
+
+
+@pytest.mark.parametrize("key", ["lag_seconds", "lookback_seconds"])
+@pytest.mark.parametrize("seconds", [1e11, 1e20])
+def test_a_lag_or_lookback_past_any_date_is_a_config_error(
+    cfg: Path, mysql_db: str, key: str, seconds: float
+) -> None:
+    """lag_seconds: 1e11 moved the window's end before the year 1 (OverflowError, reported as a bug); 1e20
+    could not even be a timedelta. Both are config errors naming the key and the range."""
+    table = events(mysql_db)
+    incremental(cfg, table, **{key: seconds})
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    assert proc.returncode == 1
+    check_contract(doc, [table])
+    result = doc["table_results"][table]
+    assert result["error_message"].endswith(
+        f"p.yml: 'tables.{table}.{key}' must be from 0 to 3153600000 seconds (100 years; got {seconds:g})"
+    ), result
+    assert (result["phase"], result["retryable"]) == ("config", False)
+
+
+def test_watermarks_at_the_ends_of_time(cfg: Path, mysql_db: str) -> None:
+    """A watermark at 0001-01-01 with a lookback read before the year 1 (OverflowError): the read starts
+    at the earliest time instead, and its stage loads later; one at 9999-12-31 reads nothing; a
+    --timestamp whose offset takes it out of range in UTC is a usage error, not a traceback; so is an
+    --id no MySQL integer can hold (over 2**64 - 1 the JSON could not be printed: no output at all)."""
+    table = events(mysql_db)
+    incremental(cfg, table, lookback_seconds=60)
+    doc, code = watermark(cfg, "set", "-p", "p", "-t", table, "--timestamp", "0001-01-01T00:00:00")
+    assert code == 0 and isinstance(doc, dict), doc
+    assert doc["watermark"]["ts"] == "0001-01-01 00:00:00.000000"
+    report, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table, "--backup-only")
+    assert proc.returncode == 0, report
+    check_contract(report, [table])
+    result = report["table_results"][table]
+    assert result["rows_processed"] == 1 and result["window"]["start"]["ts"] == "0001-01-01 00:00:00.000000"
+    # the stage's manifest keeps the window start in a form it reads back (strftime wrote '1-01-01')
+    report, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table, "--load-only")
+    assert proc.returncode == 0 and report["table_results"][table]["rows_loaded"] == 1, report
+    doc, code = watermark(cfg, "set", "-p", "p", "-t", table, "--timestamp", "9999-12-31T23:59:59.999999")
+    assert code == 0, doc
+    report, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    assert proc.returncode == 0 and report["table_results"][table]["rows_processed"] == 0, report
+    for args, expect in [
+        (("--timestamp", "0001-01-01T00:00:00+01:00"), "is out of range in UTC (0001-01-01 to 9999-12-31)"),
+        (("--timestamp", "9999-12-31T23:00:00-05:00"), "is out of range in UTC"),
+        (("--id", str(2**64)), "is not in the range"),
+        (("--id", str(-(2**63) - 1)), "is not in the range"),
+    ]:
+        proc = run_cli("--config-dir", str(cfg), "watermark", "set", "-p", "p", "-t", table, *args)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        assert expect in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    doc, code = watermark(
+        cfg, "set", "-p", "p", "-t", table, "--id", str(2**64 - 1), "--timestamp", "2020-01-01"
+    )
+    assert code == 0 and isinstance(doc, dict) and doc["watermark"]["id"] == 2**64 - 1, doc

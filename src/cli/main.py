@@ -28,6 +28,7 @@ from src.report.models import RunReport, new_execution_id, utc_now
 from src.report.render import render_json, render_text
 
 _log = log.get_logger("cli")
+ID_RANGE = click.IntRange(-(2**63), 2**64 - 1)  # MySQL's integers: BIGINT to BIGINT UNSIGNED
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -192,7 +193,13 @@ def _parse_watermark(timestamp: str | None, ident: int | None) -> Watermark:
                 f"{timestamp!r} is not an ISO 8601 timestamp", param_hint="--timestamp"
             ) from None
         if ts.tzinfo is not None:
-            ts = ts.astimezone(UTC).replace(tzinfo=None)
+            try:
+                ts = ts.astimezone(UTC).replace(tzinfo=None)
+            except OverflowError:  # 0001-01-01T00:00+01:00 is in the year 0 in UTC
+                raise click.BadParameter(
+                    f"{timestamp!r} is out of range in UTC (0001-01-01 to 9999-12-31)",
+                    param_hint="--timestamp",
+                ) from None
     return Watermark(ts=ts, id=ident)
 
 
@@ -209,7 +216,7 @@ watermark.command("reset", help="Forget the watermark: the next run reads from t
     _watermark_command("reset")
 )
 watermark.command("set", help="Set the watermark (the next run reads after it).")(
-    click.option("--id", "id", type=int, default=None, help="Integer cursor value.")(
+    click.option("--id", "id", type=ID_RANGE, default=None, help="Integer cursor value.")(
         click.option("--timestamp", default=None, help="Timestamp cursor value, ISO 8601 (UTC).")(
             _watermark_command("set")
         )

@@ -20,14 +20,13 @@ from src.engine.pending import (
     Chain,
     describe_stage,
     for_target,
-    format_ts,
     parse_ts,
     select,
     stage_id,
     stage_window,
 )
 from src.engine.reading import TableRead, extract_and_stage, plan_window, window_is_empty
-from src.plan.models import Window
+from src.plan.models import Window, format_ts
 from src.plan.planner import Resolved, TablePlan, read_window
 from src.report.aggregator import failure
 from src.report.models import TableResult, TableSuccess, utc_now
