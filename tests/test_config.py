@@ -287,7 +287,7 @@ def test_lists_and_column_maps_are_interpolated_too(tmp_path: Path, monkeypatch:
         ("type_policies: {zero_dates: null}", "did you mean 'zero_date'"),
         ("diststyle: random", "diststyle' must be AUTO, EVEN, ALL or KEY"),
         ("{where: a, additional_where: b}", "sets both where and additional_where"),
-        ("lag_seconds: -1", "lag_seconds' must be zero or more"),
+        ("lag_seconds: -1", "lag_seconds' must be from 0 to 3153600000 seconds"),
     ],
 )
 def test_bad_table_keys(tmp_path: Path, entry: str, expect: str) -> None:
