@@ -16,7 +16,7 @@ import anyio
 import click
 
 from src.common import log
-from src.common.errors import S3ShiftError, describe
+from src.common.errors import S3ShiftError, describe, internal_error
 from src.common.jsonio import dumps
 from src.engine.context import RunMode
 from src.engine.dryrun import plan_sync
@@ -110,7 +110,7 @@ def _run(request: SyncRequest, verbose: bool) -> RunReport:
     except Exception as exc:  # a bug: still honour the contract (JSON on stdout, every table failed)
         if verbose:
             traceback.print_exc(file=sys.stderr)
-        reason = f"internal error: {describe(exc)} (rerun with --verbose for the traceback)"
+        reason = internal_error(exc)
         extra = INTERNAL  # not "interrupted, retryable": a retry loop would rerun the bug forever
         _log.error("%s", reason)
     start = utc_now()
@@ -125,7 +125,7 @@ def _guarded(fn: Any, verbose: bool) -> dict[str, Any]:
     except Exception as exc:  # the plan reports our errors per table: this is a bug
         if verbose:
             traceback.print_exc(file=sys.stderr)
-        message = f"internal error: {describe(exc)} (rerun with --verbose for the traceback)"
+        message = internal_error(exc)
         _log.error("%s", message)
         return {"status": "failed", "error_message": message}
 
@@ -167,9 +167,7 @@ def _watermark_command(action: Action) -> Any:
         except Exception as exc:  # ours carry the cause; anything else is a bug, still one line
             if verbose:
                 traceback.print_exc(file=sys.stderr)
-            message = describe(exc)
-            if not isinstance(exc, S3ShiftError):
-                message = f"internal error: {message} (rerun with --verbose for the traceback)"
+            message = describe(exc) if isinstance(exc, S3ShiftError) else internal_error(exc)
             result = {"pipeline": pipeline, "table": table, "status": "failed", "error_message": message}
             _log.error("watermark %s of %s (pipeline %s) failed: %s", action, table, pipeline, message)
         if json_output:

@@ -6,14 +6,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from src.common.errors import S3ShiftError, describe
+from src.common.errors import S3ShiftError, describe, internal_error
 from src.common.log import get_logger
 from src.report.models import RunReport, TableFailure, TableResult, utc_now
 
 log = get_logger("report")
 INTERRUPTED = {"phase": "interrupted", "retryable": True}  # a table the run ended without: rerun it
 INTERNAL = {"phase": "internal", "retryable": False}  # a bug in s3shift: rerunning repeats it
-INTERNAL_HINT = "(rerun with --verbose for the traceback)"
 
 
 def failure(table: str, exc: BaseException, *, phase: str) -> TableFailure:
@@ -24,8 +23,7 @@ def failure(table: str, exc: BaseException, *, phase: str) -> TableFailure:
     if isinstance(exc, S3ShiftError | OSError):
         retryable = exc.retryable if isinstance(exc, S3ShiftError) else True
         return TableFailure(table, describe(exc), utc_now(), extra={"phase": phase, "retryable": retryable})
-    message = f"internal error: {describe(exc)} {INTERNAL_HINT}"
-    return TableFailure(table, message, utc_now(), extra=dict(INTERNAL))
+    return TableFailure(table, internal_error(exc), utc_now(), extra=dict(INTERNAL))
 
 
 @dataclass
