@@ -12,7 +12,7 @@ import anyio
 import anyio.abc
 import pyarrow as pa
 
-from src.common.errors import S3ShiftError, describe, first_error
+from src.common.errors import S3ShiftError, first_error
 from src.common.log import get_logger
 from src.common.schema import TableSchema
 from src.engine.context import RunContext
@@ -20,16 +20,16 @@ from src.engine.pending import (
     Chain,
     describe_stage,
     for_target,
-    format_ts,
     parse_ts,
     select,
     stage_id,
     stage_window,
 )
 from src.engine.reading import TableRead, extract_and_stage, plan_window, window_is_empty
-from src.plan.models import Window
+from src.plan.models import Window, format_ts
 from src.plan.planner import Resolved, TablePlan, read_window
-from src.report.models import TableFailure, TableResult, TableSuccess, utc_now
+from src.report.aggregator import failure
+from src.report.models import TableResult, TableSuccess, utc_now
 from src.source.extract import ExtractStats
 from src.source.mysql import SourceConnection
 from src.source.window import null_cursor_rows, source_now
@@ -77,10 +77,7 @@ async def sync_table(ctx: RunContext, plan: TablePlan) -> TableResult:
     except Exception as exc:  # a table's failure is a result; cancellation (BaseException) passes through
         err = first_error(exc)
         log.debug("%s failed in %s", plan.table, progress.phase, exc_info=err)
-        extra: dict[str, Any] = {"phase": progress.phase}
-        if isinstance(err, S3ShiftError):
-            extra["retryable"] = err.retryable
-        return TableFailure(table=plan.table, error_message=describe(err), failed_at=utc_now(), extra=extra)
+        return failure(plan.table, err, phase=progress.phase)
 
 
 async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSuccess:
@@ -99,6 +96,8 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
     unread = [i for i in unknown if i not in committed]
     stages = await read_stages(ctx.s3, ctx.pipeline.name, plan.table, unread)
     chain = select(stages, state, committed)
+    if ctx.mode == "load_only" and state is None and not chain.load:
+        raise _nothing_to_load(ctx, plan)
     rows_extracted, files_created = 0, 0
     streamed: LoadResult | None = None
     if ctx.mode != "load_only":
@@ -385,6 +384,18 @@ def load_request(ctx: RunContext, plan: TablePlan, stage: StageResult, state: St
         schema_change=plan.policy.schema_change,
         distsort=_distsort(plan),
         clear=Clear(win.start) if meta["mode"] == "append" and not full and unchained(state) else None,
+    )
+
+
+def _nothing_to_load(ctx: RunContext, plan: TablePlan) -> S3ShiftError:
+    """--load-only of a table with no pending stage and no state: a typo, or a table never staged. It
+    would report a success that loaded nothing (load-only opens no MySQL connection to tell which)."""
+    return S3ShiftError(
+        f"nothing to load for {plan.table}: no staged run is pending and pipeline {ctx.pipeline.name} never "
+        f"loaded it into {target_of(ctx, plan)} — check the table name, or stage it first with sync "
+        "--backup-only",
+        table=plan.table,
+        retryable=False,
     )
 
 
