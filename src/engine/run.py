@@ -21,7 +21,7 @@ from src.config.loader import config_dir, load_pipeline
 from src.config.models import Pipeline
 from src.engine.context import RunContext, RunMode
 from src.engine.limits import Limits, share
-from src.engine.table import sync_table
+from src.engine.table import failed_phase, sync_table
 from src.engine.workers import (
     Asker,
     Channel,
@@ -227,7 +227,7 @@ async def _run_plans(
             report = _final(agg, interrupted)
         else:
             cause = first_error(failed)
-            report = _fail_all(agg, [p.table for p in plans], cause, phase="state")
+            report = _fail_all(agg, [p.table for p in plans], cause, phase=failed_phase(cause, "state"))
             if isinstance(cause, StageError):  # S3 itself failed: no report can be kept there
                 return report
         await _persist(resources.s3, pipeline, report)
