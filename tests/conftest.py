@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import http.client
 import http.server
 import logging
@@ -398,6 +399,28 @@ def source_conn(mysql_db: str) -> SourceConn:
         database=mysql_db,
         max_connections=4,
     )
+
+
+# A password beyond Latin-1 (the euro sign, CJK, an emoji), with Latin-1 letters and every character a
+# URL must quote: what the drivers and connectorx's URL have to carry exactly.
+WIDE_PASSWORD = "pässwörd€中文😀 @:/?#%+&="
+
+
+@pytest.fixture
+def mysql_user(source_conn: SourceConn) -> Iterator[SourceConn]:
+    """A real MariaDB user with ``WIDE_PASSWORD`` and every privilege on the test's database, as the
+    source connection to use; dropped afterwards."""
+    user = f"bbs_{uuid.uuid4().hex[:10]}"
+    conn = mysql_connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (user, WIDE_PASSWORD))
+            cur.execute(f"GRANT ALL ON `{source_conn.database}`.* TO %s@'%%'", (user,))
+        yield dataclasses.replace(source_conn, username=user, password=Secret(WIDE_PASSWORD))
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("DROP USER IF EXISTS %s@'%%'", (user,))
+        conn.close()
 
 
 def pg_run(coro_fn: Any) -> Any:
