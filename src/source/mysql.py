@@ -323,6 +323,7 @@ class MySQLSource:
         self._reserved = 0  # tokens held for connections opened outside the pool
         self.connectorx_lock = anyio.Lock()
         self.connectorx_error: str | None = None  # why connectorx cannot connect ("" once it did)
+        self.connectorx_reads: set[anyio.CancelScope] = set()  # reads in flight, given up on a refusal
         self._closed = False
 
     async def __aenter__(self) -> MySQLSource:
