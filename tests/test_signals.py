@@ -142,3 +142,20 @@ def test_a_signal_while_connecting_ends_the_run_at_once(
     result = doc["table_results"][table]
     assert (result["phase"], result["retryable"]) == ("interrupted", True), result
     assert took < BOUND, f"{took:.2f} s from SIGTERM to the exit"
+
+
+def test_only_the_cli_process_holds_the_signals(tmp_path: Path) -> None:
+    """A process that only calls the CLI's functions (this test, through click's runner) keeps its own
+    handlers: a SIGTERM to a test run must still end it."""
+    from click.testing import CliRunner
+
+    import src.cli
+    from src.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["--config-dir", str(tmp_path), "sync", "-t", "a.b", "--json-output"])
+    assert result.exit_code == 1 and json.loads(result.stdout)["status"] == "failed"
+    assert signal.getsignal(signal.SIGTERM) is not src.cli._hold
+    launched = src.cli._launched_as_cli
+    assert launched(["/v/bin/python", "-X", "importtime", "-m", "src.cli.main", "sync"])
+    assert launched(["/v/bin/python", "/v/bin/s3shift", "sync"])
+    assert not launched(["/v/bin/python", "-m", "pytest", "tests"])

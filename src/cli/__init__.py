@@ -18,6 +18,7 @@ loads: Arrow's allocator, glibc's mmap threshold, and quiet Rust logging.
   run the engine watches the signals itself (``engine.run.watching_signals``).
 """
 
+import itertools
 import os
 import signal
 import sys
@@ -42,16 +43,29 @@ def _hold(signum: int, frame: FrameType | None) -> None:
     HELD.append(signal.Signals(signum).name)
 
 
+_holding: list[bool] = []  # [True] once this process holds them: it is the CLI's
+
+
 def hold_signals() -> None:
     """From now on SIGTERM/SIGINT only append to ``HELD`` (until an event loop's own handler takes over)."""
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, _hold)
+        _holding[:] = [True]
+
+
+def hold_signals_again() -> None:
+    """After an event loop's handlers are gone (asyncio leaves SIGTERM fatal again), in a process that
+    holds them; never in one that only calls the CLI's functions (a test's CliRunner)."""
+    if _holding:
+        hold_signals()
 
 
 def _launched_as_cli(argv: list[str]) -> bool:
-    """``python -m src.cli.main ...`` or the ``s3shift`` console script (not a test importing us)."""
-    return argv[1:3] == ["-m", "src.cli.main"] or (len(argv) > 1 and Path(argv[1]).name == "s3shift")
+    """``python [options] -m src.cli.main ...`` or the ``s3shift`` console script (not a test importing
+    us)."""
+    module = any(pair == ("-m", "src.cli.main") for pair in itertools.pairwise(argv))
+    return module or (len(argv) > 1 and Path(argv[1]).name == "s3shift")
 
 
 if _launched_as_cli(sys.orig_argv):

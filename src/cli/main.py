@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import click
 
-from src.cli import HELD, hold_signals
+from src.cli import HELD, hold_signals, hold_signals_again
 from src.common import log
 from src.common.errors import S3ShiftError, describe
 from src.common.jsonio import dumps
@@ -121,7 +121,7 @@ def _run(request: SyncRequest, verbose: bool) -> RunReport:
         extra = INTERNAL  # not "interrupted, retryable": a retry loop would rerun the bug forever
         _log.error("%s", reason)
     finally:
-        hold_signals()  # the event loop's handlers are gone (SIGTERM was fatal again)
+        hold_signals_again()  # the event loop's handlers are gone (SIGTERM was fatal again)
     start = utc_now()
     agg = Aggregator(new_execution_id(start), start, request.pipeline, request.tables)
     return agg.report(missing_reason=reason, missing_extra=extra)
