@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import http.client
+import http.server
 import logging
 import os
 import socket
@@ -168,6 +171,130 @@ def s3_proxy(s3_endpoint: str) -> Iterator[CutProxy]:
         proxy.cut()
 
 
+class ErrorProxy:
+    """An HTTP proxy in front of a real S3 server that answers chosen requests itself with an S3 error
+    (``fail``), the way S3 answers a throttled or overloaded request (503 SlowDown, ServiceUnavailable);
+    every other request goes through to the server unchanged. A fault for a process of its own (a real
+    `sync`), which aiobotocore's event hooks cannot reach."""
+
+    def __init__(self, target: str) -> None:
+        self._target = urllib.parse.urlsplit(target).netloc
+        self._rules: list[tuple[str, str, int, str]] = []
+        self.failed: list[str] = []  # "METHOD path" of every request answered with an error
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                proxy._handle(self)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail(self, method: str, path_part: str, status: int = 503, code: str = "SlowDown") -> None:
+        """From now on answer every ``method`` request whose path holds ``path_part`` with that error."""
+        with self._lock:
+            self._rules.append((method, path_part, status, code))
+
+    def clear(self) -> None:
+        """Forward every request again."""
+        with self._lock:
+            self._rules.clear()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _rule(self, method: str, path: str) -> tuple[int, str] | None:
+        with self._lock:
+            for want, part, status, code in self._rules:
+                if want == method and part in urllib.parse.unquote(path):
+                    self.failed.append(f"{method} {path}")
+                    return status, code
+        return None
+
+    def _handle(self, req: http.server.BaseHTTPRequestHandler) -> None:
+        body = _request_body(req)
+        rule = self._rule(req.command, req.path)
+        if rule is not None:
+            status, code = rule
+            xml = (
+                f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                f"<Message>injected by the test</Message><RequestId>test</RequestId></Error>"
+            ).encode()
+            self._reply(req, status, [("Content-Type", "application/xml")], xml)
+            return
+        skip = {"host", "content-length", "transfer-encoding", "connection"}
+        headers = {k: v for k, v in req.headers.items() if k.lower() not in skip}
+        headers["Host"] = req.headers.get("Host", self._target)
+        conn = http.client.HTTPConnection(self._target, timeout=60)
+        try:
+            conn.request(req.command, req.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            head = req.command == "HEAD"  # no body: its Content-Length is the object's, kept as sent
+            kept = [
+                (k, v)
+                for k, v in resp.getheaders()
+                if k.lower() not in skip or (head and k.lower() == "content-length")
+            ]
+            self._reply(req, resp.status, kept, b"" if head else data, length=not head)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _reply(
+        req: http.server.BaseHTTPRequestHandler,
+        status: int,
+        headers: list[tuple[str, str]],
+        data: bytes,
+        *,
+        length: bool = True,
+    ) -> None:
+        req.send_response_only(status)
+        for key, value in headers:
+            req.send_header(key, value)
+        if length:
+            req.send_header("Content-Length", str(len(data)))
+        req.end_headers()
+        req.wfile.write(data)
+
+
+def _request_body(req: http.server.BaseHTTPRequestHandler) -> bytes | None:
+    if req.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks = []
+        while size := int(req.rfile.readline().split(b";")[0], 16):
+            chunks.append(req.rfile.read(size))
+            req.rfile.readline()
+        req.rfile.readline()
+        return b"".join(chunks)
+    length = int(req.headers.get("Content-Length") or 0)
+    return req.rfile.read(length) if length else None
+
+
+@pytest.fixture
+def s3_errors(s3_endpoint: str) -> Iterator[ErrorProxy]:
+    """An ``ErrorProxy`` in front of the session's S3 server (its ``url`` is the endpoint to use)."""
+    proxy = ErrorProxy(s3_endpoint)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
 @pytest.fixture
 def stage_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     """s3shift's logs, even after a CLI test in this session stopped them propagating to the root."""
@@ -272,6 +399,28 @@ def source_conn(mysql_db: str) -> SourceConn:
         database=mysql_db,
         max_connections=4,
     )
+
+
+# A password beyond Latin-1 (the euro sign, CJK, an emoji), with Latin-1 letters and every character a
+# URL must quote: what the drivers and connectorx's URL have to carry exactly.
+WIDE_PASSWORD = "pässwörd€中文😀 @:/?#%+&="
+
+
+@pytest.fixture
+def mysql_user(source_conn: SourceConn) -> Iterator[SourceConn]:
+    """A real MariaDB user with ``WIDE_PASSWORD`` and every privilege on the test's database, as the
+    source connection to use; dropped afterwards."""
+    user = f"bbs_{uuid.uuid4().hex[:10]}"
+    conn = mysql_connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (user, WIDE_PASSWORD))
+            cur.execute(f"GRANT ALL ON `{source_conn.database}`.* TO %s@'%%'", (user,))
+        yield dataclasses.replace(source_conn, username=user, password=Secret(WIDE_PASSWORD))
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("DROP USER IF EXISTS %s@'%%'", (user,))
+        conn.close()
 
 
 def pg_run(coro_fn: Any) -> Any:

@@ -536,3 +536,46 @@ async def test_a_bad_date_is_told_from_a_null_one_column_by_column(
     assert_same(canonical, quick)
     assert fast.coercions == slow.coercions == {"d": {"zero_date_to_null": 1}, "n": {"zero_date_to_null": 1}}
     assert fast.path["fallbacks"] == ["a zero or invalid date"] * 2
+
+
+async def test_a_login_refused_mid_run_hands_every_range_left_to_asyncmy_at_once(
+    mysql_user: SourceConn, mysql_db: str
+) -> None:
+    """The user's password changes after the run's probe found that connectorx logs in: connectorx then
+    retries each login for 30 s before it reports the refusal, and every range paid that wait (6 ranges on
+    2 workers: 91 s). The first refusal now sends every range left, and every later table of the run, to
+    asyncmy on connections already open; the ranges waiting on the same refusal are given up."""
+    fill_shared(mysql_db, list(range(1, 121)))
+    canonical, _, _, _ = await read_both(mysql_user, "shared")
+    async with MySQLSource(mysql_user) as source, source.connection() as conn:
+        assert await fastpath.connectorx_refused(source, mysql_db) is None  # the run's probe logged in
+        mysql_exec(None, f"ALTER USER '{mysql_user.username}'@'%' IDENTIFIED BY 'changed meanwhile'")
+        schema = await describe_table(conn, mysql_db, "shared")
+        stats, later = ExtractStats(), ExtractStats()
+
+        def fast(into: ExtractStats) -> Any:
+            async def read(send: Any) -> None:
+                reader = FastRead(
+                    source, conn, mysql_db, "shared", schema, ReadRules("x"), send, into, 50, 20, 2
+                )
+                async with send:
+                    await reader.run(120)
+
+            return read
+
+        start = time.monotonic()
+        batches = await _collect(fast(stats))
+        took = time.monotonic() - start
+        start = time.monotonic()
+        again = await _collect(fast(later))  # a later table of the run: asyncmy from the start
+        took_later = time.monotonic() - start
+    for read in (batches, again):
+        assert_same(canonical, pa.Table.from_batches(read, schema=schema.arrow_schema()).sort_by("id"))
+    assert took < 45, f"{took:.1f} s for 6 ranges"  # connectorx's own 30 s for the first refusal
+    assert took_later < 5 and later.path["workers"] == 0, later.path
+    refusal = stats.path["fallbacks"][0]
+    assert refusal.startswith("connectorx login refused: ") and "ERROR 1045" in refusal, stats.path
+    assert (
+        later.path["fallbacks"] == [source.connectorx_error] and "Access denied" in later.path["fallbacks"][0]
+    )
+    assert all("Access denied" in f or "refused" in f for f in stats.path["fallbacks"]), stats.path

@@ -620,7 +620,8 @@ async def test_replace_stages_a_column_the_target_keeps_wider(pg_schema: str, s3
 @pytest.mark.parametrize("mode", ["replace", "append"])
 async def test_a_failing_read_aborts_the_copy(mode: Mode, pg_schema: str, s3_conn: S3Conn) -> None:
     """The batches are read and encoded in a task of their own: its failure reaches the COPY, which
-    aborts (it must not end the COPY as if the data were complete); target and state are untouched."""
+    aborts (it must not end the COPY as if the data were complete); target and state are untouched. The
+    read's error is raised as it is (the stage's, with its own ``retryable``), not as the warehouse's."""
     schema = TableSchema((col("id", "int64"),), ("id",))
     inner = s3_batches(s3_conn)
 
@@ -636,8 +637,9 @@ async def test_a_failing_read_aborts_the_copy(mode: Mode, pg_schema: str, s3_con
     many = stage(s3_conn, [arrow_table(schema, [{"id": i} for i in range(10, 20)])])
     async with warehouse(cfg, s3_conn, batches=failing) as wh:
         req = replace_request(schema, many, expect=state.stage_id if state else None)
-        with pytest.raises(WarehouseError, match="the staged file went away"):
+        with pytest.raises(StageError, match="the staged file went away") as raised:
             await wh.load(replace(req, mode=mode))
+        assert not isinstance(raised.value, WarehouseError)
         assert await wh.read_state("test", "db.t") == state
     assert [r["id"] for r in await target_rows(pg_schema, "t", schema)] == [1]
 

@@ -12,9 +12,19 @@ loads: Arrow's allocator, glibc's mmap threshold, and quiet Rust logging.
   the environment wins.
 - connectorx's connection pool logs each refused login to stderr; our own message says what happened,
   once (RUST_LOG in the environment wins).
+- SIGTERM and SIGINT are held (``hold_signals``) from the first moment of a CLI process: the imports
+  that follow take a second or more, and a SIGTERM then killed the process with nothing on stdout
+  (SIGINT: a traceback). A held signal ends the run at its start, reported as interrupted; during the
+  run the engine watches the signals itself (``engine.run.watching_signals``).
 """
 
+import itertools
 import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
 
 from src.common.memory import fix_mmap_threshold
 
@@ -24,3 +34,39 @@ os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 os.environ.setdefault("RUST_LOG", "off")
 if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
     fix_mmap_threshold(MMAP_THRESHOLD_BYTES)
+
+
+HELD: list[str] = []  # the signals received while held, by name ("SIGTERM"), in order
+
+
+def _hold(signum: int, frame: FrameType | None) -> None:
+    HELD.append(signal.Signals(signum).name)
+
+
+_holding: list[bool] = []  # [True] once this process holds them: it is the CLI's
+
+
+def hold_signals() -> None:
+    """From now on SIGTERM/SIGINT only append to ``HELD`` (until an event loop's own handler takes over)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _hold)
+        _holding[:] = [True]
+
+
+def hold_signals_again() -> None:
+    """After an event loop's handlers are gone (asyncio leaves SIGTERM fatal again), in a process that
+    holds them; never in one that only calls the CLI's functions (a test's CliRunner)."""
+    if _holding:
+        hold_signals()
+
+
+def _launched_as_cli(argv: list[str]) -> bool:
+    """``python [options] -m src.cli.main ...`` or the ``s3shift`` console script (not a test importing
+    us)."""
+    module = any(pair == ("-m", "src.cli.main") for pair in itertools.pairwise(argv))
+    return module or (len(argv) > 1 and Path(argv[1]).name == "s3shift")
+
+
+if _launched_as_cli(sys.orig_argv):
+    hold_signals()

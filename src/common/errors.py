@@ -66,6 +66,12 @@ class StageError(S3ShiftError):
     """Encoding Parquet or talking to S3 failed."""
 
 
+class S3Error(StageError):
+    """An S3 request failed: S3 answered with an error (throttling, 5xx, access denied, ...), could not be
+    reached, or stored other bytes than were sent. A table that fails so reports the phase ``s3``,
+    whatever it was doing (reading back its stages, uploading, loading the staged files)."""
+
+
 class WarehouseError(S3ShiftError):
     """The target warehouse refused a statement or could not be reached."""
 

@@ -21,7 +21,7 @@ from src.config.loader import config_dir, load_pipeline
 from src.config.models import Pipeline
 from src.engine.context import RunContext, RunMode
 from src.engine.limits import Limits, share
-from src.engine.table import sync_table
+from src.engine.table import failed_phase, sync_table
 from src.engine.workers import (
     Asker,
     Channel,
@@ -85,10 +85,13 @@ async def run_sync(
     *,
     redshift_connect: RedshiftConnect | None = None,
     workers: Workers | None = None,
+    interrupted: list[str] | None = None,
 ) -> RunReport:
-    """The run; ``workers`` (``start_workers``) run its tables beside this process."""
+    """The run; ``workers`` (``start_workers``) run its tables beside this process. ``interrupted``: the
+    signals received before the run watches them (the CLI holds them from its start, ``src.cli``): one
+    there when it starts watching ends the run then."""
     try:
-        return await _run_sync(request, redshift_connect, workers)
+        return await _run_sync(request, redshift_connect, workers, [] if interrupted is None else interrupted)
     finally:
         if workers is not None:
             workers.dismiss()
@@ -96,7 +99,10 @@ async def run_sync(
 
 
 async def _run_sync(
-    request: SyncRequest, redshift_connect: RedshiftConnect | None, workers: Workers | None
+    request: SyncRequest,
+    redshift_connect: RedshiftConnect | None,
+    workers: Workers | None,
+    interrupted: list[str],
 ) -> RunReport:
     start = utc_now()
     tables = unique(request.tables)
@@ -116,7 +122,7 @@ async def _run_sync(
             plans.append(plan)
     if not plans:
         return agg.report()
-    return await _run_plans(agg, pipeline, plans, request.mode, redshift_connect, workers)
+    return await _run_plans(agg, pipeline, plans, request.mode, redshift_connect, workers, interrupted)
 
 
 def plan_tables(pipeline: Pipeline, tables: Sequence[str]) -> dict[str, TablePlan | S3ShiftError]:
@@ -168,11 +174,11 @@ async def _run_plans(
     plans: list[TablePlan],
     mode: RunMode,
     redshift_connect: RedshiftConnect | None,
-    workers: Workers | None = None,
+    workers: Workers | None,
+    interrupted: list[str],
 ) -> RunReport:
     processes = workers.processes if workers else 1
     limits = Limits.for_pipeline(pipeline, index=0, processes=processes)
-    interrupted: list[str] = []
     slots = [share(pipeline.processing.max_parallel_tables, i, processes) for i in range(processes)]
     dispenser = Dispenser(len(plans), slots)
     resources: Resources | None = None
@@ -185,19 +191,19 @@ async def _run_plans(
             resources.s3.hurry()
 
     async with watching_signals(interrupted, stop) as cancel_on_signal, AsyncExitStack() as stack:
-        try:
-            resources = await open_resources(
-                stack,
-                pipeline,
-                limits,
-                redshift_connect,
-                source=mode != "load_only",
-                keep_written=mode == "sync",
-            )
-        except Exception as exc:
-            return _fail_all(agg, [p.table for p in plans], first_error(exc), phase="connect")
         failed: Exception | None = None
-        with cancel_on_signal:  # a signal cancels the scan as well as the tables
+        with cancel_on_signal:  # a signal cancels the connecting and the scan as well as the tables
+            try:
+                resources = await open_resources(
+                    stack,
+                    pipeline,
+                    limits,
+                    redshift_connect,
+                    source=mode != "load_only",
+                    keep_written=mode == "sync",
+                )
+            except Exception as exc:
+                return _fail_all(agg, [p.table for p in plans], first_error(exc), phase="connect")
             try:
                 scan = await _mark_and_scan(stack, resources.s3, pipeline, plans, agg.execution_id, mode)
                 states = await resources.warehouse.read_states(pipeline.name, [p.table for p in plans])
@@ -219,6 +225,8 @@ async def _run_plans(
                         job_of = replace(job, index=worker.index)
                         tg.start_soon(serve_worker, worker, job_of, dispenser, agg.record)
                     _pull(tg, ctx, plans, take, record)
+        if resources is None:  # a signal while connecting (waiting up to connect_timeout, say)
+            return _final(agg, interrupted)
         if workers and interrupted:
             await drain(workers, dispenser, agg.record)
         if workers:  # their failed cleanups keep the run marker, as the parent's own do
@@ -227,7 +235,7 @@ async def _run_plans(
             report = _final(agg, interrupted)
         else:
             cause = first_error(failed)
-            report = _fail_all(agg, [p.table for p in plans], cause, phase="state")
+            report = _fail_all(agg, [p.table for p in plans], cause, phase=failed_phase(cause, "state"))
             if isinstance(cause, StageError):  # S3 itself failed: no report can be kept there
                 return report
         await _persist(resources.s3, pipeline, report)
@@ -299,6 +307,11 @@ async def watching_signals(
 
     async with anyio.create_task_group() as tg:
         await tg.start(watch)  # caught from here on
+        if interrupted:  # received before (held by the CLI): the run ends now
+            log.warning("%s received: cancelling the run", interrupted[0])
+            if on_signal is not None:
+                on_signal()
+            scope.cancel()
         try:
             yield scope
         finally:

@@ -12,7 +12,7 @@ import anyio
 import anyio.abc
 import pyarrow as pa
 
-from src.common.errors import S3ShiftError, first_error
+from src.common.errors import S3Error, S3ShiftError, first_error
 from src.common.log import get_logger
 from src.common.schema import TableSchema
 from src.engine.context import RunContext
@@ -77,7 +77,14 @@ async def sync_table(ctx: RunContext, plan: TablePlan) -> TableResult:
     except Exception as exc:  # a table's failure is a result; cancellation (BaseException) passes through
         err = first_error(exc)
         log.debug("%s failed in %s", plan.table, progress.phase, exc_info=err)
-        return failure(plan.table, err, phase=progress.phase)
+        return failure(plan.table, err, phase=failed_phase(err, progress.phase))
+
+
+def failed_phase(err: BaseException, phase: str) -> str:
+    """The phase a failure reports: ``s3`` when an S3 request failed (reading back stages, markers and
+    listings, uploading, or the staged files a load reads), except S3 found unreachable as the table
+    starts (``connect``, as at the run's start); else the phase the table was in."""
+    return "s3" if isinstance(err, S3Error) and phase != "connect" else phase
 
 
 async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSuccess:

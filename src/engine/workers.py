@@ -376,6 +376,7 @@ def _worker_main(
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the workers through the parent
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not held as the parent's (``src.cli``)
         _die_with_parent()
         if os.getppid() != parent:  # the parent died before the line above took effect
             os._exit(1)

@@ -17,7 +17,11 @@ The asyncmy path (``src.source.extract``) stays canonical: this one must give th
 - any error of connectorx on a range (and a flagged batch) hands the rest of that range, after the last
   key already sent, to the canonical path on the table's own connection; but a lock wait that timed out
   (MySQL error 1205) fails the table, retryable, as on the canonical path, which would wait as long
-  again. Rows are read in key order, so nothing is read twice or skipped.
+  again. Rows are read in key order, so nothing is read twice or skipped;
+- a login refused mid-run (the password changed, max_connections reached: connectorx reports it only
+  after retrying it for 30 s) ends connectorx for the run (``refuse``): the reads waiting for a login are
+  given up and every range left, of this table and of every later one, is read by the canonical path,
+  on connections already open (a new one the server refuses too fails the table at once, naming why).
 
 Connections: the table's own pooled connection plans the ranges and serves the fallbacks; connectorx
 opens one connection per worker, each under a token of the source's connection budget taken without
@@ -88,6 +92,10 @@ _SERVER_ERROR = re.compile(
     r"ERROR (\d+) \(\w+\): (.*?)\s*\}?\s*$"
 )  # connectorx: MySqlError { ERROR 1205 (HY000): … }
 _NOT_HANDED_OVER = frozenset({1205})  # a lock wait: the canonical path would wait as long again
+# the server refused the login: access denied (to the user, the database), too many connections (the
+# server's, the user's), host blocked or not allowed, auth plugin, expired password, account locked
+_LOGIN_REFUSED = frozenset({1040, 1044, 1045, 1129, 1130, 1203, 1226, 1251, 1524, 1820, 1862, 3118, 4151})
+_NO_CONNECTION = "timed out waiting for connection"  # r2d2, connectorx's pool: 30 s of failed logins
 
 
 def column_blocker(column: Column) -> str | None:
@@ -271,6 +279,9 @@ class FastRead:
         url = connection_url(self.source.cfg, self.database)
         while self._queue:
             part = self._queue.popleft()
+            if self.source.connectorx_error:  # refused meanwhile (``refuse``): asyncmy reads the rest
+                await self._canonical(part)
+                continue
             halves = part.halves(*self._bounds)
             # An integer key holds at most one row per value: only a wide span can be too big.
             wide = halves is not None and part.span(*self._bounds) > 2 * self.range_rows
@@ -300,7 +311,7 @@ class FastRead:
         sql = fast_select(self.database, self.table, self.schema, where)
         try:
             with anyio.fail_after(self.source.cfg.read_timeout):  # a hung server: hand the range over
-                fetched = await in_daemon_thread(partial(_fetch, url, sql))
+                fetched = await self._fetch_range(url, sql)
             for raw in fetched.to_batches(max_chunksize=self.batch_size):
                 batch, coerced = await anyio.to_thread.run_sync(
                     to_planned, raw, self.schema, self.rules, limiter=self.cpu_limiter
@@ -318,14 +329,27 @@ class FastRead:
         except BaseException as exc:  # connectorx raises PanicException, a BaseException
             if isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt | SystemExit):
                 raise
-            refusal = _SERVER_ERROR.search(" ".join(str(exc).split()))
+            text = " ".join(str(exc).split())
+            refusal = _SERVER_ERROR.search(text)
             if refusal and int(refusal[1]) in _NOT_HANDED_OVER:
                 server = asyncmy.errors.OperationalError(int(refusal[1]), refusal[2])
                 raise source_error(self.source.cfg, server, doing="a connectorx read") from exc
             reason = _reason(exc)
+            if _NO_CONNECTION in text or (refusal and int(refusal[1]) in _LOGIN_REFUSED):
+                reason = refuse(self.source, exc)
             log.debug("%s: range %s handed to the asyncmy path: %s", self.rules.ref, part, reason)
             self.fallbacks.append(reason)
             await self._canonical(part if last is None else part.after(last))
+
+    async def _fetch_range(self, url: str, sql: str) -> pa.Table:
+        """One range through connectorx, given up (``_Handover``) when a login of the run is refused."""
+        with anyio.CancelScope() as scope:
+            self.source.connectorx_reads.add(scope)
+            try:
+                return await in_daemon_thread(partial(_fetch, url, sql))
+            finally:
+                self.source.connectorx_reads.discard(scope)
+        raise _Handover(f"given up: {self.source.connectorx_error}")
 
     async def _canonical(self, part: KeyRange) -> None:
         condition = with_filter(part.condition(self.key.name), self.where, bound=False)
@@ -357,6 +381,17 @@ async def connectorx_refused(source: MySQLSource, database: str) -> str | None:
                     "MySQL source %r: %s — reading with asyncmy", source.cfg.name, source.connectorx_error
                 )
     return source.connectorx_error or None
+
+
+def refuse(source: MySQLSource, exc: BaseException) -> str:
+    """connectorx's login was refused mid-run: no read of the run uses it from now on, and the reads
+    waiting for a login (their tables hand their ranges to asyncmy) are given up. Returns the reason."""
+    if not source.connectorx_error:
+        source.connectorx_error = f"connectorx login refused: {_reason(exc)}"
+        log.warning("MySQL source %r: %s — reading with asyncmy", source.cfg.name, source.connectorx_error)
+        for scope in list(source.connectorx_reads):
+            scope.cancel()
+    return source.connectorx_error
 
 
 async def _probe(url: str, cfg: SourceConn) -> str:

@@ -21,6 +21,7 @@ import asyncmy.cursors
 
 from src.common.errors import SourceError
 from src.common.log import get_logger
+from src.common.secret import Secret
 from src.config.models import SourceConn
 
 log = get_logger("source.mysql")
@@ -250,13 +251,26 @@ def _session_sql(cfg: SourceConn) -> str:
     )
 
 
+def wire_password(password: Secret) -> str:
+    """The password as the drivers must be handed it. The server checks the password's UTF-8 bytes (what
+    the mysql client, Connector/J and Connector/Python send), but asyncmy and aiomysql encode a str
+    password as Latin-1: a password beyond Latin-1 (``€``, CJK) failed with UnicodeEncodeError, and one
+    within it (``pässwörd``) was refused by the server. So they get the str whose Latin-1 bytes are the
+    password's UTF-8 bytes; that form is a secret too (scrubbed from any message)."""
+    text = password.reveal()
+    wire = text.encode("utf-8").decode("latin-1")
+    if wire != text:
+        Secret(wire)
+    return wire
+
+
 async def open_connection(cfg: SourceConn) -> SourceConnection:
     """Open one configured connection, or raise ``SourceError`` naming host:port and the cause."""
     kwargs: dict[str, Any] = {
         "host": cfg.host,
         "port": cfg.port,
         "user": cfg.username,
-        "password": cfg.password.reveal(),
+        "password": wire_password(cfg.password),
         "charset": "utf8mb4",
         "autocommit": True,
         "init_command": _session_sql(cfg),
@@ -309,6 +323,7 @@ class MySQLSource:
         self._reserved = 0  # tokens held for connections opened outside the pool
         self.connectorx_lock = anyio.Lock()
         self.connectorx_error: str | None = None  # why connectorx cannot connect ("" once it did)
+        self.connectorx_reads: set[anyio.CancelScope] = set()  # reads in flight, given up on a refusal
         self._closed = False
 
     async def __aenter__(self) -> MySQLSource:

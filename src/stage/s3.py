@@ -28,7 +28,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from src.common.errors import StageError, first_error
+from src.common.errors import S3Error, StageError, first_error
 from src.common.log import get_logger
 from src.config.models import S3Conn
 from src.stage.breaker import CONNECT_TIMEOUT, COOL_DOWN, Breaker, EndpointDown, connect_failure
@@ -208,7 +208,7 @@ class S3Stage:
         if echoed is None:
             return False
         if echoed != crc32_b64(data):
-            raise StageError(
+            raise S3Error(
                 f"S3 stored {self.url(key)} with checksum {echoed}, not the {crc32_b64(data)} sent; re-run",
                 key=key,
                 retryable=True,
@@ -271,7 +271,7 @@ class S3Stage:
             raise self._error(exc, "get_object", key) from exc
         expected = int(resp["ContentLength"])
         if total != expected:
-            raise StageError(
+            raise S3Error(
                 f"downloaded {total} of {expected} bytes of {self.url(key)}; retry", key=key, retryable=True
             )
         return total
@@ -288,7 +288,7 @@ class S3Stage:
             resp = await self._call("delete_objects", chunk[0]["Key"], Delete=request)
             if resp.get("Errors"):
                 first = resp["Errors"][0]
-                raise StageError(
+                raise S3Error(
                     f"could not delete {self.url(first['Key'])}: {first.get('Code')} - check the IAM policy",
                     key=first["Key"],
                 )
@@ -365,7 +365,7 @@ class S3Stage:
         except EndpointDown as down:
             raise self._unreachable(down.cause, action, key, sent=False) from None
 
-    def _failed(self, exc: BaseException, action: str, key: str | None, probe: bool) -> StageError:
+    def _failed(self, exc: BaseException, action: str, key: str | None, probe: bool) -> S3Error:
         """The error for a request that failed; the ``Breaker`` learns whether it reached the endpoint."""
         failure = connect_failure(exc)
         if failure is None:
@@ -440,34 +440,34 @@ class S3Stage:
         """The URL requests go to (AWS's regional one when no endpoint_url is configured)."""
         return str(self._client.meta.endpoint_url) if self._client is not None else self._endpoint_label()
 
-    def _unreachable(self, cause: str, action: str, key: str | None, *, sent: bool) -> StageError:
+    def _unreachable(self, cause: str, action: str, key: str | None, *, sent: bool) -> S3Error:
         where = self.url(key) if key else f"s3://{self.cfg.bucket}"
         every = f"one request probes it every {self._breaker.cool_down:g} s"
         outcome = "failed" if sent else f"not sent, a probe failed too ({every})"
-        return StageError(
+        return S3Error(
             f"S3 endpoint {self._endpoint_url()} unreachable ({cause}): {action} on {where} {outcome} - "
             f"check connections.s3.{self.cfg.name}.endpoint_url/region and the network, then rerun",
             key=key,
             retryable=True,
         )
 
-    def _error(self, exc: BaseException, action: str, key: str | None) -> StageError:
+    def _error(self, exc: BaseException, action: str, key: str | None) -> S3Error:
         where = self.url(key) if key else f"s3://{self.cfg.bucket}"
         conn = f"connections.s3.{self.cfg.name}"
         if isinstance(exc, ClientError):
             return self._client_error(exc, action, where, key)
         if isinstance(exc, NoCredentialsError):
             hint = f"set access_key_id/secret_access_key in {conn}, or an AWS profile, env vars or role"
-            return StageError(f"S3 {action} on {where}: no AWS credentials found - {hint}", key=key)
+            return S3Error(f"S3 {action} on {where}: no AWS credentials found - {hint}", key=key)
         text = " ".join(str(exc).split()) or type(exc).__name__
-        return StageError(
+        return S3Error(
             f"S3 {action} on {where} failed at {self._endpoint_label()}: {text} - "
             f"check {conn}.endpoint_url/region and the network",
             key=key,
             retryable=True,
         )
 
-    def _client_error(self, exc: ClientError, action: str, where: str, key: str | None) -> StageError:
+    def _client_error(self, exc: ClientError, action: str, where: str, key: str | None) -> S3Error:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", "Unknown"))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
@@ -475,7 +475,7 @@ class S3Stage:
         default = "S3 is failing or throttling; retry later" if status >= 500 else "check the bucket and IAM"
         hint = _HINTS.get(code, default).format(region=self.cfg.region)
         message = f"S3 {action} on {where}: {code} (HTTP {status}){' ' + detail if detail else ''} - {hint}"
-        return StageError(message, key=key, retryable=status >= 500 or code in ("SlowDown", "RequestTimeout"))
+        return S3Error(message, key=key, retryable=status >= 500 or code in ("SlowDown", "RequestTimeout"))
 
 
 def crc32_b64(data: bytes) -> str:

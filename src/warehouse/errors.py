@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from src.common.errors import WarehouseError, describe
+from src.common.errors import S3ShiftError, WarehouseError, describe
 from src.config.models import TargetConn
 
 # SQLSTATEs after which running the same transaction again can succeed.
@@ -117,8 +117,12 @@ def lost_connection(exc: BaseException, cfg: TargetConn) -> WarehouseError:
     )
 
 
-def classify(exc: BaseException, *, cfg: TargetConn, action: str, table: str | None = None) -> WarehouseError:
-    """A ``WarehouseError`` for ``exc`` raised while doing ``action`` on ``cfg`` (ours pass through)."""
+def classify(exc: BaseException, *, cfg: TargetConn, action: str, table: str | None = None) -> S3ShiftError:
+    """A ``WarehouseError`` for ``exc`` raised while doing ``action`` on ``cfg`` (ours pass through). An
+    error of another layer raised inside a load is not the warehouse's and passes through as it is, with
+    its own ``retryable``: the S3 read of the staged files (throttled: retryable, not a failed load)."""
+    if isinstance(exc, S3ShiftError) and not isinstance(exc, WarehouseError):
+        return exc
     if isinstance(exc, WarehouseError):
         if table is None or exc.table is not None:
             return exc

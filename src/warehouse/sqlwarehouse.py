@@ -15,7 +15,7 @@ from functools import cached_property
 
 import pyarrow as pa
 
-from src.common.errors import WarehouseError
+from src.common.errors import S3ShiftError, WarehouseError
 from src.common.schema import TableSchema
 from src.config.models import TargetConn
 from src.stage.models import StageResult
@@ -215,7 +215,7 @@ class SqlWarehouse:
             return render_refill(spec, self._refill_sql(spec), self._commit(req))
         return render(spec, self._fill_sql(spec), self._commit(req), fill_counts=self.fill_counts)
 
-    def _error(self, exc: Exception, action: str, table: str) -> WarehouseError:
+    def _error(self, exc: Exception, action: str, table: str) -> S3ShiftError:
         return classify(exc, cfg=self.cfg, action=action, table=table)
 
 
@@ -236,7 +236,7 @@ class _Streamed:
         self._copied: int | None = None
         self.finished = False
 
-    def _error(self, exc: Exception) -> WarehouseError:
+    def _error(self, exc: Exception) -> S3ShiftError:
         return self._wh._error(exc, f"{self._spec.mode} load of", self._spec.target_name)
 
     async def copy(self, batches: AsyncIterator[pa.RecordBatch]) -> None:
