@@ -26,6 +26,13 @@ RETRYABLE_SQLSTATES = frozenset(
 RETRYABLE_CLASSES = frozenset({"08", "53"})
 
 
+class AnswerLost(WarehouseError):
+    """A statement's answer never came (the connection dropped, or the server stopped answering), and the
+    error already says what became of the statement (``lost_connection`` keeps its message)."""
+
+    retryable = True
+
+
 def where(cfg: TargetConn) -> str:
     """'target NAME (host:port/database)' — never the user's password."""
     return f"target {cfg.name!r} ({cfg.host}:{cfg.port}/{cfg.database})"
@@ -110,11 +117,25 @@ def lost_connection(exc: BaseException, cfg: TargetConn) -> WarehouseError:
     """A session's connection closed or broken under it (terminated by the server, a network cut): asyncpg
     then raises client-side errors ('connection has been released back to the pool', 'another operation
     is in progress') that name no cause and that ``classify`` would take for a misuse no retry can help."""
+    if isinstance(exc, AnswerLost):
+        return exc
     cause = client_side_cause(exc) or exc
     return WarehouseError(
         f"lost the connection to {where(cfg)} ({describe(cause)}); rerun the table",
         retryable=True,
     )
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """A statement failed without the server's answer: the connection broke (asyncpg's client-side
+    errors, SQLSTATE class 08, OS errors) or the server stopped answering (``AnswerLost``); whatever it
+    did is unknown. A server's error answer (any other SQLSTATE) says it was not done."""
+    state = sqlstate_of(exc)
+    if isinstance(exc, AnswerLost) or client_side_cause(exc) is not None:
+        return True
+    if state is not None:
+        return state[:2] == "08"
+    return isinstance(exc, OSError | TimeoutError | ConnectionError)
 
 
 def classify(exc: BaseException, *, cfg: TargetConn, action: str, table: str | None = None) -> WarehouseError:
