@@ -112,8 +112,7 @@ async def test_a_commit_answer_held_by_the_network_is_found_committed(
 
 
 async def stall_when_held(proxy: CutProxy) -> None:
-    while not proxy.triggered.is_set():
-        await anyio.sleep(0.01)
+    await anyio.to_thread.run_sync(proxy.triggered.wait, abandon_on_cancel=True)
     proxy.stall()
 
 

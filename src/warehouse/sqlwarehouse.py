@@ -213,7 +213,8 @@ class SqlWarehouse:
                         return await self._still_working(other, pid)
             except Exception as exc:
                 cause = "" if isinstance(exc, TimeoutError) else f" ({describe(exc)})"
-                return f"nor did a new connection within {cfg.connect_timeout:g} s{cause}: it is stalled or unreachable"
+                within = f"{cfg.connect_timeout:g} s{cause}"
+                return f"nor did a new connection within {within}: it is stalled or unreachable"
 
         return Watched(ex, every=cfg.read_timeout, probe=probe, explain=self._no_answer)
 
@@ -226,9 +227,9 @@ class SqlWarehouse:
     def _no_answer(self, why: str) -> str:
         key = f"connections.targets.{self.cfg.name}.read_timeout"
         return (
-            f"{where(self.cfg)} did not answer a statement for {self.cfg.read_timeout:g} s, {why}; the session "
-            "was dropped with its transaction (target and watermark unchanged): check the warehouse, then "
-            f"rerun the table ({key} sets the wait before this check)"
+            f"{where(self.cfg)} did not answer a statement for {self.cfg.read_timeout:g} s, {why}; the "
+            "session was dropped with its transaction (target and watermark unchanged): check the "
+            f"warehouse, then rerun the table ({key} sets the wait before this check)"
         )
 
     def _refilling(self, spec: LoadSpec) -> bool:
