@@ -4,16 +4,19 @@ the real PostgreSQL (and the Redshift loader through the emulator, over the same
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
 
 from src.common.errors import WarehouseError
 from src.common.schema import TableSchema
-from src.config.models import S3Conn, TargetConn
-from tests.conftest import PG_HOST, PG_PORT, CutProxy
+from src.config.models import S3Conn, SourceConn, TargetConn
+from tests.conftest import PG_HOST, PG_PORT, CutProxy, mysql_exec, pg_fetch
+from tests.e2e import run_json, write_config
 from tests.test_warehouse_load import (
     KINDS,
     arrow_table,
@@ -145,3 +148,37 @@ async def test_a_stalled_warehouse_fails_the_load_within_the_read_timeout(
         pg_proxy.release()
         assert await wh.read_state("test", "db.t") == before
     assert await ids(pg_schema) == [1]
+
+
+def test_a_stalled_warehouse_ends_the_run_with_the_table_failed(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+    pg_proxy: CutProxy,
+) -> None:
+    """The real CLI against a PostgreSQL that stops answering in the middle of the load: the run hung
+    for ever. Now the table fails, retryable, with one line naming the target and the setting, and the
+    run ends; target and watermark as they were."""
+    mysql_exec(mysql_db, "CREATE TABLE t (id BIGINT PRIMARY KEY)", "INSERT INTO t VALUES (1), (2)")
+    target = through(pg_target, pg_proxy, read_timeout=1.0, connect_timeout=2.0)
+    table = f"{mysql_db}.t"
+    cfg = write_config(tmp_path / "cfg", source_conn, target, s3_conn, {table: {"cdc_strategy": "full_sync"}})
+    assert run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)[0]["status"] == "success"
+    mysql_exec(mysql_db, "INSERT INTO t VALUES (3)")
+    pg_proxy.hold_answer_to(b"LOCK")
+    threading.Thread(target=lambda: (pg_proxy.triggered.wait(60), pg_proxy.stall()), daemon=True).start()
+    started = time.monotonic()
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    took = time.monotonic() - started
+    result = doc["table_results"][table]
+    assert proc.returncode == 1 and result["status"] == "failed", result
+    assert (result["phase"], result["retryable"]) == ("load", True), result
+    message = result["error_message"]
+    assert "did not answer a statement for 1 s" in message and "connections.targets.tgt.read_timeout" in message
+    assert took < 40, took
+    pg_proxy.release()
+    assert [r["id"] for r in pg_fetch(f'SELECT id FROM "{pg_schema}".t ORDER BY id')] == [1, 2]
+    assert len(pg_fetch(f'SELECT * FROM "{pg_schema}".s3shift_state')) == 1
