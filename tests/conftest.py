@@ -108,7 +108,7 @@ class CutProxy:
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
-        self._rules: list[tuple[bytes, str]] = []
+        self._rules: list[list[Any]] = []  # [marker, action, matches still to let through]
         self._held: set[int] = set()  # ids of client sockets whose replies are held
         self._stalled = False
         self._lost: set[int] = set()  # ids of client sockets to hang up at their next reply
@@ -137,13 +137,14 @@ class CutProxy:
             self._open.clear()
 
     def lose_answer_to(self, marker: bytes) -> None:
-        self._rules.append((marker, "lose"))
+        self._rules.append([marker, "lose", 0])
 
     def drop_before(self, marker: bytes) -> None:
-        self._rules.append((marker, "drop"))
+        self._rules.append([marker, "drop", 0])
 
-    def hold_answer_to(self, marker: bytes) -> None:
-        self._rules.append((marker, "hold"))
+    def hold_answer_to(self, marker: bytes, *, skip: int = 0) -> None:
+        """(``skip``: let that many such statements through first.)"""
+        self._rules.append([marker, "hold", skip])
 
     def stall(self) -> None:
         self._stalled = True
@@ -171,10 +172,12 @@ class CutProxy:
 
     def _fault(self, data: bytes) -> str | None:
         with self._lock:
-            for i, (marker, action) in enumerate(self._rules):
-                if marker in data:
-                    del self._rules[i]
-                    return action
+            for rule in self._rules:
+                if rule[0] in data and rule[2] > 0:
+                    rule[2] -= 1
+                elif rule[0] in data:
+                    self._rules.remove(rule)
+                    return str(rule[1])
         return None
 
     def _pump(self, src: socket.socket, dst: socket.socket, client: socket.socket) -> None:

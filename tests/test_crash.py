@@ -260,3 +260,49 @@ def test_sigterm_during_commit_reports_what_committed(
     assert [r["id"] for r in pg_fetch(f'SELECT id FROM "{pg_schema}".ev ORDER BY id')] == [1, 2]
     states = pg_fetch(f'SELECT loaded_by FROM "{pg_schema}".s3shift_state')
     assert [r["loaded_by"] for r in states] == [doc["execution_id"]]
+
+
+def test_sigterm_between_two_pending_loads_names_the_one_that_committed(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """Two pending stages load in order; SIGTERM while the second one's transaction waits: the first
+    stays committed, so the table fails 'interrupted' naming it and the watermark it left (it said
+    'target and watermark unchanged')."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE ev (id BIGINT PRIMARY KEY, v VARCHAR(10), updated_at DATETIME(6) NOT NULL)",
+        "INSERT INTO ev VALUES (1, 'a', NOW(6))",
+    )
+    proxy = CutProxy(f"tcp://{PG_HOST}:{PG_PORT}")
+    target = dataclasses.replace(pg_target, host="127.0.0.1", port=proxy.port)
+    table = f"{mysql_db}.ev"
+    conf = {"cdc_strategy": "hybrid", "cdc_timestamp_column": "updated_at", "cdc_id_column": "id"}
+    cfg = write_config(tmp_path / "cfg", source_conn, target, s3_conn, {table: {**conf, "lag_seconds": 0}})
+    setup = Setup(cfg, table, CLI)
+    args = ("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    first = run_json(*args, "--backup-only")[0]["table_results"][table]
+    mysql_exec(mysql_db, "INSERT INTO ev VALUES (2, 'b', NOW(6))")
+    assert run_json(*args, "--backup-only")[0]["status"] == "success"
+    proxy.hold_answer_to(b"LOCK TABLE", skip=1)  # the second load's locks
+    try:
+        proc = subprocess.Popen(
+            [*setup.cli, *args, "--load-only", "--json-output"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        wait_until(proc, proxy.triggered.is_set, "the second load")
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        proxy.release()
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proxy.cut()
+    result = json.loads(out)["table_results"][table]
+    stage_a = first["manifest"].rsplit("/", 2)[1]
+    assert (result["status"], result["phase"], result["retryable"]) == ("failed", "interrupted", True), result
+    assert result["stages_loaded"] == [stage_a] and result["watermark"] == first["window"]["end"], result
+    assert f"loaded first: {stage_a}" in result["error_message"], result
+    assert [r["id"] for r in pg_fetch(f'SELECT id FROM "{pg_schema}".ev ORDER BY id')] == [1]

@@ -177,7 +177,8 @@ def test_a_stalled_warehouse_ends_the_run_with_the_table_failed(
     assert proc.returncode == 1 and result["status"] == "failed", result
     assert (result["phase"], result["retryable"]) == ("load", True), result
     message = result["error_message"]
-    assert "did not answer a statement for 1 s" in message and "connections.targets.tgt.read_timeout" in message
+    assert "did not answer a statement for 1 s" in message, message
+    assert "connections.targets.tgt.read_timeout" in message, message
     assert took < 40, took
     pg_proxy.release()
     assert [r["id"] for r in pg_fetch(f'SELECT id FROM "{pg_schema}".t ORDER BY id')] == [1, 2]
