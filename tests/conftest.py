@@ -206,6 +206,8 @@ class CutProxy:
             with self._lock:
                 self._open.discard(sock)
             _hang_up(sock)
+        self._held.discard(id(client))  # ids are reused by later sockets: forget this one's
+        self._lost.discard(id(client))
 
 
 def _hang_up(sock: socket.socket) -> None:

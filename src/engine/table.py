@@ -153,7 +153,7 @@ async def _settle(ctx: RunContext, plan: TablePlan, progress: _Progress) -> Tabl
         log.warning("%s: the run was interrupted after the table's load committed", plan.table)
         progress.extra.setdefault("target", target_of(ctx, plan))
         return _success(ctx, plan, progress)
-    message = "run interrupted before this table finished; target and watermark as below"
+    message = "run interrupted before this table finished"
     return _failure(plan, progress, message, {"phase": "interrupted", "retryable": True})
 
 

@@ -5,6 +5,8 @@ Classification looks only at exception classes and SQLSTATE codes, never at mess
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 
 from src.common.errors import WarehouseError, describe
@@ -28,9 +30,14 @@ RETRYABLE_CLASSES = frozenset({"08", "53"})
 
 class AnswerLost(WarehouseError):
     """A statement's answer never came (the connection dropped, or the server stopped answering), and the
-    error already says what became of the statement (``lost_connection`` keeps its message)."""
+    error already says what became of the statement (``lost_connection`` keeps its message). ``why``: the
+    cause alone, for a message that goes on to say what became of it otherwise (a COMMIT's check)."""
 
     retryable = True
+
+    def __init__(self, message: str, *, why: str = "", **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.why = why or self.message
 
 
 def where(cfg: TargetConn) -> str:

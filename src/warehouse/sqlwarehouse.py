@@ -172,7 +172,8 @@ class SqlWarehouse:
         target, taken here too, is free then): is the state row it appended, the commit's own marker, in
         the state log? The load's session may still be running the COMMIT, never half of it."""
         name, cfg = spec.target_name, self.cfg
-        lost_how = f"the answer to the COMMIT of the load of {name} was lost ({describe(lost)})"
+        cause = lost.why if isinstance(lost, AnswerLost) else describe(lost)
+        lost_how = f"the answer to the COMMIT of the load of {name} was lost ({cause})"
         try:
             with anyio.fail_after(cfg.connect_timeout + cfg.read_timeout):
                 async with self._fresh() as ex:

@@ -79,7 +79,8 @@ class Watched:
                 failure = exc
             tg.cancel_scope.cancel()
         if why:
-            raise AnswerLost(self._explain(why[0])) from failure
+            short = f"no answer for {self._every:g} s, {why[0]}"
+            raise AnswerLost(self._explain(why[0]), why=short) from failure
         if failure is not None:
             raise failure
         return result
