@@ -169,8 +169,8 @@ class SqlWarehouse:
     async def _confirm(self, spec: LoadSpec, row: StateRow, lost: BaseException) -> None:
         """After the answer to a load's COMMIT was lost: return if it committed, else raise saying what
         became of it. Asked on a new connection once the load's transaction has ended (its lock on the
-        target, taken here too, is free then): is the state row it appended, the commit's own marker, in
-        the state log? The load's session may still be running the COMMIT, never half of it."""
+        target, taken here too, waits for that: the old session may still be running the COMMIT): is the
+        state row it appended, the commit's own marker, in the state log?"""
         name, cfg = spec.target_name, self.cfg
         cause = lost.why if isinstance(lost, AnswerLost) else describe(lost)
         lost_how = f"the answer to the COMMIT of the load of {name} was lost ({cause})"
