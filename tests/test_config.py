@@ -295,7 +295,7 @@ def test_lists_and_column_maps_are_interpolated_too(tmp_path: Path, monkeypatch:
         ("type_policies: {zero_dates: null}", "did you mean 'zero_date'"),
         ("diststyle: random", "diststyle' must be AUTO, EVEN, ALL or KEY"),
         ("{where: a, additional_where: b}", "sets both where and additional_where"),
-        ("lag_seconds: -1", "lag_seconds' must be zero or more"),
+        ("lag_seconds: -1", "lag_seconds' must be from 0 to 3153600000 seconds"),
     ],
 )
 def test_bad_table_keys(tmp_path: Path, entry: str, expect: str) -> None:
@@ -357,7 +357,7 @@ def test_missing_config_dir_is_named(tmp_path: Path) -> None:
             "connections",
             "port: 3306,",
             "port: 3306.5,",
-            r"sources.shop_mysql.port' must be an integer \(got 3306.5",
+            r"sources.shop_mysql.port' must be an integer \(got '3306.5'",
         ),
         (
             "connections",
@@ -366,13 +366,6 @@ def test_missing_config_dir_is_named(tmp_path: Path) -> None:
             r"max_connections' must be an integer",
         ),
         ("pipeline", "batch_size: 50000}", "batch_size: 0.5}", r"processing.batch_size' must be an integer"),
-        (
-            "connections",
-            "schema: analytics}",
-            "schema: yes}",
-            r"local_pg.schema' must be text, but YAML read",
-        ),
-        ("connections", "database: shop,", "database: off,", r"shop_mysql.database' must be text.*in quotes"),
         (
             "connections",
             "max_connections: 8}",
@@ -419,19 +412,13 @@ def test_missing_config_dir_is_named(tmp_path: Path) -> None:
             "pipeline",
             "target_name: dim_customers}",
             "rename_columns: {name: [1]}}",
-            r"customers.rename_columns' must hold names, not \[1\]",
+            r"customers.rename_columns' must hold names, not \['1'\]",
         ),
         (
             "pipeline",
             "target_name: dim_customers}",
             "include_columns: [id, {a: 1}]}",
             r"include_columns' must hold names",
-        ),
-        (
-            "pipeline",
-            "target_name: dim_customers}",
-            "sortkey: [id, no]}",
-            r"sortkey' must hold names, not False; put it in quotes",
         ),
         (
             "pipeline",

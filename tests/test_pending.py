@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from src.config.models import S3Conn, SourceConn, TargetConn
-from src.engine.pending import format_ts, select
-from src.plan.models import Watermark, Window
+from src.engine.pending import select
+from src.plan.models import Watermark, Window, format_ts
 from src.stage.models import StageResult
 from src.warehouse.base import StateRow
 from tests.conftest import mysql_exec, pg_fetch

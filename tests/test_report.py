@@ -20,7 +20,10 @@ def ok(table: str, rows: int, files: int) -> TableSuccess:
 
 def bad(table: str) -> TableFailure:
     return TableFailure(
-        table, "Connection timeout to MySQL database", T0 + timedelta(seconds=3), {"phase": "connect"}
+        table,
+        "Connection timeout to MySQL database",
+        T0 + timedelta(seconds=3),
+        {"phase": "connect", "retryable": True},
     )
 
 

@@ -16,7 +16,7 @@ import anyio
 import click
 
 from src.common import log
-from src.common.errors import S3ShiftError, describe
+from src.common.errors import S3ShiftError, describe, internal_error
 from src.common.jsonio import dumps
 from src.engine.context import RunMode
 from src.engine.dryrun import plan_sync
@@ -28,6 +28,7 @@ from src.report.models import RunReport, new_execution_id, utc_now
 from src.report.render import render_json, render_text
 
 _log = log.get_logger("cli")
+ID_RANGE = click.IntRange(-(2**63), 2**64 - 1)  # MySQL's integers: BIGINT to BIGINT UNSIGNED
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,7 +110,7 @@ def _run(request: SyncRequest, verbose: bool) -> RunReport:
     except Exception as exc:  # a bug: still honour the contract (JSON on stdout, every table failed)
         if verbose:
             traceback.print_exc(file=sys.stderr)
-        reason = f"internal error: {describe(exc)} (rerun with --verbose for the traceback)"
+        reason = internal_error(exc)
         extra = INTERNAL  # not "interrupted, retryable": a retry loop would rerun the bug forever
         _log.error("%s", reason)
     start = utc_now()
@@ -124,7 +125,7 @@ def _guarded(fn: Any, verbose: bool) -> dict[str, Any]:
     except Exception as exc:  # the plan reports our errors per table: this is a bug
         if verbose:
             traceback.print_exc(file=sys.stderr)
-        message = f"internal error: {describe(exc)} (rerun with --verbose for the traceback)"
+        message = internal_error(exc)
         _log.error("%s", message)
         return {"status": "failed", "error_message": message}
 
@@ -166,9 +167,7 @@ def _watermark_command(action: Action) -> Any:
         except Exception as exc:  # ours carry the cause; anything else is a bug, still one line
             if verbose:
                 traceback.print_exc(file=sys.stderr)
-            message = describe(exc)
-            if not isinstance(exc, S3ShiftError):
-                message = f"internal error: {message} (rerun with --verbose for the traceback)"
+            message = describe(exc) if isinstance(exc, S3ShiftError) else internal_error(exc)
             result = {"pipeline": pipeline, "table": table, "status": "failed", "error_message": message}
             _log.error("watermark %s of %s (pipeline %s) failed: %s", action, table, pipeline, message)
         if json_output:
@@ -192,7 +191,13 @@ def _parse_watermark(timestamp: str | None, ident: int | None) -> Watermark:
                 f"{timestamp!r} is not an ISO 8601 timestamp", param_hint="--timestamp"
             ) from None
         if ts.tzinfo is not None:
-            ts = ts.astimezone(UTC).replace(tzinfo=None)
+            try:
+                ts = ts.astimezone(UTC).replace(tzinfo=None)
+            except OverflowError:  # 0001-01-01T00:00+01:00 is in the year 0 in UTC
+                raise click.BadParameter(
+                    f"{timestamp!r} is out of range in UTC (0001-01-01 to 9999-12-31)",
+                    param_hint="--timestamp",
+                ) from None
     return Watermark(ts=ts, id=ident)
 
 
@@ -209,7 +214,7 @@ watermark.command("reset", help="Forget the watermark: the next run reads from t
     _watermark_command("reset")
 )
 watermark.command("set", help="Set the watermark (the next run reads after it).")(
-    click.option("--id", "id", type=int, default=None, help="Integer cursor value.")(
+    click.option("--id", "id", type=ID_RANGE, default=None, help="Integer cursor value.")(
         click.option("--timestamp", default=None, help="Timestamp cursor value, ISO 8601 (UTC).")(
             _watermark_command("set")
         )

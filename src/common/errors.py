@@ -78,6 +78,11 @@ def describe(exc: BaseException) -> str:
     return scrub(f"{type(exc).__name__}: {text}")
 
 
+def internal_error(exc: BaseException) -> str:
+    """The one line for an exception that escaped s3shift's error handling: a bug, said as one."""
+    return f"internal error: {describe(exc)} (rerun with --verbose for the traceback)"
+
+
 def first_error(exc: BaseException) -> BaseException:
     """The one exception to report for ``exc``, which may be a (nested) exception group: ours first (they
     carry the cause), an echo of another failure only when nothing else failed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any, TextIO
 
 from src.common.secret import scrub
 
@@ -32,12 +33,40 @@ class _OneLineFilter(logging.Filter):
         return True
 
 
+class ScrubbedStream:
+    """``sys.stderr`` with every write scrubbed: tracebacks (``--verbose``, a thread's uncaught exception,
+    an unraisable one), warnings, click's messages and library loggers' last-resort output all write
+    here, and their text (an exception's message, its ``__cause__``/``__context__``) may hold a secret a
+    driver put in a DSN. Each write is one line or one record, so a secret is never split between two."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(scrub(text))
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, encoding, ...
+        return getattr(self.stream, name)
+
+
+def scrub_stderr() -> None:
+    """Route every Python-level write to stderr through the scrubber (once; forked workers inherit it)."""
+    if not isinstance(sys.stderr, ScrubbedStream):
+        sys.stderr = ScrubbedStream(sys.stderr)
+
+
 def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{name}")
 
 
 def configure(verbose: bool) -> None:
     """Send s3shift logs to stderr: INFO by default, DEBUG with --verbose. Library noise stays quiet."""
+    scrub_stderr()
     root = logging.getLogger(LOGGER_NAME)
     for handler in list(root.handlers):
         root.removeHandler(handler)

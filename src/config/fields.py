@@ -77,19 +77,20 @@ def convert(value: Any, kind: str, *, file: Path, where: str) -> Any:
         ) from None
     if isinstance(text, dict | list):
         raise ConfigError(f"{file}: '{where}' must be a single value", file=str(file), key=where)
-    if isinstance(text, bool):  # YAML 1.1 reads an unquoted yes/no/on/off/true/false as a boolean
-        raise ConfigError(
-            f"{file}: '{where}' must be text, but YAML read the unquoted word as a boolean "
-            f"({str(text).lower()}); put the value in quotes",
-            file=str(file),
-            key=where,
-        )
     return Secret(str(text)) if kind == "secret" else str(text)
 
 
 def _integer(value: Any) -> int:
-    """An integer, from an int, an integral float (``8.0``) or text; never a bool, never truncated."""
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+    """An integer, from an int or its text in decimal (``0123`` is 123, never YAML 1.1's octal 83), or an
+    integral number (``8.0``, ``1e3``); never a bool, never truncated."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            value = _finite(value)
+    if isinstance(value, float) and not value.is_integer():
         raise ValueError(value)
     return int(value)
 

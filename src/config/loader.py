@@ -196,6 +196,20 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1's implicit types would change what a file says before any key's kind is known: ``0123`` is
+# 83 (octal), ``1_000`` and ``12:30`` (sexagesimal, 750) are integers, ``yes``/``on`` are True, ``1.50``
+# is 1.5, ``2024-01-01`` a date. So a plain scalar stays the text written, and each key converts it to
+# its declared kind (``fields.convert``): a text key keeps ``0123``, an integer key reads it as 123, a
+# boolean key takes true/false/yes/no/on/off. Only null (``~``, ``null``, empty: "unset") and merge keys
+# (``<<``) keep their meaning; quoted scalars were always text.
+_KEPT_TAGS = ("tag:yaml.org,2002:null", "tag:yaml.org,2002:merge")
+_StrictLoader.yaml_implicit_resolvers = {
+    first: kept
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    if (kept := [(tag, regexp) for tag, regexp in resolvers if tag in _KEPT_TAGS])
+}
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")

@@ -47,6 +47,10 @@ _TABLE_KEYS = {
     "encode": "name_map",
 }
 
+# lag_seconds and lookback_seconds move a window's bounds back from the clock or the watermark: beyond
+# this no date is left to move to (a timedelta of 1e12 s reaches before the year 1).
+MAX_WINDOW_SECONDS = 100 * 365 * 86400
+
 _TABLE_PROCESSING_KEYS = {"batch_size": "int", "file_size_mb": "int"}
 
 
@@ -153,9 +157,10 @@ def parse_table(name: str, raw: Any, base: TableConfig, file: Path, where: str) 
     _table_types(v, base, file, where)
     positive(v, ("batch_size", "file_size_mb"), file, where)
     for key in ("lag_seconds", "lookback_seconds"):
-        if v.get(key, 0) < 0:
+        if not 0 <= v.get(key, 0) <= MAX_WINDOW_SECONDS:
             raise ConfigError(
-                f"{file}: '{where}.{key}' must be zero or more seconds (got {v[key]})",
+                f"{file}: '{where}.{key}' must be from 0 to {MAX_WINDOW_SECONDS} seconds (100 years; "
+                f"got {v[key]:g})",
                 file=str(file),
                 key=f"{where}.{key}",
             )

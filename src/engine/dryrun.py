@@ -13,12 +13,12 @@ from src.common.log import get_logger
 from src.common.schema import TableSchema
 from src.engine.context import RunContext
 from src.engine.limits import Limits
-from src.engine.pending import describe_stage, for_target, format_ts, select
+from src.engine.pending import describe_stage, for_target, select
 from src.engine.reading import fast_window, plan_window, too_few_rows, window_is_empty
 from src.engine.run import Resources, SyncRequest, load_config, open_resources, plan_tables, unique
 from src.engine.table import load_request, stage_meta, stream_blocker, target_of
 from src.engine.workers import process_count
-from src.plan.models import Window
+from src.plan.models import Window, format_ts
 from src.plan.planner import TablePlan, read_window
 from src.report.models import iso, new_execution_id, utc_now
 from src.source.window import estimate_rows, index_for, source_now, window_sql

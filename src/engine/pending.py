@@ -44,10 +44,6 @@ def parse_ts(text: str) -> datetime:
     return datetime.strptime(text, TS_FORMAT)
 
 
-def format_ts(ts: datetime) -> str:
-    return ts.strftime(TS_FORMAT)
-
-
 REQUIRED_META = (
     "execution_id",
     "extracted_at",

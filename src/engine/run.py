@@ -35,8 +35,8 @@ from src.engine.workers import (
     serve_worker,
 )
 from src.plan.planner import TablePlan, plan_table
-from src.report.aggregator import Aggregator
-from src.report.models import RunReport, TableFailure, TableResult, new_execution_id, utc_now
+from src.report.aggregator import Aggregator, failure
+from src.report.models import RunReport, TableResult, new_execution_id, utc_now
 from src.source.introspect import Catalog
 from src.source.mysql import MySQLSource
 from src.stage.models import StageResult
@@ -112,7 +112,7 @@ async def _run_sync(
     plans: list[TablePlan] = []
     for table, plan in plan_tables(pipeline, tables).items():
         if isinstance(plan, S3ShiftError):
-            agg.record(_failure(table, plan, phase="plan"))
+            agg.record(failure(table, plan, phase="plan"))
         else:
             plans.append(plan)
     if not plans:
@@ -438,15 +438,8 @@ async def open_resources(
     return Resources(mysql, s3, warehouse)
 
 
-def _failure(table: str, exc: BaseException, *, phase: str) -> TableFailure:
-    extra: dict[str, object] = {"phase": phase}
-    if isinstance(exc, S3ShiftError):
-        extra["retryable"] = exc.retryable
-    return TableFailure(table=table, error_message=describe(exc), failed_at=utc_now(), extra=extra)
-
-
 def _fail_all(agg: Aggregator, tables: Sequence[str], exc: BaseException, *, phase: str) -> RunReport:
     log.error("%s", describe(exc))
     for table in tables:
-        agg.record(_failure(table, exc, phase=phase))
+        agg.record(failure(table, exc, phase=phase))
     return agg.report()

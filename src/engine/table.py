@@ -13,7 +13,7 @@ import anyio
 import anyio.abc
 import pyarrow as pa
 
-from src.common.errors import S3ShiftError, describe, first_error
+from src.common.errors import S3ShiftError, first_error
 from src.common.log import get_logger
 from src.common.schema import TableSchema
 from src.engine.context import RunContext
@@ -21,15 +21,15 @@ from src.engine.pending import (
     Chain,
     describe_stage,
     for_target,
-    format_ts,
     parse_ts,
     select,
     stage_id,
     stage_window,
 )
 from src.engine.reading import TableRead, extract_and_stage, plan_window, window_is_empty
-from src.plan.models import Watermark, Window
+from src.plan.models import Watermark, Window, format_ts
 from src.plan.planner import Resolved, TablePlan, read_window
+from src.report.aggregator import INTERRUPTED, failure
 from src.report.models import TableFailure, TableResult, TableSuccess, utc_now
 from src.source.extract import ExtractStats
 from src.source.mysql import SourceConnection
@@ -110,10 +110,7 @@ async def sync_table(ctx: RunContext, plan: TablePlan, settled: Settled | None =
     except Exception as exc:  # a table's failure is a result; cancellation (BaseException) passes through
         err = first_error(exc)
         log.debug("%s failed in %s", plan.table, progress.phase, exc_info=err)
-        extra: dict[str, Any] = {"phase": progress.phase}
-        if isinstance(err, S3ShiftError):
-            extra["retryable"] = err.retryable
-        return _failure(plan, progress, describe(err), extra)
+        return _with_loads(progress, failure(plan.table, err, phase=progress.phase))
     except anyio.get_cancelled_exc_class():
         if progress.attempts and settled is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
@@ -123,15 +120,17 @@ async def sync_table(ctx: RunContext, plan: TablePlan, settled: Settled | None =
         raise
 
 
-def _failure(plan: TablePlan, progress: _Progress, message: str, extra: dict[str, Any]) -> TableFailure:
-    """A failure that says which stages this run loaded before it (each committed with its watermark)."""
-    if progress.loaded:
-        ids = [a.stage_id for a in progress.loaded]
-        mark = progress.loaded[-1].watermark
-        extra = {**extra, "stages_loaded": ids, "watermark": mark.to_dict() if mark else None}
-        where = f"watermark now {mark}" if mark else "a full snapshot"
-        message += f" — loaded first: {', '.join(ids)} ({where}); the stages after them stay pending"
-    return TableFailure(table=plan.table, error_message=message, failed_at=utc_now(), extra=extra)
+def _with_loads(progress: _Progress, result: TableFailure) -> TableFailure:
+    """The failure, saying which stages this run loaded before it (each committed with its watermark)."""
+    if not progress.loaded:
+        return result
+    ids = [a.stage_id for a in progress.loaded]
+    mark = progress.loaded[-1].watermark
+    extra = {**result.extra, "stages_loaded": ids, "watermark": mark.to_dict() if mark else None}
+    where = f"watermark now {mark}" if mark else "a full snapshot"
+    loaded = f"loaded first: {', '.join(ids)} ({where}); the stages after them stay pending"
+    message = f"{result.error_message} — {loaded}"
+    return replace(result, error_message=message, extra=extra)
 
 
 async def _settle(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableResult | None:
@@ -154,7 +153,7 @@ async def _settle(ctx: RunContext, plan: TablePlan, progress: _Progress) -> Tabl
         progress.extra.setdefault("target", target_of(ctx, plan))
         return _success(ctx, plan, progress)
     message = "run interrupted before this table finished"
-    return _failure(plan, progress, message, {"phase": "interrupted", "retryable": True})
+    return _with_loads(progress, TableFailure(plan.table, message, utc_now(), extra=dict(INTERRUPTED)))
 
 
 async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSuccess:
@@ -173,6 +172,8 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
     unread = [i for i in unknown if i not in committed]
     stages = await read_stages(ctx.s3, ctx.pipeline.name, plan.table, unread)
     chain = select(stages, state, committed)
+    if ctx.mode == "load_only" and state is None and not chain.load:
+        raise _nothing_to_load(ctx, plan)
     streamed: LoadResult | None = None
     if ctx.mode != "load_only":
         backup = await _backup(ctx, plan, chain, progress, markers=runs.markers, state=state)
@@ -456,6 +457,18 @@ def load_request(ctx: RunContext, plan: TablePlan, stage: StageResult, state: St
         schema_change=plan.policy.schema_change,
         distsort=_distsort(plan),
         clear=Clear(win.start) if meta["mode"] == "append" and not full and unchained(state) else None,
+    )
+
+
+def _nothing_to_load(ctx: RunContext, plan: TablePlan) -> S3ShiftError:
+    """--load-only of a table with no pending stage and no state: a typo, or a table never staged. It
+    would report a success that loaded nothing (load-only opens no MySQL connection to tell which)."""
+    return S3ShiftError(
+        f"nothing to load for {plan.table}: no staged run is pending and pipeline {ctx.pipeline.name} never "
+        f"loaded it into {target_of(ctx, plan)} — check the table name, or stage it first with sync "
+        "--backup-only",
+        table=plan.table,
+        retryable=False,
     )
 
 

@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from src.common.errors import ConfigError, S3ShiftError, first_error
+from src.common.errors import ConfigError, S3ShiftError, SourceError, first_error
 from src.common.naming import split_table
+from src.config.models import Pipeline
 from src.engine.limits import Limits
 from src.engine.run import load_config, open_resources
 from src.plan.models import Watermark
 from src.report.models import iso, new_execution_id, utc_now
+from src.source.introspect import Catalog
+from src.source.mysql import MySQLSource
 from src.warehouse.base import StateRow
 from src.warehouse.redshift import RedshiftConnect
 
@@ -52,6 +55,8 @@ async def run_watermark(
             raise
         wh = res.warehouse
         if req.action != "get":
+            if await wh.read_state(pipeline.name, req.table) is None:
+                await _check_source_has(stack, pipeline, limits, req.table)
             cfg = pipeline.table(req.table)
             await wh.write_state(
                 StateRow(
@@ -70,6 +75,23 @@ async def run_watermark(
             )
         state = await wh.read_state(pipeline.name, req.table)
     return describe_state(pipeline.name, req.table, state)
+
+
+async def _check_source_has(stack: AsyncExitStack, pipeline: Pipeline, limits: Limits, table: str) -> None:
+    """A table never synced may get a watermark (a start point for its first sync) only if the source has
+    it: a name the source lacks is a typo, which would otherwise pass unnoticed until the next sync."""
+    database, name = split_table(table)
+    source = await stack.enter_async_context(MySQLSource(pipeline.source, limits.mysql))
+    async with source.connection() as conn:
+        if await Catalog([(database, name)]).rows(conn, database, name):
+            return
+    raise SourceError(
+        f"table {table} not found in MySQL source {pipeline.source.name!r} and never synced by pipeline "
+        f"{pipeline.name} — check the database and table names (they are case-sensitive); a watermark is "
+        "kept only for a table the source has",
+        table=table,
+        retryable=False,
+    )
 
 
 def describe_state(pipeline: str, table: str, state: StateRow | None) -> dict[str, Any]:

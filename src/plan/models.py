@@ -11,6 +11,12 @@ from src.config.models import Strategy
 TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
+def format_ts(ts: datetime) -> str:
+    """``ts`` as ``TS_FORMAT`` reads it back: the year in four digits (``strftime`` writes the year 1 as
+    ``1``, which ``strptime`` cannot read; a watermark may be set there)."""
+    return f"{ts.year:04d}-{ts:%m-%d %H:%M:%S.%f}"
+
+
 @dataclass(frozen=True)
 class Watermark:
     """A position in a table's cursor order. ``ts`` is naive with microseconds: UTC for TIMESTAMP
@@ -21,7 +27,7 @@ class Watermark:
     id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ts": self.ts.strftime(TS_FORMAT) if self.ts else None, "id": self.id}
+        return {"ts": format_ts(self.ts) if self.ts else None, "id": self.id}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Watermark | None:
@@ -32,7 +38,7 @@ class Watermark:
 
     def __str__(self) -> str:
         parts = [
-            f"ts={self.ts.strftime(TS_FORMAT)}" if self.ts else "",
+            f"ts={format_ts(self.ts)}" if self.ts else "",
             f"id={self.id}" if self.id is not None else "",
         ]
         return ", ".join(p for p in parts if p) or "beginning"

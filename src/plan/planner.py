@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from src.common.errors import ConfigError
@@ -126,4 +126,8 @@ def read_window(plan: TablePlan, win: Window) -> Window:
     """What to actually read: the window, started ``lookback_seconds`` earlier (merge absorbs the overlap)."""
     if not plan.lookback_seconds or win.start is None or win.start.ts is None:
         return win
-    return replace(win, start=Watermark(ts=win.start.ts - timedelta(seconds=plan.lookback_seconds), id=None))
+    try:
+        start = win.start.ts - timedelta(seconds=plan.lookback_seconds)
+    except OverflowError:  # a watermark set near the year 1: read from the earliest time there is
+        start = datetime.min.replace(tzinfo=win.start.ts.tzinfo)
+    return replace(win, start=Watermark(ts=start, id=None))

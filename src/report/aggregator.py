@@ -6,12 +6,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from src.common.errors import S3ShiftError, describe, internal_error
 from src.common.log import get_logger
 from src.report.models import RunReport, TableFailure, TableResult, utc_now
 
 log = get_logger("report")
 INTERRUPTED = {"phase": "interrupted", "retryable": True}  # a table the run ended without: rerun it
 INTERNAL = {"phase": "internal", "retryable": False}  # a bug in s3shift: rerunning repeats it
+
+
+def failure(table: str, exc: BaseException, *, phase: str) -> TableFailure:
+    """The failed result of a table ended by ``exc`` in ``phase``; every one carries ``phase`` and
+    ``retryable``. Ours say whether a retry can help; a foreign ``OSError`` (a connection refused, reset
+    or lost, a timeout) is retryable where it happened; any other exception escaped the error handling
+    (a bug in s3shift): phase ``internal``, not retryable, and the message says so."""
+    if isinstance(exc, S3ShiftError | OSError):
+        retryable = exc.retryable if isinstance(exc, S3ShiftError) else True
+        return TableFailure(table, describe(exc), utc_now(), extra={"phase": phase, "retryable": retryable})
+    return TableFailure(table, internal_error(exc), utc_now(), extra=dict(INTERNAL))
 
 
 @dataclass
