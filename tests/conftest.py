@@ -95,7 +95,14 @@ def s3_endpoint() -> Iterator[str]:
 class CutProxy:
     """A TCP proxy in front of a real server that a test cuts and restores: a network fault between
     s3shift and the server, which keeps its data. Cut, the port refuses connections and the open ones
-    are closed under their users; restored, it forwards again on the same port."""
+    are closed under their users; restored, it forwards again on the same port.
+
+    Faults aimed at one statement (the first client message holding ``marker``, on any connection):
+    ``lose_answer_to`` forwards it, then hangs the connection up as soon as the server's reply comes
+    (the server did the work; the client never hears of it); ``drop_before`` hangs up instead of
+    forwarding it (the server never sees it); ``hold_answer_to`` forwards it and holds that connection's
+    replies until ``release``. ``stall`` holds every reply of every connection, new ones included (a
+    server that accepts and never answers). ``triggered`` is set when a statement fault has fired."""
 
     def __init__(self, target: str) -> None:
         host, port = urllib.parse.urlsplit(target).netloc.rsplit(":", 1)
@@ -104,6 +111,11 @@ class CutProxy:
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
+        self._rules: list[list[Any]] = []  # [marker, action, matches still to let through]
+        self._held: set[int] = set()  # ids of client sockets whose replies are held
+        self._stalled = False
+        self._lost: set[int] = set()  # ids of client sockets to hang up at their next reply
+        self.triggered = threading.Event()
         self.restore()
 
     @property
@@ -127,6 +139,24 @@ class CutProxy:
                 _hang_up(sock)
             self._open.clear()
 
+    def lose_answer_to(self, marker: bytes) -> None:
+        self._rules.append([marker, "lose", 0])
+
+    def drop_before(self, marker: bytes) -> None:
+        self._rules.append([marker, "drop", 0])
+
+    def hold_answer_to(self, marker: bytes, *, skip: int = 0) -> None:
+        """(``skip``: let that many such statements through first.)"""
+        self._rules.append([marker, "hold", skip])
+
+    def stall(self) -> None:
+        self._stalled = True
+
+    def release(self) -> None:
+        """Replies flow again (held ones first)."""
+        self._stalled = False
+        self._held.clear()
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -140,12 +170,38 @@ class CutProxy:
                 continue
             with self._lock:
                 self._open.update((client, server))
-            for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, server, client), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, client), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _fault(self, data: bytes) -> str | None:
+        with self._lock:
+            for rule in self._rules:
+                if rule[0] in data and rule[2] > 0:
+                    rule[2] -= 1
+                elif rule[0] in data:
+                    self._rules.remove(rule)
+                    return str(rule[1])
+        return None
+
+    def _pump(self, src: socket.socket, dst: socket.socket, client: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                if src is client:
+                    action = self._fault(data)
+                    if action == "drop":
+                        self.triggered.set()
+                        break
+                    if action == "lose":
+                        self._lost.add(id(client))
+                    elif action == "hold":
+                        self._held.add(id(client))
+                    if action is not None:
+                        self.triggered.set()
+                else:
+                    if id(client) in self._lost:
+                        break
+                    while (self._stalled or id(client) in self._held) and src.fileno() != -1:
+                        time.sleep(0.02)
                 dst.sendall(data)
         except OSError:
             pass
@@ -153,6 +209,8 @@ class CutProxy:
             with self._lock:
                 self._open.discard(sock)
             _hang_up(sock)
+        self._held.discard(id(client))  # ids are reused by later sockets: forget this one's
+        self._lost.discard(id(client))
 
 
 def _hang_up(sock: socket.socket) -> None:

@@ -55,6 +55,8 @@ def write_config(
                     "database": target.database,
                     "schema": target.schema,
                     "lock_timeout": target.lock_timeout,
+                    "connect_timeout": target.connect_timeout,
+                    "read_timeout": target.read_timeout,
                     **({"iam_role": target.iam_role} if target.iam_role else {}),
                 }
             },

@@ -296,6 +296,12 @@ class RedshiftEmulator:
         )
         return {r[0] for r in rows}
 
+    def get_server_pid(self) -> int:
+        return int(self.conn.get_server_pid())
+
+    def terminate(self) -> None:
+        self.conn.terminate()
+
     async def execute(self, query: str, *args: Any) -> str:
         sql = await self._accept(query)
         command = parse_copy(query)

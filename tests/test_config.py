@@ -189,6 +189,14 @@ def test_target_lock_timeout(tmp_path: Path) -> None:
         load_pipeline(write(tmp_path, conns.replace("2.5", "-1")), "nightly")
 
 
+def test_target_read_timeout(tmp_path: Path) -> None:
+    assert load_pipeline(write(tmp_path), "nightly").target.read_timeout == 60
+    conns = CONNECTIONS.replace("schema: analytics}", "schema: analytics, read_timeout: 5}")
+    assert load_pipeline(write(tmp_path, conns), "nightly").target.read_timeout == 5
+    with pytest.raises(ConfigError, match=r"local_pg.read_timeout' must be more than zero seconds"):
+        load_pipeline(write(tmp_path, conns.replace("read_timeout: 5", "read_timeout: 0")), "nightly")
+
+
 def test_port_from_env_is_converted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("T_PORT", "3307")
     conns = CONNECTIONS.replace("port: 3306", 'port: "${T_PORT}"')

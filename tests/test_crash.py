@@ -5,6 +5,8 @@ real CLI in its own process, tests/redshift_cli.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 
 from src.config.models import S3Conn, SourceConn, TargetConn
-from tests.conftest import ROOT, mysql_exec, pg_fetch, s3_client
+from tests.conftest import PG_HOST, PG_PORT, ROOT, CutProxy, mysql_exec, pg_fetch, s3_client
 from tests.e2e import CLI, as_redshift, assert_tables_equal, run_json, write_config
 
 ROWS = 150_000
@@ -202,8 +204,6 @@ def test_sigterm_reports_every_table(setup: Setup, mysql_db: str, pg_schema: str
     wait_until(proc, lambda: any("/_runs/" in k for k in s3_keys(s3_conn)), "the extraction to start")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
-    import json
-
     doc = json.loads(out)
     assert proc.returncode == 1 and doc["status"] == "failed"
     result = doc["table_results"][setup.table]
@@ -211,3 +211,98 @@ def test_sigterm_reports_every_table(setup: Setup, mysql_db: str, pg_schema: str
     assert (result["phase"], result["retryable"]) == ("interrupted", True)
     assert open_uploads(s3_conn) == []  # aborted on the way out
     rerun_and_check(setup, mysql_db, pg_schema, s3_conn)
+
+
+@pytest.mark.parametrize(
+    ("kind", "strategy"),
+    [("postgres", "hybrid"), ("postgres", "full_sync"), ("redshift", "hybrid")],  # full_sync: streamed load
+)
+def test_sigterm_during_commit_reports_what_committed(
+    kind: str,
+    strategy: str,
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    s3_endpoint: str,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """SIGTERM while the load's COMMIT was on its way: the commit went through, the report said
+    'interrupted, target and watermark unchanged'. Now the COMMIT is seen through and the table is
+    reported as it is: loaded."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE ev (id BIGINT PRIMARY KEY, v VARCHAR(10), updated_at DATETIME(6) NOT NULL)",
+        "INSERT INTO ev VALUES (1, 'a', '2024-01-01'), (2, 'b', '2024-01-02')",
+    )
+    proxy = CutProxy(f"tcp://{PG_HOST}:{PG_PORT}")
+    target, cli = dataclasses.replace(pg_target, host="127.0.0.1", port=proxy.port), CLI
+    if kind == "redshift":
+        target, cli = as_redshift(target, s3_endpoint)
+    table = f"{mysql_db}.ev"
+    conf = {"cdc_strategy": strategy, "cdc_timestamp_column": "updated_at", "cdc_id_column": "id"}
+    cfg = write_config(tmp_path / "cfg", source_conn, target, s3_conn, {table: {**conf, "lag_seconds": 0}})
+    proxy.hold_answer_to(b"COMMIT\x00")
+    try:
+        proc = start_sync(Setup(cfg, table, cli))
+        wait_until(proc, proxy.triggered.is_set, "the COMMIT")
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1)  # the signal arrives while the COMMIT's answer is held
+        proxy.release()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proxy.cut()
+    doc = json.loads(out)
+    result = doc["table_results"][table]
+    assert result["status"] == "success" and proc.returncode == 0, (result, err[-2000:])
+    assert result["rows_loaded"] == 2 and result["stages_loaded"] == [doc["execution_id"]], result
+    assert [r["id"] for r in pg_fetch(f'SELECT id FROM "{pg_schema}".ev ORDER BY id')] == [1, 2]
+    states = pg_fetch(f'SELECT loaded_by FROM "{pg_schema}".s3shift_state')
+    assert [r["loaded_by"] for r in states] == [doc["execution_id"]]
+
+
+def test_sigterm_between_two_pending_loads_names_the_one_that_committed(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """Two pending stages load in order; SIGTERM while the second one's transaction waits: the first
+    stays committed, so the table fails 'interrupted' naming it and the watermark it left (it said
+    'target and watermark unchanged')."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE ev (id BIGINT PRIMARY KEY, v VARCHAR(10), updated_at DATETIME(6) NOT NULL)",
+        "INSERT INTO ev VALUES (1, 'a', NOW(6))",
+    )
+    proxy = CutProxy(f"tcp://{PG_HOST}:{PG_PORT}")
+    target = dataclasses.replace(pg_target, host="127.0.0.1", port=proxy.port)
+    table = f"{mysql_db}.ev"
+    conf = {"cdc_strategy": "hybrid", "cdc_timestamp_column": "updated_at", "cdc_id_column": "id"}
+    cfg = write_config(tmp_path / "cfg", source_conn, target, s3_conn, {table: {**conf, "lag_seconds": 0}})
+    setup = Setup(cfg, table, CLI)
+    args = ("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    first = run_json(*args, "--backup-only")[0]["table_results"][table]
+    mysql_exec(mysql_db, "INSERT INTO ev VALUES (2, 'b', NOW(6))")
+    assert run_json(*args, "--backup-only")[0]["status"] == "success"
+    proxy.hold_answer_to(b"LOCK TABLE", skip=1)  # the second load's locks
+    try:
+        proc = subprocess.Popen(
+            [*setup.cli, *args, "--load-only", "--json-output"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        wait_until(proc, proxy.triggered.is_set, "the second load")
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        proxy.release()
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proxy.cut()
+    result = json.loads(out)["table_results"][table]
+    stage_a = first["manifest"].rsplit("/", 2)[1]
+    assert (result["status"], result["phase"], result["retryable"]) == ("failed", "interrupted", True), result
+    assert result["stages_loaded"] == [stage_a] and result["watermark"] == first["window"]["end"], result
+    assert f"loaded first: {stage_a}" in result["error_message"], result
+    assert [r["id"] for r in pg_fetch(f'SELECT id FROM "{pg_schema}".ev ORDER BY id')] == [1]

@@ -13,7 +13,7 @@ from src.engine.pending import select
 from src.plan.models import Watermark, Window, format_ts
 from src.stage.models import StageResult
 from src.warehouse.base import StateRow
-from tests.conftest import mysql_exec
+from tests.conftest import mysql_exec, pg_fetch
 from tests.e2e import assert_tables_equal, run_cli, write_config
 from tests.test_incremental import EVENTS, insert_events, sync, tables_cfg
 from tests.test_stage_support import list_keys, rewrite_as_v1
@@ -182,3 +182,34 @@ def test_a_stage_written_by_v1_loads_with_load_only(
     loaded = sync(cfg, t, extra=("--load-only",))["table_results"][t]
     assert loaded["rows_processed"] == 2 and loaded["stages_loaded"] == [backup["execution_id"]], loaded
     assert assert_tables_equal(mysql_db, "events", pg_schema, "events", "id") == 2
+
+
+def test_a_failure_after_earlier_stages_loaded_says_what_was_loaded(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """Pending stages load in order, each in its own transaction: when a later one fails, the earlier ones
+    stay committed and the watermark has moved. The failure said neither (it read as 'nothing loaded')."""
+    mysql_exec(mysql_db, EVENTS)
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, tables_cfg(mysql_db))
+    t = f"{mysql_db}.events"
+    insert_events(mysql_db, [(1, "a", "2024-01-01")])
+    assert sync(cfg, t)["status"] == "success"
+    insert_events(mysql_db, [(2, "b", "NOW(6)")])
+    first = sync(cfg, t, extra=("--backup-only",))["table_results"][t]
+    mysql_exec(mysql_db, "ALTER TABLE events MODIFY amount VARCHAR(20)")
+    insert_events(mysql_db, [(3, "c", "NOW(6)")])
+    assert sync(cfg, t, extra=("--backup-only",))["status"] == "success"
+    result = sync(cfg, t, extra=("--load-only",))["table_results"][t]
+    assert result["status"] == "failed", result
+    stage_a = first["manifest"].rsplit("/", 2)[1]
+    assert result["stages_loaded"] == [stage_a], result
+    assert result["watermark"] == first["window"]["end"], result
+    message = result["error_message"]
+    assert f"loaded first: {stage_a}" in message and first["window"]["end"]["ts"] in message, message
+    assert not {"rows_processed", "files_created", "duration_seconds", "completed_at"} & result.keys()
+    assert [r["id"] for r in pg_fetch(f'SELECT id FROM "{pg_schema}".events ORDER BY id')] == [1, 2]

@@ -72,6 +72,7 @@ _TARGET_KEYS = {
     "ssh_tunnel": "map",
     "state_schema": "str",
     "lock_timeout": "float",
+    "read_timeout": "float",
 }
 _S3_KEYS = {
     "bucket": "str",
@@ -315,7 +316,7 @@ def _target(ref: tuple[str, dict[str, Any]], file: Path) -> TargetConn:
     require(v, ("host", "username", "database"), file, where)
     v.setdefault("port", 5439 if kind == "redshift" else 5432)
     positive(v, ("port", "max_connections"), file, where)
-    positive_seconds(v, ("connect_timeout",), file, where)
+    positive_seconds(v, ("connect_timeout", "read_timeout"), file, where)
     port_number(v, file, where)
     if v.get("lock_timeout", 0) < 0:
         raise ConfigError(

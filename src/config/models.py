@@ -58,6 +58,7 @@ class TargetConn:
     ssl: bool = False
     state_schema: str | None = None  # where s3shift_state lives; None = ``schema``
     lock_timeout: float = 300.0  # PostgreSQL: seconds a statement waits for a lock; 0 = no limit
+    read_timeout: float = 60.0  # seconds a statement waits for its answer before the server is checked
 
 
 @dataclass(frozen=True)

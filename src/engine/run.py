@@ -4,6 +4,7 @@ requested table ends up in the report, failed with a message naming the cause wh
 
 from __future__ import annotations
 
+import functools
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
@@ -334,7 +335,7 @@ def _pull(
 
     async def slot() -> None:
         while (index := await next_table()) is not None:
-            await deliver(index, await sync_table(ctx, plans[index]))
+            await deliver(index, await sync_table(ctx, plans[index], functools.partial(deliver, index)))
 
     for _ in range(int(ctx.limits.tables.total_tokens)):
         tg.start_soon(slot)

@@ -4,6 +4,7 @@ Returns a result; never raises a table error."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,10 +27,10 @@ from src.engine.pending import (
     stage_window,
 )
 from src.engine.reading import TableRead, extract_and_stage, plan_window, window_is_empty
-from src.plan.models import Window, format_ts
+from src.plan.models import Watermark, Window, format_ts
 from src.plan.planner import Resolved, TablePlan, read_window
-from src.report.aggregator import failure
-from src.report.models import TableResult, TableSuccess, utc_now
+from src.report.aggregator import INTERRUPTED, failure
+from src.report.models import TableFailure, TableResult, TableSuccess, utc_now
 from src.source.extract import ExtractStats
 from src.source.mysql import SourceConnection
 from src.source.window import null_cursor_rows, source_now
@@ -49,15 +50,40 @@ DELETES_NOTE = "deletes at the source are not captured by watermark strategies; 
 UNCHAINED = frozenset({"manual", "reset", "full_sync"})  # state rows no incremental window continues
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    """A stage whose load was started: if it commits, the watermark is ``watermark``."""
+
+    stage_id: str
+    rows: int
+    watermark: Watermark | None
+    last: bool  # the run loads nothing after it
+
+
 @dataclass
 class _Progress:
     phase: str = "plan"
     started: float = field(default_factory=time.monotonic)
     phases: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    rows_extracted: int = 0
+    files_created: int = 0
+    attempts: list[_Attempt] = field(default_factory=list)  # loads started, in order
+    loaded: list[_Attempt] = field(default_factory=list)  # those known committed, in order
+    rows_loaded: int = 0
 
     def timed(self, name: str, since: float) -> None:
         self.phases[name] = round(self.phases.get(name, 0.0) + time.monotonic() - since, 6)
+
+    def committed(self, attempt: _Attempt, rows_loaded: int) -> None:
+        self.loaded.append(attempt)
+        self.rows_loaded += rows_loaded
+        self.extra["watermark"] = attempt.watermark.to_dict() if attempt.watermark else None
+
+    def staged(self, stage: StageResult) -> None:
+        self.files_created = stage.files_created
+        self.extra["manifest"] = stage.manifest_url
+        self.extra["bytes_written"] = stage.bytes
 
 
 @dataclass(frozen=True)
@@ -69,7 +95,14 @@ class _Backup:
     null_cursors: int = 0  # rows no window reads: a cursor column of theirs is NULL
 
 
-async def sync_table(ctx: RunContext, plan: TablePlan) -> TableResult:
+Settled = Callable[[TableResult], Awaitable[None]]
+SETTLE_TIMEOUT = 15.0  # seconds a cancelled table may spend learning which of its loads committed
+
+
+async def sync_table(ctx: RunContext, plan: TablePlan, settled: Settled | None = None) -> TableResult:
+    """The table's result. Cancelled (the run was interrupted) once a load of it was under way, it
+    learns from the warehouse which loads committed and hands that result to ``settled`` (a table
+    whose loads all committed succeeded), then the cancellation goes on."""
     progress = _Progress()
     try:
         async with ctx.limits.tables:
@@ -77,7 +110,50 @@ async def sync_table(ctx: RunContext, plan: TablePlan) -> TableResult:
     except Exception as exc:  # a table's failure is a result; cancellation (BaseException) passes through
         err = first_error(exc)
         log.debug("%s failed in %s", plan.table, progress.phase, exc_info=err)
-        return failure(plan.table, err, phase=failed_phase(err, progress.phase))
+        return _with_loads(progress, failure(plan.table, err, phase=failed_phase(err, progress.phase)))
+    except anyio.get_cancelled_exc_class():
+        if progress.attempts and settled is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
+                result = await _settle(ctx, plan, progress)
+                if result is not None:
+                    await settled(result)
+        raise
+
+
+def _with_loads(progress: _Progress, result: TableFailure) -> TableFailure:
+    """The failure, saying which stages this run loaded before it (each committed with its watermark)."""
+    if not progress.loaded:
+        return result
+    ids = [a.stage_id for a in progress.loaded]
+    mark = progress.loaded[-1].watermark
+    extra = {**result.extra, "stages_loaded": ids, "watermark": mark.to_dict() if mark else None}
+    where = f"watermark now {mark}" if mark else "a full snapshot"
+    loaded = f"loaded first: {', '.join(ids)} ({where}); the stages after them stay pending"
+    message = f"{result.error_message} — {loaded}"
+    return replace(result, error_message=message, extra=extra)
+
+
+async def _settle(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableResult | None:
+    """What became of an interrupted table's loads, from the state log (each load's COMMIT, once sent, was
+    seen through: ``base.transaction``): success when its last load committed, else a failure naming those
+    that did; None when none did (the run reports it interrupted, target and watermark unchanged)."""
+    try:
+        committed = await ctx.warehouse.committed_stage_ids(ctx.pipeline.name, plan.table)
+    except Exception as exc:
+        log.warning("%s: interrupted during its load; could not read what committed: %s", plan.table, exc)
+        return None
+    known = {a.stage_id for a in progress.loaded}
+    for attempt in progress.attempts:
+        if attempt.stage_id in committed and attempt.stage_id not in known:
+            progress.committed(attempt, attempt.rows)
+    if not progress.loaded:
+        return None
+    if progress.loaded[-1].last:
+        log.warning("%s: the run was interrupted after the table's load committed", plan.table)
+        progress.extra.setdefault("target", target_of(ctx, plan))
+        return _success(ctx, plan, progress)
+    message = "run interrupted before this table finished"
+    return _with_loads(progress, TableFailure(plan.table, message, utc_now(), extra=dict(INTERRUPTED)))
 
 
 def failed_phase(err: BaseException, phase: str) -> str:
@@ -105,21 +181,18 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
     chain = select(stages, state, committed)
     if ctx.mode == "load_only" and state is None and not chain.load:
         raise _nothing_to_load(ctx, plan)
-    rows_extracted, files_created = 0, 0
     streamed: LoadResult | None = None
     if ctx.mode != "load_only":
         backup = await _backup(ctx, plan, chain, progress, markers=runs.markers, state=state)
-        rows_extracted = backup.stats.rows
+        progress.rows_extracted = backup.stats.rows
         streamed = backup.loaded
         if backup.stage is not None:
-            files_created = backup.stage.files_created
             if plan.strategy == "full_sync":  # a fresh snapshot supersedes every pending one
                 fresh = () if streamed else (backup.stage,)  # already loaded with its extraction
                 chain = replace(chain, load=fresh, skipped=chain.skipped + chain.load)
             else:
                 chain = replace(chain, load=(*chain.load, backup.stage))
-            progress.extra["manifest"] = backup.stage.manifest_url
-            progress.extra["bytes_written"] = backup.stage.bytes
+            progress.staged(backup.stage)
         if backup.stats.coercions:
             progress.extra["coercions"] = backup.stats.coercions
         if backup.stats.path:
@@ -131,14 +204,20 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
             progress.extra["deletes"] = DELETES_NOTE
     if chain.skipped:
         progress.extra["stages_skipped"] = [describe_stage(s) for s in chain.skipped]
-    rows_loaded = 0
     if ctx.mode != "backup_only":
-        rows_loaded = await _load_chain(ctx, plan, chain, state, progress, streamed)
+        await _load_chain(ctx, plan, chain, state, progress, streamed)
+    return _success(ctx, plan, progress)
+
+
+def _success(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSuccess:
+    if ctx.mode != "backup_only":
+        progress.extra["rows_loaded"] = progress.rows_loaded
+        progress.extra["stages_loaded"] = [a.stage_id for a in progress.loaded]
     progress.extra.update(strategy=plan.strategy, phases=progress.phases)
     return TableSuccess(
         table=plan.table,
-        rows_processed=rows_loaded if ctx.mode == "load_only" else rows_extracted,
-        files_created=files_created,
+        rows_processed=progress.rows_loaded if ctx.mode == "load_only" else progress.rows_extracted,
+        files_created=progress.files_created,
         duration_seconds=time.monotonic() - progress.started,
         completed_at=utc_now(),
         extra=progress.extra,
@@ -262,6 +341,8 @@ async def _stage_and_load(
         progress.phase = "load"
         if failed:
             raise failed[0]
+        progress.staged(stage)
+        progress.attempts.append(_Attempt(read.ctx.execution_id, stage.rows, None, last=True))
         return stage, await load.finish(stage)
 
 
@@ -299,43 +380,35 @@ async def _load_chain(
     state: StateRow | None,
     progress: _Progress,
     streamed: LoadResult | None = None,
-) -> int:
+) -> None:
     """Load each pending stage in order, each in its own transaction with its state row (``streamed``:
-    this run's snapshot, already loaded while it was staged)."""
+    this run's snapshot, already loaded while it was staged); ``progress`` says what committed."""
     progress.phase = "load"
     mark = time.monotonic()
-    rows = 0
-    loaded: list[str] = []
     changes: list[str] = []
     if streamed is not None:
-        rows += streamed.rows_loaded
+        progress.committed(progress.attempts[-1], streamed.rows_loaded)
         changes.extend(streamed.schema_changes)
-        loaded.append(ctx.execution_id)
         progress.extra["target"] = streamed.target
-        progress.extra["watermark"] = None  # a full snapshot
         progress.extra["load"] = {"path": "while_staging"}
-    for stage in chain.load:
-        if stage.rows == 0 and stage_window(stage).strategy != "full_sync":
-            continue
+    todo = [s for s in chain.load if s.rows or stage_window(s).strategy == "full_sync"]
+    for i, stage in enumerate(todo):
         req = load_request(ctx, plan, stage, state)
+        attempt = _Attempt(stage_id(stage), stage.rows, req.state.watermark, last=i == len(todo) - 1)
+        progress.attempts.append(attempt)
         try:
             result = await ctx.warehouse.load(req)
         except S3ShiftError as exc:
             if exc.retryable or stage_id(stage) == ctx.execution_id:
                 raise
             raise exc.amended(_read_again(ctx, plan, stage)) from exc
-        rows += result.rows_loaded
+        progress.committed(attempt, result.rows_loaded)
         changes.extend(result.schema_changes)
         state = req.state
-        loaded.append(stage_id(stage))
         progress.extra["target"] = result.target
-        progress.extra["watermark"] = state.watermark.to_dict() if state.watermark else None
-    progress.extra["rows_loaded"] = rows
-    progress.extra["stages_loaded"] = loaded
     if changes:
         progress.extra["schema_changes"] = changes
     progress.timed("load", mark)
-    return rows
 
 
 def _read_again(ctx: RunContext, plan: TablePlan, stage: StageResult) -> str:

@@ -56,7 +56,7 @@ from src.warehouse.catalog import (
     table_shape,
 )
 from src.warehouse.ddl import check_distsort, check_identifiers
-from src.warehouse.errors import sqlstate_of
+from src.warehouse.errors import outcome_unknown, sqlstate_of
 from src.warehouse.state import Clear, LoadRequest, Mode, StateRow
 from src.warehouse.statements import (
     LoadSpec,
@@ -148,14 +148,21 @@ class Warehouse(Protocol):
     def render_load(self, req: LoadRequest) -> list[str]: ...
 
 
+# Called when a COMMIT's answer was lost (``errors.outcome_unknown``) with that failure: returns when the
+# transaction committed after all, raises (saying what became of it) when it did not or cannot be known.
+Confirm = Callable[[BaseException], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class Commit:
     """The state row a load appends with its data, and the guard: the stage_id of the latest state row
-    the caller planned from ("" or None: no state yet)."""
+    the caller planned from ("" or None: no state yet). ``confirm``: how to learn, on a new connection,
+    whether the transaction committed when its COMMIT's answer is lost."""
 
     row: StateRow
     expect_stage: str | None
     state_schema: str
+    confirm: Confirm | None = None
 
 
 def batch(*statements: str) -> str:
@@ -165,9 +172,11 @@ def batch(*statements: str) -> str:
 
 
 @asynccontextmanager
-async def transaction(ex: Executor, begin: str) -> AsyncIterator[None]:
+async def transaction(ex: Executor, begin: str, confirm: Confirm | None = None) -> AsyncIterator[None]:
     """``begin`` (a BEGIN, and whatever is sent with it in one ``batch``), the body, COMMIT. Any failure,
-    the begin's included, rolls back; the rollback survives cancellation and is time-boxed."""
+    the begin's included, rolls back; the rollback survives cancellation and is time-boxed. A COMMIT once
+    sent is seen through, cancellation or not (its outcome is what the run must report: a SIGTERM then
+    ends the run at the next step); one whose answer is lost is settled by ``confirm`` when given."""
     try:
         await ex.execute(begin)
         yield
@@ -178,7 +187,14 @@ async def transaction(ex: Executor, begin: str) -> AsyncIterator[None]:
             except Exception as rollback_exc:  # the original failure matters more
                 log.debug("rollback failed: %s", rollback_exc)
         raise
-    await ex.execute("COMMIT")
+    with anyio.CancelScope(shield=True):  # bounded: a server that stops answering fails it (``watch``)
+        try:
+            await ex.execute("COMMIT")
+        except Exception as exc:
+            if confirm is None or not outcome_unknown(exc):
+                raise
+            log.warning("the answer to a COMMIT was lost (%s): checking whether it committed", exc)
+            await confirm(exc)
 
 
 class _Unprepared(Exception):
@@ -250,7 +266,7 @@ async def committing(
         started = False
         try:
             begin, *then = opening_sqls(spec, commit)
-            async with transaction(ex, begin):
+            async with transaction(ex, begin, commit.confirm if commit is not None else None):
                 if fill is not None:
                     await load_staging(ex, spec, fill)
                 for sql in then:

@@ -5,6 +5,8 @@ Classification looks only at exception classes and SQLSTATE codes, never at mess
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 
 from src.common.errors import S3ShiftError, WarehouseError, describe
@@ -24,6 +26,18 @@ RETRYABLE_SQLSTATES = frozenset(
 )
 # SQLSTATE classes that are retryable as a whole: connection exceptions, insufficient resources.
 RETRYABLE_CLASSES = frozenset({"08", "53"})
+
+
+class AnswerLost(WarehouseError):
+    """A statement's answer never came (the connection dropped, or the server stopped answering), and the
+    error already says what became of the statement (``lost_connection`` keeps its message). ``why``: the
+    cause alone, for a message that goes on to say what became of it otherwise (a COMMIT's check)."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, why: str = "", **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.why = why or self.message
 
 
 def where(cfg: TargetConn) -> str:
@@ -110,11 +124,25 @@ def lost_connection(exc: BaseException, cfg: TargetConn) -> WarehouseError:
     """A session's connection closed or broken under it (terminated by the server, a network cut): asyncpg
     then raises client-side errors ('connection has been released back to the pool', 'another operation
     is in progress') that name no cause and that ``classify`` would take for a misuse no retry can help."""
+    if isinstance(exc, AnswerLost):
+        return exc
     cause = client_side_cause(exc) or exc
     return WarehouseError(
         f"lost the connection to {where(cfg)} ({describe(cause)}); rerun the table",
         retryable=True,
     )
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """A statement failed without the server's answer: the connection broke (asyncpg's client-side
+    errors, SQLSTATE class 08, OS errors) or the server stopped answering (``AnswerLost``); whatever it
+    did is unknown. A server's error answer (any other SQLSTATE) says it was not done."""
+    state = sqlstate_of(exc)
+    if isinstance(exc, AnswerLost) or client_side_cause(exc) is not None:
+        return True
+    if state is not None:
+        return state[:2] == "08"
+    return isinstance(exc, OSError | TimeoutError | ConnectionError)
 
 
 def classify(exc: BaseException, *, cfg: TargetConn, action: str, table: str | None = None) -> S3ShiftError:

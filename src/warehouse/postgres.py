@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -48,6 +48,7 @@ from src.warehouse.statements import (
 )
 
 CLOSE_TIMEOUT = 10.0
+SESSION_STATE_SQL = "SELECT state FROM pg_catalog.pg_stat_activity WHERE pid = $1"
 CHUNKS_AHEAD = 1  # encoded batches queued for the COPY (8 MB for 65,536 rows of 12 columns); one more encodes
 Chunk = bytes | Exception | None  # COPY data; the producer's failure; the end of the data
 
@@ -249,7 +250,7 @@ class PostgresWarehouse(SqlWarehouse):
     async def _session(self, *, load: bool) -> AsyncIterator[Executor]:
         async with _maybe(self._load_limiter if load else None), self._pool.acquire() as conn:
             try:
-                yield conn
+                yield self._watched(conn)
             except Exception as exc:
                 if broken(conn, exc):
                     with contextlib.suppress(asyncpg.InterfaceError):  # detached: already closed
@@ -258,6 +259,15 @@ class PostgresWarehouse(SqlWarehouse):
                 raise
             finally:
                 discard_if_in_transaction(conn)
+
+    def _fresh(self) -> AbstractAsyncContextManager[Executor]:
+        return connection(self.cfg, session_settings(self.cfg))
+
+    async def _still_working(self, ex: Executor, pid: int) -> str | None:
+        state = await ex.fetchval(SESSION_STATE_SQL, pid)
+        if state == "active":  # running a statement: a long COPY or INSERT, a lock wait (lock_timeout)
+            return None
+        return f"though its session is {state or 'gone'}, not running it: the answer was lost on the way"
 
     def _spec(self, req: LoadRequest) -> LoadSpec:
         return build_spec(req, schema_name=self.cfg.schema)
@@ -410,6 +420,25 @@ class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
 
     def get_reset_query(self) -> str:
         return ""
+
+
+@asynccontextmanager
+async def connection(cfg: TargetConn, settings: dict[str, str] | None = None) -> AsyncIterator[Any]:
+    """One asyncpg connection of its own (no pool), closed (or terminated) on exit; a failure to open it
+    is classified (it names the target and what to check)."""
+    tls = await anyio.to_thread.run_sync(ssl_context, cfg)
+    try:
+        conn = await asyncpg.connect(**connect_kwargs(cfg, tls), server_settings=settings)
+    except Exception as exc:
+        raise classify(exc, cfg=cfg, action="connecting to") from exc
+    try:
+        yield conn
+    finally:
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(CLOSE_TIMEOUT) as scope:
+                await conn.close()
+            if scope.cancelled_caught:
+                conn.terminate()
 
 
 @asynccontextmanager

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
-import asyncpg
 
 from src.common.errors import WarehouseError
 from src.common.log import get_logger
@@ -28,7 +27,7 @@ from src.warehouse.ddl import (
     staging_name,
 )
 from src.warehouse.errors import classify, where
-from src.warehouse.postgres import connect_kwargs, ssl_context
+from src.warehouse.postgres import connection
 from src.warehouse.sqlwarehouse import SqlWarehouse
 from src.warehouse.state import LoadRequest
 from src.warehouse.statements import LoadSpec
@@ -38,22 +37,9 @@ CLOSE_TIMEOUT = 10.0
 log = get_logger("warehouse.redshift")
 
 
-@asynccontextmanager
-async def connect_asyncpg(cfg: TargetConn) -> AsyncIterator[Executor]:
+def connect_asyncpg(cfg: TargetConn) -> AbstractAsyncContextManager[Executor]:
     """The default ``RedshiftConnect``: one asyncpg connection, closed (or terminated) on exit."""
-    tls = await anyio.to_thread.run_sync(ssl_context, cfg)
-    try:
-        conn = await asyncpg.connect(**connect_kwargs(cfg, tls))
-    except Exception as exc:
-        raise classify(exc, cfg=cfg, action="connecting to") from exc
-    try:
-        yield conn
-    finally:
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(CLOSE_TIMEOUT) as scope:
-                await conn.close()
-            if scope.cancelled_caught:
-                conn.terminate()
+    return connection(cfg)
 
 
 def insert_expr(col: Column, table: str | None = None) -> str:
@@ -137,10 +123,13 @@ class RedshiftWarehouse(SqlWarehouse):
             await limiter.acquire()
         try:
             async with self._connections, self._connect(self.cfg) as ex:
-                yield ex
+                yield self._watched(ex)
         finally:
             if limiter is not None:
                 limiter.release()
+
+    def _fresh(self) -> AbstractAsyncContextManager[Executor]:
+        return self._connect(self.cfg)
 
     async def ping(self) -> None:
         try:

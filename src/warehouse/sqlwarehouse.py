@@ -12,10 +12,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from functools import cached_property
+from typing import Any
 
+import anyio
 import pyarrow as pa
 
-from src.common.errors import S3ShiftError, WarehouseError
+from src.common.errors import S3ShiftError, WarehouseError, describe
+from src.common.log import get_logger
 from src.common.schema import TableSchema
 from src.config.models import TargetConn
 from src.stage.models import StageResult
@@ -34,10 +37,12 @@ from src.warehouse.base import (
 )
 from src.warehouse.catalog import Executor, Shape
 from src.warehouse.ddl import Dialect
-from src.warehouse.errors import classify
+from src.warehouse.errors import AnswerLost, classify, where
 from src.warehouse.state import LoadRequest, StateRow
-from src.warehouse.statements import LoadSpec, emptied
+from src.warehouse.statements import LoadSpec, emptied, target_lock_sql
+from src.warehouse.watch import Watched
 
+log = get_logger("warehouse")
 # Loads the stage into the target emptied in this transaction, whose shape (as read under the lock) it is
 # given; returns the rows it loaded.
 Refill = Callable[[Shape], Awaitable[int]]
@@ -155,8 +160,78 @@ class SqlWarehouse:
     def _request_spec(self, req: LoadRequest) -> LoadSpec:
         return self._spec(renamed(req))
 
-    def _commit(self, req: LoadRequest) -> Commit:
-        return Commit(row=req.state, expect_stage=req.expect_stage, state_schema=self.state_schema)
+    def _commit(self, req: LoadRequest, spec: LoadSpec) -> Commit:
+        async def confirm(lost: BaseException) -> None:
+            await self._confirm(spec, req.state, lost)
+
+        return Commit(req.state, req.expect_stage, self.state_schema, confirm)
+
+    async def _confirm(self, spec: LoadSpec, row: StateRow, lost: BaseException) -> None:
+        """After the answer to a load's COMMIT was lost: return if it committed, else raise saying what
+        became of it. Asked on a new connection once the load's transaction has ended (its lock on the
+        target, taken here too, waits for that: the old session may still be running the COMMIT): is the
+        state row it appended, the commit's own marker, in the state log?"""
+        name, cfg = spec.target_name, self.cfg
+        cause = lost.why if isinstance(lost, AnswerLost) else describe(lost)
+        lost_how = f"the answer to the COMMIT of the load of {name} was lost ({cause})"
+        try:
+            with anyio.fail_after(cfg.connect_timeout + cfg.read_timeout):
+                async with self._fresh() as ex:
+                    lock = batch(self.dialect.begin_sql, target_lock_sql(spec))
+                    async with transaction(ex, lock):
+                        sql = st.committed_sql(self.dialect, self.state_schema)
+                        found = await ex.fetchval(sql, row.pipeline, row.table, row.stage_id, row.loaded_by)
+        except Exception as exc:
+            command = f"s3shift watermark get -p {row.pipeline} -t {row.table}"
+            raise AnswerLost(
+                f"{lost_how}, and whether it committed could not be checked on {where(cfg)} "
+                f"({describe(exc)}): `{command}` shows the committed position; a rerun is safe (it loads "
+                "only what is not committed)",
+                table=name,
+            ) from lost
+        if not found:
+            raise AnswerLost(
+                f"{lost_how}; checked on a new connection to {where(cfg)}: it did not commit, target and "
+                "watermark unchanged; rerun the table",
+                table=name,
+            ) from lost
+        log.warning("%s: checked on a new connection: the load committed", lost_how)
+
+    # ---- sessions that hang --------------------------------------------------------------------
+
+    def _fresh(self) -> AbstractAsyncContextManager[Executor]:
+        """A connection of its own, outside the pool and the load slots: checks while a session hangs."""
+        raise NotImplementedError
+
+    def _watched(self, ex: Any) -> Watched:
+        """``ex`` with every wait for an answer checked after ``read_timeout`` (``watch``)."""
+        pid, cfg = ex.get_server_pid(), self.cfg
+
+        async def probe() -> str | None:
+            try:
+                with anyio.fail_after(cfg.connect_timeout):
+                    async with self._fresh() as other:
+                        return await self._still_working(other, pid)
+            except Exception as exc:
+                cause = "" if isinstance(exc, TimeoutError) else f" ({describe(exc)})"
+                within = f"{cfg.connect_timeout:g} s{cause}"
+                return f"nor did a new connection within {within}: it is stalled or unreachable"
+
+        return Watched(ex, every=cfg.read_timeout, probe=probe, explain=self._no_answer)
+
+    async def _still_working(self, ex: Executor, pid: int) -> str | None:
+        """None while the session ``pid`` may still be working on its statement: here, as long as the
+        server answers (a warehouse that can tell more says more)."""
+        await ex.fetchval("SELECT 1")
+        return None
+
+    def _no_answer(self, why: str) -> str:
+        key = f"connections.targets.{self.cfg.name}.read_timeout"
+        return (
+            f"{where(self.cfg)} did not answer a statement for {self.cfg.read_timeout:g} s, {why}; the "
+            "session was dropped with its transaction (target and watermark unchanged): check the "
+            f"warehouse, then rerun the table ({key} sets the wait before this check)"
+        )
 
     def _refilling(self, spec: LoadSpec) -> bool:
         return self.refills and spec.mode == "replace" and spec.has_staging
@@ -168,8 +243,9 @@ class SqlWarehouse:
             spec = self._request_spec(req)
             async with self._session(load=True) as ex:
                 if self._refilling(spec):
-                    return await run_refill(ex, spec, self._refill(ex, spec), self._commit(req), self._ready)
-                return await run_load(ex, spec, self._fill(ex, spec), self._commit(req), self._ready)
+                    commit = self._commit(req, spec)
+                    return await run_refill(ex, spec, self._refill(ex, spec), commit, self._ready)
+                return await run_load(ex, spec, self._fill(ex, spec), self._commit(req, spec), self._ready)
         except Exception as exc:
             raise self._error(exc, f"{req.mode} load of", name) from exc
 
@@ -188,7 +264,8 @@ class SqlWarehouse:
         name, action = f"{self.cfg.schema}.{req.target_table}", f"{req.mode} load of"
         ours = True  # False while the caller's body runs
         try:
-            spec, commit = self._request_spec(req), self._commit(req)
+            spec = self._request_spec(req)
+            commit = self._commit(req, spec)
             async with (
                 self._session(load=True) as ex,
                 emptied_target(ex, spec, commit, self._ready, record=False) as (emptying, shape),
@@ -212,8 +289,8 @@ class SqlWarehouse:
         """The DDL and SQL ``load(req)`` would run, in order; no I/O."""
         spec = self._request_spec(req)
         if self._refilling(spec):
-            return render_refill(spec, self._refill_sql(spec), self._commit(req))
-        return render(spec, self._fill_sql(spec), self._commit(req), fill_counts=self.fill_counts)
+            return render_refill(spec, self._refill_sql(spec), self._commit(req, spec))
+        return render(spec, self._fill_sql(spec), self._commit(req, spec), fill_counts=self.fill_counts)
 
     def _error(self, exc: Exception, action: str, table: str) -> S3ShiftError:
         return classify(exc, cfg=self.cfg, action=action, table=table)

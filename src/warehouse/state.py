@@ -154,6 +154,16 @@ def stage_ids_sql(dialect: Dialect, schema_name: str) -> str:
     )
 
 
+def committed_sql(dialect: Dialect, schema_name: str) -> str:
+    """How many state rows of ($1 pipeline, $2 table) have stage_id $3 and were loaded by $4: a load's own
+    row, which only its commit makes visible."""
+    ident = dialect.ident
+    return (
+        f"SELECT COUNT(*) FROM {qualified(dialect, schema_name)} WHERE {_where(dialect, 1)} "
+        f"AND {ident('stage_id')} = $3 AND {ident('loaded_by')} = $4"
+    )
+
+
 def insert_sql(dialect: Dialect, schema_name: str) -> str:
     """One state row from BOUND parameters ($BOUND+1, $BOUND+2 repeat pipeline and table), numbered
     after the latest row of its table. Every parameter is CAST: an INSERT ... SELECT does not type
