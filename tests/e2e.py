@@ -67,6 +67,7 @@ def write_config(
                     "region": s3.region,
                     "endpoint_url": s3.endpoint_url,
                     "part_size_mb": s3.part_size_mb,
+                    "max_attempts": s3.max_attempts,
                 }
             },
         }

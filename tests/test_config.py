@@ -197,6 +197,14 @@ def test_target_read_timeout(tmp_path: Path) -> None:
         load_pipeline(write(tmp_path, conns.replace("read_timeout: 5", "read_timeout: 0")), "nightly")
 
 
+def test_s3_max_attempts(tmp_path: Path) -> None:
+    assert load_pipeline(write(tmp_path), "nightly").s3.max_attempts == 5
+    conns = CONNECTIONS.replace("prefix: staging/,", "prefix: staging/, max_attempts: 2,")
+    assert load_pipeline(write(tmp_path, conns), "nightly").s3.max_attempts == 2
+    with pytest.raises(ConfigError, match=r"stage.max_attempts' must be a positive integer"):
+        load_pipeline(write(tmp_path, conns.replace("max_attempts: 2", "max_attempts: 0")), "nightly")
+
+
 def test_port_from_env_is_converted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("T_PORT", "3307")
     conns = CONNECTIONS.replace("port: 3306", 'port: "${T_PORT}"')

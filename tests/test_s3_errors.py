@@ -45,7 +45,7 @@ def test_s3_503_reading_back_the_stage_fails_the_table_retryable_in_phase_s3(
         "INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_500",
     )
     table = f"{mysql_db}.t"
-    through = replace(s3_conn, endpoint_url=s3_errors.url)
+    through = replace(s3_conn, endpoint_url=s3_errors.url, max_attempts=2)  # 2 tries, not 5: a quick test
     cfg = write_config(
         tmp_path / "cfg", source_conn, pg_target, through, {table: {"cdc_strategy": "id_only"}}
     )

@@ -86,6 +86,7 @@ _S3_KEYS = {
     "profile": "str",
     "part_size_mb": "int",
     "max_concurrency": "int",
+    "max_attempts": "int",
     "description": "str",
 }
 _PIPELINE_KEYS = {
@@ -345,7 +346,7 @@ def _s3(ref: tuple[str, dict[str, Any]], file: Path) -> S3Conn:
             del v[key]
     prefix = str(v.get("prefix", "")).strip("/")
     v["prefix"] = f"{prefix}/" if prefix else ""
-    positive(v, ("part_size_mb", "max_concurrency"), file, where)
+    positive(v, ("part_size_mb", "max_concurrency", "max_attempts"), file, where)
     if v.get("part_size_mb", 16) < 5:
         raise ConfigError(
             f"{file}: '{where}.part_size_mb' must be at least 5 (S3's minimum part size)",

@@ -76,6 +76,7 @@ class S3Conn:
     profile: str | None = None
     part_size_mb: int = 8
     max_concurrency: int = 8  # S3 parts in flight
+    max_attempts: int = 5  # tries of one S3 request (botocore's standard retry mode, with backoff)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ from src.stage.multipart import CLEANUP_TIMEOUT, MultipartUpload, error_code
 MIB: Final = 1024 * 1024
 MIN_PART_BYTES: Final = 5 * MIB  # S3's minimum for every part but the last
 DOWNLOAD_CHUNK: Final = MIB
-DEFAULT_ATTEMPTS: Final = 5
 DELETE_BATCH: Final = 1000  # keys per DeleteObjects request (S3's limit)
 KEEP_WRITTEN_BYTES: Final = 32 * MIB  # small staged files kept in memory for the run's own load
 
@@ -74,19 +73,19 @@ class S3Stage:
         cfg: S3Conn,
         part_limiter: anyio.CapacityLimiter | None = None,
         *,
-        max_attempts: int = DEFAULT_ATTEMPTS,
+        max_attempts: int | None = None,
         keep_written: bool = False,
         cool_down: float = COOL_DOWN,
     ) -> None:
         self.cfg = cfg
         self._part_limiter = part_limiter
-        self._max_attempts = max_attempts
+        self._max_attempts = max_attempts or cfg.max_attempts
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._later: list[str] = []  # keys to delete in batches (``delete_later``)
         self._keep_written = keep_written
         self._written: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        self._breaker = Breaker(max_attempts=max_attempts, cool_down=cool_down)
+        self._breaker = Breaker(max_attempts=self._max_attempts, cool_down=cool_down)
         self.unclean = 0  # cleanups that failed (``left_behind``)
 
     def __repr__(self) -> str:

@@ -434,11 +434,7 @@ async def connection(cfg: TargetConn, settings: dict[str, str] | None = None) ->
     try:
         yield conn
     finally:
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(CLOSE_TIMEOUT) as scope:
-                await conn.close()
-            if scope.cancelled_caught:
-                conn.terminate()
+        await _close(conn)
 
 
 @asynccontextmanager
@@ -458,8 +454,14 @@ async def open_pool(cfg: TargetConn) -> AsyncIterator[Any]:
     try:
         yield pool
     finally:
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(CLOSE_TIMEOUT) as scope:
-                await pool.close()
-            if scope.cancelled_caught:
-                pool.terminate()
+        await _close(pool)
+
+
+async def _close(closable: Any) -> None:
+    """Close an asyncpg connection or pool, shielded; terminate it when closing takes over
+    ``CLOSE_TIMEOUT`` (a server that stopped answering)."""
+    with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(CLOSE_TIMEOUT) as scope:
+            await closable.close()
+        if scope.cancelled_caught:
+            closable.terminate()
