@@ -178,7 +178,8 @@ def watermark(cfg: Path, *args: str, json_output: bool = True) -> tuple[dict[str
 @pytest.mark.parametrize("action", ["set", "reset"])
 def test_watermark_set_of_a_table_the_source_lacks_fails(cfg: Path, mysql_db: str, action: str) -> None:
     """watermark set (or reset) of a table that is not in MySQL, and never synced, wrote a state row and
-    said success: a typo went unnoticed until the next sync. It fails, one line, exit 1; no state row."""
+    said success: a typo went unnoticed until the next sync. It fails, one line, exit 1; no state row
+    (``get`` of it fails the same way: it said "no watermark")."""
     args = ["--timestamp", "2024-01-01T00:00:00"] if action == "set" else []
     table = f"{mysql_db}.nope"
     doc, code = watermark(cfg, action, "-p", "p", "-t", table, *args)
@@ -193,8 +194,8 @@ def test_watermark_set_of_a_table_the_source_lacks_fails(cfg: Path, mysql_db: st
     }
     text, code = watermark(cfg, action, "-p", "p", "-t", table, *args, json_output=False)
     assert code == 1 and text == f"{table}: FAILED: {doc['error_message']}\n"
-    got, code = watermark(cfg, "get", "-p", "p", "-t", table)
-    assert code == 0 and isinstance(got, dict) and got["state"] is None  # nothing was written
+    got, code = watermark(cfg, "get", "-p", "p", "-t", table)  # nothing was written: still unknown
+    assert code == 1 and got == doc, got
 
 
 def test_watermark_set_before_the_first_sync_is_a_start_point(
@@ -207,6 +208,8 @@ def test_watermark_set_before_the_first_sync_is_a_start_point(
         "INSERT INTO ev VALUES (1, '2020-01-01'), (2, '2024-06-01'), (3, '2024-07-01')",
     )
     table = f"{mysql_db}.ev"
+    doc, code = watermark(cfg, "get", "-p", "p", "-t", table)  # known to the source, no watermark yet
+    assert code == 0 and isinstance(doc, dict) and (doc["watermark"], doc["state"]) == (None, None), doc
     doc, code = watermark(cfg, "set", "-p", "p", "-t", table, "--timestamp", "2024-01-01T00:00:00")
     assert code == 0 and isinstance(doc, dict) and doc["watermark"]["ts"] == "2024-01-01 00:00:00.000000", doc
     cfg_pipe = cfg / "pipelines" / "p.yml"

@@ -54,9 +54,9 @@ async def run_watermark(
                 raise err from None
             raise
         wh = res.warehouse
+        if await wh.read_state(pipeline.name, req.table) is None:
+            await _check_source_has(stack, pipeline, limits, req.table)
         if req.action != "get":
-            if await wh.read_state(pipeline.name, req.table) is None:
-                await _check_source_has(stack, pipeline, limits, req.table)
             cfg = pipeline.table(req.table)
             await wh.write_state(
                 StateRow(
@@ -78,8 +78,9 @@ async def run_watermark(
 
 
 async def _check_source_has(stack: AsyncExitStack, pipeline: Pipeline, limits: Limits, table: str) -> None:
-    """A table never synced may get a watermark (a start point for its first sync) only if the source has
-    it: a name the source lacks is a typo, which would otherwise pass unnoticed until the next sync."""
+    """A table never synced is known only if the source has it: it may then get a watermark (a start point
+    for its first sync), and ``get`` says it has none. A name the source lacks is a typo, which would
+    otherwise pass unnoticed (``get``: "no watermark"; ``set``: a state row no sync ever reads)."""
     database, name = split_table(table)
     source = await stack.enter_async_context(MySQLSource(pipeline.source, limits.mysql))
     async with source.connection() as conn:
