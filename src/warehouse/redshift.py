@@ -33,7 +33,6 @@ from src.warehouse.state import LoadRequest
 from src.warehouse.statements import LoadSpec
 
 RedshiftConnect = Callable[[TargetConn], AbstractAsyncContextManager[Executor]]
-CLOSE_TIMEOUT = 10.0
 log = get_logger("warehouse.redshift")
 
 

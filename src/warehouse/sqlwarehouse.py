@@ -241,11 +241,11 @@ class SqlWarehouse:
         name = f"{self.cfg.schema}.{req.target_table}"
         try:
             spec = self._request_spec(req)
+            commit = self._commit(req, spec)
             async with self._session(load=True) as ex:
                 if self._refilling(spec):
-                    commit = self._commit(req, spec)
                     return await run_refill(ex, spec, self._refill(ex, spec), commit, self._ready)
-                return await run_load(ex, spec, self._fill(ex, spec), self._commit(req, spec), self._ready)
+                return await run_load(ex, spec, self._fill(ex, spec), commit, self._ready)
         except Exception as exc:
             raise self._error(exc, f"{req.mode} load of", name) from exc
 
@@ -288,9 +288,10 @@ class SqlWarehouse:
     def render_load(self, req: LoadRequest) -> list[str]:
         """The DDL and SQL ``load(req)`` would run, in order; no I/O."""
         spec = self._request_spec(req)
+        commit = self._commit(req, spec)
         if self._refilling(spec):
-            return render_refill(spec, self._refill_sql(spec), self._commit(req, spec))
-        return render(spec, self._fill_sql(spec), self._commit(req, spec), fill_counts=self.fill_counts)
+            return render_refill(spec, self._refill_sql(spec), commit)
+        return render(spec, self._fill_sql(spec), commit, fill_counts=self.fill_counts)
 
     def _error(self, exc: Exception, action: str, table: str) -> S3ShiftError:
         return classify(exc, cfg=self.cfg, action=action, table=table)
