@@ -209,7 +209,7 @@ async def test_every_shared_type_reads_identically(source_conn: SourceConn, mysq
         "nul_stripped": slow.coercions["vc"]["nul_stripped"]
     }
     assert fast.path["path"] == "connectorx" and fast.path["workers"] == 2 and fast.path["ranges"] >= 7
-    assert "fallbacks" not in fast.path
+    assert "fallbacks" not in fast.path and "guarded_dates" not in fast.path  # dates read as stored
 
 
 async def test_boolean_policy_and_long_text_policy_match(source_conn: SourceConn, mysql_db: str) -> None:
@@ -238,6 +238,27 @@ async def test_zero_and_invalid_dates_are_handed_to_the_canonical_path(
     assert_same(canonical, quick)
     assert slow.coercions["dt"] == {"zero_date_to_null": 2} and fast.coercions == slow.coercions
     assert fast.path["fallbacks"] == ["a zero or invalid date"] * 2
+    assert fast.path["guarded_dates"] is True  # connectorx panicked on one: guarded reads from then on
+
+
+async def test_a_year_zero_date_is_handed_over_without_a_panic(
+    source_conn: SourceConn, mysql_db: str
+) -> None:
+    """connectorx reads '0000-01-01' (no panic) but Python has no year 0: the canonical path makes it NULL
+    and counts it, so the fast path hands such a batch over; the table stays on unguarded reads."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE y (id BIGINT PRIMARY KEY, d DATE NULL, t DATETIME(6) NOT NULL)",
+        "INSERT INTO y SELECT seq, IF(seq % 4 = 0, NULL, '0001-01-01' + INTERVAL seq DAY),"
+        " '0001-01-01 00:00:00' + INTERVAL seq SECOND FROM seq_1_to_200",
+        "UPDATE y SET d = '0000-01-01' WHERE id = 30",
+        "UPDATE y SET t = '0000-12-31 23:59:59.999999' WHERE id = 170",
+    )
+    canonical, quick, slow, fast = await read_both(source_conn, "y", range_rows=30)
+    assert canonical.num_rows == 200 and canonical.column("d")[29].as_py() is None
+    assert_same(canonical, quick)
+    assert fast.coercions == slow.coercions == {"d": {"zero_date_to_null": 1}, "t": {"zero_date_to_null": 1}}
+    assert fast.path["fallbacks"] == ["a zero or invalid date"] * 2 and "guarded_dates" not in fast.path
 
 
 async def test_sparse_and_skewed_keys(source_conn: SourceConn, mysql_db: str) -> None:

@@ -238,6 +238,7 @@ def main() -> None:
     and Arrow buffer, joining idle worker threads: ~0.15 s measured after a 2M-row run) has nothing
     left to do for the user."""
     hold_signals()  # already, when launched as the CLI (``src.cli``); not when a wrapper calls main()
+    relay = log.NativeStderr.install()  # native code's stderr scrubbed, Rust panic reports dropped
     try:
         cli(prog_name="s3shift")
     except SystemExit as done:
@@ -245,10 +246,12 @@ def main() -> None:
         if code is not None and not isinstance(code, int):  # sys.exit("message") semantics
             sys.stderr.write(f"{code}\n")
             code = 1
-        _exit_now(code or 0)
+        _exit_now(code or 0, relay)
 
 
-def _exit_now(code: int) -> None:
+def _exit_now(code: int, relay: log.NativeStderr | None = None) -> None:
+    if relay is not None:
+        relay.close()
     logging.shutdown()  # flushes every handler
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
+import re
+import select
 import sys
+import threading
 from typing import Any, TextIO
 
 from src.common.secret import scrub
@@ -58,6 +64,107 @@ def scrub_stderr() -> None:
     """Route every Python-level write to stderr through the scrubber (once; forked workers inherit it)."""
     if not isinstance(sys.stderr, ScrubbedStream):
         sys.stderr = ScrubbedStream(sys.stderr)
+
+
+class NativeStderr:
+    """The process's file descriptor 2, where native code writes (connectorx's Rust, C libraries, worker
+    processes), read through a pipe by a thread that copies it to the real stderr scrubbed, line by line.
+    A Rust panic's report (connectorx panics on a zero date, which the fast path then reads another way;
+    and a backtrace when RUST_BACKTRACE is set) is dropped: one line at debug level instead. Python's own
+    ``sys.stderr`` writes to the real stderr directly (a duplicate of the original descriptor), so logs are
+    never held up. ``close`` puts the original descriptor back and copies what is left in the pipe."""
+
+    PANIC = re.compile(r"^thread '.*' (?:\(\d+\) )?panicked at ")
+    FRAME = re.compile(r"^(?:stack backtrace:|\s+\d+: |\s+at )")
+    IDLE_S = 0.2  # a panic's report is written at once: after this long without a line, it has ended
+
+    def __init__(self) -> None:
+        self.real = os.dup(2)
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self._read = read
+        self._pending = b""
+        self._panic: list[str] = []
+        self._blank = False  # a blank line held back: Rust writes one before a panic's report
+        self._thread = threading.Thread(target=self._relay, name="stderr-relay", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def install(cls) -> NativeStderr | None:
+        """Relay descriptor 2 (None when there is none to relay), and point ``sys.stderr`` at the real one."""
+        try:
+            relay = cls()
+        except OSError:
+            return None
+        encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+        sys.stderr = io.TextIOWrapper(
+            io.FileIO(relay.real, "w", closefd=False), encoding=encoding, errors="backslashreplace",
+            line_buffering=True, write_through=True,
+        )  # fmt: skip
+        return relay
+
+    def close(self, wait_s: float = 1.0) -> None:
+        """Descriptor 2 back to the real stderr; what native code wrote before is copied out first."""
+        with contextlib.suppress(OSError):
+            os.dup2(self.real, 2)  # the pipe's last write end in this process is gone: the relay sees EOF
+        self._thread.join(wait_s)
+
+    def _relay(self) -> None:
+        while True:
+            waiting = self._panic or self._blank  # a report, or a blank line that may open one
+            ready, _, _ = select.select([self._read], [], [], self.IDLE_S if waiting else None)
+            if not ready:
+                self._settle()
+                continue
+            chunk = os.read(self._read, 65536)
+            if not chunk:
+                break
+            *lines, self._pending = (self._pending + chunk).split(b"\n")
+            for line in lines:
+                self._line(line.decode("utf-8", "replace"))
+        if self._pending:
+            self._line(self._pending.decode("utf-8", "replace"))
+        self._settle()
+        os.close(self._read)
+
+    def _line(self, text: str) -> None:
+        if self._panic:
+            if self.FRAME.match(text) or text.startswith("note: ") or not self._frames_began():
+                self._panic.append(text)
+                if text.startswith("note: "):
+                    self._end_panic()
+                return
+            self._end_panic()
+        if self.PANIC.match(text):  # Rust writes a blank line before its report: dropped with it
+            self._panic, self._blank = [text], False
+            return
+        self._settle()
+        if not text.strip():
+            self._blank = True
+            return
+        self._write(text)
+
+    def _write(self, text: str) -> None:
+        with contextlib.suppress(OSError):  # a closed stderr: nothing can be said
+            os.write(self.real, (scrub(text) + "\n").encode("utf-8", "replace"))
+
+    def _settle(self) -> None:
+        """Nothing more came: a report has ended, a held blank line was only that."""
+        self._end_panic()
+        if self._blank:
+            self._blank = False
+            self._write("")
+
+    def _frames_began(self) -> bool:
+        return "stack backtrace:" in self._panic
+
+    def _end_panic(self) -> None:
+        if self._panic:
+            lines = (line.strip() for line in self._panic[1:] if not self.FRAME.match(line))
+            message = " ".join(line for line in lines if not line.startswith("note: "))
+            logging.getLogger(f"{LOGGER_NAME}.native").debug("dropped a Rust panic report: %s", message[:500])
+            self._panic = []
 
 
 def get_logger(name: str) -> logging.Logger:
