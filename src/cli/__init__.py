@@ -18,6 +18,7 @@ loads: Arrow's allocator, glibc's mmap threshold, and quiet Rust logging.
   run the engine watches the signals itself (``engine.run.watching_signals``).
 """
 
+import gc
 import itertools
 import os
 import signal
@@ -70,3 +71,5 @@ def _launched_as_cli(argv: list[str]) -> bool:
 
 if _launched_as_cli(sys.orig_argv):
     hold_signals()
+    gc.disable()  # during the imports (~600 modules, none of them cyclic garbage): 0.30 -> 0.26 s; ``main``
+    # freezes what they made and turns the collector back on
