@@ -122,7 +122,8 @@ class NativeStderr:
                 break
             *lines, self._pending = (self._pending + chunk).split(b"\n")
             for line in lines:
-                self._line(line.decode("utf-8", "replace"))
+                with contextlib.suppress(Exception):  # the pipe must be drained whatever a line holds
+                    self._line(line.decode("utf-8", "replace"))
         if self._pending:
             self._line(self._pending.decode("utf-8", "replace"))
         self._settle()
