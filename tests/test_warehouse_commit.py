@@ -4,10 +4,12 @@ the real PostgreSQL (and the Redshift loader through the emulator, over the same
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -16,7 +18,7 @@ from src.common.errors import WarehouseError
 from src.common.schema import TableSchema
 from src.config.models import S3Conn, SourceConn, TargetConn
 from tests.conftest import PG_HOST, PG_PORT, CutProxy, mysql_exec, pg_fetch
-from tests.e2e import run_json, write_config
+from tests.e2e import as_redshift, run_json, write_config
 from tests.test_warehouse_load import (
     KINDS,
     arrow_table,
@@ -183,3 +185,69 @@ def test_a_stalled_warehouse_ends_the_run_with_the_table_failed(
     pg_proxy.release()
     assert [r["id"] for r in pg_fetch(f'SELECT id FROM "{pg_schema}".t ORDER BY id')] == [1, 2]
     assert len(pg_fetch(f'SELECT * FROM "{pg_schema}".s3shift_state')) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_watermark_command_whose_commit_answer_is_lost_checks_it(
+    kind: str,
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    s3_endpoint: str,
+    mysql_db: str,
+    pg_schema: str,
+    pg_proxy: CutProxy,
+) -> None:
+    """``watermark set``/``reset`` through the real CLI, the answer to its COMMIT lost: the command failed
+    ("lost the connection ... rerun") though the state row had committed. Now it checks on a new
+    connection, as a load does: committed is a success; not committed is a one-line failure saying so,
+    the state as it was; a check that cannot be made is a failure that says so (never a success)."""
+    mysql_exec(mysql_db, "CREATE TABLE t (id BIGINT PRIMARY KEY)")
+    target, cli = (pg_target, (sys.executable, "-m", "src.cli.main"))
+    if kind == "redshift":
+        target, cli = as_redshift(pg_target, s3_endpoint)
+    cfg = write_config(tmp_path / "cfg", source_conn, through(target, pg_proxy), s3_conn)
+    table = f"{mysql_db}.t"
+
+    def command(*args: str) -> tuple[dict[str, Any], str]:
+        doc, proc = run_json("--config-dir", str(cfg), "watermark", *args, "-p", "p", "-t", table, cli=cli)
+        assert proc.returncode == (0 if doc.get("status") == "success" else 1), proc.stderr
+        return doc, proc.stderr
+
+    def states() -> list[tuple[str, str | None]]:
+        sql = f'SELECT strategy, watermark_id FROM "{pg_schema}".s3shift_state ORDER BY seq'
+        return [(r["strategy"], r["watermark_id"] and str(r["watermark_id"])) for r in pg_fetch(sql)]
+
+    assert command("set", "--id", "1")[0]["status"] == "success"  # the state table exists from here
+    for args, strategy in ((("set", "--id", "5"), "manual"), (("reset",), "reset")):
+        pg_proxy.triggered.clear()
+        pg_proxy.lose_answer_to(b"COMMIT\x00")
+        doc, stderr = command(*args)
+        assert pg_proxy.triggered.is_set()
+        assert doc["status"] == "success", doc
+        assert doc["state"]["strategy"] == strategy, doc
+        assert doc["watermark"] == ({"ts": None, "id": 5} if strategy == "manual" else None), doc
+        lost = f"the answer to the COMMIT of watermark {args[0]} of {table} was lost"
+        assert f"{lost} (" in stderr and "checked on a new connection: it committed" in stderr, stderr
+    assert states() == [("manual", "1"), ("manual", "5"), ("reset", None)]
+    pg_proxy.triggered.clear()
+    pg_proxy.drop_before(b"COMMIT\x00")
+    doc, stderr = command("set", "--id", "9")
+    assert pg_proxy.triggered.is_set()
+    assert doc["status"] == "failed", doc
+    message = doc["error_message"]
+    assert message.startswith(f"the answer to the COMMIT of watermark set of {table} was lost ("), message
+    assert "did not commit" in message and "\n" not in message, message
+    assert states() == [("manual", "1"), ("manual", "5"), ("reset", None)]
+    assert command("get")[0]["watermark"] is None
+    pg_proxy.triggered.clear()
+    pg_proxy.lose_answer_to(b"COMMIT\x00")
+    pg_proxy.drop_before(b'"loaded_by" = $4')  # the check's query: its connection drops too
+    doc, stderr = command("set", "--id", "7")
+    assert doc["status"] == "failed", doc
+    message = doc["error_message"]
+    assert message.startswith(f"the answer to the COMMIT of watermark set of {table} was lost ("), message
+    assert "and whether it committed could not be checked on target 'tgt'" in message, message
+    assert f"`s3shift watermark get -p p -t {table}` shows the current watermark" in message, message
+    assert states()[-1] == ("manual", "7")  # it had committed: the failure said "unknown", not "not done"

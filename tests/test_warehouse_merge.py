@@ -19,7 +19,8 @@ from src.config.models import S3Conn
 from src.plan.models import Watermark
 from src.stage.models import StageResult
 from src.warehouse.base import Clear, LoadRequest, LoadResult, Mode, StateRow, Warehouse
-from src.warehouse.ddl import staging_name
+from src.warehouse.ddl import POSTGRES, staging_name
+from src.warehouse.statements import LoadSpec, clear_step
 from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER
 from tests.test_warehouse_load import arrow_table, col, pg, stage, target_conn, warehouse
 
@@ -404,3 +405,39 @@ async def test_concurrent_loads_of_different_tables_all_commit(
     assert [s.stage_id if s else None for s in states] == [r.execution_id for r in reqs]
     for i in range(5):
         assert await content(pg_schema, f"t{i}") == [(i, ts(i), "x")]
+
+
+def test_clear_step_text_and_values() -> None:
+    """The DELETE text and its values, each bound once by number (``$n``), in the cursor's own types."""
+    schema = replace(CURSORS, columns=(*CURSORS.columns, col('n"x', "int64")))
+    files = StageResult("p/", (), "k", "s3://b/k", 0, 0)
+
+    def spec(order_by: tuple[str, ...], after: Watermark | None, mode: Mode = "append") -> LoadSpec:
+        return LoadSpec(
+            POSTGRES,
+            "s",
+            "t",
+            schema,
+            files,
+            "stg",
+            (),
+            (),
+            (),
+            mode=mode,
+            order_by=order_by,
+            clear=Clear(after),
+        )
+
+    at = ts(2).replace(tzinfo=dt.UTC)
+    assert clear_step(spec(("ts", 'n"x', "id"), Watermark(ts=ts(2), id=5))) == (
+        'DELETE FROM "s"."t" WHERE ("ts" > $1 OR ("ts" = $1 AND '
+        '("n""x" > $2 OR ("n""x" = $2 AND "id" > $3))))',
+        [at, 5, Decimal(5)],
+    )
+    assert clear_step(spec(("ts", "id"), Watermark(ts=ts(2)))) == (
+        'DELETE FROM "s"."t" WHERE "ts" > $1',
+        [at],
+    )
+    assert clear_step(spec(("d",), Watermark(id=3))) == ('DELETE FROM "s"."t" WHERE "d" IS NOT NULL', [])
+    assert clear_step(spec(("ts",), None)) == ('DELETE FROM "s"."t" WHERE "ts" IS NOT NULL', [])
+    assert clear_step(spec(("ts",), None, mode="merge")) is None

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from src.common.keyorder import after_position
 from src.common.naming import quote_mysql
 from src.common.schema import Column, TableSchema
 from src.plan.models import Watermark, Window
@@ -128,17 +129,10 @@ def predicate(keyset: Keyset, after: Position | None, end: Any) -> tuple[str, li
 def _after(keyset: Keyset, after: Position) -> tuple[str, list[object]]:
     """Rows after ``after`` in the keyset order; a position's trailing Nones stand for "after every value
     of those columns" (``(ts, None)``: after all of ts). For ``(a, b, c)``:
-    ``a >= %s AND (a > %s OR (a = %s AND (b > %s OR (b = %s AND c > %s))))``."""
-    values = list(after)
-    while len(values) > 1 and values[-1] is None:
-        values.pop()
-    names = [quote_mysql(c.name) for c in keyset.order[: len(values)]]
-    text, args = f"{names[-1]} > %s", [values[-1]]
-    if len(values) == 1:
-        return text, args
-    for name, value in zip(names[-2::-1], values[-2::-1], strict=True):
-        text, args = f"({name} > %s OR ({name} = %s AND {text}))", [value, value, *args]
-    return f"{names[0]} >= %s AND {text}", [values[0], *args]
+    ``a >= %s AND (a > %s OR (a = %s AND (b > %s OR (b = %s AND c > %s))))``, each value bound at each use."""
+    names = [quote_mysql(c.name) for c in keyset.order]
+    text, order = after_position(names, after, lambda _: "%s", range_first=True)
+    return text, [after[i] for i in order]
 
 
 def page_query(

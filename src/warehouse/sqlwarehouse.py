@@ -143,14 +143,28 @@ class SqlWarehouse:
             raise self._error(exc, "reading the state of", table) from exc
 
     async def write_state(self, row: StateRow) -> None:
-        """Append a state row in its own transaction (watermark set / reset)."""
+        """Append a state row in its own transaction (watermark set / reset, by ``row.strategy``: manual /
+        reset). A COMMIT whose answer is lost is checked as a load's is (``_check_commit``)."""
         schema = self.state_schema
+        lock = st.lock_for_command(self.dialect, schema)
+        command = "watermark reset" if row.strategy == "reset" else "watermark set"
+        get = f"s3shift watermark get -p {row.pipeline} -t {row.table}"
+
+        async def confirm(lost: BaseException) -> None:
+            await self._check_commit(
+                row,
+                lost,
+                what=f"{command} of {row.table}",
+                lock=lock,
+                table=row.table,
+                unchanged="the watermark is unchanged; run the command again",
+                unknown=f"`{get}` shows the current watermark; running the command again is safe",
+            )
+
         try:
             async with self._session(load=False) as ex:
                 await st.ensure(ex, self.dialect, schema)
-                async with transaction(
-                    ex, batch(self.dialect.begin_sql, st.lock_for_command(self.dialect, schema))
-                ):
+                async with transaction(ex, batch(self.dialect.begin_sql, lock), confirm):
                     await st.insert(ex, self.dialect, schema, row)
         except Exception as exc:
             raise self._error(exc, "writing the state of", row.table) from exc
@@ -167,35 +181,57 @@ class SqlWarehouse:
         return Commit(req.state, req.expect_stage, self.state_schema, confirm)
 
     async def _confirm(self, spec: LoadSpec, row: StateRow, lost: BaseException) -> None:
-        """After the answer to a load's COMMIT was lost: return if it committed, else raise saying what
-        became of it. Asked on a new connection once the load's transaction has ended (its lock on the
-        target, taken here too, waits for that: the old session may still be running the COMMIT): is the
-        state row it appended, the commit's own marker, in the state log?"""
-        name, cfg = spec.target_name, self.cfg
+        """After the answer to a load's COMMIT was lost: ``_check_commit`` under the target's lock."""
+        name = spec.target_name
+        command = f"s3shift watermark get -p {row.pipeline} -t {row.table}"
+        await self._check_commit(
+            row,
+            lost,
+            what=f"the load of {name}",
+            lock=target_lock_sql(spec),
+            table=name,
+            unchanged="target and watermark unchanged; rerun the table",
+            unknown=f"`{command}` shows the committed position; a rerun is safe (it loads only what is "
+            "not committed)",
+        )
+
+    async def _check_commit(
+        self,
+        row: StateRow,
+        lost: BaseException,
+        *,
+        what: str,
+        lock: str,
+        table: str,
+        unchanged: str,
+        unknown: str,
+    ) -> None:
+        """After the answer to the COMMIT of ``what`` was lost: return if it committed, else raise
+        ``AnswerLost`` saying what became of it (``unchanged``: it did not commit; ``unknown``: the check
+        failed). Asked on a new connection once the transaction has ended (``lock``, the lock it held, taken
+        here too, waits for that: the old session may still be running the COMMIT): is ``row``, the state
+        row it appended, in the state log? No other row has its stage_id and loaded_by: it is the commit's
+        own marker."""
+        cfg = self.cfg
         cause = lost.why if isinstance(lost, AnswerLost) else describe(lost)
-        lost_how = f"the answer to the COMMIT of the load of {name} was lost ({cause})"
+        lost_how = f"the answer to the COMMIT of {what} was lost ({cause})"
         try:
             with anyio.fail_after(cfg.connect_timeout + cfg.read_timeout):
-                async with self._fresh() as ex:
-                    lock = batch(self.dialect.begin_sql, target_lock_sql(spec))
-                    async with transaction(ex, lock):
-                        sql = st.committed_sql(self.dialect, self.state_schema)
-                        found = await ex.fetchval(sql, row.pipeline, row.table, row.stage_id, row.loaded_by)
+                async with self._fresh() as ex, transaction(ex, batch(self.dialect.begin_sql, lock)):
+                    sql = st.committed_sql(self.dialect, self.state_schema)
+                    found = await ex.fetchval(sql, row.pipeline, row.table, row.stage_id, row.loaded_by)
         except Exception as exc:
-            command = f"s3shift watermark get -p {row.pipeline} -t {row.table}"
             raise AnswerLost(
                 f"{lost_how}, and whether it committed could not be checked on {where(cfg)} "
-                f"({describe(exc)}): `{command}` shows the committed position; a rerun is safe (it loads "
-                "only what is not committed)",
-                table=name,
+                f"({describe(exc)}): {unknown}",
+                table=table,
             ) from lost
         if not found:
             raise AnswerLost(
-                f"{lost_how}; checked on a new connection to {where(cfg)}: it did not commit, target and "
-                "watermark unchanged; rerun the table",
-                table=name,
+                f"{lost_how}; checked on a new connection to {where(cfg)}: it did not commit, {unchanged}",
+                table=table,
             ) from lost
-        log.warning("%s: checked on a new connection: the load committed", lost_how)
+        log.warning("%s: checked on a new connection: it committed", lost_how)
 
     # ---- sessions that hang --------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from src.common.errors import WarehouseError
+from src.common.keyorder import after_position
 from src.common.policy import SchemaChange
 from src.common.schema import Column, TableSchema
 from src.plan.models import Watermark
@@ -148,16 +149,11 @@ def clear_step(spec: LoadSpec) -> tuple[str, list[Any]] | None:
     columns = [spec.schema.column(name) for name in spec.order_by]
     after = spec.clear.after
     values = [_cursor_value(c, after) for c in columns] if after is not None else []
-    while values and values[-1] is None:
-        values.pop()
-    if not values:
+    if all(v is None for v in values):
         where = " AND ".join(f"{ident(c.name)} IS NOT NULL" for c in columns)
         return f"DELETE FROM {spec.target_sql} WHERE {where}", []
-    names = [ident(c.name) for c in columns[: len(values)]]
-    where = f"{names[-1]} > ${len(values)}"
-    for i in range(len(values) - 2, -1, -1):
-        where = f"({names[i]} > ${i + 1} OR ({names[i]} = ${i + 1} AND {where}))"
-    return f"DELETE FROM {spec.target_sql} WHERE {where}", values
+    where, order = after_position([ident(c.name) for c in columns], values, lambda i: f"${i + 1}")
+    return f"DELETE FROM {spec.target_sql} WHERE {where}", values[: max(order) + 1]
 
 
 def _cursor_value(column: Column, after: Watermark) -> Any:
