@@ -310,7 +310,7 @@ async def prepare(
 def check_spec(spec: LoadSpec) -> None:
     check_identifiers(spec.dialect, spec.schema_name, spec.target_table, spec.schema)
     check_keys(spec)
-    check_distsort(spec.distsort, spec.schema.names, spec.target_name)
+    check_distsort(spec.distsort, spec.schema, spec.target_name)
 
 
 async def prepare_target(ex: Executor, spec: LoadSpec) -> tuple[str, ...]:
