@@ -61,3 +61,44 @@ def test_redshift_physical_design_that_redshift_refuses_fails_the_table_naming_t
     for name in names[:4]:
         assert pg_fetch("SELECT to_regclass($1)", f"{pg_schema}.{name}")[0][0] is None, name
     assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".fits')[0][0] == 1
+
+
+def test_incremental_table_whose_target_was_dropped_is_read_again_from_the_beginning(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """A target dropped to rebuild it (its state row stays): the watermark stood for rows that went with
+    it, so the next run reads the whole table into the new target (it loaded only the rows after the
+    watermark, status success, exit 0: the target silently lacked every older row). --dry-run says so."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE ev (id INT PRIMARY KEY, v VARCHAR(10))",
+        "INSERT INTO ev VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+    )
+    table = f"{mysql_db}.ev"
+    cfg = write_config(
+        tmp_path / "cfg", source_conn, pg_target, s3_conn, {table: {"cdc_strategy": "id_only"}}
+    )
+    sync = ("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    assert run_json(*sync)[0]["table_results"][table]["rows_processed"] == 3
+    pg_fetch(f'DROP TABLE "{pg_schema}".ev')
+    mysql_exec(mysql_db, "INSERT INTO ev VALUES (4, 'd')")
+    plan, _ = run_json(*sync, "--dry-run")
+    assert plan["tables"][table]["window"]["start"] is None, plan
+    doc, proc = run_json(*sync)
+    check_contract(doc, [table])
+    assert proc.returncode == 0 and doc["table_results"][table]["rows_processed"] == 4, doc
+    assert doc["table_results"][table]["watermark"] == {"ts": None, "id": 4}
+    assert [tuple(r) for r in pg_fetch(f'SELECT id, v FROM "{pg_schema}".ev ORDER BY id')] == [
+        (1, "a"),
+        (2, "b"),
+        (3, "c"),
+        (4, "d"),
+    ]
+    # with the target in place, the next run reads after the watermark again
+    mysql_exec(mysql_db, "INSERT INTO ev VALUES (5, 'e')")
+    assert run_json(*sync)[0]["table_results"][table]["rows_processed"] == 1
