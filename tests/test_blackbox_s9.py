@@ -3,11 +3,43 @@ DISTSTYLE/DISTKEY/SORTKEY/ENCODE, so what Redshift would refuse must be refused 
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
+import anyio
+import asyncpg
+
 from src.config.models import S3Conn, SourceConn, TargetConn
-from tests.conftest import mysql_exec, pg_fetch
+from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER, mysql_exec, pg_fetch
 from tests.e2e import as_redshift, check_contract, run_json, write_config
+
+
+@contextmanager
+def table_locked(qualified: str) -> Iterator[None]:
+    """``qualified`` locked ACCESS EXCLUSIVE by another session until the block ends."""
+    done, locked = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_DATABASE)
+        try:
+            async with conn.transaction():
+                await conn.execute(f"LOCK TABLE {qualified} IN ACCESS EXCLUSIVE MODE")
+                locked.set()
+                await anyio.to_thread.run_sync(done.wait)
+        finally:
+            await conn.close()
+
+    thread = threading.Thread(target=anyio.run, args=(hold,), daemon=True)
+    thread.start()
+    assert locked.wait(30)
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(30)
 
 
 def test_redshift_physical_design_that_redshift_refuses_fails_the_table_naming_the_fix(
@@ -102,3 +134,70 @@ def test_incremental_table_whose_target_was_dropped_is_read_again_from_the_begin
     # with the target in place, the next run reads after the watermark again
     mysql_exec(mysql_db, "INSERT INTO ev VALUES (5, 'e')")
     assert run_json(*sync)[0]["table_results"][table]["rows_processed"] == 1
+
+
+def test_many_tables_in_worker_processes_with_failures_of_every_kind(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """40 small tables in two processes; five fail, each in its own way: missing at the source, a
+    DECIMAL(65,30) (policy), a target locked by another session, a target name taken by a view, a target
+    with a NOT NULL column the source lacks. The others load; partial_success, exit 1; each failure says
+    what, where and what to do (the warehouse's own errors too: a view's name and a NOT NULL column gave
+    only the server's words); the failed targets keep what they held."""
+    good = [f"t{i:02}" for i in range(35)]
+    mysql_exec(
+        mysql_db,
+        *[f"CREATE TABLE {t} (id INT PRIMARY KEY, v VARCHAR(8))" for t in [*good, "locked", "viewed", "nn"]],
+        *[f"INSERT INTO {t} VALUES (1, '{t}'), (2, 'x')" for t in [*good, "locked", "viewed", "nn"]],
+        "CREATE TABLE wide (id INT PRIMARY KEY, d DECIMAL(65,30))",
+        "INSERT INTO wide VALUES (1, 1.5)",
+    )
+    target = replace(pg_target, lock_timeout=1)
+    cfg = write_config(
+        tmp_path / "cfg", source_conn, target, s3_conn, processing={"processes": 2, "max_parallel_tables": 4}
+    )
+    sync = ("--config-dir", str(cfg), "sync", "-p", "p")
+    first, _ = run_json(*sync, "-t", f"{mysql_db}.locked")
+    assert first["status"] == "success", first
+    mysql_exec(mysql_db, "UPDATE locked SET v = 'new'")
+    pg_fetch(f'CREATE VIEW "{pg_schema}".viewed AS SELECT 1 AS id')
+    pg_fetch(f'CREATE TABLE "{pg_schema}".nn (id INT PRIMARY KEY, v TEXT, must INT NOT NULL)')
+    order = [*good[:20], "missing", "locked", "wide", "viewed", "nn", *good[20:]]
+    tables = [f"{mysql_db}.{t}" for t in order]
+    with table_locked(f'"{pg_schema}".locked'):
+        doc, proc = run_json(*sync, "-t", ",".join(tables))
+    check_contract(doc, tables)
+    assert proc.returncode == 1 and doc["status"] == "partial_success", doc
+    assert "worker process 1 ran" in proc.stderr, proc.stderr
+    results = {t.split(".", 1)[1]: r for t, r in doc["table_results"].items()}
+    assert all(results[t]["status"] == "success" and results[t]["rows_processed"] == 2 for t in good), results
+    assert doc["summary"] == {
+        "success_count": 35,
+        "failure_count": 5,
+        "total_rows_processed": 70,
+        "total_files_created": 35,
+    }
+    expected = {  # table: (phase, retryable, what, what to do)
+        "missing": ("introspect", False, f"{mysql_db}.missing not found", "check the database and table"),
+        "wide": ("introspect", False, "decimal(65,30)", "decimal_overflow: text"),
+        "locked": ("load", True, "lock timeout", "rerun when it is released"),
+        "viewed": ("load", False, "is not a table", "set target_name"),
+        "nn": ("load", False, '"must"', "make it nullable or give it a DEFAULT"),
+    }
+    for name, (phase, retryable, what, todo) in expected.items():
+        result = results[name]
+        assert (result["phase"], result["retryable"]) == (phase, retryable), (name, result)
+        assert what in result["error_message"] and todo in result["error_message"], (name, result)
+    assert [tuple(r) for r in pg_fetch(f'SELECT id, v FROM "{pg_schema}".locked ORDER BY id')] == [
+        (1, "locked"),
+        (2, "x"),
+    ]
+    assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".nn')[0][0] == 0
+    state = pg_fetch(f'SELECT source_table FROM "{pg_schema}".s3shift_state WHERE row_count > 0')
+    loaded = {r[0].split(".", 1)[1] for r in state}
+    assert loaded == {*good, "locked"}, loaded  # locked: its first load only
