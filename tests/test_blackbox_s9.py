@@ -201,3 +201,29 @@ def test_many_tables_in_worker_processes_with_failures_of_every_kind(
     state = pg_fetch(f'SELECT source_table FROM "{pg_schema}".s3shift_state WHERE row_count > 0')
     loaded = {r[0].split(".", 1)[1] for r in state}
     assert loaded == {*good, "locked"}, loaded  # locked: its first load only
+
+
+def test_same_table_name_in_two_databases_blames_no_case_folding(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    s3_endpoint: str,
+    mysql_db: str,
+) -> None:
+    """Two databases' `orders` would load one Redshift table: the message asks for a target_name, and says
+    nothing of folding to lowercase (the names are equal; it said "redshift folds names to lowercase")."""
+    other = f"{mysql_db}_b"
+    mysql_exec(mysql_db, "CREATE TABLE orders (id INT PRIMARY KEY)", f"CREATE DATABASE `{other}`")
+    try:
+        mysql_exec(other, "CREATE TABLE orders (id INT PRIMARY KEY)")
+        target, cli = as_redshift(pg_target, s3_endpoint)
+        cfg = write_config(tmp_path / "cfg", source_conn, target, s3_conn)
+        pair = [f"{mysql_db}.orders", f"{other}.orders"]
+        doc, _ = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", ",".join(pair), cli=cli)
+    finally:
+        mysql_exec(None, f"DROP DATABASE IF EXISTS `{other}`")
+    for table, other_table in (pair, pair[::-1]):
+        message = doc["table_results"][table]["error_message"]
+        assert f"as {other_table} would too: set tables.{table}.target_name" in message, message
+        assert "lowercase" not in message, message
