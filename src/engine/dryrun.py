@@ -13,10 +13,10 @@ from src.common.log import get_logger
 from src.common.schema import TableSchema
 from src.engine.context import RunContext
 from src.engine.limits import Limits
-from src.engine.pending import describe_stage, for_target, select
+from src.engine.pending import describe_stage, select
 from src.engine.reading import fast_window, plan_window, too_few_rows, window_is_empty
 from src.engine.run import Resources, SyncRequest, load_config, open_resources, plan_tables, unique
-from src.engine.table import load_request, stage_meta, stream_blocker, target_of
+from src.engine.table import load_request, located, stage_meta, stream_blocker
 from src.engine.workers import process_count
 from src.plan.models import Window, format_ts
 from src.plan.planner import TablePlan, read_window
@@ -87,7 +87,7 @@ async def plan_sync(
 
 
 async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[str, Any]:
-    state = for_target(await res.warehouse.read_state(ctx.pipeline.name, plan.table), target_of(ctx, plan))
+    state = await located(ctx, plan, await res.warehouse.read_state(ctx.pipeline.name, plan.table))
     committed = await res.warehouse.committed_stage_ids(ctx.pipeline.name, plan.table)
     stages = await list_stages(
         res.s3, ctx.pipeline.name, plan.table, since=(state.stage_id or None) if state else None

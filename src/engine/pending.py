@@ -105,6 +105,27 @@ def for_target(state: StateRow | None, target: str) -> StateRow | None:
     return replace(state, strategy="reset", watermark=None, window_start=None)
 
 
+INCREMENTAL = ("id_only", "timestamp_only", "hybrid")
+
+
+def relies_on_target(state: StateRow | None) -> bool:
+    """Whether ``state`` is a position its target's rows stand for: an incremental load committed there
+    (not a ``watermark set``, which may be a start point for a target filled another way)."""
+    return state is not None and state.strategy in INCREMENTAL and state.watermark is not None
+
+
+def target_gone(state: StateRow, target: str) -> StateRow:
+    """``state`` when its target no longer exists (dropped since, say to rebuild it): the rows before the
+    position went with it, so the table is read from the beginning, as after a reset."""
+    log.warning(
+        "%s: its target %s no longer exists, though its watermark was committed there: reading the table "
+        "from the beginning",
+        state.table,
+        target,
+    )
+    return replace(state, strategy="reset", watermark=None, window_start=None)
+
+
 def _newer(stage: StageResult, state: StateRow | None) -> bool:
     """Whether ``stage`` was extracted after the latest state: after the extraction it committed, or
     after a ``watermark set``/``reset`` (which extracts nothing) was written. A stage staged before a set

@@ -152,7 +152,7 @@ def plan_tables(pipeline: Pipeline, tables: Sequence[str]) -> dict[str, TablePla
                 why = f"{plan.table} would load {where}, the state table of s3shift"
             elif others:
                 why = f"{plan.table} would load {where}, as {' and '.join(others)} would too"
-                if dialect.folds_case:
+                if any(f"{p.target_schema}.{p.target_table}" != where for p in same):
                     why += f" ({dialect.name} folds names to lowercase)"
             else:
                 continue

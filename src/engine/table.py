@@ -22,9 +22,11 @@ from src.engine.pending import (
     describe_stage,
     for_target,
     parse_ts,
+    relies_on_target,
     select,
     stage_id,
     stage_window,
+    target_gone,
 )
 from src.engine.reading import TableRead, extract_and_stage, plan_window, window_is_empty
 from src.plan.models import Watermark, Window, format_ts
@@ -171,7 +173,7 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
         state = ctx.states.get(plan.table)
     else:
         state = await ctx.warehouse.read_state(ctx.pipeline.name, plan.table)
-    state = for_target(state, target_of(ctx, plan))
+    state = await located(ctx, plan, state)
     since = (state.stage_id or None) if state else None
     runs = await list_runs(ctx.s3, ctx.pipeline.name, plan.table, since=since, scan=ctx.scan)
     unknown = [i for i in runs.ids if i != since]  # the latest state row's own stage is committed
@@ -477,6 +479,18 @@ def _nothing_to_load(ctx: RunContext, plan: TablePlan) -> S3ShiftError:
         table=plan.table,
         retryable=False,
     )
+
+
+async def located(ctx: RunContext, plan: TablePlan, state: StateRow | None) -> StateRow | None:
+    """``state`` as the position of the table's load into its target now (``for_target``); a position
+    whose target was dropped since holds nothing (``target_gone``)."""
+    target = target_of(ctx, plan)
+    state = for_target(state, target)
+    if state is None or not relies_on_target(state):
+        return state
+    if await ctx.warehouse.has_table(ctx.pipeline.target.schema, plan.target_table):
+        return state
+    return target_gone(state, target)
 
 
 def target_of(ctx: RunContext, plan: TablePlan) -> str:

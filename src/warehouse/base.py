@@ -136,6 +136,10 @@ class Warehouse(Protocol):
 
     async def committed_stage_ids(self, pipeline: str, table: str) -> set[str]: ...
 
+    async def has_table(self, schema_name: str, table: str) -> bool:
+        """Whether the table (a view too) exists; names as configured (folded where the warehouse folds)."""
+        ...
+
     async def write_state(self, row: StateRow) -> None: ...
 
     async def load(self, req: LoadRequest) -> LoadResult: ...
@@ -310,7 +314,7 @@ async def prepare(
 def check_spec(spec: LoadSpec) -> None:
     check_identifiers(spec.dialect, spec.schema_name, spec.target_table, spec.schema)
     check_keys(spec)
-    check_distsort(spec.distsort, spec.schema.names, spec.target_name)
+    check_distsort(spec.distsort, spec.schema, spec.target_name)
 
 
 async def prepare_target(ex: Executor, spec: LoadSpec) -> tuple[str, ...]:

@@ -115,11 +115,33 @@ class DistSort:
         return dict(self.encode).get(column)
 
 
-def check_distsort(distsort: DistSort | None, columns: Sequence[str], where: str) -> None:
-    """Every DISTKEY / SORTKEY / ENCODE column exists; encodings are Redshift's; DISTKEY goes with KEY."""
+# The encodings Redshift accepts for each column type (docs: "Compression encodings", its table of data
+# types); a type it does not list there (SUPER, VARBYTE) is left to the server.
+_INTEGERS = frozenset({"RAW", "AZ64", "BYTEDICT", "DELTA", "LZO", "MOSTLY8", "RUNLENGTH", "ZSTD"})
+_DATES = frozenset({"RAW", "AZ64", "BYTEDICT", "DELTA", "DELTA32K", "LZO", "RUNLENGTH", "ZSTD"})
+_ENCODINGS_OF: dict[str, frozenset[str]] = {
+    "int16": _INTEGERS,
+    "int32": _INTEGERS | {"DELTA32K", "MOSTLY16"},
+    "int64": _INTEGERS | {"DELTA32K", "MOSTLY16", "MOSTLY32"},
+    "time": _INTEGERS | {"DELTA32K", "MOSTLY16", "MOSTLY32"},
+    "decimal": _INTEGERS | {"DELTA32K", "MOSTLY16", "MOSTLY32"},
+    "float32": frozenset({"RAW", "BYTEDICT", "RUNLENGTH", "ZSTD"}),
+    "float64": frozenset({"RAW", "BYTEDICT", "RUNLENGTH", "ZSTD"}),
+    "bool": frozenset({"RAW", "RUNLENGTH", "ZSTD"}),
+    "string": frozenset({"RAW", "BYTEDICT", "LZO", "RUNLENGTH", "TEXT255", "TEXT32K", "ZSTD"}),
+    "date": _DATES,
+    "timestamp": _DATES,
+    "timestamptz": _DATES - {"DELTA", "DELTA32K"},
+}
+_NO_KEY_TYPES = {"json": "SUPER"}  # Redshift: a SUPER column is never a distribution or sort key
+
+
+def check_distsort(distsort: DistSort | None, schema: TableSchema, where: str) -> None:
+    """Every DISTKEY / SORTKEY / ENCODE column exists; encodings are Redshift's and fit the column's type;
+    no SUPER key; DISTKEY goes with KEY, and KEY needs a DISTKEY (Redshift refuses such a CREATE TABLE)."""
     if distsort is None:
         return
-    known = set(columns)
+    known = set(schema.names)
     named = [("distkey", distsort.distkey)] if distsort.distkey else []
     named += [("sortkey", c) for c in distsort.sortkey] + [("encode", c) for c, _ in distsort.encode]
     for key, name in named:
@@ -143,6 +165,42 @@ def check_distsort(distsort: DistSort | None, columns: Sequence[str], where: str
             f"{where} sets distkey with diststyle {distsort.diststyle}: a DISTKEY needs diststyle KEY",
             table=where,
             key="diststyle",
+        )
+    if distsort.diststyle == "KEY" and not distsort.distkey:
+        raise WarehouseError(
+            f"{where} sets diststyle KEY without a distkey: name the distkey column, or choose another "
+            "diststyle",
+            table=where,
+            key="distkey",
+        )
+    _check_types(distsort, schema, where)
+
+
+def _check_types(distsort: DistSort, schema: TableSchema, where: str) -> None:
+    keys = [("distkey", distsort.distkey)] if distsort.distkey else []
+    for key, name in keys + [("sortkey", c) for c in distsort.sortkey]:
+        no_key = _NO_KEY_TYPES.get(schema.column(name).logical)
+        if no_key:
+            raise WarehouseError(
+                f"{key} column {name!r} of {where} is {no_key}, which Redshift never uses as a distribution "
+                "or sort key: choose another column",
+                table=where,
+                column=name,
+                key=key,
+            )
+    bad = []
+    for name, encoding in distsort.encode:
+        col = schema.column(name)
+        allowed = _ENCODINGS_OF.get(col.logical)
+        if allowed is not None and encoding.upper() not in allowed:
+            fits = ", ".join(sorted(allowed))
+            bad.append(f"{name} ({redshift_type(col)}): {encoding.upper()}, use one of {fits}")
+    if bad:
+        raise WarehouseError(
+            f"encode of {where} that Redshift refuses for the column's type: {'; '.join(bad)} — fix the "
+            "table's config",
+            table=where,
+            key="encode",
         )
 
 

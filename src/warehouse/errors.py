@@ -67,6 +67,12 @@ HINTS = {
     "the target's lock_timeout",
     "42501": "grant the target's username the privilege named (or make it the owner of the schema and "
     "table), then rerun",
+    "23502": "the target has a NOT NULL column this load leaves empty (added to the target by hand, or "
+    "dropped at the source since): make it nullable or give it a DEFAULT, then rerun",
+    "42809": "the target's name belongs to a view or another object that is not a table: drop or rename "
+    "it, or set target_name in the table's config, then rerun",
+    "2BP01": "objects such as views depend on the target, which this load must drop and recreate: drop "
+    "them, rerun, then create them again",
 }
 
 

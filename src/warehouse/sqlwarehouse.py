@@ -35,7 +35,7 @@ from src.warehouse.base import (
     run_load,
     transaction,
 )
-from src.warehouse.catalog import Executor, Shape
+from src.warehouse.catalog import Executor, Shape, table_shape
 from src.warehouse.ddl import Dialect
 from src.warehouse.errors import AnswerLost, classify, where
 from src.warehouse.state import LoadRequest, StateRow
@@ -141,6 +141,13 @@ class SqlWarehouse:
                 return await st.stage_ids(ex, self.dialect, self.state_schema, pipeline, table)
         except Exception as exc:
             raise self._error(exc, "reading the state of", table) from exc
+
+    async def has_table(self, schema_name: str, table: str) -> bool:
+        try:
+            async with self._session(load=False) as ex:
+                return (await table_shape(ex, self.dialect, schema_name, table))[1] is not None
+        except Exception as exc:
+            raise self._error(exc, "looking up", f"{schema_name}.{table}") from exc
 
     async def write_state(self, row: StateRow) -> None:
         """Append a state row in its own transaction (watermark set / reset, by ``row.strategy``: manual /
