@@ -640,12 +640,20 @@ SCHEMA = TableSchema(
         ),
         (
             Window("timestamp_only", ts_column="name"),
-            "'name' of shop.o, which is varchar(5); a timestamp cursor must be DATE, DATETIME or TIMESTAMP",
+            "column 'name' of shop.o, which is varchar(5); a timestamp cursor must be DATE, DATETIME or "
+            "TIMESTAMP — set tables.shop.o.cdc_timestamp_column to such a column (unset, it is 'updated_at')",
             "cdc_timestamp_column",
         ),
         (
             Window("id_only", id_column="ts"),
             "'ts' of shop.o, which is timestamp(6); an id cursor must be an integer",
+            "cdc_id_column",
+        ),
+        (
+            Window("id_only", id_column="name"),  # the default: a single-column primary key, not an integer
+            "the id cursor is column 'name' of shop.o, which is varchar(5); an id cursor must be an integer "
+            "(TINYINT … BIGINT UNSIGNED) — set tables.shop.o.cdc_id_column to such a column (unset, it is "
+            "the primary key's column, or 'id') or pick another cdc_strategy",
             "cdc_id_column",
         ),
         (Window("hybrid", ts_column="ts", id_column="amount"), "which is decimal(10,2)", "cdc_id_column"),

@@ -92,9 +92,11 @@ def _check_column(table: str, schema: TableSchema, window: Window, key: str, nam
             "DATE, DATETIME or TIMESTAMP" if kind == "timestamp" else "an integer (TINYINT … BIGINT UNSIGNED)"
         )
         article = "a" if kind == "timestamp" else "an"
+        default = "'updated_at'" if kind == "timestamp" else "the primary key's column, or 'id'"
         raise ConfigError(
-            f"{config_key} names column {name!r} of {table}, which is {column.source_type}; {article} {kind} "
-            f"cursor must be {wanted} — pick another column or another cdc_strategy",
+            f"{config_key}: the {kind} cursor is column {name!r} of {table}, which is {column.source_type}; "
+            f"{article} {kind} cursor must be {wanted} — set {config_key} to such a column (unset, it is "
+            f"{default}) or pick another cdc_strategy",
             table=table,
             column=name,
             key=config_key,
