@@ -93,6 +93,7 @@ def test_full_sync_loads_while_staging_and_equals_the_staged_path(
     assert first["load"] == {"path": "while_staging"}
     assert first["extract"]["path"] == ("connectorx" if fast_path else "asyncmy")
     assert first["rows_processed"] == first["rows_loaded"] == ROWS
+    assert first["files_created"] > 1, first  # the load streams across files
     assert assert_tables_equal(mysql_db, "big", pg_schema, "big", "id") == ROWS
     run_id = first["stages_loaded"][0]
     assert state(pg_schema, table) == [(run_id, ROWS)]
