@@ -172,8 +172,11 @@ def assert_tables_equal(
     collist = ", ".join(f'"{c}"' for c in cols)
     dst = pg_fetch(f'SELECT {collist} FROM "{schema}"."{target}" ORDER BY "{key}"')
     assert len(src) == len(dst), f"{table}: {len(src)} source rows, {len(dst)} target rows"
-    for srow, drow in zip(src, dst, strict=True):
-        for col, s, d in zip(cols, srow, tuple(drow), strict=True):
+    for srow, record in zip(src, dst, strict=True):
+        drow = tuple(record)
+        if srow == drow:  # equal as read: equal below too (norm, json and float32 only widen equality)
+            continue
+        for col, s, d in zip(cols, srow, drow, strict=True):
             if col in json_cols and s is not None:
                 assert json.loads(s) == json.loads(d), (table, col, s, d)
             elif col in float32_cols and s is not None:

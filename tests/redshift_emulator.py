@@ -28,7 +28,9 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 import re
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -244,6 +246,22 @@ def conform_file(data: bytes, url: str, columns: list[tuple[str, str]]) -> pa.Ta
     return result
 
 
+_S3_CLIENTS: dict[tuple[int, str], Any] = {}
+_S3_LOCK = threading.Lock()
+
+
+def _s3_client(endpoint: str) -> Any:
+    """One client per endpoint and process (a forked worker opens its own connections): boto3 clients
+    are thread-safe, and a new session and client per COPY cost ~0.1 s of CPU, loading botocore's service
+    model again."""
+    key = (os.getpid(), endpoint)
+    with _S3_LOCK:
+        if key not in _S3_CLIENTS:
+            session = boto3.session.Session()
+            _S3_CLIENTS[key] = session.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        return _S3_CLIENTS[key]
+
+
 # ---- the Executor ---------------------------------------------------------------------------------
 
 # Redshift's VARBYTE(n), kept in the catalog: a domain per length, created once (concurrent creators and a
@@ -331,7 +349,7 @@ class RedshiftEmulator:
         return rows[0][0], rows[0][1], [(r[2], r[3]) for r in rows]
 
     def _s3(self) -> Any:
-        return boto3.session.Session().client("s3", endpoint_url=self.s3_endpoint, region_name="us-east-1")
+        return _s3_client(self.s3_endpoint)
 
     async def _copy(self, command: CopyCommand) -> str:
         schema, name, columns = await self._table(command.table)

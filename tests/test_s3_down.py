@@ -199,7 +199,8 @@ def test_an_upload_left_open_while_s3_was_unreachable_is_aborted_by_the_next_run
 ) -> None:
     mysql_exec(mysql_db, BIG, FILL.format(1, ROWS))
     table = f"{mysql_db}.big"
-    through = replace(s3_conn, endpoint_url=s3_proxy.url)
+    # 2 tries: a refused connection retried once (0.25 s), not 3 times (1.75 s); the default is timed above
+    through = replace(s3_conn, endpoint_url=s3_proxy.url, max_attempts=2)
     processing = {"max_parallel_tables": 1, "batch_size": 5000}
     tables = {table: {"file_size_mb": 64}}  # one file: its upload stays open until the table is read
     cfg = write_config(tmp_path / "cfg", source_conn, pg_target, through, tables, processing=processing)

@@ -35,7 +35,13 @@ class PrivateServer:
 
     def connect(self, database: str | None = None, **kw: Any) -> Any:
         return pymysql.connect(
-            host="127.0.0.1", port=self.port, user="root", database=database, autocommit=True, **kw
+            host="127.0.0.1",
+            port=self.port,
+            user="root",
+            database=database,
+            autocommit=True,
+            ssl_disabled=True,
+            **kw,
         )
 
 

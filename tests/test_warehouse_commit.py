@@ -126,7 +126,7 @@ async def test_a_stalled_warehouse_fails_the_load_within_the_read_timeout(
     kind: str, pg_schema: str, s3_conn: S3Conn, pg_proxy: CutProxy
 ) -> None:
     """A server that accepts but never answers hung the load (and the run) for ever."""
-    cfg = through(target_conn(kind, pg_schema), pg_proxy, read_timeout=1.0, connect_timeout=2.0)
+    cfg = through(target_conn(kind, pg_schema), pg_proxy, read_timeout=1.0, connect_timeout=1.0)
     async with warehouse(cfg, s3_conn) as wh:
         await load(wh, SCHEMA, stage(s3_conn, [arrow_table(SCHEMA, rows(1))]))
         before = await wh.read_state("test", "db.t")
@@ -165,7 +165,7 @@ def test_a_stalled_warehouse_ends_the_run_with_the_table_failed(
     for ever. Now the table fails, retryable, with one line naming the target and the setting, and the
     run ends; target and watermark as they were."""
     mysql_exec(mysql_db, "CREATE TABLE t (id BIGINT PRIMARY KEY)", "INSERT INTO t VALUES (1), (2)")
-    target = through(pg_target, pg_proxy, read_timeout=1.0, connect_timeout=2.0)
+    target = through(pg_target, pg_proxy, read_timeout=1.0, connect_timeout=1.0)
     table = f"{mysql_db}.t"
     cfg = write_config(tmp_path / "cfg", source_conn, target, s3_conn, {table: {"cdc_strategy": "full_sync"}})
     assert run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)[0]["status"] == "success"
