@@ -89,3 +89,12 @@ def test_native_stderr_is_scrubbed_and_rust_panic_reports_are_dropped(verbose: b
         assert dropped[1].endswith("report: no backtrace here") and dropped[2].endswith("report: full")
     else:
         assert dropped == []
+
+
+def test_a_crash_is_still_reported_with_native_stderr_relayed() -> None:
+    """The relay thread dies with the process, so a fatal signal is reported on the real stderr."""
+    code = "import os, signal\nfrom src.common import log\nlog.NativeStderr.install()\n"
+    code += "os.kill(os.getpid(), signal.SIGSEGV)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == -11
+    assert "Fatal Python error: Segmentation fault" in done.stderr, done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import io
 import logging
 import os
@@ -72,7 +73,8 @@ class NativeStderr:
     A Rust panic's report (connectorx panics on a zero date, which the fast path then reads another way;
     and a backtrace when RUST_BACKTRACE is set) is dropped: one line at debug level instead. Python's own
     ``sys.stderr`` writes to the real stderr directly (a duplicate of the original descriptor), so logs are
-    never held up. ``close`` puts the original descriptor back and copies what is left in the pipe."""
+    never held up, and a crash (``faulthandler``) is reported there too. ``close`` puts the original
+    descriptor back and copies what is left in the pipe."""
 
     PANIC = re.compile(r"^thread '.*' (?:\(\d+\) )?panicked at ")
     FRAME = re.compile(r"^(?:stack backtrace:|\s+\d+: |\s+at )")
@@ -102,6 +104,7 @@ class NativeStderr:
             io.FileIO(relay.real, "w", closefd=False), encoding=encoding, errors="backslashreplace",
             line_buffering=True, write_through=True,
         )  # fmt: skip
+        faulthandler.enable(file=sys.stderr)  # a crash says so on the real stderr, which a dying relay cannot
         return relay
 
     def close(self, wait_s: float = 1.0) -> None:
