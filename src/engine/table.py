@@ -252,13 +252,13 @@ async def _backup(
         progress.phase = "introspect"
         schema, resolved, win = await plan_window(conn, plan, chain.position, ctx.catalog)
         stats = ExtractStats()
-        nulls = await null_cursors(conn, plan, schema, win)
         if window_is_empty(win):
-            return _Backup(None, stats, win, null_cursors=nulls)
-        extracted_at = await source_now(conn, ctx.clock)
+            return _Backup(None, stats, win, null_cursors=await null_cursors(conn, plan, schema, win))
+        meta = stage_meta(ctx, plan, schema, resolved, win, await source_now(conn, ctx.clock))
+        check_early(ctx, plan, meta, state, progress)
+        nulls = await null_cursors(conn, plan, schema, win)
         progress.phase = "extract"
         mark = time.monotonic()
-        meta = stage_meta(ctx, plan, schema, resolved, win, extracted_at)
         read = TableRead(ctx, conn, plan, schema, read_window(plan, win), stats, meta)
         loaded: LoadResult | None = None
         # the run's marker (``run.run_marker``) covers this table's uploads
@@ -273,6 +273,20 @@ async def _backup(
             return _Backup(None, stats, win, null_cursors=nulls)
         progress.timed("extract_stage", mark)
     return _Backup(stage, stats, win, loaded, nulls)
+
+
+def check_early(
+    ctx: RunContext, plan: TablePlan, meta: dict[str, Any], state: StateRow | None, progress: _Progress
+) -> None:
+    """In a normal sync, what the load of this run's stage (``meta``) would refuse (names the warehouse
+    cannot hold, key columns, Redshift physical design: ``Warehouse.check_load``) fails the table now,
+    phase ``plan``, before a row is read or a file staged, rather than after the whole extract. Not in
+    ``--backup-only``: its stage is worth keeping, and its load fails later as it would have."""
+    if ctx.mode != "sync":
+        return
+    phase, progress.phase = progress.phase, "plan"
+    ctx.warehouse.check_load(load_request(ctx, plan, planned_stage(ctx, plan, meta), state))
+    progress.phase = phase
 
 
 async def null_cursors(conn: SourceConnection, plan: TablePlan, schema: TableSchema, win: Window) -> int:
@@ -312,9 +326,14 @@ def _stream_load(
     config allows it and the warehouse can take it now (None: the stage is loaded once complete)."""
     if stream_blocker(ctx, plan) is not None:
         return None
+    return ctx.warehouse.stream_replace(load_request(ctx, plan, planned_stage(ctx, plan, meta), state))
+
+
+def planned_stage(ctx: RunContext, plan: TablePlan, meta: dict[str, Any]) -> StageResult:
+    """This run's stage of the table about to be written: its prefix and metadata, no files yet (its rows
+    are known at the end)."""
     prefix = ctx.s3.run_prefix(ctx.pipeline.name, plan.table, ctx.execution_id)
-    planned = stage_result(ctx.s3, prefix, (), None, meta)  # about to be written: rows known at the end
-    return ctx.warehouse.stream_replace(load_request(ctx, plan, planned, state))
+    return stage_result(ctx.s3, prefix, (), None, meta)
 
 
 async def _stage_and_load(

@@ -142,6 +142,11 @@ class Warehouse(Protocol):
 
     async def write_state(self, row: StateRow) -> None: ...
 
+    def check_load(self, req: LoadRequest) -> None:
+        """Raise what ``load(req)`` would refuse before touching the warehouse (its spec: names, keys,
+        physical design); no I/O."""
+        ...
+
     async def load(self, req: LoadRequest) -> LoadResult: ...
 
     def stream_replace(self, req: LoadRequest) -> AbstractAsyncContextManager[StreamedLoad] | None:

@@ -29,6 +29,7 @@ from src.warehouse.base import (
     LoadResult,
     StreamedLoad,
     batch,
+    check_spec,
     committing,
     prepare,
     render,
@@ -279,9 +280,21 @@ class SqlWarehouse:
     def _refilling(self, spec: LoadSpec) -> bool:
         return self.refills and spec.mode == "replace" and spec.has_staging
 
+    def check_load(self, req: LoadRequest) -> None:
+        """Raise what ``load(req)`` would refuse before touching the warehouse (the spec it builds, checked
+        by ``check_spec``: names, keys, physical design), as ``load`` raises it; no I/O. A run checks a
+        table with it as soon as the source schema is known, before reading a row."""
+        try:
+            check_spec(self._request_spec(req))
+        except Exception as exc:
+            raise self._error(exc, f"{req.mode} load of", self._target(req)) from exc
+
+    def _target(self, req: LoadRequest) -> str:
+        return f"{self.cfg.schema}.{req.target_table}"
+
     async def load(self, req: LoadRequest) -> LoadResult:
         """Stage, guard, change the target by ``req.mode`` and append ``req.state``: one commit."""
-        name = f"{self.cfg.schema}.{req.target_table}"
+        name = self._target(req)
         try:
             spec = self._request_spec(req)
             commit = self._commit(req, spec)
@@ -304,7 +317,7 @@ class SqlWarehouse:
         """``run_refill``'s protocol, with the target locked, guarded and emptied before the rows exist
         and the state row appended by ``finish``. Only this warehouse's own steps are classified here:
         an error of the caller's body (the extraction) passes through unchanged, after the rollback."""
-        name, action = f"{self.cfg.schema}.{req.target_table}", f"{req.mode} load of"
+        name, action = self._target(req), f"{req.mode} load of"
         ours = True  # False while the caller's body runs
         try:
             spec = self._request_spec(req)
@@ -329,7 +342,9 @@ class SqlWarehouse:
             raise self._error(exc, action, name) from exc
 
     def render_load(self, req: LoadRequest) -> list[str]:
-        """The DDL and SQL ``load(req)`` would run, in order; no I/O."""
+        """The DDL and SQL ``load(req)`` would run, in order; no I/O. What the load would refuse is raised
+        as ``check_load`` (and a run's early check) raises it."""
+        self.check_load(req)
         spec = self._request_spec(req)
         commit = self._commit(req, spec)
         if self._refilling(spec):
