@@ -44,6 +44,7 @@ BATCH_BYTES: Final = 16 * 1024 * 1024  # Arrow data per fetched chunk (the write
 _GUESS_BYTES: Final = 4 * 1024 * 1024  # a value of an unbounded (TEXT, BLOB, JSON) column, until measured
 _FIXED_BYTES: Final = 16  # a value of any other column
 _VARIABLE: Final = frozenset({"string", "json", "binary"})
+BATCH_VALUES: Final = 1_000_000  # values per chunk: as Python objects a value takes 5-15x its Arrow bytes
 
 
 @dataclass
@@ -65,13 +66,14 @@ class ExtractStats:
 
 
 class BatchRows:
-    """Rows to fetch next: at most ``limit`` (the configured ``batch_size``) and about ``BATCH_BYTES`` of
-    Arrow data, so memory stays bounded whatever the width of a row (a thousand columns, 10 MB values).
+    """Rows to fetch next: at most ``limit`` (the configured ``batch_size``), ``BATCH_VALUES`` values and
+    about ``BATCH_BYTES`` of Arrow data, so memory stays bounded whatever the width of a row (a thousand
+    columns, 10 MB values).
     The first chunk is sized from the schema's widest possible row (an unbounded column counted as
     ``_GUESS_BYTES``), every later one from the average row width of the batch before it."""
 
     def __init__(self, schema: TableSchema, limit: int) -> None:
-        self.limit = limit
+        self.limit = min(limit, max(1, BATCH_VALUES // max(1, len(schema.columns))))
         self.rows = self._fit(sum(_widest(c) for c in schema.columns))
 
     def observe(self, batch: pa.RecordBatch) -> None:
