@@ -14,7 +14,7 @@ from src.config.models import S3Conn, SourceConn, TargetConn
 from src.source.extract import BATCH_VALUES, ExtractStats, extract_table
 from src.source.introspect import describe_table
 from src.source.mysql import MySQLSource
-from tests.conftest import mysql_exec, mysql_rows, pg_fetch
+from tests.conftest import mysql_exec, mysql_rows, pg_fetch, s3_client
 from tests.e2e import check_contract, run_json, write_config
 
 BIG_ROWS = 24
@@ -91,3 +91,44 @@ async def test_wide_rows_are_fetched_in_chunks_of_bounded_values(
             async with receive:
                 sizes = [b.num_rows async for b in receive]
     assert sum(sizes) == 2500 and max(sizes) <= BATCH_VALUES // 1000, sizes
+
+
+def test_more_columns_than_the_warehouse_allows_fails_at_plan_naming_the_fix(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """MariaDB (Aria) holds a 1,601-column table; PostgreSQL and Redshift allow 1,600 columns. The table
+    was read and staged in full, then its load failed with PostgreSQL's bare 'tables can have at most
+    1600 columns' (phase load). Now it fails at plan, before a row is read, naming the count and the
+    fix; with one column excluded it loads (1,600 columns), and the run's other table is unaffected."""
+    columns = ", ".join(f"c{i} TINYINT" for i in range(1600))
+    mysql_exec(
+        mysql_db,
+        f"CREATE TABLE w (id INT PRIMARY KEY, {columns}) ENGINE=Aria",
+        "INSERT INTO w (id, c0, c1599) VALUES (1, 5, 9), (2, -1, NULL)",
+        "CREATE TABLE small (id INT PRIMARY KEY)",
+        "INSERT INTO small VALUES (1)",
+    )
+    wide, small = f"{mysql_db}.w", f"{mysql_db}.small"
+    cfg = write_config(tmp_path / "a", source_conn, pg_target, s3_conn)
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", wide, "-t", small)
+    check_contract(doc, [wide, small])
+    failed = doc["table_results"][wide]
+    assert proc.returncode == 1 and failed["status"] == "failed", doc
+    assert failed["phase"] == "plan" and failed["retryable"] is False, failed
+    assert "1601 columns" in failed["error_message"], failed
+    assert "1600" in failed["error_message"] and "exclude_columns" in failed["error_message"], failed
+    assert doc["table_results"][small]["status"] == "success", doc
+    listed = s3_client(s3_conn.endpoint_url).list_objects_v2(Bucket=s3_conn.bucket, Prefix=s3_conn.prefix)
+    assert not [o["Key"] for o in listed.get("Contents", []) if f"/{wide}/" in o["Key"]], listed
+    cfg = write_config(
+        tmp_path / "b", source_conn, pg_target, s3_conn, {wide: {"exclude_columns": ["c1599"]}}
+    )
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", wide)
+    assert proc.returncode == 0, doc
+    got = pg_fetch(f'SELECT id, c0, c1598 FROM "{pg_schema}".w ORDER BY id')
+    assert [tuple(r) for r in got] == [(1, 5, None), (2, -1, None)]
