@@ -132,3 +132,26 @@ def test_more_columns_than_the_warehouse_allows_fails_at_plan_naming_the_fix(
     assert proc.returncode == 0, doc
     got = pg_fetch(f'SELECT id, c0, c1598 FROM "{pg_schema}".w ORDER BY id')
     assert [tuple(r) for r in got] == [(1, 5, None), (2, -1, None)]
+
+
+def test_a_row_wider_than_a_postgres_page_fails_saying_what_to_do(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
+) -> None:
+    """1,100 DATETIME columns are 8.8 kB of fixed-width values per row: under the column limit, but more
+    than PostgreSQL fits in a page. The load failed with the bare 'row is too big: size 8832, maximum
+    size 8160' (SQLSTATE 54000), which says neither what to change nor where; now the message names
+    exclude_columns."""
+    columns = ", ".join(f"c{i} DATETIME" for i in range(1100))
+    mysql_exec(
+        mysql_db,
+        f"CREATE TABLE dense (id INT PRIMARY KEY, {columns}) ENGINE=Aria",
+        "INSERT INTO dense (id) VALUES (1)",
+        f"UPDATE dense SET {', '.join(f'c{i} = NOW()' for i in range(1100))}",
+    )
+    table = f"{mysql_db}.dense"
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn)
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    check_contract(doc, [table])
+    failed = doc["table_results"][table]
+    assert proc.returncode == 1 and failed["phase"] == "load", doc
+    assert "54000" in failed["error_message"] and "exclude_columns" in failed["error_message"], failed
