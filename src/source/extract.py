@@ -1,8 +1,9 @@
 """Stream a table out of MySQL as Arrow record batches with exactly the planned schema.
 
-Rows come through an unbuffered server-side cursor in chunks of ``batch_size``; each chunk is converted
-column by column with explicit Arrow types in a worker thread (``src.source.convert``, applying the table's
-``TypePolicy`` and counting coercions), then sent on a bounded stream.
+Rows come through an unbuffered server-side cursor in chunks of at most ``batch_size`` rows and about
+``BATCH_BYTES`` of Arrow data (``BatchRows``: wide rows and big values are held a few at a time); each
+chunk is converted column by column with explicit Arrow types in a worker thread (``src.source.convert``,
+applying the table's ``TypePolicy`` and counting coercions), then sent on a bounded stream.
 
 A table's row filter (config ``where:``) is the user's SQL: it is ANDed into every query in parentheses on
 lines of its own (so a trailing ``-- comment`` cannot swallow the rest of the query).
@@ -13,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import anyio.abc
@@ -28,8 +29,22 @@ from src.source.mysql import RowStream, SourceConnection, driver_error_code
 from src.source.text import ReadRules
 from src.source.typemap import DEFAULT_POLICY, data_type_of, result_type_codes
 
-__all__ = ["ZERO_DATE", "ExtractStats", "ReadRules", "extract_table", "rows_to_batch", "select_sql"]
+__all__ = [
+    "BATCH_BYTES",
+    "ZERO_DATE",
+    "BatchRows",
+    "ExtractStats",
+    "ReadRules",
+    "extract_table",
+    "rows_to_batch",
+    "select_sql",
+]
 _UNKNOWN_COLUMN = 1054
+BATCH_BYTES: Final = 16 * 1024 * 1024  # Arrow data per fetched chunk (the writer's row group size)
+_GUESS_BYTES: Final = 4 * 1024 * 1024  # a value of an unbounded (TEXT, BLOB, JSON) column, until measured
+_FIXED_BYTES: Final = 16  # a value of any other column
+_VARIABLE: Final = frozenset({"string", "json", "binary"})
+BATCH_VALUES: Final = 1_000_000  # values per chunk: as Python objects a value takes 5-15x its Arrow bytes
 
 
 @dataclass
@@ -48,6 +63,31 @@ class ExtractStats:
         for column, kinds in coerced.items():
             for kind, n in kinds.items():
                 self.count(column, kind, n)
+
+
+class BatchRows:
+    """Rows to fetch next: at most ``limit`` (the configured ``batch_size``), ``BATCH_VALUES`` values and
+    about ``BATCH_BYTES`` of Arrow data, so memory stays bounded whatever the width of a row (a thousand
+    columns, 10 MB values).
+    The first chunk is sized from the schema's widest possible row (an unbounded column counted as
+    ``_GUESS_BYTES``), every later one from the average row width of the batch before it."""
+
+    def __init__(self, schema: TableSchema, limit: int) -> None:
+        self.limit = min(limit, max(1, BATCH_VALUES // max(1, len(schema.columns))))
+        self.rows = self._fit(sum(_widest(c) for c in schema.columns))
+
+    def observe(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows:
+            self.rows = self._fit(batch.nbytes // batch.num_rows)
+
+    def _fit(self, row_bytes: int) -> int:
+        return max(1, min(self.limit, BATCH_BYTES // max(1, row_bytes)))
+
+
+def _widest(column: Column) -> int:
+    if column.logical not in _VARIABLE:
+        return _FIXED_BYTES
+    return min(column.byte_length or _GUESS_BYTES, _GUESS_BYTES)
 
 
 def select_sql(database: str, table: str, schema: TableSchema, where: str | None = None) -> str:
@@ -156,11 +196,12 @@ async def _pump(
     stats: ExtractStats,
     cpu_limiter: anyio.CapacityLimiter | None,
 ) -> None:
+    size = BatchRows(schema, batch_size)
     while not rows.done:
-        chunk = await rows.fetchmany(batch_size)
+        chunk = await rows.fetchmany(size.rows)
         if not chunk:
             return
-        await send_rows(chunk, schema, rules, send, stats, cpu_limiter)
+        size.observe(await send_rows(chunk, schema, rules, send, stats, cpu_limiter))
 
 
 async def send_rows(
@@ -170,13 +211,15 @@ async def send_rows(
     send: anyio.abc.ObjectSendStream[pa.RecordBatch],
     stats: ExtractStats,
     cpu_limiter: anyio.CapacityLimiter | None,
-) -> None:
-    """Convert row tuples to one record batch in a worker thread, count coercions and rows, send it."""
+) -> pa.RecordBatch:
+    """Convert row tuples to one record batch in a worker thread, count coercions and rows, send it (and
+    return it)."""
     batch, coerced = await anyio.to_thread.run_sync(rows_to_batch, chunk, schema, rules, limiter=cpu_limiter)
     stats.add(coerced)
     stats.rows += batch.num_rows
     stats.batches += 1
     await send.send(batch)
+    return batch
 
 
 def check_description(rows: RowStream, schema: TableSchema, ref: str) -> None:

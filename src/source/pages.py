@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from src.common.errors import SourceError
 from src.common.schema import TableSchema
-from src.source.extract import ExtractStats, check_description, send_rows, with_filter
+from src.source.extract import BatchRows, ExtractStats, check_description, send_rows, with_filter
 from src.source.keyset import Keyset, Position, page_query, position_of, predicate
 from src.source.mysql import SourceConnection
 from src.source.text import ReadRules
@@ -55,12 +55,15 @@ class PageReader:
 
     async def pages(self, after: Position | None, end: Any) -> None:
         """Keyset pages until one comes back short. The page's cursor is closed before its batch is sent,
-        so a slow consumer never holds a query open on the server."""
+        so a slow consumer never holds a query open on the server. A page holds at most ``batch_size`` rows
+        and about ``BATCH_BYTES`` of data (``BatchRows``)."""
+        size = BatchRows(self.schema, self.batch_size)
         while True:
-            rows = await self._page(after, end)
+            limit = size.rows
+            rows = await self._page(after, end, limit)
             if rows:
-                await self._send(rows)
-            if len(rows) < self.batch_size:
+                size.observe(await self._send(rows))
+            if len(rows) < limit:
                 return
             following = position_of(rows[-1], self.keyset, self.schema)
             if following == after:
@@ -72,20 +75,21 @@ class PageReader:
                 )
             after = following
 
-    async def _page(self, after: Position | None, end: Any) -> list[tuple[Any, ...]]:
-        sql, args = self.query.sql(after, end)
+    async def _page(self, after: Position | None, end: Any, limit: int) -> list[tuple[Any, ...]]:
+        sql, args = self.query.sql(after, end, limit=limit)
         async with self.conn.stream(sql, args) as rows:
             check_description(rows, self.schema, self.rules.ref)
-            return await rows.fetchmany(self.batch_size + 1)  # a page holds at most batch_size: done
+            return await rows.fetchmany(limit + 1)  # a page holds at most limit rows: done
 
     async def stream(self, after: Position | None, end: Any) -> None:
         sql, args = self.query.sql(after, end)
         async with self.conn.stream(sql, args) as rows:
             check_description(rows, self.schema, self.rules.ref)
+            size = BatchRows(self.schema, self.batch_size)
             while not rows.done:
-                chunk = await rows.fetchmany(self.batch_size)
+                chunk = await rows.fetchmany(size.rows)
                 if chunk:
-                    await self._send(chunk)
+                    size.observe(await self._send(chunk))
 
-    async def _send(self, rows: list[tuple[Any, ...]]) -> None:
-        await send_rows(rows, self.schema, self.rules, self.send, self.stats, self.cpu_limiter)
+    async def _send(self, rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
+        return await send_rows(rows, self.schema, self.rules, self.send, self.stats, self.cpu_limiter)

@@ -1,9 +1,9 @@
 """Read staged Parquet back as record batches, one file at a time, with bounded memory.
 
 Each file is streamed from S3 into a private temp file (it holds raw data: mode 0600 in a 0700
-directory), decoded batch by batch in worker threads, and deleted as soon as it has been read. A small
-file this run staged itself, which S3 confirmed by its checksum, is read from memory instead
-(``S3Stage.remember``).
+directory), decoded batch by batch (never across row groups) in worker threads, and deleted as soon as
+it has been read. A small file this run staged itself, which S3 confirmed by its checksum, is read from
+memory instead (``S3Stage.remember``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ async def iter_staged_batches(
             try:
                 parquet = await _open(s3, staged, path, cpu_limiter)
                 try:
-                    batches: Iterator[pa.RecordBatch] = parquet.iter_batches(batch_size=batch_rows)
+                    batches = _row_group_batches(parquet, batch_rows)
                     while (batch := await _run(next, staged, cpu_limiter, batches, None)) is not None:
                         yield batch
                 finally:
@@ -50,6 +50,14 @@ async def iter_staged_batches(
                 path.unlink(missing_ok=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _row_group_batches(parquet: pq.ParquetFile, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The file's batches one row group at a time: ``iter_batches`` over the whole file fills each batch
+    across row groups, so a file of big values (row groups of a few rows, bounded in bytes by the writer)
+    would be decoded whole into one batch."""
+    for group in range(parquet.num_row_groups):
+        yield from parquet.iter_batches(batch_size=batch_rows, row_groups=[group])
 
 
 async def _open(s3: S3Stage, staged: StagedFile, path: Path, limiter: anyio.CapacityLimiter | None) -> Any:

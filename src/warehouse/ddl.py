@@ -55,6 +55,7 @@ class Dialect:
     alter_type_in_transaction: bool = True
     truncate_in_transaction: bool = False
     system_columns: frozenset[str] = PG_SYSTEM_COLUMNS  # names a column cannot have (after folding)
+    max_columns: int = 1600  # columns a table may have (PostgreSQL's MaxHeapAttributeNumber; Redshift's too)
 
     @property
     def begin_sql(self) -> str:
@@ -269,7 +270,8 @@ def _capped(length: int | None, cap: int) -> int:
 
 
 def check_identifiers(dialect: Dialect, schema_name: str, target_table: str, schema: TableSchema) -> None:
-    """Reject names the warehouse would mangle: control characters, over-long, system or colliding.
+    """Reject names the warehouse would mangle (control characters, over-long, system or colliding) and
+    more columns than a table can have.
     Column problems are reported all at once, with the ``rename_columns`` that would fix them."""
     where = f"{schema_name}.{target_table}"
     fixes = {
@@ -284,6 +286,13 @@ def check_identifiers(dialect: Dialect, schema_name: str, target_table: str, sch
                 + fixes[kind],
                 table=where,
             )
+    if len(schema.columns) > dialect.max_columns:
+        raise WarehouseError(
+            f"{where} would have {len(schema.columns)} columns, more than the {dialect.max_columns} a "
+            f"{dialect.name} table can hold: leave some out with exclude_columns (or list the ones to keep "
+            "in include_columns) in the table's config",
+            table=where,
+        )
     problems: dict[str, str] = {}
     folded: dict[str, str] = {}
     for name in schema.names:

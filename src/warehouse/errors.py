@@ -71,6 +71,9 @@ HINTS = {
     "dropped at the source since): make it nullable or give it a DEFAULT, then rerun",
     "42809": "the target's name belongs to a view or another object that is not a table: drop or rename "
     "it, or set target_name in the table's config, then rerun",
+    "54000": "a size limit of the warehouse (in PostgreSQL a row's fixed-width values, such as numbers, "
+    "dates and timestamps, must fit in one 8 kB page; an index entry in about a third of one): leave "
+    "columns out with exclude_columns in the table's config, then rerun",
     "2BP01": "objects such as views depend on the target, which this load must drop and recreate: drop "
     "them, rerun, then create them again",
 }
