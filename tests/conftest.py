@@ -503,6 +503,32 @@ def pg_fetch(sql: str, *args: Any) -> list[Any]:
     return list(pg_run(lambda c: c.fetch(sql, *args)))
 
 
+@contextlib.contextmanager
+def pg_tables_locked(*qualified: str) -> Iterator[None]:
+    """The tables (quoted ``"schema"."table"`` names) locked ACCESS EXCLUSIVE by another session until the
+    block ends: a load of one waits inside its transaction."""
+    done, locked = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_DATABASE)
+        try:
+            async with conn.transaction():
+                await conn.execute(f"LOCK TABLE {', '.join(qualified)} IN ACCESS EXCLUSIVE MODE")
+                locked.set()
+                await asyncio.to_thread(done.wait)
+        finally:
+            await conn.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(hold(),), daemon=True)
+    thread.start()
+    assert locked.wait(30)
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(30)
+
+
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
     """A fresh PostgreSQL schema name (not created: loaders must create it), dropped afterwards."""

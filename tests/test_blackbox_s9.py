@@ -3,43 +3,12 @@ DISTSTYLE/DISTKEY/SORTKEY/ENCODE, so what Redshift would refuse must be refused 
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-import anyio
-import asyncpg
-
 from src.config.models import S3Conn, SourceConn, TargetConn
-from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER, mysql_exec, pg_fetch
+from tests.conftest import mysql_exec, pg_fetch, pg_tables_locked
 from tests.e2e import as_redshift, check_contract, run_json, write_config
-
-
-@contextmanager
-def table_locked(qualified: str) -> Iterator[None]:
-    """``qualified`` locked ACCESS EXCLUSIVE by another session until the block ends."""
-    done, locked = threading.Event(), threading.Event()
-
-    async def hold() -> None:
-        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_DATABASE)
-        try:
-            async with conn.transaction():
-                await conn.execute(f"LOCK TABLE {qualified} IN ACCESS EXCLUSIVE MODE")
-                locked.set()
-                await anyio.to_thread.run_sync(done.wait)
-        finally:
-            await conn.close()
-
-    thread = threading.Thread(target=anyio.run, args=(hold,), daemon=True)
-    thread.start()
-    assert locked.wait(30)
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join(30)
 
 
 def test_redshift_physical_design_that_redshift_refuses_fails_the_table_naming_the_fix(
@@ -169,7 +138,7 @@ def test_many_tables_in_worker_processes_with_failures_of_every_kind(
     pg_fetch(f'CREATE TABLE "{pg_schema}".nn (id INT PRIMARY KEY, v TEXT, must INT NOT NULL)')
     order = [*good[:20], "missing", "locked", "wide", "viewed", "nn", *good[20:]]
     tables = [f"{mysql_db}.{t}" for t in order]
-    with table_locked(f'"{pg_schema}".locked'):
+    with pg_tables_locked(f'"{pg_schema}".locked'):
         doc, proc = run_json(*sync, "-t", ",".join(tables))
     check_contract(doc, tables)
     assert proc.returncode == 1 and doc["status"] == "partial_success", doc

@@ -11,7 +11,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import asyncpg
 import pytest
 
 from src.common.secret import Secret
 from src.config.models import Processing, S3Conn, SourceConn, TargetConn
 from src.engine.limits import share
 from src.engine.workers import AUTO_MIN_TABLES, Dispenser, process_count, worker_failure
-from tests.conftest import PG_DATABASE, PG_HOST, PG_PORT, PG_USER, ROOT, mysql_exec, pg_fetch, s3_client
+from tests.conftest import ROOT, mysql_exec, pg_fetch, pg_tables_locked, s3_client
 from tests.e2e import CLI, as_redshift, assert_tables_equal, failures, run_json, write_config
 
 TABLES = 10
@@ -95,33 +93,6 @@ def lock_waiters(schema: str) -> int:
     return int(pg_fetch(query, f"%{schema}%")[0]["n"])
 
 
-@contextmanager
-def targets_locked(schema: str) -> Iterator[None]:
-    """Every target table locked by another session until the block ends: loads wait inside their
-    transactions, holding their table slots."""
-    done, locked = threading.Event(), threading.Event()
-
-    async def hold() -> None:
-        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=PG_DATABASE)
-        try:
-            async with conn.transaction():
-                names = ", ".join(f'"{schema}"."t{i}"' for i in range(TABLES))
-                await conn.execute(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE")
-                locked.set()
-                await anyio.to_thread.run_sync(done.wait)
-        finally:
-            await conn.close()
-
-    thread = threading.Thread(target=anyio.run, args=(hold,), daemon=True)
-    thread.start()
-    assert locked.wait(30)
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join(30)
-
-
 def contents(schema: str) -> list[Any]:
     return [pg_fetch(f'SELECT count(*) AS n, sum(d) AS s FROM "{schema}"."t{i}"')[0] for i in range(TABLES)]
 
@@ -143,7 +114,8 @@ def blocked_run(
     assert first[1].returncode == 0, failures(first[0])
     mysql_exec(mysql_db, *(f"UPDATE t{i} SET v = '{label}'" for i in range(TABLES)))
     before = contents(pg_schema)
-    with targets_locked(pg_schema):
+    # every target locked: the loads wait inside their transactions, holding their table slots
+    with pg_tables_locked(*(f'"{pg_schema}"."t{i}"' for i in range(TABLES))):
         proc = start(cfg, cli, tables)
         wait_for(lambda: lock_waiters(pg_schema) >= 4, "both processes' table slots to wait on the lock")
         yield proc, before
