@@ -36,6 +36,7 @@ __all__ = [
     "ExtractStats",
     "ReadRules",
     "extract_table",
+    "pump_rows",
     "rows_to_batch",
     "select_sql",
 ]
@@ -167,7 +168,7 @@ async def stream_query(
     with drift_errors(rules.ref):
         async with conn.stream(sql, args) as rows:
             check_description(rows, schema, rules.ref)
-            await _pump(rows, schema, rules, send, batch_size, stats, cpu_limiter)
+            await pump_rows(rows, schema, rules, send, batch_size, stats, cpu_limiter)
 
 
 @contextlib.contextmanager
@@ -187,7 +188,7 @@ def drift_errors(ref: str) -> Iterator[None]:
         ) from exc
 
 
-async def _pump(
+async def pump_rows(
     rows: RowStream,
     schema: TableSchema,
     rules: ReadRules,
@@ -196,6 +197,7 @@ async def _pump(
     stats: ExtractStats,
     cpu_limiter: anyio.CapacityLimiter | None,
 ) -> None:
+    """Every row of an open result, converted and sent in chunks sized by ``BatchRows``."""
     size = BatchRows(schema, batch_size)
     while not rows.done:
         chunk = await rows.fetchmany(size.rows)

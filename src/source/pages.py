@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from src.common.errors import SourceError
 from src.common.schema import TableSchema
-from src.source.extract import BatchRows, ExtractStats, check_description, send_rows, with_filter
+from src.source.extract import BatchRows, ExtractStats, check_description, pump_rows, send_rows, with_filter
 from src.source.keyset import Keyset, Position, page_query, position_of, predicate
 from src.source.mysql import SourceConnection
 from src.source.text import ReadRules
@@ -85,11 +85,9 @@ class PageReader:
         sql, args = self.query.sql(after, end)
         async with self.conn.stream(sql, args) as rows:
             check_description(rows, self.schema, self.rules.ref)
-            size = BatchRows(self.schema, self.batch_size)
-            while not rows.done:
-                chunk = await rows.fetchmany(size.rows)
-                if chunk:
-                    size.observe(await self._send(chunk))
+            await pump_rows(
+                rows, self.schema, self.rules, self.send, self.batch_size, self.stats, self.cpu_limiter
+            )
 
     async def _send(self, rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
         return await send_rows(rows, self.schema, self.rules, self.send, self.stats, self.cpu_limiter)
