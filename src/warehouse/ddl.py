@@ -174,12 +174,11 @@ def check_distsort(distsort: DistSort | None, schema: TableSchema, where: str) -
             table=where,
             key="distkey",
         )
-    _check_types(distsort, schema, where)
+    _check_types(distsort, schema, where, [(k, n) for k, n in named if k != "encode"])
 
 
-def _check_types(distsort: DistSort, schema: TableSchema, where: str) -> None:
-    keys = [("distkey", distsort.distkey)] if distsort.distkey else []
-    for key, name in keys + [("sortkey", c) for c in distsort.sortkey]:
+def _check_types(distsort: DistSort, schema: TableSchema, where: str, keys: list[tuple[str, str]]) -> None:
+    for key, name in keys:
         no_key = _NO_KEY_TYPES.get(schema.column(name).logical)
         if no_key:
             raise WarehouseError(
