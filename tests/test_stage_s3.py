@@ -56,6 +56,33 @@ async def test_multipart_several_parts_round_trip(s3_conn: S3Conn) -> None:
     assert open_uploads(s3_conn) == []
 
 
+async def test_multipart_parts_are_cut_exactly_from_pieces_of_any_size(s3_conn: S3Conn) -> None:
+    """The upload keeps what is written as views and joins each part once: pieces that straddle a part
+    boundary, empty pieces, bytearray and memoryview pieces all land byte for byte, in parts of exactly
+    the part size (S3 needs every part but the last to be at least 5 MiB)."""
+    data = os.urandom(11 * MIB + 777)
+    pieces: list[bytes | bytearray | memoryview] = []
+    start = 0
+    for size in [1, 0, 5 * MIB - 1, 3, MIB, 0, 2 * MIB + 5, 7]:
+        pieces.append(data[start : start + size])
+        start += size
+    pieces += [bytearray(data[start : start + MIB]), memoryview(data)[start + MIB :]]
+    sizes: list[int] = []
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        sizes.append(params["body"].getbuffer().nbytes)
+
+    async with S3Stage(s3_conn) as s3:
+        s3.client.meta.events.register("before-call.s3.UploadPart", record)
+        async with s3.multipart("staging/pieces.bin") as upload:
+            for piece in pieces:
+                await upload.write(piece)
+        assert upload.bytes_written == len(data)
+    assert sizes == [5 * MIB, 5 * MIB, MIB + 777]
+    assert get_object(s3_conn, "staging/pieces.bin") == data
+    assert open_uploads(s3_conn) == []
+
+
 async def test_small_object_is_one_put_and_empty_object_allowed(s3_conn: S3Conn) -> None:
     async with S3Stage(s3_conn) as s3:
         creates = FailTimes(500, "InternalError", times=0)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -33,21 +34,46 @@ class MultipartUpload:
         self._stage = stage
         self._limiter = limiter
         self._part_bytes = stage.part_bytes
-        self._buffer = bytearray()
+        self._pending: deque[memoryview] = deque()  # written, not yet in a part: views, no copies
+        self._buffered = 0
         self._upload_id: str | None = None
         self._parts: dict[int, dict[str, str]] = {}
         self._next_part = 1
         self._completing = False
         self._tg: TaskGroup | None = None
 
-    async def write(self, data: bytes) -> None:
-        """Buffer ``data``; start an upload for each full part (waits while too many are in flight)."""
-        self._buffer += data
-        self.bytes_written += len(data)
-        while len(self._buffer) >= self._part_bytes:
-            body = bytes(self._buffer[: self._part_bytes])
-            del self._buffer[: self._part_bytes]
-            await self._start_part(body)
+    async def write(self, data: bytes | memoryview) -> None:
+        """Buffer ``data`` (kept by reference: the caller must not change it); start an upload for each full
+        part (waits while too many are in flight). A part is joined from the pieces once: its bytes are
+        copied once between the Parquet writer and the HTTP body (W1's 25 MB were copied five times, a
+        fresh buffer each: a sixth of the run's page faults)."""
+        view = memoryview(data).cast("B")
+        if not view.nbytes:
+            return
+        self._pending.append(view)
+        self._buffered += view.nbytes
+        self.bytes_written += view.nbytes
+        while self._buffered >= self._part_bytes:
+            await self._start_part(self._take(self._part_bytes))
+
+    def _take(self, size: int) -> bytes:
+        """The first ``size`` buffered bytes, as one object."""
+        pieces: list[memoryview] = []
+        need = size
+        while need:
+            view = self._pending[0]
+            if view.nbytes <= need:
+                pieces.append(self._pending.popleft())
+                need -= view.nbytes
+            else:
+                pieces.append(view[:need])
+                self._pending[0] = view[need:]
+                need = 0
+        self._buffered -= size
+        whole = pieces[0].obj if len(pieces) == 1 else None
+        if isinstance(whole, bytes) and len(whole) == size:
+            return whole
+        return b"".join(pieces)
 
     async def _start_part(self, body: bytes) -> None:
         assert self._tg is not None
@@ -87,18 +113,17 @@ class MultipartUpload:
         """After every started part is done: upload the rest and complete (or one PUT if small)."""
         if self._upload_id is None:
             self._completing = True
-            data = bytes(self._buffer)
+            data = self._take(self._buffered)
             self.verified = await self._stage.put_bytes(self.key, data)
             if self.verified:  # S3 holds exactly these bytes: the run's own load may read them from here
                 self._stage.remember(self.key, data)
         else:
-            if self._buffer or not self._parts:
+            if self._buffered or not self._parts:
                 number = await self._claim_part_number()
                 token = object()
                 await self._limiter.acquire_on_behalf_of(token)
-                await self._upload_part(number, bytes(self._buffer), token)
+                await self._upload_part(number, self._take(self._buffered), token)
             await self._complete()
-        self._buffer.clear()
 
     async def _complete(self) -> None:
         parts = [{"PartNumber": n, **self._parts[n]} for n in sorted(self._parts)]

@@ -60,10 +60,10 @@ class _Sink:
     def close(self) -> None:
         self.closed = True
 
-    def take(self) -> bytes:
-        data = b"".join(self._chunks)
-        self._chunks.clear()
-        return data
+    def take(self) -> list[bytes]:
+        """What was written since the last take, as written (the upload joins its parts once)."""
+        chunks, self._chunks = self._chunks, []
+        return chunks
 
 
 class _Encoder:
@@ -83,12 +83,12 @@ class _Encoder:
             use_dictionary=dictionary,
         )
 
-    def write(self, table: pa.Table) -> bytes:
+    def write(self, table: pa.Table) -> list[bytes]:
         self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
         self.rows += table.num_rows
         return self.sink.take()
 
-    def close(self) -> bytes:
+    def close(self) -> list[bytes]:
         self._writer.close()
         return self.sink.take()
 
@@ -236,10 +236,12 @@ class _FileJob:
             async with self._s3.multipart(key) as upload:
                 current: pa.Table | None = group
                 while current is not None:
-                    await upload.write(await self._run(key, encoder.write, current))
+                    for chunk in await self._run(key, encoder.write, current):
+                        await upload.write(chunk)
                     rolled = encoder.sink.tell() >= self._file_size
                     current = None if rolled else await groups.next()
-                await upload.write(await self._run(key, encoder.close))
+                for chunk in await self._run(key, encoder.close):
+                    await upload.write(chunk)
         finally:
             encoder.discard()
         staged = StagedFile(
@@ -254,7 +256,7 @@ class _FileJob:
         except (pa.ArrowException, ValueError) as exc:
             raise StageError(f"cannot write Parquet {self._s3.url(key)}: {exc}", key=key) from exc
 
-    async def _run(self, key: str, fn: Callable[..., bytes], *args: object) -> bytes:
+    async def _run(self, key: str, fn: Callable[..., list[bytes]], *args: object) -> list[bytes]:
         try:
             return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
         except pa.ArrowException as exc:
