@@ -1,17 +1,16 @@
 """The command line. Importing this package configures the process for the CLI before anything else
 loads: Arrow's allocator, glibc's memory thresholds, and quiet Rust logging.
 
-- Memory is reused rather than handed back and faulted in again: W1 (2M `orders` rows to S3) took 258K
-  page faults, a quarter of its CPU time in the kernel, when every buffer over 256 kB was its own
-  mmap and Arrow allocated from the system allocator. Now (measured on W1, alternated runs):
-  - Arrow allocates from its jemalloc pool (the Parquet writer's buffers grow by reallocation);
-  - glibc's mmap threshold is fixed at 2 MB (left to itself glibc raises it, up to 32 MB, each time a
-    big block is freed, and memory then creeps up through a long read), and it keeps up to 64 MB
-    freed at the top of a heap (its default hands back anything over 128 kB at once);
-  - the fast path hands freed memory back only past some growth (``release_if_grown``).
-  W1: 2.53 -> 2.16 s, 2.80 -> 2.39 CPU-s, 236K -> 96K faults, peak RSS 230 -> 270 MB; 20M rows 279 MB
-  (flat). ARROW_DEFAULT_MEMORY_POOL, MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ in the
-  environment win. Set before pyarrow is first imported.
+- Arrow allocates with the system allocator: its jemalloc pool keeps the pages of freed buffers (a
+  table of 3 MB values peaked at 535 MB with it, 330 MB without), for no speed gained here.
+- Memory is reused rather than handed back and faulted in again: W1 (2M `orders` rows to S3) took 236K
+  page faults, a quarter of its CPU time in the kernel, when every buffer over 256 kB was its own mmap.
+  glibc's mmap threshold is now fixed at 2 MB (left to itself glibc raises it, up to 32 MB, each time
+  a big block is freed, and memory then creeps up through a long read), it keeps up to 64 MB freed at
+  the top of a heap (its default hands anything over 128 kB back at once); the fast path still hands
+  freed memory back after each key range. W1 (alternated runs): 2.80 -> 2.16-2.40 CPU-s, 236K -> 110-130K
+  page faults, peak RSS 230 -> 245-255 MB; 20M rows 258 MB (flat).
+  ARROW_DEFAULT_MEMORY_POOL, MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ in the environment win.
 - connectorx's connection pool logs each refused login to stderr; our own message says what happened,
   once (RUST_LOG in the environment wins).
 - SIGTERM and SIGINT are held (``hold_signals``) from the first moment of a CLI process: the imports
@@ -34,7 +33,7 @@ from src.common.memory import fix_mmap_threshold, keep_freed_memory
 MMAP_THRESHOLD_BYTES = 2 * 1024 * 1024
 TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
 
-os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 os.environ.setdefault("RUST_LOG", "off")
 if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
     fix_mmap_threshold(MMAP_THRESHOLD_BYTES)

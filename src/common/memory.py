@@ -4,7 +4,6 @@ a no-op). Imported by ``src.cli`` before anything allocates much, and by the fas
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 from typing import Any
 
@@ -47,26 +46,3 @@ def release_freed_memory() -> None:
     trim = getattr(_LIBC, "malloc_trim", None)
     if trim is not None:
         trim(0)
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-_floor: list[int] = []  # the resident size right after the last ``release_if_grown`` released
-
-
-def resident_bytes() -> int:
-    """This process's resident set size now (0 where /proc is not there)."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def release_if_grown(slack: int) -> None:
-    """``release_freed_memory`` once the resident size grew ``slack`` bytes past what it was right after
-    the last release. Every page handed back is faulted in again by the next buffer: releasing only past
-    that bound keeps memory from creeping up over a long read without paying the faults on every range."""
-    if _floor and resident_bytes() <= _floor[0] + slack:
-        return
-    release_freed_memory()
-    _floor[:] = [resident_bytes()]

@@ -63,7 +63,7 @@ import pyarrow.compute as pc
 
 from src.common.errors import S3ShiftError
 from src.common.log import get_logger
-from src.common.memory import release_if_grown
+from src.common.memory import release_freed_memory
 from src.common.naming import qualify_mysql, quote_mysql
 from src.common.schema import Column, TableSchema
 from src.common.secret import Secret, scrub
@@ -85,7 +85,6 @@ except ImportError:  # a platform without its wheels: the asyncmy path reads eve
 log = get_logger("source.fastpath")
 T = TypeVar("T")
 MIN_ROWS = 100_000  # below this (estimated) one pooled asyncmy connection is as quick
-RELEASE_SLACK_BYTES = 16 * 1024 * 1024  # memory may grow this much past the last release before the next
 RANGE_BYTES = 12 * 1024 * 1024  # a range in MySQL's average row length: a worker holds one range in memory
 MIN_RANGE_ROWS = 1_000
 DECIMAL_DIGITS = 28  # connectorx reads DECIMAL into rust_decimal (28 digits), then at scale 10
@@ -327,10 +326,10 @@ class FastRead:
         try:
             await self._read_range(url, part)
         finally:  # connectorx allocates each range's Arrow buffers with the C allocator, from a new
-            # thread each time, and glibc keeps what was freed in per-thread arenas: released on every
-            # range, 20M rows peaked at 268 MB but paid 0.9M page faults; never released, 367 MB and
-            # growing; released past 16 MB of growth, 279 MB (W1: 270 MB) and 0.77M faults (measured)
-            release_if_grown(RELEASE_SLACK_BYTES)
+            # thread each time, and glibc keeps what was freed in per-thread arenas: never released, 20M
+            # rows peaked at 367 MB and growing; released after every range, 258 MB (W1: 244 MB). Only
+            # past 16 MB of growth: 255 MB, no fewer page faults (measured; src.cli sets the thresholds)
+            release_freed_memory()
 
     async def _read_range(self, url: str, part: KeyRange) -> None:
         last: int | None = None
