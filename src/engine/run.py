@@ -22,7 +22,7 @@ from src.config.loader import config_dir, load_pipeline
 from src.config.models import Pipeline
 from src.engine.context import RunContext, RunMode
 from src.engine.limits import Limits, share
-from src.engine.table import failed_phase, sync_table
+from src.engine.table import failed_phase, locate, sync_table
 from src.engine.workers import (
     Asker,
     Channel,
@@ -208,6 +208,7 @@ async def _run_plans(
             try:
                 scan = await _mark_and_scan(stack, resources.s3, pipeline, plans, agg.execution_id, mode)
                 states = await resources.warehouse.read_states(pipeline.name, [p.table for p in plans])
+                states = await locate(resources.warehouse, pipeline, plans, states)
             except Exception as exc:
                 failed = exc
             else:
