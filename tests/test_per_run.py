@@ -4,6 +4,7 @@ on the Redshift emulator (which folds names to lowercase)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from functools import partial
@@ -19,7 +20,7 @@ from src.engine.run import SyncRequest, run_sync
 from src.report.render import render_json
 from src.warehouse.sqlwarehouse import SqlWarehouse
 from tests.conftest import mysql_exec, pg_fetch
-from tests.e2e import REDSHIFT_ROLE, write_config
+from tests.e2e import REDSHIFT_ROLE, run_json, write_config
 from tests.redshift_emulator import emulator_connect
 
 TABLES = 5
@@ -112,3 +113,37 @@ def test_incremental_rerun_lists_the_targets_once(
     assert [results[t]["rows_processed"] for t in tables] == [0, 3, 1, 0, 0], results
     assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}"."{mixed}"')[0][0] == 3
     assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".t2')[0][0] == 3
+
+
+COUNTED_CLI = (  # the real CLI, saying on stderr each time it loads a pipeline's config
+    "import sys\n"
+    "import src.cli.main as m\n"
+    "import src.engine.run as r\n"
+    "load = r.load_pipeline\n"
+    "def counted(*args):\n"
+    "    print('LOADING CONFIG', file=sys.stderr, flush=True)\n"
+    "    return load(*args)\n"
+    "r.load_pipeline = counted\n"
+    "m.main()\n"
+)
+
+
+@pytest.mark.parametrize("pipeline", ["p", "nope"])
+def test_sync_loads_the_config_once(
+    pipeline: str, tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn
+) -> None:
+    """``sync`` reads connections.yml and the pipeline file once (it read them twice: for the number of
+    processes to fork, then for the run); a config that does not load fails every table as before."""
+    cfg = write_config(
+        tmp_path / "cfg", source_conn, pg_target, s3_conn, {"a.b": {"cdc_strategy": "full_sync"}}
+    )
+    args = ("--config-dir", str(cfg), "sync", "-p", pipeline, "-t", "x.y", "-t", "x.z")
+    doc, proc = run_json(*args, cli=(sys.executable, "-c", COUNTED_CLI))
+    assert proc.returncode == 1 and doc["status"] == "failed", proc.stderr
+    assert proc.stderr.count("LOADING CONFIG") == 1, proc.stderr
+    results = doc["table_results"]
+    if pipeline == "p":  # the source lacks the tables
+        assert {r["phase"] for r in results.values()} == {"introspect"}, results
+    else:
+        known = "known pipelines: p"
+        assert all(r["phase"] == "config" and known in r["error_message"] for r in results.values()), results
