@@ -147,3 +147,50 @@ def test_sync_loads_the_config_once(
     else:
         known = "known pipelines: p"
         assert all(r["phase"] == "config" and known in r["error_message"] for r in results.values()), results
+
+
+@pytest.mark.parametrize("warehouse", ["postgres", "redshift"])
+def test_target_name_changed_only_in_case(
+    warehouse: str,
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    s3_endpoint: str,
+    mysql_db: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On Redshift ``Orders`` and ``orders`` are one table: a target_name changed only in case keeps the
+    watermark (the next run read the whole table again, warning its watermark was committed for another
+    target). On PostgreSQL they are two tables: the new one is read from the beginning."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE ev (id INT PRIMARY KEY, v VARCHAR(10))",
+        "INSERT INTO ev VALUES (1, 'a'), (2, 'b')",
+    )
+    table = f"{mysql_db}.ev"
+    target, connect = pg_target, None
+    if warehouse == "redshift":
+        target = replace(pg_target, name="rs", type="redshift", iam_role=REDSHIFT_ROLE)
+        connect = emulator_connect(s3_endpoint)
+
+    def sync(name: str) -> dict[str, Any]:
+        config = {table: {"cdc_strategy": "id_only", "target_name": name}}
+        cfg = write_config(tmp_path / name, source_conn, target, s3_conn, config)
+        request = SyncRequest(pipeline="p", tables=(table,), config_dir=cfg)
+        doc: dict[str, Any] = loads(
+            render_json(anyio.run(partial(run_sync, request, redshift_connect=connect)))
+        )
+        assert doc["status"] == "success", doc
+        return dict(doc["table_results"][table])
+
+    assert sync("Orders")["rows_processed"] == 2
+    mysql_exec(mysql_db, "INSERT INTO ev VALUES (3, 'c')")
+    caplog.clear()
+    again = sync("orders")
+    if warehouse == "redshift":
+        assert again["rows_processed"] == 1, again
+        assert "reading it from the beginning" not in caplog.text
+    else:
+        assert again["rows_processed"] == 3, again
+        assert "reading it from the beginning" in caplog.text

@@ -46,7 +46,7 @@ from src.stage.pending import (
     read_stages,
 )
 from src.warehouse.base import Clear, LoadRequest, LoadResult, StateRow, StreamedLoad, Warehouse
-from src.warehouse.ddl import DistSort
+from src.warehouse.ddl import DistSort, dialect_of
 
 log = get_logger("engine")
 DELETES_NOTE = "deletes at the source are not captured by watermark strategies; run full_sync to reconcile"
@@ -514,7 +514,8 @@ async def locate(
     targets exist is one listing of the target schema, made only when a position relies on its target.
     A run locates its tables with their states, at its start: no other table of the run loads a table's
     target (``run.plan_tables``), so only the table's own load, which comes after, creates it."""
-    placed = {p.table: for_target(states.get(p.table), target_name(pipeline, p)) for p in plans}
+    fold = dialect_of(pipeline.target.type).fold
+    placed = {p.table: for_target(states.get(p.table), target_name(pipeline, p), fold) for p in plans}
     relying = {p.table: (p, state) for p in plans if relies_on_target(state := placed[p.table]) and state}
     if relying:
         wanted = [p.target_table for p, _ in relying.values()]
