@@ -22,7 +22,7 @@ from src.common.errors import S3ShiftError, describe, internal_error
 from src.common.jsonio import dumps
 from src.engine.context import RunMode
 from src.engine.dryrun import plan_sync
-from src.engine.run import SyncRequest, run_sync, start_workers, unique
+from src.engine.run import SyncRequest, configured, run_sync, start_workers, unique
 from src.engine.watermarks import Action, WatermarkRequest, run_watermark
 from src.plan.models import Watermark
 from src.report.aggregator import INTERNAL, INTERRUPTED, Aggregator
@@ -108,6 +108,7 @@ def _run(request: SyncRequest, verbose: bool) -> RunReport:
     interrupted = "SIGINT"
     try:
         if not HELD:
+            request = configured(request)  # loaded once: the processes to fork, then the run
             workers = start_workers(request)  # before the event loop: forked processes share many tables
             return anyio.run(functools.partial(run_sync, request, workers=workers, interrupted=HELD))
         interrupted = HELD[0]

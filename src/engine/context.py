@@ -28,7 +28,6 @@ class RunContext:
     mode: RunMode = "sync"
     catalog: Catalog | None = None  # the run's batched source catalog (None: one query per table)
     scan: PipelineScan | None = None  # the S3 listings made at the run's start (None: per table)
-    states: Mapping[str, StateRow] | None = (
-        None  # every table's state read at the run's start (None: per table)
-    )
+    # every table's state, read and located (``table.locate``) at the run's start (None: per table)
+    states: Mapping[str, StateRow] | None = None
     clock: SourceClock = field(default_factory=SourceClock)  # the source's clock for stage labels

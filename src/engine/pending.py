@@ -9,6 +9,7 @@ supersedes every staged run before it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -89,12 +90,14 @@ def select(stages: list[StageResult], state: StateRow | None, committed: set[str
     return Chain(tuple(load), tuple(stale), position)
 
 
-def for_target(state: StateRow | None, target: str) -> StateRow | None:
+def for_target(state: StateRow | None, target: str, fold: Callable[[str], str] = str) -> StateRow | None:
     """``state`` as the position of the table's load into ``target`` ("schema.table"). A state committed
     for another target (``target_name`` or the connection's schema changed since) holds no position for
     this one, which has none of the rows before it: it is read from the beginning, as after a reset
-    (merged, or with no key replacing what the target holds). The guard still expects ``state``."""
-    if state is None or state.target == target or state.strategy == "full_sync":
+    (merged, or with no key replacing what the target holds). The guard still expects ``state``. Names
+    are compared as the warehouse spells them (``fold``: Redshift's ``Dialect.fold``): on Redshift
+    ``s.Orders`` and ``s.orders`` are one table."""
+    if state is None or fold(state.target) == fold(target) or state.strategy == "full_sync":
         return state
     log.warning(
         "%s: its watermark was committed for %s, not %s: reading it from the beginning",

@@ -22,7 +22,7 @@ from src.config.loader import config_dir, load_pipeline
 from src.config.models import Pipeline
 from src.engine.context import RunContext, RunMode
 from src.engine.limits import Limits, share
-from src.engine.table import failed_phase, sync_table
+from src.engine.table import failed_phase, locate, sync_table
 from src.engine.workers import (
     Asker,
     Channel,
@@ -59,6 +59,24 @@ class SyncRequest:
     tables: tuple[str, ...]
     config_dir: str | Path | None = None
     mode: RunMode = "sync"
+    config: Pipeline | S3ShiftError | None = None  # the config as loaded (``configured``); None: not yet
+
+
+def configured(request: SyncRequest) -> SyncRequest:
+    """The request with its config loaded: the CLI loads it once, and ``start_workers`` and ``run_sync``
+    take it from there (``run_config``)."""
+    return replace(request, config=run_config(request))
+
+
+def run_config(request: SyncRequest) -> Pipeline | S3ShiftError:
+    """The request's config, loaded unless it was (``configured``), or why it does not load (the run
+    reports that for every table, phase ``config``)."""
+    if request.config is not None:
+        return request.config
+    try:
+        return load_config(request.pipeline, request.config_dir)
+    except S3ShiftError as exc:
+        return exc
 
 
 def unique(tables: Sequence[str]) -> tuple[str, ...]:
@@ -74,9 +92,8 @@ def start_workers(request: SyncRequest) -> Workers | None:
     """Fork the worker processes that will share this run's tables (``src.engine.workers``), when its
     pipeline's ``processing.processes`` and its table count call for more than one process. Call before
     the event loop starts; a config that does not load forks nothing (the run reports it)."""
-    try:
-        pipeline = load_config(request.pipeline, request.config_dir)
-    except S3ShiftError:
+    pipeline = run_config(request)
+    if isinstance(pipeline, S3ShiftError):
         return None
     return fork_workers(process_count(pipeline, len(unique(request.tables))) - 1, _worker_run)
 
@@ -111,10 +128,9 @@ async def _run_sync(
     log.info(
         "run %s: pipeline %s, %d table(s), %s", agg.execution_id, request.pipeline, len(tables), request.mode
     )
-    try:
-        pipeline = load_config(request.pipeline, request.config_dir)
-    except S3ShiftError as exc:
-        return _fail_all(agg, tables, exc, phase="config")
+    pipeline = run_config(request)
+    if isinstance(pipeline, S3ShiftError):
+        return _fail_all(agg, tables, pipeline, phase="config")
     plans: list[TablePlan] = []
     for table, plan in plan_tables(pipeline, tables).items():
         if isinstance(plan, S3ShiftError):
@@ -208,6 +224,7 @@ async def _run_plans(
             try:
                 scan = await _mark_and_scan(stack, resources.s3, pipeline, plans, agg.execution_id, mode)
                 states = await resources.warehouse.read_states(pipeline.name, [p.table for p in plans])
+                states = await locate(resources.warehouse, pipeline, plans, states)
             except Exception as exc:
                 failed = exc
             else:

@@ -4,7 +4,7 @@ Returns a result; never raises a table error."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,6 +16,7 @@ import pyarrow as pa
 from src.common.errors import S3Error, S3ShiftError, first_error
 from src.common.log import get_logger
 from src.common.schema import TableSchema
+from src.config.models import Pipeline
 from src.engine.context import RunContext
 from src.engine.pending import (
     Chain,
@@ -44,8 +45,8 @@ from src.stage.pending import (
     list_runs,
     read_stages,
 )
-from src.warehouse.base import Clear, LoadRequest, LoadResult, StateRow, StreamedLoad
-from src.warehouse.ddl import DistSort
+from src.warehouse.base import Clear, LoadRequest, LoadResult, StateRow, StreamedLoad, Warehouse
+from src.warehouse.ddl import DistSort, dialect_of
 
 log = get_logger("engine")
 DELETES_NOTE = "deletes at the source are not captured by watermark strategies; run full_sync to reconcile"
@@ -169,11 +170,10 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
     progress.phase = "connect"
     await ctx.s3.ensure_reachable()  # S3 found unreachable: fail before reading what could not be staged
     progress.phase = "state"
-    if ctx.states is not None:  # read with every other table's at the run's start
+    if ctx.states is not None:  # read and located with every other table's at the run's start
         state = ctx.states.get(plan.table)
     else:
-        state = await ctx.warehouse.read_state(ctx.pipeline.name, plan.table)
-    state = await located(ctx, plan, state)
+        state = await located(ctx, plan, await ctx.warehouse.read_state(ctx.pipeline.name, plan.table))
     since = (state.stage_id or None) if state else None
     runs = await list_runs(ctx.s3, ctx.pipeline.name, plan.table, since=since, scan=ctx.scan)
     unknown = [i for i in runs.ids if i != since]  # the latest state row's own stage is committed
@@ -501,20 +501,38 @@ def _nothing_to_load(ctx: RunContext, plan: TablePlan) -> S3ShiftError:
 
 
 async def located(ctx: RunContext, plan: TablePlan, state: StateRow | None) -> StateRow | None:
-    """``state`` as the position of the table's load into its target now (``for_target``); a position
-    whose target was dropped since holds nothing (``target_gone``)."""
-    target = target_of(ctx, plan)
-    state = for_target(state, target)
-    if state is None or not relies_on_target(state):
-        return state
-    if await ctx.warehouse.has_table(ctx.pipeline.target.schema, plan.target_table):
-        return state
-    return target_gone(state, target)
+    """``state`` as the position of the table's load into its target now (``locate``)."""
+    states = {plan.table: state} if state is not None else {}
+    return (await locate(ctx.warehouse, ctx.pipeline, [plan], states)).get(plan.table)
+
+
+async def locate(
+    warehouse: Warehouse, pipeline: Pipeline, plans: Sequence[TablePlan], states: Mapping[str, StateRow]
+) -> dict[str, StateRow]:
+    """Each table's latest state (``states``) as the position of its load into its target now
+    (``for_target``); a position whose target was dropped since holds nothing (``target_gone``). Which
+    targets exist is one listing of the target schema, made only when a position relies on its target.
+    A run locates its tables with their states, at its start: no other table of the run loads a table's
+    target (``run.plan_tables``), so only the table's own load, which comes after, creates it."""
+    fold = dialect_of(pipeline.target.type).fold
+    placed = {p.table: for_target(states.get(p.table), target_name(pipeline, p), fold) for p in plans}
+    relying = {p.table: (p, state) for p in plans if relies_on_target(state := placed[p.table]) and state}
+    if relying:
+        wanted = [p.target_table for p, _ in relying.values()]
+        existing = await warehouse.existing_tables(pipeline.target.schema, wanted)
+        for table, (plan, state) in relying.items():
+            if plan.target_table not in existing:
+                placed[table] = target_gone(state, target_name(pipeline, plan))
+    return {table: state for table, state in placed.items() if state is not None}
 
 
 def target_of(ctx: RunContext, plan: TablePlan) -> str:
     """The "schema.table" a table's state rows name as its target."""
-    return f"{ctx.pipeline.target.schema}.{plan.target_table}"
+    return target_name(ctx.pipeline, plan)
+
+
+def target_name(pipeline: Pipeline, plan: TablePlan) -> str:
+    return f"{pipeline.target.schema}.{plan.target_table}"
 
 
 def unchained(state: StateRow | None) -> bool:

@@ -136,8 +136,9 @@ class Warehouse(Protocol):
 
     async def committed_stage_ids(self, pipeline: str, table: str) -> set[str]: ...
 
-    async def has_table(self, schema_name: str, table: str) -> bool:
-        """Whether the table (a view too) exists; names as configured (folded where the warehouse folds)."""
+    async def existing_tables(self, schema_name: str, tables: Sequence[str]) -> set[str]:
+        """Which of ``tables`` exist in the schema, views too (one listing of the schema); names as
+        configured (folded where the warehouse folds), as ``tables`` spells them."""
         ...
 
     async def write_state(self, row: StateRow) -> None: ...

@@ -7,6 +7,7 @@ IF NOT EXISTS (PostgreSQL's catalog unique index); that one then finds the objec
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from src.warehouse.ddl import Dialect
@@ -55,6 +56,22 @@ async def table_shape(ex: Executor, dialect: Dialect, schema_name: str, table: s
     rows = await ex.fetch(SHAPE_SQL, dialect.fold(schema_name), dialect.fold(table))
     columns = [(str(row["name"]), str(row["sqltype"])) for row in rows]
     return columns, (str(rows[0]["kind"]) if rows else None)
+
+
+_TABLES = (
+    "SELECT CAST(c.relname AS VARCHAR(128)) AS name FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
+)
+
+
+async def existing_tables(
+    ex: Executor, dialect: Dialect, schema_name: str, tables: Iterable[str]
+) -> set[str]:
+    """Which of ``tables`` (names as configured) exist in the schema, tables and views alike: one listing
+    of the schema, matched as the warehouse spells names (``Dialect.fold``)."""
+    listed = {str(row["name"]) for row in await ex.fetch(_TABLES, dialect.fold(schema_name))}
+    return {table for table in tables if dialect.fold(table) in listed}
 
 
 async def table_columns(ex: Executor, dialect: Dialect, schema_name: str, table: str) -> list[str]:

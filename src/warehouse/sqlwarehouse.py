@@ -36,7 +36,7 @@ from src.warehouse.base import (
     run_load,
     transaction,
 )
-from src.warehouse.catalog import Executor, Shape, table_shape
+from src.warehouse.catalog import Executor, Shape, existing_tables
 from src.warehouse.ddl import Dialect
 from src.warehouse.errors import AnswerLost, classify, where
 from src.warehouse.state import LoadRequest, StateRow
@@ -143,12 +143,12 @@ class SqlWarehouse:
         except Exception as exc:
             raise self._error(exc, "reading the state of", table) from exc
 
-    async def has_table(self, schema_name: str, table: str) -> bool:
+    async def existing_tables(self, schema_name: str, tables: Sequence[str]) -> set[str]:
         try:
             async with self._session(load=False) as ex:
-                return (await table_shape(ex, self.dialect, schema_name, table))[1] is not None
+                return await existing_tables(ex, self.dialect, schema_name, tables)
         except Exception as exc:
-            raise self._error(exc, "looking up", f"{schema_name}.{table}") from exc
+            raise self._error(exc, "looking up", ", ".join(f"{schema_name}.{t}" for t in tables[:3])) from exc
 
     async def write_state(self, row: StateRow) -> None:
         """Append a state row in its own transaction (watermark set / reset, by ``row.strategy``: manual /

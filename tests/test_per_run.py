@@ -1,0 +1,196 @@
+"""What a run asks the warehouse once, not once per table: whether the targets of its incremental tables
+still exist (one listing of the target schema, with the states, at the run's start), on PostgreSQL and
+on the Redshift emulator (which folds names to lowercase)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from src.common.jsonio import loads
+from src.config.models import S3Conn, SourceConn, TargetConn
+from src.engine.run import SyncRequest, run_sync
+from src.report.render import render_json
+from src.warehouse.sqlwarehouse import SqlWarehouse
+from tests.conftest import mysql_exec, pg_fetch
+from tests.e2e import REDSHIFT_ROLE, run_json, write_config
+from tests.redshift_emulator import emulator_connect
+
+TABLES = 5
+
+
+class Counting:
+    """An executor that notes every message it sends."""
+
+    def __init__(self, inner: Any, sent: list[str]) -> None:
+        self._inner, self._sent = inner, sent
+
+    async def execute(self, query: str, *args: Any) -> str:
+        self._sent.append(query)
+        return str(await self._inner.execute(query, *args))
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        self._sent.append(query)
+        return list(await self._inner.fetch(query, *args))
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        self._sent.append(query)
+        return await self._inner.fetchval(query, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every message the run's warehouse sessions send (both warehouses watch each session they open)."""
+    messages: list[str] = []
+    watched = SqlWarehouse._watched
+    monkeypatch.setattr(SqlWarehouse, "_watched", lambda self, ex: Counting(watched(self, ex), messages))
+    yield messages
+
+
+@pytest.mark.parametrize("warehouse", ["postgres", "redshift"])
+def test_incremental_rerun_lists_the_targets_once(
+    warehouse: str,
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    s3_endpoint: str,
+    mysql_db: str,
+    pg_schema: str,
+    sent: list[str],
+) -> None:
+    """An incremental re-run with nothing new asks the warehouse as much for one table as for five (it
+    asked once per table whether its target exists). A mixed-case target_name is found where the
+    warehouse holds it (Redshift: lowercase); a target dropped since is read again from the beginning."""
+    names = [f"t{i}" for i in range(TABLES)]
+    mysql_exec(
+        mysql_db,
+        *[f"CREATE TABLE {n} (id INT PRIMARY KEY, v VARCHAR(10))" for n in names],
+        *[f"INSERT INTO {n} VALUES (1, 'a'), (2, 'b')" for n in names],
+    )
+    tables = [f"{mysql_db}.{n}" for n in names]
+    config = {t: {"cdc_strategy": "id_only"} for t in tables}
+    config[tables[1]]["target_name"] = "Mixed_T1"
+    target = pg_target
+    connect = None
+    if warehouse == "redshift":
+        target = replace(pg_target, name="rs", type="redshift", iam_role=REDSHIFT_ROLE)
+        connect = emulator_connect(s3_endpoint)
+    cfg = write_config(tmp_path / "cfg", source_conn, target, s3_conn, config)
+
+    def sync(*run: str) -> dict[str, Any]:
+        request = SyncRequest(pipeline="p", tables=run, config_dir=cfg)
+        sent.clear()
+        report = anyio.run(partial(run_sync, request, redshift_connect=connect))
+        doc: dict[str, Any] = loads(render_json(report))
+        assert doc["status"] == "success", doc
+        return doc
+
+    assert all(r["rows_processed"] == 2 for r in sync(*tables)["table_results"].values())
+    held = {r[0] for r in pg_fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", pg_schema)}
+    mixed = "mixed_t1" if warehouse == "redshift" else "Mixed_T1"
+    assert mixed in held, held
+
+    sync(tables[0])
+    one = len(sent)
+    doc = sync(*tables)
+    assert all(r["rows_processed"] == 0 for r in doc["table_results"].values()), doc
+    assert len(sent) == one, sent  # was one catalog query more per table
+
+    pg_fetch(f'DROP TABLE "{pg_schema}"."{mixed}"')
+    mysql_exec(mysql_db, f"INSERT INTO {names[1]} VALUES (3, 'c')", f"INSERT INTO {names[2]} VALUES (3, 'c')")
+    results = sync(*tables)["table_results"]
+    assert [results[t]["rows_processed"] for t in tables] == [0, 3, 1, 0, 0], results
+    assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}"."{mixed}"')[0][0] == 3
+    assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".t2')[0][0] == 3
+
+
+COUNTED_CLI = (  # the real CLI, saying on stderr each time it loads a pipeline's config
+    "import sys\n"
+    "import src.cli.main as m\n"
+    "import src.engine.run as r\n"
+    "load = r.load_pipeline\n"
+    "def counted(*args):\n"
+    "    print('LOADING CONFIG', file=sys.stderr, flush=True)\n"
+    "    return load(*args)\n"
+    "r.load_pipeline = counted\n"
+    "m.main()\n"
+)
+
+
+@pytest.mark.parametrize("pipeline", ["p", "nope"])
+def test_sync_loads_the_config_once(
+    pipeline: str, tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn
+) -> None:
+    """``sync`` reads connections.yml and the pipeline file once (it read them twice: for the number of
+    processes to fork, then for the run); a config that does not load fails every table as before."""
+    cfg = write_config(
+        tmp_path / "cfg", source_conn, pg_target, s3_conn, {"a.b": {"cdc_strategy": "full_sync"}}
+    )
+    args = ("--config-dir", str(cfg), "sync", "-p", pipeline, "-t", "x.y", "-t", "x.z")
+    doc, proc = run_json(*args, cli=(sys.executable, "-c", COUNTED_CLI))
+    assert proc.returncode == 1 and doc["status"] == "failed", proc.stderr
+    assert proc.stderr.count("LOADING CONFIG") == 1, proc.stderr
+    results = doc["table_results"]
+    if pipeline == "p":  # the source lacks the tables
+        assert {r["phase"] for r in results.values()} == {"introspect"}, results
+    else:
+        known = "known pipelines: p"
+        assert all(r["phase"] == "config" and known in r["error_message"] for r in results.values()), results
+
+
+@pytest.mark.parametrize("warehouse", ["postgres", "redshift"])
+def test_target_name_changed_only_in_case(
+    warehouse: str,
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    s3_endpoint: str,
+    mysql_db: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On Redshift ``Orders`` and ``orders`` are one table: a target_name changed only in case keeps the
+    watermark (the next run read the whole table again, warning its watermark was committed for another
+    target). On PostgreSQL they are two tables: the new one is read from the beginning."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE ev (id INT PRIMARY KEY, v VARCHAR(10))",
+        "INSERT INTO ev VALUES (1, 'a'), (2, 'b')",
+    )
+    table = f"{mysql_db}.ev"
+    target, connect = pg_target, None
+    if warehouse == "redshift":
+        target = replace(pg_target, name="rs", type="redshift", iam_role=REDSHIFT_ROLE)
+        connect = emulator_connect(s3_endpoint)
+
+    def sync(name: str) -> dict[str, Any]:
+        config = {table: {"cdc_strategy": "id_only", "target_name": name}}
+        cfg = write_config(tmp_path / name, source_conn, target, s3_conn, config)
+        request = SyncRequest(pipeline="p", tables=(table,), config_dir=cfg)
+        doc: dict[str, Any] = loads(
+            render_json(anyio.run(partial(run_sync, request, redshift_connect=connect)))
+        )
+        assert doc["status"] == "success", doc
+        return dict(doc["table_results"][table])
+
+    assert sync("Orders")["rows_processed"] == 2
+    mysql_exec(mysql_db, "INSERT INTO ev VALUES (3, 'c')")
+    caplog.clear()
+    again = sync("orders")
+    if warehouse == "redshift":
+        assert again["rows_processed"] == 1, again
+        assert "reading it from the beginning" not in caplog.text
+    else:
+        assert again["rows_processed"] == 3, again
+        assert "reading it from the beginning" in caplog.text
