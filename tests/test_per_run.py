@@ -194,3 +194,59 @@ def test_target_name_changed_only_in_case(
     else:
         assert again["rows_processed"] == 3, again
         assert "reading it from the beginning" in caplog.text
+
+
+@pytest.mark.parametrize("warehouse", ["postgres", "redshift"])
+def test_target_dropped_during_the_run_fails_the_load_and_the_next_run_reads_it_all(
+    warehouse: str,
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    s3_endpoint: str,
+    mysql_db: str,
+    pg_schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run lists its targets at its start: a target dropped after that (a rebuild, while a long run
+    works through its other tables) was created afresh by the load and given the new window alone,
+    status success, every older row silently gone. The load now refuses, retryable, nothing changed; the
+    next run finds the target gone and reads the whole table."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE ev (id INT PRIMARY KEY, v VARCHAR(10))",
+        "INSERT INTO ev VALUES (1, 'a'), (2, 'b')",
+    )
+    table = f"{mysql_db}.ev"
+    target, connect = pg_target, None
+    if warehouse == "redshift":
+        target = replace(pg_target, name="rs", type="redshift", iam_role=REDSHIFT_ROLE)
+        connect = emulator_connect(s3_endpoint)
+    cfg = write_config(tmp_path / "cfg", source_conn, target, s3_conn, {table: {"cdc_strategy": "id_only"}})
+
+    def sync() -> dict[str, Any]:
+        request = SyncRequest(pipeline="p", tables=(table,), config_dir=cfg)
+        doc: dict[str, Any] = loads(
+            render_json(anyio.run(partial(run_sync, request, redshift_connect=connect)))
+        )
+        return doc
+
+    assert sync()["table_results"][table]["rows_processed"] == 2
+    mysql_exec(mysql_db, "INSERT INTO ev VALUES (3, 'c')")
+    listing = SqlWarehouse.existing_tables
+
+    async def listed_then_dropped(self: SqlWarehouse, schema_name: str, tables: Any) -> set[str]:
+        found = await listing(self, schema_name, tables)
+        await anyio.to_thread.run_sync(pg_fetch, f'DROP TABLE "{pg_schema}".ev')  # right after the run saw it
+        return found
+
+    with monkeypatch.context() as patched:
+        patched.setattr(SqlWarehouse, "existing_tables", listed_then_dropped)
+        doc = sync()
+    result = doc["table_results"][table]
+    assert doc["status"] == "failed" and result["retryable"] is True, doc
+    assert "no longer exists" in result["error_message"] and "from the beginning" in result["error_message"]
+    assert pg_fetch("SELECT to_regclass($1)", f"{pg_schema}.ev")[0][0] is None  # not created afresh
+    doc = sync()
+    assert doc["status"] == "success" and doc["table_results"][table]["rows_processed"] == 3, doc
+    assert [r[0] for r in pg_fetch(f'SELECT id FROM "{pg_schema}".ev ORDER BY id')] == [1, 2, 3]

@@ -485,6 +485,7 @@ def load_request(ctx: RunContext, plan: TablePlan, stage: StageResult, state: St
         schema_change=plan.policy.schema_change,
         distsort=_distsort(plan),
         clear=Clear(win.start) if meta["mode"] == "append" and not full and unchained(state) else None,
+        needs_target=not full and relies_on_target(state),
     )
 
 
@@ -513,7 +514,8 @@ async def locate(
     (``for_target``); a position whose target was dropped since holds nothing (``target_gone``). Which
     targets exist is one listing of the target schema, made only when a position relies on its target.
     A run locates its tables with their states, at its start: no other table of the run loads a table's
-    target (``run.plan_tables``), so only the table's own load, which comes after, creates it."""
+    target (``run.plan_tables``); a target dropped after that is found missing by the load, which then
+    refuses rather than create it afresh (``LoadRequest.needs_target``)."""
     fold = dialect_of(pipeline.target.type).fold
     placed = {p.table: for_target(states.get(p.table), target_name(pipeline, p), fold) for p in plans}
     relying = {p.table: (p, state) for p in plans if relies_on_target(state := placed[p.table]) and state}

@@ -173,6 +173,8 @@ class Commit:
     expect_stage: str | None
     state_schema: str
     confirm: Confirm | None = None
+    needs_target: bool = False  # the rows before this window are in the target (an incremental position
+    # committed there): a target missing now lost them, and the load must not create it afresh
 
 
 def batch(*statements: str) -> str:
@@ -288,8 +290,22 @@ async def committing(
         except Exception as exc:
             if started or prepared is not None or not _unprepared(exc):
                 raise
+            if commit is not None and commit.needs_target and sqlstate_of(exc) == UNDEFINED_TABLE:
+                raise _target_gone(spec, commit) from exc
         log.debug("%s: preparing the target, then the load again", spec.target_name)
         prepared = await prepare_target(ex, spec)
+
+
+def _target_gone(spec: LoadSpec, commit: Commit) -> WarehouseError:
+    """The target of a table loaded incrementally is gone (dropped since the run began, say): creating it
+    afresh and loading this window alone would silently lose every row before the window."""
+    return WarehouseError(
+        f"{spec.target_name} no longer exists, though the watermark of {commit.row.table} was committed "
+        "there (dropped during this run?): nothing was loaded; the next run reads the table again from "
+        "the beginning",
+        table=spec.target_name,
+        retryable=True,
+    )
 
 
 def _unprepared(exc: Exception) -> bool:

@@ -186,7 +186,7 @@ class SqlWarehouse:
         async def confirm(lost: BaseException) -> None:
             await self._confirm(spec, req.state, lost)
 
-        return Commit(req.state, req.expect_stage, self.state_schema, confirm)
+        return Commit(req.state, req.expect_stage, self.state_schema, confirm, req.needs_target)
 
     async def _confirm(self, spec: LoadSpec, row: StateRow, lost: BaseException) -> None:
         """After the answer to a load's COMMIT was lost: ``_check_commit`` under the target's lock."""

@@ -69,6 +69,7 @@ class LoadRequest:
     schema_change: SchemaChange = "fail"  # an incompatible column change: fail, or rebuild the target
     distsort: DistSort | None = None  # Redshift DISTSTYLE/DISTKEY/SORTKEY/ENCODE, by target column name
     clear: Clear | None = None  # append: the target rows the window may hold already, deleted first
+    needs_target: bool = False  # the target holds the rows before this window (``Commit.needs_target``)
 
 
 # (column, type); the first BOUND are bound from a StateRow, the last two computed by the server.
