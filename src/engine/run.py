@@ -221,10 +221,17 @@ async def _run_plans(
                 )
             except Exception as exc:
                 return _fail_all(agg, [p.table for p in plans], first_error(exc), phase="connect")
+            located: list[Mapping[str, StateRow]] = []
+
+            async def read_states(warehouse: Warehouse) -> None:
+                read = await warehouse.read_states(pipeline.name, [p.table for p in plans])
+                located.append(await locate(warehouse, pipeline, plans, read))
+
             try:
-                scan = await _mark_and_scan(stack, resources.s3, pipeline, plans, agg.execution_id, mode)
-                states = await resources.warehouse.read_states(pipeline.name, [p.table for p in plans])
-                states = await locate(resources.warehouse, pipeline, plans, states)
+                async with anyio.create_task_group() as tg:  # the warehouse while S3 is scanned
+                    tg.start_soon(read_states, resources.warehouse)
+                    scan = await _mark_and_scan(stack, resources.s3, pipeline, plans, agg.execution_id, mode)
+                states = located[0]
             except Exception as exc:
                 failed = exc
             else:
