@@ -173,7 +173,7 @@ def _watermark_command(action: Action) -> Any:
         mark = _parse_watermark(kw.get("timestamp"), kw.get("id")) if action == "set" else None
         request = WatermarkRequest(action, pipeline, table, ctx.find_root().obj["config_dir"], mark)
         try:
-            result: dict[str, Any] = anyio.run(run_watermark, request)
+            result: dict[str, Any] = anyio.run(functools.partial(run_watermark, request, interrupted=HELD))
             result["status"] = "success"
         except Exception as exc:  # ours carry the cause; anything else is a bug, still one line
             if verbose:
@@ -181,6 +181,8 @@ def _watermark_command(action: Action) -> Any:
             message = describe(exc) if isinstance(exc, S3ShiftError) else internal_error(exc)
             result = {"pipeline": pipeline, "table": table, "status": "failed", "error_message": message}
             _log.error("watermark %s of %s (pipeline %s) failed: %s", action, table, pipeline, message)
+        finally:
+            hold_signals_again()  # the event loop's handlers are gone (SIGTERM was fatal again)
         if json_output:
             click.echo(dumps(result, pretty=True))
         else:

@@ -1,0 +1,58 @@
+"""Black-box checks of the JSON output contract (spec/json-output-format.md and the README's JSON
+section) through the real CLI, for cases the other CLI tests do not reach."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+from src.config.models import S3Conn, SourceConn, TargetConn
+from tests.conftest import ROOT, mysql_exec, pg_fetch, pg_tables_locked
+from tests.e2e import CLI, run_json, write_config
+from tests.test_crash import wait_until
+
+
+def test_sigterm_ends_a_watermark_set_waiting_for_a_lock(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """A `watermark set` waiting for a lock on the state table (up to the target's lock_timeout, 300 s by
+    default) ends at SIGTERM: one JSON document naming the signal, exit 1, the watermark unchanged.
+    (SIGTERM was held and never acted on: the command went on waiting, then set the watermark, exit 0.)"""
+    mysql_exec(mysql_db, "CREATE TABLE t (id INT PRIMARY KEY)")
+    table = f"{mysql_db}.t"
+    tables = {table: {"cdc_strategy": "id_only"}}
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, tables)
+    mark = ("--config-dir", str(cfg), "watermark")
+    first, _ = run_json(*mark, "set", "-p", "p", "-t", table, "--id", "1")
+    assert first["status"] == "success", first
+
+    with pg_tables_locked(f'"{pg_schema}"."s3shift_state"'):
+        run = subprocess.Popen(
+            [*CLI, *mark, "set", "-p", "p", "-t", table, "--id", "2", "--json-output"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            waiting = (
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1"
+            )
+            wait_until(run, lambda: pg_fetch(waiting, "%s3shift_state%")[0]["n"] > 0, "the lock wait")
+            run.send_signal(signal.SIGTERM)
+            out, err = run.communicate(timeout=10)
+        finally:
+            run.kill()
+
+    assert run.returncode == 1, (out, err)
+    doc = json.loads(out)  # exactly one JSON document
+    assert doc["status"] == "failed" and "SIGTERM" in doc["error_message"], doc
+    after, _ = run_json(*mark, "get", "-p", "p", "-t", table)
+    assert after["watermark"] == {"ts": None, "id": 1}, after
