@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from src.config.models import S3Conn, SourceConn, TargetConn
-from tests.conftest import ROOT, mysql_exec, pg_fetch, pg_tables_locked
+from tests.conftest import ROOT, CutProxy, mysql_exec, pg_fetch, pg_tables_locked
 from tests.e2e import CLI, run_json, write_config
 from tests.test_crash import wait_until
 
@@ -56,3 +58,41 @@ def test_sigterm_ends_a_watermark_set_waiting_for_a_lock(
     assert doc["status"] == "failed" and "SIGTERM" in doc["error_message"], doc
     after, _ = run_json(*mark, "get", "-p", "p", "-t", table)
     assert after["watermark"] == {"ts": None, "id": 1}, after
+
+
+def test_sigterm_ends_a_dry_run_waiting_for_mysql(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
+) -> None:
+    """A `--dry-run` connecting to a MySQL that never answers (connect_timeout 10 s) ends at SIGTERM
+    within 2 s: one JSON plan, every table an error naming the signal, exit 1. (SIGTERM was held and
+    ignored: the plan came after the 10 s connect timeout.)"""
+    mysql_exec(mysql_db, "CREATE TABLE t (id INT PRIMARY KEY)")
+    table = f"{mysql_db}.t"
+    proxy = CutProxy(f"http://{source_conn.host}:{source_conn.port}")
+    proxy.stall()  # the TCP connection is accepted; MySQL's greeting never arrives
+    try:
+        stalled = replace(source_conn, port=proxy.port)
+        cfg = write_config(tmp_path / "cfg", stalled, pg_target, s3_conn)
+        run = subprocess.Popen(
+            [*CLI, "--config-dir", str(cfg), "sync", "-p", "p", "-t", table, "--dry-run", "--json-output"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(run, lambda: bool(proxy._open), "the MySQL connection")
+            time.sleep(0.3)
+            sent = time.monotonic()
+            run.send_signal(signal.SIGTERM)
+            out, err = run.communicate(timeout=30)
+            took = time.monotonic() - sent
+        finally:
+            run.kill()
+    finally:
+        proxy.cut()
+    assert took < 2, f"{took:.2f} s from SIGTERM to the exit\n{err}"
+    assert run.returncode == 1, (out, err)
+    doc = json.loads(out)  # exactly one JSON document
+    assert doc["dry_run"] is True and list(doc["tables"]) == [table], doc
+    assert doc["tables"][table]["status"] == "error" and "SIGTERM" in doc["tables"][table]["error_message"]

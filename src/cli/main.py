@@ -92,7 +92,12 @@ def sync(
     mode: RunMode = "backup_only" if backup_only else "load_only" if load_only else "sync"
     request = SyncRequest(pipeline=pipeline, tables=requested, config_dir=ctx.obj["config_dir"], mode=mode)
     if dry_run:
-        plan = _guarded(lambda: anyio.run(plan_sync, request), verbose)
+        try:
+            plan = _guarded(
+                lambda: anyio.run(functools.partial(plan_sync, request, interrupted=HELD)), verbose
+            )
+        finally:
+            hold_signals_again()  # the event loop's handlers are gone (SIGTERM was fatal again)
         click.echo(dumps(plan, pretty=True))
         planned = plan.get("tables") or {}  # none at all: the plan itself failed
         ctx.exit(0 if planned and all(t.get("status") == "planned" for t in planned.values()) else 1)

@@ -42,9 +42,12 @@ async def run_watermark(
     the action (a lock wait, a stalled server) instead of being ignored until it ends."""
     if interrupted is None:
         return await _run_watermark(req, redshift_connect)
-    async with watching_signals(interrupted) as cancel_on_signal:
-        with cancel_on_signal:
-            return await _run_watermark(req, redshift_connect)
+    try:
+        async with watching_signals(interrupted) as cancel_on_signal:
+            with cancel_on_signal:
+                return await _run_watermark(req, redshift_connect)
+    except BaseExceptionGroup as group:  # the signal watcher's task group wraps what the action raised
+        raise first_error(group) from None
     raise S3ShiftError(
         f"watermark {req.action} of {req.table} interrupted ({interrupted[0]}) before it finished"
         + ("" if req.action == "get" else "; check it with watermark get before setting it again"),
