@@ -12,7 +12,7 @@ from pathlib import Path
 
 from src.config.models import S3Conn, SourceConn, TargetConn
 from tests.conftest import ROOT, CutProxy, mysql_exec, pg_fetch, pg_tables_locked
-from tests.e2e import CLI, run_json, write_config
+from tests.e2e import CLI, check_contract, run_json, write_config
 from tests.test_crash import wait_until
 
 
@@ -96,3 +96,17 @@ def test_sigterm_ends_a_dry_run_waiting_for_mysql(
     doc = json.loads(out)  # exactly one JSON document
     assert doc["dry_run"] is True and list(doc["tables"]) == [table], doc
     assert doc["tables"][table]["status"] == "error" and "SIGTERM" in doc["tables"][table]["error_message"]
+
+
+def test_a_config_dir_that_is_a_file_is_a_failed_run_with_its_json(tmp_path: Path) -> None:
+    """`--config-dir` naming a file is bad config like a missing directory (or the same file given as
+    $S3SHIFT_CONFIG_DIR): the JSON report, every table failed `config`, exit 1. (click refused it: a
+    usage error, exit 2, nothing on stdout.)"""
+    a_file = tmp_path / "connections.yml"
+    a_file.write_text("connections: {}\n")
+    tables = ["db.a", "db.b"]
+    doc, proc = run_json("--config-dir", str(a_file), "sync", "-p", "p", "-t", tables[0], "-t", tables[1])
+    assert proc.returncode == 1, proc.stderr
+    check_contract(doc, tables)
+    for result in doc["table_results"].values():
+        assert result["phase"] == "config" and str(a_file) in result["error_message"], result

@@ -36,8 +36,8 @@ ID_RANGE = click.IntRange(-(2**63), 2**64 - 1)  # MySQL's integers: BIGINT to BI
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config-dir",
-    type=click.Path(file_okay=False),
-    default=None,
+    metavar="DIR",
+    default=None,  # checked with the config (a bad one is a failed run with its JSON, exit 1): not by click
     help="Directory holding connections.yml and pipelines/ (default: $S3SHIFT_CONFIG_DIR or ./config).",
 )
 @click.version_option(package_name="s3shift", prog_name="s3shift")
