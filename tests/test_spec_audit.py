@@ -110,3 +110,24 @@ def test_a_config_dir_that_is_a_file_is_a_failed_run_with_its_json(tmp_path: Pat
     check_contract(doc, tables)
     for result in doc["table_results"].values():
         assert result["phase"] == "config" and str(a_file) in result["error_message"], result
+
+
+def test_a_warehouse_that_never_answers_is_named_with_its_connect_timeout(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn
+) -> None:
+    """A PostgreSQL that accepts the connection and never answers fails every table `connect`, retryable,
+    with a message saying what happened. (It said "TimeoutError: no details".)"""
+    proxy = CutProxy(f"http://{pg_target.host}:{pg_target.port}")
+    proxy.stall()
+    try:
+        stalled = replace(pg_target, port=proxy.port, connect_timeout=1.5)
+        cfg = write_config(tmp_path / "cfg", source_conn, stalled, s3_conn)
+        tables = ["db.a", "db.b"]
+        doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", tables[0], "-t", tables[1])
+    finally:
+        proxy.cut()
+    assert proc.returncode == 1, proc.stderr
+    check_contract(doc, tables)
+    for result in doc["table_results"].values():
+        assert (result["phase"], result["retryable"]) == ("connect", True), result
+        assert "failed: no answer within connect_timeout (1.5 s)" in result["error_message"], result
