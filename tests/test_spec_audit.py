@@ -131,3 +131,29 @@ def test_a_warehouse_that_never_answers_is_named_with_its_connect_timeout(
     for result in doc["table_results"].values():
         assert (result["phase"], result["retryable"]) == ("connect", True), result
         assert "failed: no answer within connect_timeout (1.5 s)" in result["error_message"], result
+
+
+def test_names_that_are_not_utf8_still_give_the_json_and_fail_alone(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
+) -> None:
+    """A `-t`, `-p` or `--config-dir` holding a byte that is not UTF-8 (a Latin-1 script, say): stdout
+    still carries the one JSON document, the byte written as `\\xff`, exit 1; a bad table name fails
+    alone, at planning. (orjson refused the name: a traceback and nothing on stdout; the table's name
+    also failed the state query of every other table.)"""
+    mysql_exec(mysql_db, "CREATE TABLE ok (id INT PRIMARY KEY)", "INSERT INTO ok VALUES (1)")
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn)
+    bad, good = f"{mysql_db}.caf\udcff", f"{mysql_db}.ok"
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", bad, "-t", good)
+    shown = f"{mysql_db}.caf\\xff"
+    check_contract(doc, [shown, good])
+    assert proc.returncode == 1, proc.stderr
+    failed = doc["table_results"][shown]
+    assert failed["phase"] == "plan" and f"table '{shown}' is not UTF-8 text" in failed["error_message"]
+    assert doc["table_results"][good]["rows_processed"] == 1
+
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p\udcff", "-t", good)
+    assert proc.returncode == 1 and doc["pipeline"] == "p\\xff", proc.stderr
+    doc, proc = run_json("--config-dir", str(tmp_path / "no\udcff"), "sync", "-p", "p", "-t", good)
+    assert proc.returncode == 1 and "no\\xff not found" in doc["table_results"][good]["error_message"]
+    doc, proc = run_json("--config-dir", str(cfg), "watermark", "get", "-p", "p", "-t", bad)
+    assert proc.returncode == 1 and doc["table"] == shown and "not UTF-8 text" in doc["error_message"]
