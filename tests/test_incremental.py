@@ -435,7 +435,7 @@ def test_a_dry_run_that_fails_exits_1(cfg: Path, mysql_db: str) -> None:
     document had failed, for there was none), so a CI job took the failed plan for a good one."""
     broken = (
         "import src.cli.main as m\n"
-        "async def plan_sync(request):\n"
+        "async def plan_sync(request, **_):\n"
         "    raise RuntimeError('planted bug')\n"
         "m.plan_sync = plan_sync\n"
         "m.main()\n"

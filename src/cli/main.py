@@ -36,8 +36,8 @@ ID_RANGE = click.IntRange(-(2**63), 2**64 - 1)  # MySQL's integers: BIGINT to BI
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config-dir",
-    type=click.Path(file_okay=False),
-    default=None,
+    metavar="DIR",
+    default=None,  # checked with the config (a bad one is a failed run with its JSON, exit 1): not by click
     help="Directory holding connections.yml and pipelines/ (default: $S3SHIFT_CONFIG_DIR or ./config).",
 )
 @click.version_option(package_name="s3shift", prog_name="s3shift")
@@ -92,7 +92,12 @@ def sync(
     mode: RunMode = "backup_only" if backup_only else "load_only" if load_only else "sync"
     request = SyncRequest(pipeline=pipeline, tables=requested, config_dir=ctx.obj["config_dir"], mode=mode)
     if dry_run:
-        plan = _guarded(lambda: anyio.run(plan_sync, request), verbose)
+        try:
+            plan = _guarded(
+                lambda: anyio.run(functools.partial(plan_sync, request, interrupted=HELD)), verbose
+            )
+        finally:
+            hold_signals_again()  # the event loop's handlers are gone (SIGTERM was fatal again)
         click.echo(dumps(plan, pretty=True))
         planned = plan.get("tables") or {}  # none at all: the plan itself failed
         ctx.exit(0 if planned and all(t.get("status") == "planned" for t in planned.values()) else 1)
@@ -174,7 +179,7 @@ def _watermark_command(action: Action) -> Any:
         mark = _parse_watermark(kw.get("timestamp"), kw.get("id")) if action == "set" else None
         request = WatermarkRequest(action, pipeline, table, ctx.find_root().obj["config_dir"], mark)
         try:
-            result: dict[str, Any] = anyio.run(run_watermark, request)
+            result: dict[str, Any] = anyio.run(functools.partial(run_watermark, request, interrupted=HELD))
             result["status"] = "success"
         except Exception as exc:  # ours carry the cause; anything else is a bug, still one line
             if verbose:
@@ -182,6 +187,8 @@ def _watermark_command(action: Action) -> Any:
             message = describe(exc) if isinstance(exc, S3ShiftError) else internal_error(exc)
             result = {"pipeline": pipeline, "table": table, "status": "failed", "error_message": message}
             _log.error("watermark %s of %s (pipeline %s) failed: %s", action, table, pipeline, message)
+        finally:
+            hold_signals_again()  # the event loop's handlers are gone (SIGTERM was fatal again)
         if json_output:
             click.echo(dumps(result, pretty=True))
         else:

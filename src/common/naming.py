@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from src.common.jsonio import printable
+
 
 def quote_mysql(name: str) -> str:
     """`name` with backticks doubled."""
@@ -26,6 +28,14 @@ def qualify_pg(schema: str, table: str) -> str:
 def split_table(ref: str) -> tuple[str, str]:
     """'db.table' -> ('db', 'table'). Exactly one dot is required: a database or table name holding a dot
     cannot be told apart from the separator, so the error says how to reach such a table (a view)."""
+    if not ref.isascii():
+        try:
+            ref.encode("utf-8")
+        except UnicodeEncodeError:  # a byte of a non-UTF-8 argument, as Python decodes it (0xff: \udcff)
+            raise ValueError(
+                f"table '{printable(ref)}' is not UTF-8 text (each \\xNN is a byte that is not): MySQL "
+                "names are UTF-8, pass the name in UTF-8"
+            ) from None
     db, sep, table = ref.partition(".")
     if not sep or not db or not table:
         raise ValueError(f"table {ref!r} must be written as database.table")

@@ -15,7 +15,15 @@ from src.engine.context import RunContext
 from src.engine.limits import Limits
 from src.engine.pending import describe_stage, select
 from src.engine.reading import fast_window, plan_window, too_few_rows, window_is_empty
-from src.engine.run import Resources, SyncRequest, load_config, open_resources, plan_tables, unique
+from src.engine.run import (
+    Resources,
+    SyncRequest,
+    load_config,
+    open_resources,
+    plan_tables,
+    unique,
+    watching_signals,
+)
 from src.engine.table import load_request, located, stage_meta, stream_blocker
 from src.engine.workers import process_count
 from src.plan.models import Window, format_ts
@@ -31,27 +39,53 @@ log = get_logger("dryrun")
 
 
 async def plan_sync(
-    request: SyncRequest, *, redshift_connect: RedshiftConnect | None = None
+    request: SyncRequest,
+    *,
+    redshift_connect: RedshiftConnect | None = None,
+    interrupted: list[str] | None = None,
 ) -> dict[str, Any]:
     """The JSON plan: ``{"dry_run": true, "execution_id", "pipeline", "mode", "processes",
-    "tables": {table: plan | error}}``."""
+    "tables": {table: plan | error}}``. ``interrupted`` (the CLI's held signals): SIGTERM/SIGINT, held
+    before or received during it, end it at once, every table not yet planned an ``error`` naming it."""
     start = utc_now()
-    execution_id = new_execution_id(start)
     tables = unique(request.tables)
     doc: dict[str, Any] = {
         "dry_run": True,
-        "execution_id": execution_id,
+        "execution_id": new_execution_id(start),
         "generated_at": iso(start),
         "pipeline": request.pipeline,
         "mode": request.mode,
         "tables": {},
     }
+    results: dict[str, dict[str, Any]] = {}
+    if interrupted is None:
+        await _plan_all(doc, request, tables, redshift_connect, results)
+    else:
+        try:
+            async with watching_signals(interrupted) as cancel_on_signal:
+                with cancel_on_signal:
+                    await _plan_all(doc, request, tables, redshift_connect, results)
+        except BaseExceptionGroup as group:  # the signal watcher's task group wraps what escaped
+            raise first_error(group) from None
+    stopped = {"status": "error", "error_message": f"dry run interrupted ({interrupted and interrupted[0]})"}
+    doc["tables"] = {t: results.get(t) or dict(stopped) for t in tables}
+    return doc
+
+
+async def _plan_all(
+    doc: dict[str, Any],
+    request: SyncRequest,
+    tables: tuple[str, ...],
+    redshift_connect: RedshiftConnect | None,
+    results: dict[str, dict[str, Any]],
+) -> None:
+    """Each table's plan (or error) into ``results`` as it is made."""
     try:
         pipeline = load_config(request.pipeline, request.config_dir)
     except S3ShiftError as exc:
         log.error("%s", describe(exc))
-        doc["tables"] = {t: {"status": "error", "error_message": describe(exc)} for t in tables}
-        return doc
+        results.update({t: {"status": "error", "error_message": describe(exc)} for t in tables})
+        return
     doc["processes"] = process_count(pipeline, len(tables))  # what the run would fork (start_workers)
     limits = Limits.for_pipeline(pipeline)
     async with AsyncExitStack() as stack:
@@ -62,10 +96,11 @@ async def plan_sync(
         except Exception as exc:
             err = describe(first_error(exc))
             log.error("%s", err)
-            doc["tables"] = {t: {"status": "error", "error_message": err} for t in tables}
-            return doc
-        ctx = RunContext(execution_id, pipeline, limits, res.source, res.s3, res.warehouse, request.mode)
-        results: dict[str, dict[str, Any]] = {}
+            results.update({t: {"status": "error", "error_message": err} for t in tables})
+            return
+        ctx = RunContext(
+            doc["execution_id"], pipeline, limits, res.source, res.s3, res.warehouse, request.mode
+        )
 
         planned = plan_tables(pipeline, tables)
 
@@ -82,8 +117,6 @@ async def plan_sync(
         async with anyio.create_task_group() as tg:
             for table in tables:
                 tg.start_soon(one, table)
-    doc["tables"] = {t: results[t] for t in tables}
-    return doc
 
 
 async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from src.common.errors import ConfigError, S3ShiftError, SourceError, first_erro
 from src.common.naming import split_table
 from src.config.models import Pipeline
 from src.engine.limits import Limits
-from src.engine.run import load_config, open_resources
+from src.engine.run import load_config, open_resources, watching_signals
 from src.plan.models import Watermark
 from src.report.models import iso, new_execution_id, utc_now
 from src.source.introspect import Catalog
@@ -32,9 +32,31 @@ class WatermarkRequest:
 
 
 async def run_watermark(
-    req: WatermarkRequest, *, redshift_connect: RedshiftConnect | None = None
+    req: WatermarkRequest,
+    *,
+    redshift_connect: RedshiftConnect | None = None,
+    interrupted: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Returns the table's state after the action. Raises S3ShiftError with a one-line message."""
+    """Returns the table's state after the action. Raises S3ShiftError with a one-line message.
+    ``interrupted`` (the CLI's held signals): SIGTERM/SIGINT, held before or received during it, cancel
+    the action (a lock wait, a stalled server) instead of being ignored until it ends."""
+    if interrupted is None:
+        return await _run_watermark(req, redshift_connect)
+    try:
+        async with watching_signals(interrupted) as cancel_on_signal:
+            with cancel_on_signal:
+                return await _run_watermark(req, redshift_connect)
+    except BaseExceptionGroup as group:  # the signal watcher's task group wraps what the action raised
+        raise first_error(group) from None
+    raise S3ShiftError(
+        f"watermark {req.action} of {req.table} interrupted ({interrupted[0]}) before it finished"
+        + ("" if req.action == "get" else "; check it with watermark get before setting it again"),
+        table=req.table,
+        retryable=True,
+    )
+
+
+async def _run_watermark(req: WatermarkRequest, redshift_connect: RedshiftConnect | None) -> dict[str, Any]:
     try:
         split_table(req.table)
     except ValueError as exc:

@@ -173,9 +173,13 @@ def classify(exc: BaseException, *, cfg: TargetConn, action: str, table: str | N
             retryable=exc.retryable,
         )
     subject = f"{action} {table} on {where(cfg)}" if table else f"{action} {where(cfg)}"
-    hint = connect_hint(exc, cfg) if action == "connecting to" else ""
+    connecting = action == "connecting to"
+    hint = connect_hint(exc, cfg) if connecting else ""
+    cause = cause_text(exc)
+    if connecting and isinstance(exc, TimeoutError) and not str(exc):  # it said "TimeoutError: no details"
+        cause = f"no answer within connect_timeout ({cfg.connect_timeout:g} s)"
     return WarehouseError(
-        f"{subject} failed: {cause_text(exc)}" + (f" — {hint}" if hint else ""),
+        f"{subject} failed: {cause}" + (f" — {hint}" if hint else ""),
         table=table,
         sqlstate=sqlstate_of(exc),
         retryable=is_retryable(exc),
