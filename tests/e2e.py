@@ -188,7 +188,7 @@ def assert_tables_equal(
 
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00")
 PHASES = {"config", "plan", "connect", "state", "cleanup", "introspect", "extract", "load"}
-PHASES |= {"s3", "interrupted", "worker", "internal"}
+PHASES |= {"s3", "interrupted", "worker", "internal", "usage"}
 
 
 def _count(value: Any) -> bool:

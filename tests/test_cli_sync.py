@@ -291,6 +291,33 @@ def test_usage_error_exit_2() -> None:
     assert proc.returncode == 2 and proc.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("args", "tables", "says"),
+    [
+        (("sync", "-p", "x"), [], "Missing option '-t'"),
+        (("sync", "-p", "x", "-t", "a.b,a.c", "--backup-only", "--load-only"), ["a.b", "a.c"], "--load-only"),
+        (("sync", "--pipeline=x", "-ta.b", "--no-such-flag"), ["a.b"], "No such option '--no-such-flag'"),
+    ],
+)
+def test_usage_error_with_json_output_still_prints_the_json(
+    args: tuple[str, ...], tables: list[str], says: str
+) -> None:
+    """With --json-output the contract holds for a command line click refuses too: one JSON document on
+    stdout, status failed, exit 1 (it was exit 2 and nothing on stdout); each table named fails with the
+    usage message, which also goes to stderr."""
+    doc, proc = run_json(*args)
+    assert proc.returncode == 1, proc.stderr
+    assert doc["status"] == "failed" and doc["pipeline"] == "x", doc  # with no table named too
+    if tables:
+        check_contract(doc, tables, pipeline="x")
+    else:
+        assert doc["tables_requested"] == [] and doc["summary"]["failure_count"] == 0, doc
+    for table in tables:
+        result = doc["table_results"][table]
+        assert result["phase"] == "usage" and result["retryable"] is False and says in result["error_message"]
+    assert says in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_human_summary_without_json(cfg: Path, mysql_db: str) -> None:
     make_customers(mysql_db)
     proc = run_cli("--config-dir", str(cfg), "sync", "-p", "p", "-t", f"{mysql_db}.customers")

@@ -380,7 +380,10 @@ def test_watermark_commands_take_one_table(cfg: Path, mysql_db: str) -> None:
     proc = run_cli(
         "--config-dir", str(cfg), "watermark", "get", "-p", "p", "-t", t1, "-t", t2, "--json-output"
     )
-    assert proc.returncode == 2 and proc.stdout == ""  # not the last one silently
+    assert proc.returncode == 1, proc.stderr  # not the last one silently; JSON all the same (--json-output)
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "failed" and doc["table"] is None, doc
+    assert f"watermark get takes one table; got 2: {t1}, {t2}" in doc["error_message"]
     assert f"watermark get takes one table; got 2: {t1}, {t2}" in proc.stderr
     # a comma-separated list, as sync takes it: the same usage error, not a table name with two dots
     proc = run_cli(
@@ -396,7 +399,7 @@ def test_watermark_commands_take_one_table(cfg: Path, mysql_db: str) -> None:
         "1",
         "--json-output",
     )
-    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.returncode == 1 and json.loads(proc.stdout)["status"] == "failed", proc.stdout
     assert f"watermark set takes one table; got 2: {t1}, {t2}" in proc.stderr
 
 

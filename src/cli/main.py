@@ -10,6 +10,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -251,13 +252,67 @@ def main() -> None:
     gc.enable()
     relay = log.NativeStderr.install()  # native code's stderr scrubbed, Rust panic reports dropped
     try:
-        cli(prog_name="s3shift")
+        try:
+            code = cli.main(prog_name="s3shift", standalone_mode=False)
+        except click.UsageError as exc:
+            exc.show()
+            code = _usage_json(sys.argv[1:], exc.format_message()) if "--json-output" in sys.argv else 2
+        except click.ClickException as exc:
+            exc.show()
+            code = exc.exit_code
+        except click.Abort:
+            sys.stderr.write("Aborted!\n")
+            code = 1
     except SystemExit as done:
         code = done.code
         if code is not None and not isinstance(code, int):  # sys.exit("message") semantics
             sys.stderr.write(f"{code}\n")
             code = 1
-        _exit_now(code or 0, relay)
+    _exit_now(code if isinstance(code, int) else 0, relay)
+
+
+def _usage_json(args: Sequence[str], message: str) -> int:
+    """A usage error (a missing or unknown option, options that exclude each other) of a command run with
+    ``--json-output``: the JSON is printed all the same (the contract: always a document, exit 0 or 1),
+    the run failed, each table it names failed with the message. Returns the exit code, 1."""
+    command = next((a for a in args if a in ("sync", "watermark")), "sync")
+    pipeline = _option(args, "-p", "--pipeline")
+    tables = unique([t for v in _options(args, "-t", "--table") for t in v.split(",") if t.strip()])
+    reason = f"usage error: {message} — see s3shift {command} --help"
+    if command == "watermark":
+        table = tables[0] if len(tables) == 1 else None
+        result = {
+            "pipeline": pipeline or "default",
+            "table": table,
+            "status": "failed",
+            "error_message": reason,
+        }
+        click.echo(dumps(result, pretty=True))
+        return 1
+    start = utc_now()
+    agg = Aggregator(new_execution_id(start), start, pipeline or "default", tables)
+    report = agg.report(missing_reason=reason, missing_extra={"phase": "usage", "retryable": False})
+    click.echo(render_json(replace(report, error=reason)))
+    return 1
+
+
+def _options(args: Sequence[str], short: str, long: str) -> list[str]:
+    """The values given to an option, as click would read them (``-t x``, ``-tx``, ``--table x``,
+    ``--table=x``); best effort, for a command line click refused."""
+    found: list[str] = []
+    for i, arg in enumerate(args):
+        if arg in (short, long) and i + 1 < len(args):
+            found.append(args[i + 1])
+        elif arg.startswith(f"{long}="):
+            found.append(arg[len(long) + 1 :])
+        elif arg.startswith(short) and not arg.startswith("--") and len(arg) > len(short):
+            found.append(arg[len(short) :])
+    return found
+
+
+def _option(args: Sequence[str], short: str, long: str) -> str | None:
+    found = _options(args, short, long)
+    return found[-1] if found else None
 
 
 def _exit_now(code: int, relay: log.NativeStderr | None = None) -> None:

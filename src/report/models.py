@@ -74,6 +74,8 @@ class RunReport:
     tables_requested: tuple[str, ...]
     results: dict[str, TableResult]
     end_time: datetime
+    error: str | None = None  # why the run as a whole could not start (a usage error; said on stderr, and
+    # in each table's result): the run failed, even with no table to name
 
     @property
     def duration_seconds(self) -> float:
@@ -89,6 +91,8 @@ class RunReport:
 
     @property
     def status(self) -> RunStatus:
+        if self.error is not None:
+            return "failed"
         if not self.failures:
             return "success"
         return "partial_success" if self.successes else "failed"
