@@ -489,3 +489,16 @@ def test_connection_names_of_a_pipeline_read_the_environment(
     monkeypatch.setenv("T_RS_PASSWORD", "pw")
     monkeypatch.setenv("T_RS_ROLE", "arn:aws:iam::123456789012:role/copy")
     assert load_pipeline(write(tmp_path, nightly=pipe), "nightly").target.name == "prod_rs"
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pipeline file saved as Latin-1 (a comment with "é"): an internal error (UnicodeDecodeError) that
+    named no file; now the file, the line and what to do."""
+    for name in ("T_RS_HOST", "T_RS_PASSWORD", "T_RS_ROLE"):
+        monkeypatch.setenv(name, "x")
+    cfg = write(tmp_path)
+    (cfg / "pipelines" / "nightly.yml").write_bytes(NIGHTLY.encode() + "# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(cfg, "nightly")
+    message = caught.value.message
+    assert "nightly.yml" in message and "not UTF-8" in message and "line 7" in message, message

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 from src.common.errors import StageError, describe
 from src.common.secret import Secret
 from src.config.models import S3Conn
+from src.stage import s3 as s3_module
 from src.stage.s3 import MIB, S3Stage
 from tests.conftest import _free_port, s3_client
 from tests.test_stage_support import FailTimes, error_response, get_object, list_keys, open_uploads
@@ -81,6 +84,24 @@ async def test_multipart_parts_are_cut_exactly_from_pieces_of_any_size(s3_conn: 
     assert sizes == [5 * MIB, 5 * MIB, MIB + 777]
     assert get_object(s3_conn, "staging/pieces.bin") == data
     assert open_uploads(s3_conn) == []
+
+
+async def test_an_endpoint_that_takes_connections_but_never_answers_fails_the_check(
+    s3_conn: S3Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket that listens and never answers (the kernel completes the handshake): the bucket check
+    waited READ_TIMEOUT per attempt, about 12 minutes in all, before the run printed its report."""
+    monkeypatch.setattr(s3_module, "CHECK_TIMEOUT", 1.0)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        cfg = dataclasses.replace(s3_conn, endpoint_url=f"http://127.0.0.1:{silent.getsockname()[1]}")
+        async with S3Stage(cfg) as s3:
+            start = time.monotonic()
+            with pytest.raises(StageError, match="no answer from S3 endpoint") as caught:
+                await s3.check()
+    assert time.monotonic() - start < 5 and caught.value.retryable
+    assert f"connections.s3.{cfg.name}.endpoint_url" in caught.value.message
 
 
 async def test_small_object_is_one_put_and_empty_object_allowed(s3_conn: S3Conn) -> None:

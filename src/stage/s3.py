@@ -39,6 +39,8 @@ MIN_PART_BYTES: Final = 5 * MIB  # S3's minimum for every part but the last
 DOWNLOAD_CHUNK: Final = MIB
 DELETE_BATCH: Final = 1000  # keys per DeleteObjects request (S3's limit)
 KEEP_WRITTEN_BYTES: Final = 32 * MIB  # small staged files kept in memory for the run's own load
+READ_TIMEOUT: Final = 120  # seconds for an answer to a request sent (a part upload's included)
+CHECK_TIMEOUT: Final = 60.0  # seconds for the bucket check, its retries included
 
 log = get_logger("stage.s3")
 
@@ -146,8 +148,20 @@ class S3Stage:
         return f"s3://{self.cfg.bucket}/{key}"
 
     async def check(self) -> None:
-        """Fail fast with a clear message when the bucket cannot be reached."""
-        await self._call("head_bucket", None)
+        """Fail fast with a clear message when the bucket cannot be reached, or when the endpoint takes a
+        connection but does not answer (a proxy or firewall that holds it): each attempt would wait the
+        whole ``READ_TIMEOUT``, 12 minutes over the retries, before the run printed anything."""
+        try:
+            with anyio.fail_after(CHECK_TIMEOUT):
+                await self._call("head_bucket", None)
+        except TimeoutError:
+            raise StageError(
+                f"no answer from S3 endpoint {self._endpoint_label()} to a HEAD of bucket "
+                f"{self.cfg.bucket!r} within {CHECK_TIMEOUT:g} s, retries included (it takes connections "
+                "but does not answer, or keeps failing) — check "
+                f"connections.s3.{self.cfg.name}.endpoint_url and any proxy between",
+                retryable=True,
+            ) from None
 
     async def ensure_reachable(self) -> None:
         """Nothing while the endpoint is not known to be unreachable. Else the ``Breaker``'s verdict, as
@@ -419,7 +433,7 @@ class S3Stage:
         config = AioConfig(
             retries={"mode": "standard", "max_attempts": self._max_attempts},
             connect_timeout=CONNECT_TIMEOUT,
-            read_timeout=120,
+            read_timeout=READ_TIMEOUT,
             max_pool_connections=max(10, 2 * self.cfg.max_concurrency),
             s3={"addressing_style": "path"} if self.cfg.endpoint_url else None,
         )
