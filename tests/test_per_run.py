@@ -26,6 +26,22 @@ from tests.redshift_emulator import emulator_connect
 TABLES = 5
 
 
+def target_of(warehouse: str, pg_target: TargetConn, s3_endpoint: str) -> tuple[TargetConn, Any]:
+    """The target connection and the ``redshift_connect`` (the emulator) of a parametrized warehouse."""
+    if warehouse == "redshift":
+        return replace(pg_target, name="rs", type="redshift", iam_role=REDSHIFT_ROLE), emulator_connect(
+            s3_endpoint
+        )
+    return pg_target, None
+
+
+def run_doc(cfg: Path, tables: tuple[str, ...], connect: Any) -> dict[str, Any]:
+    """A run in this process (so that the test's patches apply), as its JSON document."""
+    request = SyncRequest(pipeline="p", tables=tables, config_dir=cfg)
+    doc: dict[str, Any] = loads(render_json(anyio.run(partial(run_sync, request, redshift_connect=connect))))
+    return doc
+
+
 class Counting:
     """An executor that notes every message it sends."""
 
@@ -81,18 +97,12 @@ def test_incremental_rerun_lists_the_targets_once(
     tables = [f"{mysql_db}.{n}" for n in names]
     config = {t: {"cdc_strategy": "id_only"} for t in tables}
     config[tables[1]]["target_name"] = "Mixed_T1"
-    target = pg_target
-    connect = None
-    if warehouse == "redshift":
-        target = replace(pg_target, name="rs", type="redshift", iam_role=REDSHIFT_ROLE)
-        connect = emulator_connect(s3_endpoint)
+    target, connect = target_of(warehouse, pg_target, s3_endpoint)
     cfg = write_config(tmp_path / "cfg", source_conn, target, s3_conn, config)
 
     def sync(*run: str) -> dict[str, Any]:
-        request = SyncRequest(pipeline="p", tables=run, config_dir=cfg)
         sent.clear()
-        report = anyio.run(partial(run_sync, request, redshift_connect=connect))
-        doc: dict[str, Any] = loads(render_json(report))
+        doc = run_doc(cfg, run, connect)
         assert doc["status"] == "success", doc
         return doc
 
@@ -169,18 +179,11 @@ def test_target_name_changed_only_in_case(
         "INSERT INTO ev VALUES (1, 'a'), (2, 'b')",
     )
     table = f"{mysql_db}.ev"
-    target, connect = pg_target, None
-    if warehouse == "redshift":
-        target = replace(pg_target, name="rs", type="redshift", iam_role=REDSHIFT_ROLE)
-        connect = emulator_connect(s3_endpoint)
+    target, connect = target_of(warehouse, pg_target, s3_endpoint)
 
     def sync(name: str) -> dict[str, Any]:
         config = {table: {"cdc_strategy": "id_only", "target_name": name}}
-        cfg = write_config(tmp_path / name, source_conn, target, s3_conn, config)
-        request = SyncRequest(pipeline="p", tables=(table,), config_dir=cfg)
-        doc: dict[str, Any] = loads(
-            render_json(anyio.run(partial(run_sync, request, redshift_connect=connect)))
-        )
+        doc = run_doc(write_config(tmp_path / name, source_conn, target, s3_conn, config), (table,), connect)
         assert doc["status"] == "success", doc
         return dict(doc["table_results"][table])
 
@@ -218,18 +221,11 @@ def test_target_dropped_during_the_run_fails_the_load_and_the_next_run_reads_it_
         "INSERT INTO ev VALUES (1, 'a'), (2, 'b')",
     )
     table = f"{mysql_db}.ev"
-    target, connect = pg_target, None
-    if warehouse == "redshift":
-        target = replace(pg_target, name="rs", type="redshift", iam_role=REDSHIFT_ROLE)
-        connect = emulator_connect(s3_endpoint)
+    target, connect = target_of(warehouse, pg_target, s3_endpoint)
     cfg = write_config(tmp_path / "cfg", source_conn, target, s3_conn, {table: {"cdc_strategy": "id_only"}})
 
     def sync() -> dict[str, Any]:
-        request = SyncRequest(pipeline="p", tables=(table,), config_dir=cfg)
-        doc: dict[str, Any] = loads(
-            render_json(anyio.run(partial(run_sync, request, redshift_connect=connect)))
-        )
-        return doc
+        return run_doc(cfg, (table,), connect)
 
     assert sync()["table_results"][table]["rows_processed"] == 2
     mysql_exec(mysql_db, "INSERT INTO ev VALUES (3, 'c')")
