@@ -502,3 +502,21 @@ def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path, monkeypatch: py
         load_pipeline(cfg, "nightly")
     message = caught.value.message
     assert "nightly.yml" in message and "not UTF-8" in message and "line 7" in message, message
+
+
+def test_range_workers_zero_is_auto_and_a_negative_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from src.engine.reading import range_workers
+
+    for name in ("T_RS_HOST", "T_RS_PASSWORD", "T_RS_ROLE"):
+        monkeypatch.setenv(name, "x")
+    auto = NIGHTLY.replace("batch_size: 50000}", "batch_size: 50000, range_workers: 0}")
+    assert load_pipeline(write(tmp_path, nightly=auto), "nightly").processing.range_workers == 0
+    bad = NIGHTLY.replace("batch_size: 50000}", "batch_size: 50000, range_workers: -1}")
+    with pytest.raises(ConfigError, match=r"'pipeline.processing.range_workers' must be 0 \(3 connections"):
+        load_pipeline(write(tmp_path, nightly=bad), "nightly")
+    # auto: 3 while every table read at once has room for 3 beside its pooled connection, else 2
+    assert [range_workers(0, 8, n) for n in (1, 2, 3, 8)] == [3, 3, 2, 2]
+    assert range_workers(0, 4, 1) == 3 and range_workers(0, 3, 1) == 2  # a worker process's share
+    assert range_workers(4, 8, 8) == 4  # as configured

@@ -121,7 +121,7 @@ class Processing:
     file_size_mb: int = 128
     fast_path: bool = True  # big full reads through connectorx key ranges (src.source.fastpath)
     range_rows: int = 250_000  # rows per key range of the fast path
-    range_workers: int = 2  # connectorx connections per table (within the source's max_connections)
+    range_workers: int = 0  # connectorx connections per table (within the source's max_connections); 0: auto
     stream_load: bool = True  # PostgreSQL: a full_sync loads the target while it is staged (one commit)
     processes: int = 0  # processes sharing the run's tables (src.engine.workers); 0: one per core if many
 

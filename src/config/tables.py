@@ -63,18 +63,24 @@ def parse_processing(raw: Any, file: Path) -> Processing:
     v = checked_values(raw, _PROCESSING_KEYS, file=file, where="pipeline.processing")
     positive(
         v,
-        tuple(k for k in v if k not in ("fast_path", "stream_load", "processes")),
+        tuple(k for k in v if k not in ("fast_path", "stream_load", *_AUTO)),
         file,
         "pipeline.processing",
     )
-    if v.get("processes", 0) < 0:
-        raise ConfigError(
-            f"{file}: 'pipeline.processing.processes' must be 0 (one process per core for runs of many "
-            f"tables) or a number of processes (got {v['processes']})",
-            file=str(file),
-            key="pipeline.processing.processes",
-        )
+    for key, auto in _AUTO.items():
+        if v.get(key, 0) < 0:
+            raise ConfigError(
+                f"{file}: 'pipeline.processing.{key}' must be 0 ({auto}) or a number (got {v[key]})",
+                file=str(file),
+                key=f"pipeline.processing.{key}",
+            )
     return Processing(**v)
+
+
+_AUTO = {  # processing keys whose 0 lets s3shift choose
+    "processes": "one process per core for runs of many tables",
+    "range_workers": "3 connections per table when the source's max_connections has room for them, else 2",
+}
 
 
 def _table_types(v: dict[str, Any], base: TableConfig, file: Path, where: str) -> None:

@@ -31,3 +31,4 @@ class RunContext:
     # every table's state, read and located (``table.locate``) at the run's start (None: per table)
     states: Mapping[str, StateRow] | None = None
     clock: SourceClock = field(default_factory=SourceClock)  # the source's clock for stage labels
+    tables_at_once: int = 1  # the most tables this process reads at a time (its slots, or fewer tables)

@@ -157,6 +157,17 @@ def too_few_rows(ctx: RunContext, estimated_rows: int) -> str | None:
     return f"about {estimated_rows} rows, too few for key ranges"
 
 
+def range_workers(configured: int, connections: int, tables_at_once: int) -> int:
+    """connectorx connections per table: as configured, or (0) 3 when every table read at once can have
+    them beside its own pooled connection within this process's share of the source's connections (a
+    run of one or two big tables, on the default ``max_connections`` of 8), else 2. A third keeps the
+    server busy between ranges: W1's one big table about 5% faster; taken greedily by many tables, it
+    would leave a later one none (then read by asyncmy, far slower)."""
+    if configured:
+        return configured
+    return 3 if tables_at_once * (1 + 3) <= connections else 2
+
+
 async def _fast_read(
     read: TableRead, send: anyio.abc.ObjectSendStream[pa.RecordBatch]
 ) -> tuple[FastRead, int] | None:
@@ -186,7 +197,9 @@ async def _fast_read(
         stats=stats,
         batch_size=plan.batch_size,
         range_rows=processing.range_rows,
-        workers=processing.range_workers,
+        workers=range_workers(
+            processing.range_workers, int(ctx.limits.mysql.total_tokens), ctx.tables_at_once
+        ),
         where=plan.where,
         cpu_limiter=ctx.limits.cpu,
         after=keys[0],

@@ -427,6 +427,7 @@ def _context(
         catalog=Catalog([(p.database, p.source_table) for p in plans]) if mode != "load_only" else None,
         scan=scan,
         states=states,
+        tables_at_once=min(len(plans), int(limits.tables.total_tokens)),
     )
 
 
