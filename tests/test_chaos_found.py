@@ -7,10 +7,11 @@ import json
 import os
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from src.config.models import S3Conn, SourceConn, TargetConn
-from tests.conftest import WIDE_PASSWORD, mysql_connect, mysql_exec, pg_tables_locked
+from tests.conftest import WIDE_PASSWORD, CutProxy, mysql_connect, mysql_exec, pg_tables_locked
 from tests.e2e import CLI, PASSWORD_ENV, ROOT, check_contract, run_json, write_config
 
 
@@ -50,3 +51,25 @@ def test_a_table_that_cannot_open_its_mysql_connection_fails_in_phase_connect(
     assert len(failed) == 1, doc
     assert failed[0]["phase"] == "connect", failed[0]
     assert "max_user_connections" in failed[0]["error_message"], failed[0]
+
+
+def test_a_warehouse_that_accepts_but_never_answers_the_connection_says_it_timed_out(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn
+) -> None:
+    """A stalled PostgreSQL (the TCP connection opens, no answer comes) at the run's start: every table
+    fails saying the connection timed out after ``connect_timeout``, not ``TimeoutError: no details``."""
+    proxy = CutProxy(f"tcp://{pg_target.host}:{pg_target.port}")
+    proxy.stall()
+    try:
+        target = replace(pg_target, host="127.0.0.1", port=proxy.port, connect_timeout=2)
+        cfg = write_config(tmp_path / "cfg", source_conn, target, s3_conn)
+        doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", "a.b")
+    finally:
+        proxy.release()
+        proxy.cut()
+    assert proc.returncode == 1
+    check_contract(doc, ["a.b"])
+    result = doc["table_results"]["a.b"]
+    assert result["phase"] == "connect" and result["retryable"] is True, result
+    assert "no details" not in result["error_message"], result
+    assert "timed out (connect_timeout 2 s)" in result["error_message"], result

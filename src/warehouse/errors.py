@@ -174,8 +174,11 @@ def classify(exc: BaseException, *, cfg: TargetConn, action: str, table: str | N
         )
     subject = f"{action} {table} on {where(cfg)}" if table else f"{action} {where(cfg)}"
     hint = connect_hint(exc, cfg) if action == "connecting to" else ""
+    cause = cause_text(exc)
+    if hint and isinstance(exc, TimeoutError) and not str(exc).strip():  # a server that never answered
+        cause = f"timed out (connect_timeout {cfg.connect_timeout:g} s)"
     return WarehouseError(
-        f"{subject} failed: {cause_text(exc)}" + (f" — {hint}" if hint else ""),
+        f"{subject} failed: {cause}" + (f" — {hint}" if hint else ""),
         table=table,
         sqlstate=sqlstate_of(exc),
         retryable=is_retryable(exc),
