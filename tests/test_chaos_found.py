@@ -73,3 +73,23 @@ def test_a_warehouse_that_accepts_but_never_answers_the_connection_says_it_timed
     assert result["phase"] == "connect" and result["retryable"] is True, result
     assert "no details" not in result["error_message"], result
     assert "timed out (connect_timeout 2 s)" in result["error_message"], result
+
+
+def test_a_worker_process_that_cannot_connect_logs_the_cause(
+    tmp_path: Path, mysql_user: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
+) -> None:
+    """A worker process whose MySQL connection is refused (here: the user may hold one connection, which
+    the parent has) leaves the tables to the other processes and logs why in one line: the server's
+    refusal, not ``ExceptionGroup: unhandled errors in a TaskGroup (1 sub-exception)``."""
+    tables = ("a", "b", "c", "d")
+    mysql_exec(mysql_db, *(f"CREATE TABLE {t} (id INT PRIMARY KEY, v INT)" for t in tables))
+    cfg = write_config(tmp_path / "cfg", mysql_user, pg_target, s3_conn, processing={"processes": 2})
+    conn = mysql_connect()
+    with conn.cursor() as cur:
+        cur.execute("ALTER USER %s@'%%' WITH MAX_USER_CONNECTIONS 1", (mysql_user.username,))
+    conn.close()
+    args = ["--config-dir", str(cfg), "sync", "-p", "p", *(f"-t{mysql_db}.{t}" for t in tables)]
+    doc, proc = run_json(*args, env={PASSWORD_ENV: WIDE_PASSWORD})
+    check_contract(doc, [f"{mysql_db}.{t}" for t in tables])  # (the parent's tables may be refused too)
+    line = next(x for x in proc.stderr.splitlines() if "could not connect" in x)
+    assert "ExceptionGroup" not in line and "max_user_connections" in line, line
