@@ -393,7 +393,7 @@ async def _worker_run(channel: Channel, index: int) -> None:
                 log.warning(
                     "worker process %d could not connect; the other processes run the tables: %s",
                     index,
-                    describe(exc),
+                    describe(first_error(exc)),
                 )
             else:
                 ctx = _context(
