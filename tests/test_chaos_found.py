@@ -72,7 +72,7 @@ def test_a_warehouse_that_accepts_but_never_answers_the_connection_says_it_timed
     result = doc["table_results"]["a.b"]
     assert result["phase"] == "connect" and result["retryable"] is True, result
     assert "no details" not in result["error_message"], result
-    assert "timed out (connect_timeout 2 s)" in result["error_message"], result
+    assert "no answer within connect_timeout (2 s)" in result["error_message"], result
 
 
 def test_a_worker_process_that_cannot_connect_logs_the_cause(

@@ -104,6 +104,28 @@ async def test_an_endpoint_that_takes_connections_but_never_answers_fails_the_ch
     assert f"connections.s3.{cfg.name}.endpoint_url" in caught.value.message
 
 
+async def test_a_request_the_endpoint_holds_fails_within_its_deadline(
+    s3_conn: S3Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3 (a proxy in front of it) takes the connection and never answers: a PUT waited for good (botocore
+    bounds neither the wait for "100 Continue" nor a send blocked on a full window), and its table with
+    it. Each request now has a deadline: two attempts of connect + send + ``read_timeout``, plus backoff."""
+    monkeypatch.setattr(s3_module, "CONNECT_TIMEOUT", 0.2)
+    monkeypatch.setattr(s3_module, "STALL_SLACK", 0.0)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        cfg = dataclasses.replace(s3_conn, endpoint_url=endpoint, read_timeout=0.5)
+        async with S3Stage(cfg) as s3:
+            start = time.monotonic()
+            with pytest.raises(StageError, match="got no answer within 1 s") as caught:
+                await s3.put_bytes("staging/x.bin", b"x")
+            took = time.monotonic() - start
+    assert took < 5 and caught.value.retryable, (took, caught.value)
+    assert f"connections.s3.{cfg.name}.endpoint_url" in caught.value.message
+
+
 async def test_small_object_is_one_put_and_empty_object_allowed(s3_conn: S3Conn) -> None:
     async with S3Stage(s3_conn) as s3:
         creates = FailTimes(500, "InternalError", times=0)

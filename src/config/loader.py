@@ -87,6 +87,7 @@ _S3_KEYS = {
     "part_size_mb": "int",
     "max_concurrency": "int",
     "max_attempts": "int",
+    "read_timeout": "float",
     "description": "str",
 }
 _PIPELINE_KEYS = {
@@ -353,6 +354,7 @@ def _s3(ref: tuple[str, dict[str, Any]], file: Path) -> S3Conn:
     prefix = str(v.get("prefix", "")).strip("/")
     v["prefix"] = f"{prefix}/" if prefix else ""
     positive(v, ("part_size_mb", "max_concurrency", "max_attempts"), file, where)
+    positive_seconds(v, ("read_timeout",), file, where)
     if v.get("part_size_mb", 16) < 5:
         raise ConfigError(
             f"{file}: '{where}.part_size_mb' must be at least 5 (S3's minimum part size)",

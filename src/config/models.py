@@ -77,6 +77,7 @@ class S3Conn:
     part_size_mb: int = 8
     max_concurrency: int = 8  # S3 parts in flight
     max_attempts: int = 5  # tries of one S3 request (botocore's standard retry mode, with backoff)
+    read_timeout: float = 60.0  # seconds for the answer to a request sent; unanswered, it is tried twice
 
 
 @dataclass(frozen=True)

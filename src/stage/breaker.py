@@ -10,7 +10,10 @@ another immediate refusal: no route to the host, network unreachable) is retried
 ride out; a connect timeout is retried once, since within its 10 s the kernel already resent the SYN 3
 times. A DNS failure keeps botocore's standard retries: a resolver's blip (a busy cluster DNS) passes
 in seconds, while a name that does not resolve at all is a configuration error found at the run's
-start, once. Error statuses (throttling, 5xx) keep botocore's retries untouched.
+start, once. Error statuses (throttling, 5xx) keep botocore's retries untouched. A request sent and not
+answered within the connection's ``read_timeout`` is tried once more, not ``max_attempts`` times: an
+endpoint that holds connections without answering would hold each table that long again and again
+(it does not trip the breaker: that endpoint can be reached).
 
 From the trip on, no request goes out unless it is the probe, one attempt without retries:
 
@@ -37,13 +40,14 @@ from typing import Any, Final, Literal
 
 import aiohttp
 import anyio
-from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
+from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 
 COOL_DOWN: Final = 5.0  # seconds from a failure to the next probe
 CONNECT_TIMEOUT: Final = 10  # seconds; within them the kernel resends an unanswered SYN 3 times
 REFUSED_ATTEMPTS: Final = 4  # a connection refused at once: 3 retries, 0.25, 0.5, 1 s apart at most
 REFUSED_BACKOFF: Final = 0.25
 TIMEOUT_ATTEMPTS: Final = 2
+UNANSWERED_ATTEMPTS: Final = 2  # a request sent and not answered within read_timeout: tried once more
 
 
 class EndpointDown(Exception):
@@ -135,6 +139,11 @@ class Breaker:
         returns None): the retries of a connection that could not be opened, none once the endpoint is
         known unreachable (a probe is one attempt; requests in flight stop retrying). Raising the
         failure ends the request's retries."""
+        if isinstance(caught_exception, ReadTimeoutError):  # S3 took it and did not answer: a stalled
+            # endpoint (a proxy holding it, say) would hold the table max_attempts x read_timeout
+            if attempts >= UNANSWERED_ATTEMPTS or self._hurry:
+                raise caught_exception
+            return None
         failure = connect_failure(caught_exception)
         if failure is None or caught_exception is None:
             return None

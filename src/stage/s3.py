@@ -39,8 +39,9 @@ MIN_PART_BYTES: Final = 5 * MIB  # S3's minimum for every part but the last
 DOWNLOAD_CHUNK: Final = MIB
 DELETE_BATCH: Final = 1000  # keys per DeleteObjects request (S3's limit)
 KEEP_WRITTEN_BYTES: Final = 32 * MIB  # small staged files kept in memory for the run's own load
-READ_TIMEOUT: Final = 120  # seconds for an answer to a request sent (a part upload's included)
 CHECK_TIMEOUT: Final = 60.0  # seconds for the bucket check, its retries included
+MIN_SEND_RATE: Final = 256 * 1024  # bytes/s: a request body sent slower than this is taken as stalled
+STALL_SLACK: Final = 30.0  # seconds of retry backoff a request may take beyond its attempts
 
 log = get_logger("stage.s3")
 
@@ -149,8 +150,8 @@ class S3Stage:
 
     async def check(self) -> None:
         """Fail fast with a clear message when the bucket cannot be reached, or when the endpoint takes a
-        connection but does not answer (a proxy or firewall that holds it): each attempt would wait the
-        whole ``READ_TIMEOUT``, 12 minutes over the retries, before the run printed anything."""
+        connection but does not answer (a proxy or firewall that holds it): the run would wait twice the
+        ``read_timeout`` (it waited 120 s per attempt, 12 minutes in all) before it printed anything."""
         try:
             with anyio.fail_after(CHECK_TIMEOUT):
                 await self._call("head_bucket", None)
@@ -349,7 +350,17 @@ class S3Stage:
     async def _call(self, action: str, key: str | None, **kwargs: Any) -> Any:
         probe = await self._admit(action, key)
         try:
-            result = await getattr(self.client, action)(Bucket=self.cfg.bucket, **kwargs)
+            deadline = self._deadline(kwargs.get("Body"))
+            with anyio.move_on_after(deadline) as scope:
+                result = await getattr(self.client, action)(Bucket=self.cfg.bucket, **kwargs)
+            if scope.cancelled_caught:
+                raise S3Error(
+                    f"S3 {action} of {self.url(key) if key else self.cfg.bucket} got no answer within "
+                    f"{deadline:.0f} s: the endpoint (or a proxy before it) holds the request — check "
+                    f"connections.s3.{self.cfg.name}.endpoint_url, then rerun",
+                    key=key,
+                    retryable=True,
+                )
         except (*_TRANSPORT_ERRORS, ClientError) as exc:
             raise self._failed(exc, action, key, probe) from exc
         else:
@@ -357,6 +368,14 @@ class S3Stage:
             return result
         finally:
             self._breaker.release(probe)
+
+    def _deadline(self, body: Any) -> float:
+        """How long one request may take in all: two attempts of connecting, sending the body at no less
+        than ``MIN_SEND_RATE`` and waiting ``read_timeout`` for the answer, plus retry backoff. botocore
+        bounds neither the wait for "100 Continue" (a PUT's body waits for it) nor a send blocked on a
+        full window: a stalled endpoint held a part upload, and its table, for good."""
+        size = len(body) if isinstance(body, bytes | bytearray) else 0
+        return 2 * (CONNECT_TIMEOUT + self.cfg.read_timeout + size / MIN_SEND_RATE) + STALL_SLACK
 
     async def _paginate(self, action: str, field: str, **kwargs: Any) -> AsyncIterator[Any]:
         prefix = kwargs.get("Prefix")
@@ -433,7 +452,7 @@ class S3Stage:
         config = AioConfig(
             retries={"mode": "standard", "max_attempts": self._max_attempts},
             connect_timeout=CONNECT_TIMEOUT,
-            read_timeout=READ_TIMEOUT,
+            read_timeout=self.cfg.read_timeout,
             max_pool_connections=max(10, 2 * self.cfg.max_concurrency),
             s3={"addressing_style": "path"} if self.cfg.endpoint_url else None,
         )
