@@ -1,16 +1,15 @@
 """The command line. Importing this package configures the process for the CLI before anything else
-loads: Arrow's allocator, glibc's memory thresholds, and quiet Rust logging.
+loads: Arrow's allocator, glibc's mmap threshold, and quiet Rust logging.
 
 - Arrow allocates with the system allocator: its jemalloc pool keeps the pages of freed buffers (a
   table of 3 MB values peaked at 535 MB with it, 330 MB without), for no speed gained here.
-- Memory is reused rather than handed back and faulted in again: W1 (2M `orders` rows to S3) took 236K
-  page faults, a quarter of its CPU time in the kernel, when every buffer over 256 kB was its own mmap.
-  glibc's mmap threshold is now fixed at 2 MB (left to itself glibc raises it, up to 32 MB, each time
-  a big block is freed, and memory then creeps up through a long read), it keeps up to 64 MB freed at
-  the top of a heap (its default hands anything over 128 kB back at once); the fast path still hands
-  freed memory back after each key range. W1 (alternated runs): 2.80 -> 2.16-2.40 CPU-s, 236K -> 110-130K
-  page faults, peak RSS 230 -> 245-255 MB; 20M rows 258 MB (flat).
-  ARROW_DEFAULT_MEMORY_POOL, MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ in the environment win.
+- glibc raises its mmap threshold each time a big block is freed (up to 32 MB), after which record
+  batches and connectorx's key ranges come from heap arenas that are never given back: RSS then creeps
+  up through the run. A fixed threshold of 256 kB keeps big buffers in mmap, returned when freed
+  (2M `orders` rows staged: peak RSS 230 MB instead of 306 MB). It costs page faults (W1: 2.80 CPU-s, a
+  fifth in the kernel); a 2 MB threshold with a 64 MB trim threshold saved 0.3-0.4 CPU-s and 6% of
+  W1's wall, but memory then grew with the table (20M rows: 1.12-1.17x W1's peak RSS, against
+  1.08x; measured in session 10). MALLOC_MMAP_THRESHOLD_ in the environment wins.
 - connectorx's connection pool logs each refused login to stderr; our own message says what happened,
   once (RUST_LOG in the environment wins).
 - SIGTERM and SIGINT are held (``hold_signals``) from the first moment of a CLI process: the imports
@@ -28,17 +27,14 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from src.common.memory import fix_mmap_threshold, keep_freed_memory
+from src.common.memory import fix_mmap_threshold
 
-MMAP_THRESHOLD_BYTES = 2 * 1024 * 1024
-TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
+MMAP_THRESHOLD_BYTES = 256 * 1024
 
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 os.environ.setdefault("RUST_LOG", "off")
 if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
     fix_mmap_threshold(MMAP_THRESHOLD_BYTES)
-if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-    keep_freed_memory(TRIM_THRESHOLD_BYTES)
 
 
 HELD: list[str] = []  # the signals received while held, by name ("SIGTERM"), in order

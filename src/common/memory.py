@@ -7,8 +7,7 @@ import ctypes
 import sys
 from typing import Any
 
-_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters
-_M_MMAP_THRESHOLD = -3
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 def _libc() -> Any:
@@ -30,14 +29,6 @@ def fix_mmap_threshold(size: int) -> None:
     mallopt = getattr(_LIBC, "mallopt", None)  # musl has none
     if mallopt is not None:
         mallopt(_M_MMAP_THRESHOLD, size)
-
-
-def keep_freed_memory(size: int) -> None:
-    """Keep up to ``size`` bytes freed at the top of a heap for the next allocation instead of handing
-    them back at once (glibc's default is 128 kB): each page handed back and taken again costs a fault."""
-    mallopt = getattr(_LIBC, "mallopt", None)
-    if mallopt is not None:
-        mallopt(_M_TRIM_THRESHOLD, size)
 
 
 def release_freed_memory() -> None:

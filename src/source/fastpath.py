@@ -326,9 +326,8 @@ class FastRead:
         try:
             await self._read_range(url, part)
         finally:  # connectorx allocates each range's Arrow buffers with the C allocator, from a new
-            # thread each time, and glibc keeps what was freed in per-thread arenas: never released, 20M
-            # rows peaked at 367 MB and growing; released after every range, 258 MB (W1: 244 MB). Only
-            # past 16 MB of growth: 255 MB, no fewer page faults (measured; src.cli sets the thresholds)
+            # thread each time, and glibc kept what was freed in per-thread arenas: on 20M rows (160
+            # ranges) peak RSS crept from 215 to 255 MB over the read; 210-240 MB with this (measured)
             release_freed_memory()
 
     async def _read_range(self, url: str, part: KeyRange) -> None:
