@@ -689,27 +689,3 @@ def test_copies_directly_only_into_exactly_the_binary_types(
     assert copies_directly(schema, list(types.items()), kind) is direct
     wide = TableSchema((col("id", "int64"), col("d", "decimal", precision=50, scale=2)))
     assert not copies_directly(wide, [("id", "bigint"), ("d", "numeric(50,2)")], "r")  # staged as text
-
-
-def test_copy_data_encoded_in_pieces_equals_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A batch goes to COPY in pieces (each below glibc's mmap threshold): the pieces, joined, are the
-    bytes of the whole batch encoded at once, nulls, strings and offsets of sliced arrays included."""
-    from src.warehouse import postgres
-
-    rows = 5_000
-    batch = pa.RecordBatch.from_pydict(
-        {
-            "id": pa.array(range(rows), pa.int64()),
-            "s": pa.array([None if i % 7 == 0 else "é" * (i % 13) for i in range(rows)], pa.string()),
-            "d": pa.array([Decimal(i) / 100 for i in range(rows)], pa.decimal128(12, 2)),
-            "t": pa.array(
-                [dt.datetime(2020, 1, 1) + dt.timedelta(seconds=i) for i in range(rows)], pa.timestamp("us")
-            ),
-        }
-    ).slice(3)  # an offset already
-    monkeypatch.setattr(postgres, "COPY_PIECE_BYTES", 4096)
-    in_pieces, at_once = postgres.copy_encoder(batch.schema), postgres.copy_encoder(batch.schema)
-    assert in_pieces.write_header() == at_once.write_header()
-    pieces = postgres._encoded(in_pieces, batch)
-    assert len(pieces) > 10
-    assert b"".join(pieces) == at_once.write_batch(batch)

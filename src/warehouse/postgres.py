@@ -50,8 +50,7 @@ from src.warehouse.statements import (
 CLOSE_TIMEOUT = 10.0
 SESSION_STATE_SQL = "SELECT state FROM pg_catalog.pg_stat_activity WHERE pid = $1"
 CHUNKS_AHEAD = 1  # encoded batches queued for the COPY (8 MB for 65,536 rows of 12 columns); one more encodes
-COPY_PIECE_BYTES = 512 * 1024  # Arrow bytes per piece of COPY data (about twice that once encoded)
-Chunk = list[bytes] | Exception | None  # COPY data (one batch's pieces); the producer's failure; the end
+Chunk = bytes | Exception | None  # COPY data; the producer's failure; the end of the data
 
 
 def staging_arrow_schema(schema: TableSchema) -> pa.Schema:
@@ -163,23 +162,15 @@ async def binary_copy_source(
     cpu_limiter: anyio.CapacityLimiter | None,
     *,
     jsonb: Collection[str] = (),
-) -> AsyncIterator[list[bytes]]:
-    """PostgreSQL binary COPY data, encoded one Arrow batch at a time in a worker thread (``_encoded``)."""
+) -> AsyncIterator[bytes]:
+    """PostgreSQL binary COPY data, encoded one Arrow batch at a time in a worker thread."""
     encoder = copy_encoder(arrow_schema, jsonb)
-    yield [encoder.write_header()]
+    yield encoder.write_header()
     async for batch in batches:
         if batch.num_rows:
             conformed = conform(batch, arrow_schema, where_)
-            yield await anyio.to_thread.run_sync(_encoded, encoder, conformed, limiter=cpu_limiter)
-    yield [encoder.finish()]
-
-
-def _encoded(encoder: ArrowToPostgresBinaryEncoder, batch: pa.RecordBatch) -> list[bytes]:
-    """``batch`` as COPY data, in pieces of about ``COPY_PIECE_BYTES``: fewer and smaller fresh buffers
-    (the piece, and the message asyncpg builds of it) than one per batch (W2: 243K -> 160K page faults
-    with session 10's 2 MB mmap threshold)."""
-    rows = max(1, batch.num_rows * COPY_PIECE_BYTES // max(batch.nbytes, 1))
-    return [encoder.write_batch(batch.slice(i, rows)) for i in range(0, batch.num_rows, rows)]
+            yield await anyio.to_thread.run_sync(encoder.write_batch, conformed, limiter=cpu_limiter)
+    yield encoder.finish()
 
 
 @asynccontextmanager
@@ -194,7 +185,7 @@ async def closing(batches: AsyncIterator[pa.RecordBatch]) -> AsyncIterator[Async
                 await aclose()
 
 
-async def encode_ahead(chunks: AsyncIterator[list[bytes]], send: ObjectSendStream[Chunk]) -> None:
+async def encode_ahead(chunks: AsyncIterator[bytes], send: ObjectSendStream[Chunk]) -> None:
     """Send every chunk, then None; or the first failure (the consumer raises it, so the COPY aborts
     instead of committing what it had). A consumer gone (its COPY failed) stops this quietly."""
     async with send:
@@ -216,8 +207,7 @@ async def received(receive: ObjectReceiveStream[Chunk]) -> AsyncGenerator[bytes,
                 return
             if isinstance(chunk, Exception):
                 raise chunk
-            for piece in chunk:
-                yield piece
+            yield chunk
     raise WarehouseError("the COPY data ended before it was complete: nothing was changed; re-run the table")
 
 
