@@ -24,7 +24,7 @@ from src.engine.run import (
     unique,
     watching_signals,
 )
-from src.engine.table import load_request, located, stage_meta, stream_blocker
+from src.engine.table import load_request, located, stage_meta, stream_blocker, target_of
 from src.engine.workers import process_count
 from src.plan.models import Window, format_ts
 from src.plan.planner import TablePlan, read_window
@@ -173,7 +173,7 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
         extract_path=_extract_path(ctx, schema, reading, estimate),
         load_path=_load_path(ctx, plan),
         index=index.used if index else None,
-        target=f"{ctx.pipeline.target.schema}.{plan.target_table}",
+        target=target_of(ctx.pipeline, plan),
         s3_prefix=res.s3.url(prefix),
         sql={
             "extract": window_sql(db, name, schema, reading, batch_size=plan.batch_size, where=where),

@@ -153,7 +153,7 @@ async def _settle(ctx: RunContext, plan: TablePlan, progress: _Progress) -> Tabl
         return None
     if progress.loaded[-1].last:
         log.warning("%s: the run was interrupted after the table's load committed", plan.table)
-        progress.extra.setdefault("target", target_of(ctx, plan))
+        progress.extra.setdefault("target", target_of(ctx.pipeline, plan))
         return _success(ctx, plan, progress)
     message = "run interrupted before this table finished"
     return _with_loads(progress, TableFailure(plan.table, message, utc_now(), extra=dict(INTERRUPTED)))
@@ -461,7 +461,7 @@ def load_request(ctx: RunContext, plan: TablePlan, stage: StageResult, state: St
     row = StateRow(
         pipeline=ctx.pipeline.name,
         table=plan.table,
-        target=target_of(ctx, plan),
+        target=target_of(ctx.pipeline, plan),
         strategy=win.strategy,
         stage_id=stage_id(stage),
         loaded_by=ctx.execution_id,
@@ -495,7 +495,7 @@ def _nothing_to_load(ctx: RunContext, plan: TablePlan) -> S3ShiftError:
     would report a success that loaded nothing (load-only opens no MySQL connection to tell which)."""
     return S3ShiftError(
         f"nothing to load for {plan.table}: no staged run is pending and pipeline {ctx.pipeline.name} never "
-        f"loaded it into {target_of(ctx, plan)} — check the table name, or stage it first with sync "
+        f"loaded it into {target_of(ctx.pipeline, plan)} — check the table name, or stage it first with sync "
         "--backup-only",
         table=plan.table,
         retryable=False,
@@ -518,23 +518,19 @@ async def locate(
     target (``run.plan_tables``); a target dropped after that is found missing by the load, which then
     refuses rather than create it afresh (``LoadRequest.needs_target``)."""
     fold = dialect_of(pipeline.target.type).fold
-    placed = {p.table: for_target(states.get(p.table), target_name(pipeline, p), fold) for p in plans}
+    placed = {p.table: for_target(states.get(p.table), target_of(pipeline, p), fold) for p in plans}
     relying = {p.table: (p, state) for p in plans if relies_on_target(state := placed[p.table]) and state}
     if relying:
         wanted = [p.target_table for p, _ in relying.values()]
         existing = await warehouse.existing_tables(pipeline.target.schema, wanted)
         for table, (plan, state) in relying.items():
             if plan.target_table not in existing:
-                placed[table] = target_gone(state, target_name(pipeline, plan))
+                placed[table] = target_gone(state, target_of(pipeline, plan))
     return {table: state for table, state in placed.items() if state is not None}
 
 
-def target_of(ctx: RunContext, plan: TablePlan) -> str:
+def target_of(pipeline: Pipeline, plan: TablePlan) -> str:
     """The "schema.table" a table's state rows name as its target."""
-    return target_name(ctx.pipeline, plan)
-
-
-def target_name(pipeline: Pipeline, plan: TablePlan) -> str:
     return f"{pipeline.target.schema}.{plan.target_table}"
 
 
