@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import anyio
@@ -22,7 +23,7 @@ from src.engine.run import (
     open_resources,
     plan_tables,
     unique,
-    watching_signals,
+    unless_signalled,
 )
 from src.engine.table import load_request, located, stage_meta, stream_blocker, target_of
 from src.engine.workers import process_count
@@ -58,15 +59,7 @@ async def plan_sync(
         "tables": {},
     }
     results: dict[str, dict[str, Any]] = {}
-    if interrupted is None:
-        await _plan_all(doc, request, tables, redshift_connect, results)
-    else:
-        try:
-            async with watching_signals(interrupted) as cancel_on_signal:
-                with cancel_on_signal:
-                    await _plan_all(doc, request, tables, redshift_connect, results)
-        except BaseExceptionGroup as group:  # the signal watcher's task group wraps what escaped
-            raise first_error(group) from None
+    await unless_signalled(interrupted, partial(_plan_all, doc, request, tables, redshift_connect, results))
     stopped = {"status": "error", "error_message": f"dry run interrupted ({interrupted and interrupted[0]})"}
     doc["tables"] = {t: results.get(t) or dict(stopped) for t in tables}
     return doc

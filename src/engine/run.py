@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import anyio.abc
@@ -49,6 +50,7 @@ from src.warehouse.factory import open_warehouse
 from src.warehouse.redshift import RedshiftConnect
 from src.warehouse.state import STATE_TABLE, StateRow, state_schema
 
+T = TypeVar("T")
 log = get_logger("engine")
 REPORT_TIMEOUT = 30.0
 
@@ -341,6 +343,21 @@ async def watching_signals(
             yield scope
         finally:
             tg.cancel_scope.cancel()
+
+
+async def unless_signalled(interrupted: list[str] | None, work: Callable[[], Awaitable[T]]) -> T | None:
+    """``work()``, cancelled at once by SIGTERM/SIGINT, held before it (``interrupted``: the CLI's) or
+    received during it: then None. Without ``interrupted`` (not the CLI) the signals are not watched."""
+    if interrupted is None:
+        return await work()
+    result: T | None = None
+    try:
+        async with watching_signals(interrupted) as cancel_on_signal:
+            with cancel_on_signal:
+                result = await work()
+    except BaseExceptionGroup as group:  # the signal watcher's task group wraps what the work raised
+        raise first_error(group) from None
+    return result
 
 
 NextTable = Callable[[], Awaitable[int | None]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,7 +12,7 @@ from src.common.errors import ConfigError, S3ShiftError, SourceError, first_erro
 from src.common.naming import split_table
 from src.config.models import Pipeline
 from src.engine.limits import Limits
-from src.engine.run import load_config, open_resources, watching_signals
+from src.engine.run import load_config, open_resources, unless_signalled
 from src.plan.models import Watermark
 from src.report.models import iso, new_execution_id, utc_now
 from src.source.introspect import Catalog
@@ -40,17 +41,12 @@ async def run_watermark(
     """Returns the table's state after the action. Raises S3ShiftError with a one-line message.
     ``interrupted`` (the CLI's held signals): SIGTERM/SIGINT, held before or received during it, cancel
     the action (a lock wait, a stalled server) instead of being ignored until it ends."""
-    if interrupted is None:
-        return await _run_watermark(req, redshift_connect)
-    try:
-        async with watching_signals(interrupted) as cancel_on_signal:
-            with cancel_on_signal:
-                return await _run_watermark(req, redshift_connect)
-    except BaseExceptionGroup as group:  # the signal watcher's task group wraps what the action raised
-        raise first_error(group) from None
+    result = await unless_signalled(interrupted, partial(_run_watermark, req, redshift_connect))
+    if result is not None:
+        return result
     raise S3ShiftError(
-        f"watermark {req.action} of {req.table} interrupted ({interrupted[0]}) before it finished"
-        + ("" if req.action == "get" else "; check it with watermark get before setting it again"),
+        f"watermark {req.action} of {req.table} interrupted ({interrupted and interrupted[0]}) before it "
+        "finished" + ("" if req.action == "get" else "; check it with watermark get before setting it again"),
         table=req.table,
         retryable=True,
     )
