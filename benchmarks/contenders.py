@@ -17,7 +17,8 @@ from pathlib import Path
 from benchmarks.data import Workload
 from benchmarks.measure import AWS_ENV, ROOT, Sample
 
-ALL = ("s3shift", "dlt-cx", "dlt-pa", "sling", "naive", "ceiling")
+ALL = ("s3shift", "dlt-cx", "dlt-pa", "sling", "naive", "ceiling", "cx-floor")
+WRITES_NOTHING = ("ceiling", "cx-floor")  # diagnostics: no Parquet to count on S3
 PEER_PACKAGES = [
     "dlt[filesystem,parquet,s3]==1.30.0",
     "connectorx==0.4.6",
@@ -141,6 +142,13 @@ def ceiling(w: Workload, env: Env, prefix: str) -> Invocation:
     return Invocation([*cmd, "-e", sql], discard_stdout=True, check=check)
 
 
+def cx_floor(w: Workload, env: Env, prefix: str) -> Invocation:
+    """The read alone, as s3shift's fast path does it (``benchmarks/cx_floor.py``): a bound, not a peer."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "cx_floor.py"), "--database", w.database]
+    cmd += ["--tables", ",".join(w.tables), "--host", env.mysql_host, "--port", str(env.mysql_port)]
+    return Invocation(cmd, check=_rows_json)
+
+
 def dlt(backend: str) -> Callable[[Workload, Env, str], Invocation]:
     def build(w: Workload, env: Env, prefix: str) -> Invocation:
         if err := _probe(env, f"import dlt{', connectorx' if backend == 'connectorx' else ''}"):
@@ -201,6 +209,7 @@ BUILDERS: dict[str, Callable[[Workload, Env, str], Invocation]] = {
     "sling": sling,
     "naive": naive,
     "ceiling": ceiling,
+    "cx-floor": cx_floor,
 }
 
 

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from benchmarks.contenders import WRITES_NOTHING
+
 if TYPE_CHECKING:
     from benchmarks.run import Outcome
 
@@ -42,7 +44,7 @@ def _table(outs: list[Outcome]) -> list[str]:
             continue
         xc = f"{o.rows_per_s / ceiling.rows_per_s:.2f}" if ceiling else "-"
         xs = f"{s3shift.rows_per_s / o.rows_per_s:.2f}" if s3shift and o is not s3shift else "-"
-        mbs = f"{o.mb_per_s:.1f}" if o.contender != "ceiling" else "-"
+        mbs = "-" if o.contender in WRITES_NOTHING else f"{o.mb_per_s:.1f}"
         lines.append(
             f"| {o.contender} | {o.wall:.2f} | {o.rows_per_s:,.0f} | {mbs} | {o.peak_rss:.0f} | {xc} | {xs} |"
         )
@@ -98,7 +100,21 @@ def targets(results: list[Outcome]) -> list[str]:
         ),
     ]
     out = ["| target | measured | verdict |", "|---|---:|---|"]
-    return out + [f"| {name} | {value} | {_verdict(ok)} |" for name, value, ok in rows]
+    return out + [f"| {name} | {value} | {_verdict(ok)} |" for name, value, ok in rows] + _bound(results)
+
+
+def _bound(results: list[Outcome]) -> list[str]:
+    """What the read alone allows: a pipeline that reads as s3shift does cannot beat dlt-cx by more than
+    dlt-cx's wall over the bare read's (cx-floor), whatever its encoding, upload and start-up cost."""
+    floor, peer = _get(results, "W1", "cx-floor"), _get(results, "W1", "dlt-cx")
+    if not floor or not peer:
+        return []
+    return [
+        "",
+        f"W1 bound: the read alone (cx-floor, connectorx key ranges in 3 connections, no Parquet, no S3) "
+        f"takes {floor.wall:.2f} s, {peer.wall / floor.wall:.2f}x dlt-cx's rate; 2x dlt-cx means the "
+        f"whole run in {peer.wall / 2:.2f} s.",
+    ]
 
 
 def _phases(outs: list[Outcome]) -> str:

@@ -31,7 +31,7 @@ def _run(
 
 
 def test_harness_runs_s3shift_naive_ceiling_end_to_end(tmp_path: Path, s3_endpoint: str) -> None:
-    contenders = "s3shift,naive,ceiling"
+    contenders = "s3shift,naive,ceiling,cx-floor"
     proc, doc = _run(tmp_path, s3_endpoint, "--workloads", "W1,W2,W4", "--contenders", contenders)
     results = {(r["workload"], r["contender"]): r for r in doc["results"]}
     assert set(results) == {(w, c) for w in ("W1", "W2", "W4") for c in contenders.split(",")}
@@ -39,7 +39,7 @@ def test_harness_runs_s3shift_naive_ceiling_end_to_end(tmp_path: Path, s3_endpoi
         assert r["not_run"] == "", (workload, contender, r["not_run"])
         assert len(r["walls"]) == 1 and r["walls"][0] > 0
         assert r["rss_mb"][0] > 1
-        if contender != "ceiling":
+        if contender not in ("ceiling", "cx-floor"):
             assert r["mbytes"][0] > 0  # Parquet it wrote, listed in S3
     assert results[("W1", "s3shift")]["rows"] == 1000
     assert results[("W4", "s3shift")]["rows"] == 150
@@ -61,3 +61,17 @@ def test_a_peer_that_cannot_run_is_reported(tmp_path: Path, s3_endpoint: str) ->
         assert str(missing) in results[peer]["not_run"], results[peer]
         assert f"| {peer} | not run: " in proc.stdout
     assert "| W1 rows/s >= 2x dlt-cx | - | not measured |" in proc.stdout
+
+
+def test_targets_print_the_bound_of_the_read_alone() -> None:
+    from benchmarks.report import targets
+    from benchmarks.run import Outcome
+
+    def outcome(name: str, wall: float) -> Outcome:
+        return Outcome(name, "W1", 2_000_000, walls=[wall], rss_mb=[100.0], mbytes=[25.0])
+
+    lines = targets([outcome("s3shift", 2.4), outcome("dlt-cx", 4.0), outcome("cx-floor", 1.6)])
+    assert "| W1 rows/s >= 2x dlt-cx | 1.67x | NOT MET |" in lines
+    bound = lines[-1]
+    assert "takes 1.60 s, 2.50x dlt-cx's rate" in bound and "the whole run in 2.00 s" in bound
+    assert not any("bound" in line for line in targets([outcome("s3shift", 2.4), outcome("dlt-cx", 4.0)]))
