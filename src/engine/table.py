@@ -40,6 +40,7 @@ from src.source.window import null_cursor_rows, source_now
 from src.stage.manifest import stage_result
 from src.stage.models import StageResult
 from src.stage.pending import (
+    TableRuns,
     clean_dead_runs,
     delete_stage,
     list_runs,
@@ -170,17 +171,8 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
     progress.phase = "connect"
     await ctx.s3.ensure_reachable()  # S3 found unreachable: fail before reading what could not be staged
     progress.phase = "state"
-    if ctx.states is not None:  # read and located with every other table's at the run's start
-        state = ctx.states.get(plan.table)
-    else:
-        state = await located(ctx, plan, await ctx.warehouse.read_state(ctx.pipeline.name, plan.table))
-    since = (state.stage_id or None) if state else None
-    runs = await list_runs(ctx.s3, ctx.pipeline.name, plan.table, since=since, scan=ctx.scan)
-    unknown = [i for i in runs.ids if i != since]  # the latest state row's own stage is committed
-    committed = await ctx.warehouse.committed_stage_ids(ctx.pipeline.name, plan.table) if unknown else set()
-    unread = [i for i in unknown if i not in committed]
-    stages = await read_stages(ctx.s3, ctx.pipeline.name, plan.table, unread)
-    chain = select(stages, state, committed)
+    state = await table_state(ctx, plan)
+    chain, runs = await pending_chain(ctx, plan, state)
     if ctx.mode == "load_only" and state is None and not chain.load:
         raise _nothing_to_load(ctx, plan)
     streamed: LoadResult | None = None
@@ -209,6 +201,27 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
     if ctx.mode != "backup_only":
         await _load_chain(ctx, plan, chain, state, progress, streamed)
     return _success(ctx, plan, progress)
+
+
+async def table_state(ctx: RunContext, plan: TablePlan) -> StateRow | None:
+    """The table's latest state, located (``locate``): read with every other table's at the run's start
+    (``ctx.states``), else now."""
+    if ctx.states is not None:
+        return ctx.states.get(plan.table)
+    return await located(ctx, plan, await ctx.warehouse.read_state(ctx.pipeline.name, plan.table))
+
+
+async def pending_chain(ctx: RunContext, plan: TablePlan, state: StateRow | None) -> tuple[Chain, TableRuns]:
+    """The table's pending stages after ``state`` (``select``), and what the listing of its prefix showed
+    (none when the run's scan, ``ctx.scan``, found no directory of it). Only runs not known committed are
+    read; which are committed is asked only when a run other than the state's own is there."""
+    since = (state.stage_id or None) if state else None
+    runs = await list_runs(ctx.s3, ctx.pipeline.name, plan.table, since=since, scan=ctx.scan)
+    unknown = [i for i in runs.ids if i != since]  # the latest state row's own stage is committed
+    committed = await ctx.warehouse.committed_stage_ids(ctx.pipeline.name, plan.table) if unknown else set()
+    unread = [i for i in unknown if i not in committed]
+    stages = await read_stages(ctx.s3, ctx.pipeline.name, plan.table, unread)
+    return select(stages, state, committed), runs
 
 
 def _success(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSuccess:
@@ -506,6 +519,16 @@ async def located(ctx: RunContext, plan: TablePlan, state: StateRow | None) -> S
     """``state`` as the position of the table's load into its target now (``locate``)."""
     states = {plan.table: state} if state is not None else {}
     return (await locate(ctx.warehouse, ctx.pipeline, [plan], states)).get(plan.table)
+
+
+async def located_states(
+    warehouse: Warehouse, pipeline: Pipeline, plans: Sequence[TablePlan]
+) -> dict[str, StateRow]:
+    """Every table's latest state, located (``locate``): what a run reads of the warehouse at its start,
+    one query for the states and at most one listing of the target schema whatever the number of tables."""
+    return await locate(
+        warehouse, pipeline, plans, await warehouse.read_states(pipeline.name, [p.table for p in plans])
+    )
 
 
 async def locate(
