@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import anyio
@@ -59,7 +60,9 @@ class _Attempt:
     """A stage whose load was started: if it commits, the watermark is ``watermark``."""
 
     stage_id: str
-    rows: int
+    rows: (
+        int  # the stage's: what a replace inserts (checked); a merge may insert fewer (LoadRequest.committed)
+    )
     watermark: Watermark | None
     last: bool  # the run loads nothing after it
 
@@ -146,9 +149,9 @@ async def _settle(ctx: RunContext, plan: TablePlan, progress: _Progress) -> Tabl
     except Exception as exc:
         log.warning("%s: interrupted during its load; could not read what committed: %s", plan.table, exc)
         return None
-    known = {a.stage_id for a in progress.loaded}
+    known = {a.stage_id for a in progress.loaded}  # each with the rows its load inserted
     for attempt in progress.attempts:
-        if attempt.stage_id in committed and attempt.stage_id not in known:
+        if attempt.stage_id in committed and attempt.stage_id not in known:  # its COMMIT's answer never came
             progress.committed(attempt, attempt.rows)
     if not progress.loaded:
         return None
@@ -431,13 +434,12 @@ async def _load_chain(
         req = load_request(ctx, plan, stage, state)
         attempt = _Attempt(stage_id(stage), stage.rows, req.state.watermark, last=i == len(todo) - 1)
         progress.attempts.append(attempt)
-        try:
-            result = await ctx.warehouse.load(req)
+        try:  # committed: noted as the COMMIT goes through, even when an interruption then loses the result
+            result = await ctx.warehouse.load(replace(req, committed=partial(progress.committed, attempt)))
         except S3ShiftError as exc:
             if exc.retryable or stage_id(stage) == ctx.execution_id:
                 raise
             raise exc.amended(_read_again(ctx, plan, stage)) from exc
-        progress.committed(attempt, result.rows_loaded)
         changes.extend(result.schema_changes)
         state = req.state
         progress.extra["target"] = result.target
