@@ -306,3 +306,53 @@ def test_sigterm_between_two_pending_loads_names_the_one_that_committed(
     assert result["stages_loaded"] == [stage_a] and result["watermark"] == first["window"]["end"], result
     assert f"loaded first: {stage_a}" in result["error_message"], result
     assert [r["id"] for r in pg_fetch(f'SELECT id FROM "{pg_schema}".ev ORDER BY id')] == [1]
+
+
+def test_sigterm_during_the_second_pending_commit_counts_the_rows_inserted(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """Two pending stages load in order; SIGTERM while the second one's COMMIT answer is on its way: the
+    table succeeded, and ``rows_loaded`` (``rows_processed`` with --load-only) is what its loads inserted,
+    not the rows its stages hold (a configured key the source does not enforce: two rows of one key, one
+    kept by the merge)."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE ev (k BIGINT NOT NULL, v VARCHAR(10), updated_at DATETIME(6) NOT NULL)",
+        "INSERT INTO ev VALUES (1, 'a', NOW(6))",
+    )
+    proxy = CutProxy(f"tcp://{PG_HOST}:{PG_PORT}")
+    target = dataclasses.replace(pg_target, host="127.0.0.1", port=proxy.port)
+    table = f"{mysql_db}.ev"
+    conf = {"cdc_strategy": "hybrid", "cdc_timestamp_column": "updated_at", "cdc_id_column": "k"}
+    conf |= {"primary_key": ["k"], "lag_seconds": 0}
+    cfg = write_config(tmp_path / "cfg", source_conn, target, s3_conn, {table: conf})
+    args = ("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    first = run_json(*args, "--backup-only")[0]["table_results"][table]
+    mysql_exec(mysql_db, "INSERT INTO ev VALUES (2, 'b', NOW(6)), (2, 'c', NOW(6))")
+    second = run_json(*args, "--backup-only")[0]["table_results"][table]
+    assert (first["rows_processed"], second["rows_processed"]) == (1, 2), second
+    proxy.hold_answer_to(b"COMMIT\x00", skip=1)  # the second load's COMMIT
+    try:
+        proc = subprocess.Popen(
+            [*CLI, *args, "--load-only", "--json-output"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        wait_until(proc, proxy.triggered.is_set, "the second COMMIT")
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1)  # the signal arrives while the COMMIT's answer is held
+        proxy.release()
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proxy.cut()
+    doc = json.loads(out)
+    result = doc["table_results"][table]
+    stages = [r["manifest"].rsplit("/", 2)[1] for r in (first, second)]
+    assert (result["status"], result["stages_loaded"]) == ("success", stages), result
+    inserted = pg_fetch(f'SELECT count(*) FROM "{pg_schema}".ev')[0][0]
+    assert inserted == 2
+    assert (result["rows_loaded"], result["rows_processed"]) == (inserted, inserted), result
+    assert result["watermark"] == second["window"]["end"], result

@@ -178,6 +178,9 @@ def test_a_new_target_name_is_loaded_from_the_beginning(cfg: Path, mysql_db: str
     assert f"its watermark was committed for {pg_schema}.events, not {pg_schema}.events_v2" in proc.stderr
     assert assert_tables_equal(mysql_db, "events", pg_schema, "events_v2", "id") == 3
     assert sync(cfg, t)["table_results"][t]["rows_processed"] == 0  # the new target's own position now
+    # a watermark set names the target the table's loads use (target_of), as a sync's state rows do
+    doc, _ = run_json("--config-dir", str(cfg), "watermark", "set", "-p", "p", "-t", t, "--id", "1")
+    assert doc["state"]["target"] == f"{pg_schema}.events_v2", doc
 
 
 def test_rows_stamped_in_the_second_a_run_reads_its_clock_are_read_by_the_next_run(

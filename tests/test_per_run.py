@@ -4,8 +4,9 @@ on the Redshift emulator (which folds names to lowercase)."""
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -14,10 +15,12 @@ from typing import Any
 import anyio
 import pytest
 
-from src.common.jsonio import loads
+from src.common.jsonio import dumps, loads
 from src.config.models import S3Conn, SourceConn, TargetConn
+from src.engine.dryrun import plan_sync
 from src.engine.run import SyncRequest, run_sync
 from src.report.render import render_json
+from src.source.mysql import SourceConnection
 from src.warehouse.sqlwarehouse import SqlWarehouse
 from tests.conftest import mysql_exec, pg_fetch
 from tests.e2e import REDSHIFT_ROLE, run_json, write_config
@@ -123,6 +126,67 @@ def test_incremental_rerun_lists_the_targets_once(
     assert [results[t]["rows_processed"] for t in tables] == [0, 3, 1, 0, 0], results
     assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}"."{mixed}"')[0][0] == 3
     assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".t2')[0][0] == 3
+
+
+@pytest.fixture
+def source_sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every query the run's MySQL connections send (asked for rows)."""
+    queries: list[str] = []
+    fetchall = SourceConnection.fetchall
+
+    async def counted(self: SourceConnection, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        queries.append(sql)
+        return await fetchall(self, sql, args)
+
+    monkeypatch.setattr(SourceConnection, "fetchall", counted)
+    yield queries
+
+
+def test_dry_run_reads_the_states_listings_and_catalog_once(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    sent: list[str],
+    source_sent: list[str],
+) -> None:
+    """A dry run of five tables asks the warehouse, and the source's catalog, as much as one of one table
+    (it asked once per table: the state, the committed stages, whether the target exists; the catalog
+    rounds), and its plan of each table is the one it makes of that table alone."""
+    names = [f"t{i}" for i in range(TABLES)]
+    mysql_exec(
+        mysql_db,
+        *[f"CREATE TABLE {n} (id INT PRIMARY KEY, v VARCHAR(10))" for n in names],
+        *[f"INSERT INTO {n} VALUES (1, 'a'), (2, 'b')" for n in names],
+    )
+    tables = tuple(f"{mysql_db}.{n}" for n in names)
+    config = {t: {"cdc_strategy": "id_only" if i % 2 else "full_sync"} for i, t in enumerate(tables)}
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, config)
+    assert run_doc(cfg, tables, None)["status"] == "success"
+
+    def dry_run(*run: str) -> tuple[dict[str, Any], int, int]:
+        sent.clear()
+        source_sent.clear()
+        doc = anyio.run(partial(plan_sync, SyncRequest(pipeline="p", tables=run, config_dir=cfg)))
+        assert all(r["status"] == "planned" for r in doc["tables"].values()), doc
+        catalog = [q for q in source_sent if "information_schema" in q]
+        return doc["tables"], len(sent), len(catalog)
+
+    alone = {t: dry_run(t)[0][t] for t in tables[:2]}
+    _, one_sent, one_catalog = dry_run(tables[1])  # incremental: its target is looked for
+    planned, all_sent, all_catalog = dry_run(*tables)
+    assert (all_sent, all_catalog) == (one_sent, one_catalog), (sent, source_sent)
+    for table, plan in alone.items():
+        assert _same_plan(planned[table]) == _same_plan(plan), table
+
+
+def _same_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """A table's plan without what differs between two dry runs (the run's id and the staging table named
+    after it, the source's clock)."""
+    run = plan["s3_prefix"].rstrip("/").rsplit("/", 1)[1]
+    text = re.sub(r"s3shift_stage_[0-9a-f]+", "STAGING", dumps(plan).replace(run, "RUN"))
+    return {k: v for k, v in loads(text).items() if k not in ("source_now", "window")}
 
 
 COUNTED_CLI = (  # the real CLI, saying on stderr each time it loads a pipeline's config

@@ -172,7 +172,9 @@ async def test_sigkilled_run_is_cleaned_and_a_live_one_left_alone(s3_conn: S3Con
     assert list_keys(s3_conn, "staging/p/") == []  # both markers gone; ours when the client closed
 
 
-async def test_a_dead_runs_staged_table_stays_its_partial_one_goes(s3_conn: S3Conn) -> None:
+async def test_a_dead_runs_staged_table_stays_its_partial_one_goes(
+    s3_conn: S3Conn, stage_log: pytest.LogCaptureFixture
+) -> None:
     schema = pa.schema([pa.field("id", pa.int64())])
     execution_id = "sync_20240517_100000_00000001"
     tables = [TABLE, OTHER, "db.never"]
@@ -196,6 +198,12 @@ async def test_a_dead_runs_staged_table_stays_its_partial_one_goes(s3_conn: S3Co
         assert list_keys(s3_conn, partial) == []
     assert open_uploads(s3_conn) == [f"staging/p/{OTHER}/{OWN}/part-00000.parquet"]
     assert run_marker_names(s3_conn) == []
+    # each table's line names the table and where: one line per table, never the same line repeated
+    lines = {r.getMessage() for r in stage_log.records if f"run {execution_id} died" in r.getMessage()}
+    assert len(lines) == 2, lines
+    kept = f"s3://{s3_conn.bucket}/staging/p/{TABLE}/{execution_id}/"
+    assert any(f"after staging {TABLE}: its stage {kept} stays" in line for line in lines), lines
+    assert any(f"1 partial file(s) of {OTHER} from s3://" in line for line in lines), lines
 
 
 async def test_an_unreadable_run_marker_is_judged_by_age_and_cleaned_under_every_table(

@@ -12,9 +12,10 @@ import anyio
 from src.common.errors import S3ShiftError, describe, first_error
 from src.common.log import get_logger
 from src.common.schema import TableSchema
-from src.engine.context import RunContext
+from src.config.models import Pipeline
+from src.engine.context import RunContext, RunMode
 from src.engine.limits import Limits
-from src.engine.pending import describe_stage, select
+from src.engine.pending import describe_stage
 from src.engine.reading import fast_window, plan_window, too_few_rows, window_is_empty
 from src.engine.run import (
     Resources,
@@ -22,10 +23,19 @@ from src.engine.run import (
     load_config,
     open_resources,
     plan_tables,
+    run_context,
     unique,
     unless_signalled,
 )
-from src.engine.table import load_request, located, stage_meta, stream_blocker, target_of
+from src.engine.table import (
+    load_request,
+    located_states,
+    pending_chain,
+    stage_meta,
+    stream_blocker,
+    table_state,
+    target_of,
+)
 from src.engine.workers import process_count
 from src.plan.models import Window, format_ts
 from src.plan.planner import TablePlan, read_window
@@ -33,7 +43,8 @@ from src.report.models import iso, new_execution_id, utc_now
 from src.source.window import estimate_rows, index_for, source_now, window_sql
 from src.stage.manifest import stage_result
 from src.stage.models import StagedFile
-from src.stage.pending import list_stages
+from src.stage.pending import scan_pipeline
+from src.warehouse.base import StateRow
 from src.warehouse.redshift import RedshiftConnect
 
 log = get_logger("dryrun")
@@ -91,11 +102,15 @@ async def _plan_all(
             log.error("%s", err)
             results.update({t: {"status": "error", "error_message": err} for t in tables})
             return
-        ctx = RunContext(
-            doc["execution_id"], pipeline, limits, res.source, res.s3, res.warehouse, request.mode
-        )
-
         planned = plan_tables(pipeline, tables)
+        plans = [p for p in planned.values() if isinstance(p, TablePlan)]
+        try:  # what a sync reads once at its start, for every table
+            ctx = await _run_context(doc["execution_id"], pipeline, limits, res, request.mode, plans)
+        except Exception as exc:
+            err = describe(first_error(exc))
+            log.error("%s", err)
+            results.update({t: {"status": "error", "error_message": err} for t in tables})
+            return
 
         async def one(table: str) -> None:
             try:
@@ -112,13 +127,31 @@ async def _plan_all(
                 tg.start_soon(one, table)
 
 
+async def _run_context(
+    execution_id: str,
+    pipeline: Pipeline,
+    limits: Limits,
+    res: Resources,
+    mode: RunMode,
+    plans: list[TablePlan],
+) -> RunContext:
+    """The context a sync of ``plans`` would run in, read-only: every table's state located (one query, and
+    one listing of the target schema when needed) while the pipeline's prefix is listed (no run markers
+    read), and the source catalog read in batches, as a sync reads them."""
+    states: list[dict[str, StateRow]] = []
+
+    async def read_states() -> None:
+        states.append(await located_states(res.warehouse, pipeline, plans))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read_states)
+        scan = await scan_pipeline(res.s3, pipeline.name)
+    return run_context(execution_id, pipeline, limits, res, mode, plans, scan, states[0])
+
+
 async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[str, Any]:
-    state = await located(ctx, plan, await res.warehouse.read_state(ctx.pipeline.name, plan.table))
-    committed = await res.warehouse.committed_stage_ids(ctx.pipeline.name, plan.table)
-    stages = await list_stages(
-        res.s3, ctx.pipeline.name, plan.table, since=(state.stage_id or None) if state else None
-    )
-    chain = select(stages, state, committed)
+    state = await table_state(ctx, plan)
+    chain, _ = await pending_chain(ctx, plan, state)
     out: dict[str, Any] = {
         "status": "planned",
         "strategy": plan.strategy,
@@ -136,13 +169,17 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
         }
         return out
     async with res.source.connection() as conn:
-        schema, resolved, win = await plan_window(conn, plan, chain.position)
-        now: datetime = await source_now(conn)
+        schema, resolved, win = await plan_window(conn, plan, chain.position, ctx.catalog)
+        now: datetime = await source_now(conn, ctx.clock)
         empty = window_is_empty(win)
         reading = read_window(plan, win)
         where = plan.where
         db, name = plan.database, plan.source_table
-        estimate = 0 if empty else await estimate_rows(conn, db, name, schema, reading, where=where)
+        estimate = (
+            0
+            if empty
+            else await estimate_rows(conn, db, name, schema, reading, where=where, catalog=ctx.catalog)
+        )
         index = None if empty else await index_for(conn, db, name, reading, schema=schema, where=where)
     meta = stage_meta(ctx, plan, schema, resolved, win, now)
     prefix = res.s3.run_prefix(ctx.pipeline.name, plan.table, ctx.execution_id)

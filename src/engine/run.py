@@ -23,7 +23,7 @@ from src.config.loader import config_dir, load_pipeline
 from src.config.models import Pipeline
 from src.engine.context import RunContext, RunMode
 from src.engine.limits import Limits, share
-from src.engine.table import failed_phase, locate, sync_table
+from src.engine.table import failed_phase, located_states, sync_table
 from src.engine.workers import (
     Asker,
     Channel,
@@ -226,8 +226,7 @@ async def _run_plans(
             located: list[Mapping[str, StateRow]] = []
 
             async def read_states(warehouse: Warehouse) -> None:
-                read = await warehouse.read_states(pipeline.name, [p.table for p in plans])
-                located.append(await locate(warehouse, pipeline, plans, read))
+                located.append(await located_states(warehouse, pipeline, plans))
 
             try:
                 async with anyio.create_task_group() as tg:  # the warehouse while S3 is scanned
@@ -237,7 +236,7 @@ async def _run_plans(
             except Exception as exc:
                 failed = exc
             else:
-                ctx = _context(agg.execution_id, pipeline, limits, resources, mode, plans, scan, states)
+                ctx = run_context(agg.execution_id, pipeline, limits, resources, mode, plans, scan, states)
                 job = Job(agg.execution_id, pipeline, tuple(plans), mode, scan, states, 0, processes)
 
                 async def record(_: int, result: TableResult) -> None:
@@ -413,7 +412,7 @@ async def _worker_run(channel: Channel, index: int) -> None:
                     describe(first_error(exc)),
                 )
             else:
-                ctx = _context(
+                ctx = run_context(
                     job.execution_id, pipeline, limits, resources, mode, job.plans, job.scan, job.states
                 )
                 async with anyio.create_task_group() as tg:
@@ -423,7 +422,7 @@ async def _worker_run(channel: Channel, index: int) -> None:
             await asker.unclean(resources.s3.unclean)
 
 
-def _context(
+def run_context(
     execution_id: str,
     pipeline: Pipeline,
     limits: Limits,
@@ -433,6 +432,8 @@ def _context(
     scan: PipelineScan | None,
     states: Mapping[str, StateRow],
 ) -> RunContext:
+    """What the run's tables share: the source catalog read in batches, the listings and states read at
+    the start (a dry run makes the same, read-only)."""
     return RunContext(
         execution_id,
         pipeline,

@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import anyio
@@ -40,6 +41,7 @@ from src.source.window import null_cursor_rows, source_now
 from src.stage.manifest import stage_result
 from src.stage.models import StageResult
 from src.stage.pending import (
+    TableRuns,
     clean_dead_runs,
     delete_stage,
     list_runs,
@@ -58,7 +60,9 @@ class _Attempt:
     """A stage whose load was started: if it commits, the watermark is ``watermark``."""
 
     stage_id: str
-    rows: int
+    rows: (
+        int  # the stage's: what a replace inserts (checked); a merge may insert fewer (LoadRequest.committed)
+    )
     watermark: Watermark | None
     last: bool  # the run loads nothing after it
 
@@ -145,9 +149,9 @@ async def _settle(ctx: RunContext, plan: TablePlan, progress: _Progress) -> Tabl
     except Exception as exc:
         log.warning("%s: interrupted during its load; could not read what committed: %s", plan.table, exc)
         return None
-    known = {a.stage_id for a in progress.loaded}
+    known = {a.stage_id for a in progress.loaded}  # each with the rows its load inserted
     for attempt in progress.attempts:
-        if attempt.stage_id in committed and attempt.stage_id not in known:
+        if attempt.stage_id in committed and attempt.stage_id not in known:  # its COMMIT's answer never came
             progress.committed(attempt, attempt.rows)
     if not progress.loaded:
         return None
@@ -170,17 +174,8 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
     progress.phase = "connect"
     await ctx.s3.ensure_reachable()  # S3 found unreachable: fail before reading what could not be staged
     progress.phase = "state"
-    if ctx.states is not None:  # read and located with every other table's at the run's start
-        state = ctx.states.get(plan.table)
-    else:
-        state = await located(ctx, plan, await ctx.warehouse.read_state(ctx.pipeline.name, plan.table))
-    since = (state.stage_id or None) if state else None
-    runs = await list_runs(ctx.s3, ctx.pipeline.name, plan.table, since=since, scan=ctx.scan)
-    unknown = [i for i in runs.ids if i != since]  # the latest state row's own stage is committed
-    committed = await ctx.warehouse.committed_stage_ids(ctx.pipeline.name, plan.table) if unknown else set()
-    unread = [i for i in unknown if i not in committed]
-    stages = await read_stages(ctx.s3, ctx.pipeline.name, plan.table, unread)
-    chain = select(stages, state, committed)
+    state = await table_state(ctx, plan)
+    chain, runs = await pending_chain(ctx, plan, state)
     if ctx.mode == "load_only" and state is None and not chain.load:
         raise _nothing_to_load(ctx, plan)
     streamed: LoadResult | None = None
@@ -209,6 +204,27 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
     if ctx.mode != "backup_only":
         await _load_chain(ctx, plan, chain, state, progress, streamed)
     return _success(ctx, plan, progress)
+
+
+async def table_state(ctx: RunContext, plan: TablePlan) -> StateRow | None:
+    """The table's latest state, located (``locate``): read with every other table's at the run's start
+    (``ctx.states``), else now."""
+    if ctx.states is not None:
+        return ctx.states.get(plan.table)
+    return await located(ctx, plan, await ctx.warehouse.read_state(ctx.pipeline.name, plan.table))
+
+
+async def pending_chain(ctx: RunContext, plan: TablePlan, state: StateRow | None) -> tuple[Chain, TableRuns]:
+    """The table's pending stages after ``state`` (``select``), and what the listing of its prefix showed
+    (none when the run's scan, ``ctx.scan``, found no directory of it). Only runs not known committed are
+    read; which are committed is asked only when a run other than the state's own is there."""
+    since = (state.stage_id or None) if state else None
+    runs = await list_runs(ctx.s3, ctx.pipeline.name, plan.table, since=since, scan=ctx.scan)
+    unknown = [i for i in runs.ids if i != since]  # the latest state row's own stage is committed
+    committed = await ctx.warehouse.committed_stage_ids(ctx.pipeline.name, plan.table) if unknown else set()
+    unread = [i for i in unknown if i not in committed]
+    stages = await read_stages(ctx.s3, ctx.pipeline.name, plan.table, unread)
+    return select(stages, state, committed), runs
 
 
 def _success(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSuccess:
@@ -418,13 +434,12 @@ async def _load_chain(
         req = load_request(ctx, plan, stage, state)
         attempt = _Attempt(stage_id(stage), stage.rows, req.state.watermark, last=i == len(todo) - 1)
         progress.attempts.append(attempt)
-        try:
-            result = await ctx.warehouse.load(req)
+        try:  # committed: noted as the COMMIT goes through, even when an interruption then loses the result
+            result = await ctx.warehouse.load(replace(req, committed=partial(progress.committed, attempt)))
         except S3ShiftError as exc:
             if exc.retryable or stage_id(stage) == ctx.execution_id:
                 raise
             raise exc.amended(_read_again(ctx, plan, stage)) from exc
-        progress.committed(attempt, result.rows_loaded)
         changes.extend(result.schema_changes)
         state = req.state
         progress.extra["target"] = result.target
@@ -506,6 +521,16 @@ async def located(ctx: RunContext, plan: TablePlan, state: StateRow | None) -> S
     """``state`` as the position of the table's load into its target now (``locate``)."""
     states = {plan.table: state} if state is not None else {}
     return (await locate(ctx.warehouse, ctx.pipeline, [plan], states)).get(plan.table)
+
+
+async def located_states(
+    warehouse: Warehouse, pipeline: Pipeline, plans: Sequence[TablePlan]
+) -> dict[str, StateRow]:
+    """Every table's latest state, located (``locate``): what a run reads of the warehouse at its start,
+    one query for the states and at most one listing of the target schema whatever the number of tables."""
+    return await locate(
+        warehouse, pipeline, plans, await warehouse.read_states(pipeline.name, [p.table for p in plans])
+    )
 
 
 async def locate(

@@ -13,7 +13,9 @@ from src.common.naming import split_table
 from src.config.models import Pipeline
 from src.engine.limits import Limits
 from src.engine.run import load_config, open_resources, unless_signalled
+from src.engine.table import target_of
 from src.plan.models import Watermark
+from src.plan.planner import plan_table
 from src.report.models import iso, new_execution_id, utc_now
 from src.source.introspect import Catalog
 from src.source.mysql import MySQLSource
@@ -75,12 +77,11 @@ async def _run_watermark(req: WatermarkRequest, redshift_connect: RedshiftConnec
         if await wh.read_state(pipeline.name, req.table) is None:
             await _check_source_has(stack, pipeline, limits, req.table)
         if req.action != "get":
-            cfg = pipeline.table(req.table)
             await wh.write_state(
                 StateRow(
                     pipeline=pipeline.name,
                     table=req.table,
-                    target=f"{pipeline.target.schema}.{cfg.target_table}",
+                    target=target_of(pipeline, plan_table(pipeline, req.table)),
                     strategy="manual" if req.action == "set" else "reset",
                     stage_id="",
                     loaded_by=new_execution_id(utc_now()),

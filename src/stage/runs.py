@@ -183,7 +183,7 @@ async def clean_dead_runs(
     for key, marker in found:
         if marker.execution_id != own_execution_id and marker.is_dead(now, foreign_after_seconds):
             run_prefix = s3.run_prefix(pipeline, table, marker.execution_id)
-            aborted += await _bury(s3, run_prefix, marker, await s3.list_uploads(run_prefix))
+            aborted += await _bury(s3, table, run_prefix, marker, await s3.list_uploads(run_prefix))
             await s3.delete_keys([key])
     known = {m.execution_id for _, m in found} | {own_execution_id, *runs}
     cutoff = now - timedelta(seconds=foreign_after_seconds)
@@ -233,7 +233,7 @@ async def bury_dead_runs(
         for table in tables:
             run_prefix = s3.run_prefix(pipeline, table, marker.execution_id)
             aborted += await _bury(
-                s3, run_prefix, marker, [u for u in uploads if u.key.startswith(run_prefix)]
+                s3, table, run_prefix, marker, [u for u in uploads if u.key.startswith(run_prefix)]
             )
         await s3.delete_keys([key])
     return aborted
@@ -264,23 +264,32 @@ def _marker(s3: S3Stage, key: str, execution_id: str, data: bytes, modified: dat
     return marker
 
 
-async def _bury(s3: S3Stage, run_prefix: str, marker: RunMarker, uploads: Sequence[OpenUpload]) -> int:
-    """Abort the dead run's ``uploads`` (under ``run_prefix``), drop its files there unless staged;
-    return aborts. Its marker is the caller's to delete, last."""
+async def _bury(
+    s3: S3Stage, table: str, run_prefix: str, marker: RunMarker, uploads: Sequence[OpenUpload]
+) -> int:
+    """Abort the dead run's ``uploads`` (under ``run_prefix``, its directory of ``table``), drop its files
+    there unless staged; return aborts. Its marker is the caller's to delete, last."""
     aborted = 0
     for upload in uploads:
         aborted += await _abort(s3, upload)
     keys = [key for key, _ in await s3.list_objects(run_prefix)]
     if f"{run_prefix}{MANIFEST_NAME}" in keys:
-        log.info("run %s died after staging: its stage stays, pending", marker.execution_id)
+        log.info(
+            "run %s died after staging %s: its stage %s stays, pending (the next load of the table loads it)",
+            marker.execution_id,
+            table,
+            s3.url(run_prefix),
+        )
     elif keys:
         deleted = await s3.delete_keys(keys)
         log.info(
-            "run %s died (%s pid %d): removed %d partial files",
+            "run %s died (%s pid %d): removed %d partial file(s) of %s from %s",
             marker.execution_id,
             marker.host,
             marker.pid,
             deleted,
+            table,
+            s3.url(run_prefix),
         )
     return aborted
 

@@ -300,8 +300,12 @@ class SqlWarehouse:
             commit = self._commit(req, spec)
             async with self._session(load=True) as ex:
                 if self._refilling(spec):
-                    return await run_refill(ex, spec, self._refill(ex, spec), commit, self._ready)
-                return await run_load(ex, spec, self._fill(ex, spec), commit, self._ready)
+                    result = await run_refill(ex, spec, self._refill(ex, spec), commit, self._ready)
+                else:
+                    result = await run_load(ex, spec, self._fill(ex, spec), commit, self._ready)
+                if req.committed is not None:  # no checkpoint since the COMMIT: before the session's exit
+                    req.committed(result.rows_loaded)
+                return result
         except Exception as exc:
             raise self._error(exc, f"{req.mode} load of", name) from exc
 

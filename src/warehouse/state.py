@@ -9,8 +9,8 @@ Watermark ids are NUMERIC(20,0): a BIGINT UNSIGNED cursor may exceed 2**63.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -70,6 +70,9 @@ class LoadRequest:
     distsort: DistSort | None = None  # Redshift DISTSTYLE/DISTKEY/SORTKEY/ENCODE, by target column name
     clear: Clear | None = None  # append: the target rows the window may hold already, deleted first
     needs_target: bool = False  # the target holds the rows before this window (``Commit.needs_target``)
+    # told the rows the load inserted as soon as its COMMIT went through, before any step a cancellation
+    # can interrupt: a run interrupted then still knows what it loaded (``load``'s result never arrives)
+    committed: Callable[[int], None] | None = field(default=None, compare=False)
 
 
 # (column, type); the first BOUND are bound from a StateRow, the last two computed by the server.
