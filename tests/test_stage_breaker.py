@@ -86,20 +86,36 @@ async def test_a_blip_costs_a_wait_not_a_failure(
     s3_conn: S3Conn, s3_proxy: CutProxy, stage_log: pytest.LogCaptureFixture
 ) -> None:
     async with S3Stage(through(s3_conn, s3_proxy), cool_down=COOL) as s3:
-        await s3.put_bytes("staging/a", b"a")
+        await s3.put_bytes("staging/a", b"a")  # the endpoint answered: a later failure is an outage
         s3_proxy.cut()
-        with pytest.raises(StageError, match="unreachable"):  # this one hit the outage: it trips
-            await s3.put_bytes("staging/b", b"b")
-        s3_proxy.restore()
-        attempts = counted(s3)
-        async with anyio.create_task_group() as tg:  # they wait for one probe, which gets through
-            for _ in range(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(s3.put_bytes, "staging/b", b"b")  # cut: it trips the breaker, then waits
+            with anyio.fail_after(10):
+                while s3._breaker.cause is None:
+                    await anyio.sleep(0.01)
+            s3_proxy.restore()  # before the probe
+            attempts = counted(s3)
+            for _ in range(5):  # they wait for the probe too, which gets through
                 tg.start_soon(s3.get_bytes, "staging/a")
-        assert attempts.count == 5
+        assert attempts.count == 6  # the cut request once more (the probe), and the five
+        assert await s3.get_bytes("staging/b") == b"b"
         await s3.ensure_reachable()  # known reachable again: no request
-        assert attempts.count == 5
+        assert attempts.count == 7
     messages = [r.getMessage() for r in stage_log.records]
     assert any("reachable again after" in m for m in messages)
+    assert any("staging/b was cut: it goes again once a probe is answered" in m for m in messages)
+
+
+async def test_a_request_cut_by_an_outage_that_lasts_fails_after_the_probe(
+    s3_conn: S3Conn, s3_proxy: CutProxy
+) -> None:
+    async with S3Stage(through(s3_conn, s3_proxy), cool_down=COOL) as s3:
+        await s3.put_bytes("staging/a", b"a")
+        s3_proxy.cut()
+        attempts = counted(s3)
+        with pytest.raises(StageError, match=r"unreachable \(connection refused\): put_object .* failed"):
+            await s3.put_bytes("staging/b", b"b")  # its retries, then the probe: one attempt
+        assert attempts.count == 4 + 1
 
 
 async def test_a_dead_endpoint_is_probed_until_it_answers(s3_conn: S3Conn, s3_proxy: CutProxy) -> None:

@@ -23,6 +23,13 @@ From the trip on, no request goes out unless it is the probe, one attempt withou
 - once a probe has failed, the endpoint is down: requests fail at once, and one every ``COOL_DOWN``
   seconds goes out as the probe, so a long run recovers when the endpoint comes back.
 
+A request cut by the outage itself (its connection dropped, then refused on retry) rides it out the same
+way (``rides_out``): it waits for the probe and, if the probe is answered, goes out once more, so a blip
+costs the tables uploading through it a wait too. Only where the endpoint has answered this process
+before: one that never did fails the run's start in seconds, as before. Safe for every request: botocore
+already resends them after a dropped connection (a Complete that had landed then says NoSuchUpload,
+which the multipart upload checks with a HEAD).
+
 Only a probe closes the breaker, on any answer (an error status too): a request sent before the trip
 proves nothing about the endpoint now. A run being stopped (SIGTERM) has its cleanup to end within the
 grace period (``hurry``): then a connection that cannot be opened is not retried and no request waits
@@ -77,6 +84,7 @@ class Breaker:
         self._down: _Down | None = None
         self._probing = False
         self._hurry = False
+        self._reached = False  # some request got an answer: the endpoint worked in this process
         self._changed = anyio.Event()  # set, and replaced, when a probe ends or the run hurries
 
     @property
@@ -114,9 +122,16 @@ class Breaker:
             self._down = _Down(cause, now, self._down.tripped, probed=True)
         return False
 
+    def rides_out(self, exc: BaseException, *, probe: bool) -> bool:
+        """Whether a request that failed with ``exc`` waits for the probe and goes out again: it could
+        not connect, it was not the probe (a failed probe means down), the endpoint has answered in this
+        process, and the run is not being stopped."""
+        return not probe and self._reached and not self._hurry and connect_failure(exc) is not None
+
     def answered(self, *, probe: bool) -> float | None:
         """A request got an answer (any status). The probe's closes the breaker: it returns how long
         the endpoint was unreachable; otherwise None."""
+        self._reached = True
         if not probe or self._down is None:
             return None
         tripped, self._down = self._down.tripped, None

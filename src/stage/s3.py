@@ -42,6 +42,7 @@ KEEP_WRITTEN_BYTES: Final = 32 * MIB  # small staged files kept in memory for th
 CHECK_TIMEOUT: Final = 60.0  # seconds for the bucket check, its retries included
 MIN_SEND_RATE: Final = 256 * 1024  # bytes/s: a request body sent slower than this is taken as stalled
 STALL_SLACK: Final = 30.0  # seconds of retry backoff a request may take beyond its attempts
+OUTAGE_ROUNDS: Final = 2  # a request cut by an outage goes out once more after a probe gets through
 
 log = get_logger("stage.s3")
 
@@ -348,26 +349,35 @@ class S3Stage:
             raise
 
     async def _call(self, action: str, key: str | None, **kwargs: Any) -> Any:
-        probe = await self._admit(action, key)
-        try:
-            deadline = self._deadline(kwargs.get("Body"))
-            with anyio.move_on_after(deadline) as scope:
-                result = await getattr(self.client, action)(Bucket=self.cfg.bucket, **kwargs)
-            if scope.cancelled_caught:
-                raise S3Error(
-                    f"S3 {action} of {self.url(key) if key else self.cfg.bucket} got no answer within "
-                    f"{deadline:.0f} s: the endpoint (or a proxy before it) holds the request — check "
-                    f"connections.s3.{self.cfg.name}.endpoint_url, then rerun",
-                    key=key,
-                    retryable=True,
-                )
-        except (*_TRANSPORT_ERRORS, ClientError) as exc:
-            raise self._failed(exc, action, key, probe) from exc
-        else:
-            self._answered(probe)
-            return result
-        finally:
-            self._breaker.release(probe)
+        """One request; cut by an outage of an endpoint that answered before, it waits for the breaker's
+        probe and goes out once more (``Breaker.rides_out``)."""
+        for round_ in range(OUTAGE_ROUNDS):
+            probe = await self._admit(action, key)
+            try:
+                deadline = self._deadline(kwargs.get("Body"))
+                with anyio.move_on_after(deadline) as scope:
+                    result = await getattr(self.client, action)(Bucket=self.cfg.bucket, **kwargs)
+                if scope.cancelled_caught:
+                    raise S3Error(
+                        f"S3 {action} of {self.url(key) if key else self.cfg.bucket} got no answer within "
+                        f"{deadline:.0f} s: the endpoint (or a proxy before it) holds the request — check "
+                        f"connections.s3.{self.cfg.name}.endpoint_url, then rerun",
+                        key=key,
+                        retryable=True,
+                    )
+            except (*_TRANSPORT_ERRORS, ClientError) as exc:
+                error = self._failed(exc, action, key, probe)
+                if round_ + 1 < OUTAGE_ROUNDS and self._breaker.rides_out(exc, probe=probe):
+                    where = self.url(key) if key else self.cfg.bucket
+                    log.info("S3 %s of %s was cut: it goes again once a probe is answered", action, where)
+                    continue
+                raise error from exc
+            else:
+                self._answered(probe)
+                return result
+            finally:
+                self._breaker.release(probe)
+        raise AssertionError("unreachable: the last round returns or raises")
 
     def _deadline(self, body: Any) -> float:
         """How long one request may take in all: two attempts of connecting, sending the body at no less
