@@ -60,9 +60,8 @@ class _Attempt:
     """A stage whose load was started: if it commits, the watermark is ``watermark``."""
 
     stage_id: str
-    rows: (
-        int  # the stage's: what a replace inserts (checked); a merge may insert fewer (LoadRequest.committed)
-    )
+    # the stage's rows: what a replace inserts (checked); a merge may insert fewer (LoadRequest.committed)
+    rows: int
     watermark: Watermark | None
     last: bool  # the run loads nothing after it
 
