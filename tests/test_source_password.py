@@ -117,3 +117,33 @@ def test_both_drivers_log_in_with_a_latin1_password(mysql_user: SourceConn, driv
         conn.close()
     cfg = replace(mysql_user, password=Secret("pässwörd"), driver=driver)  # type: ignore[arg-type]
     anyio.run(_ping, cfg)
+
+
+def test_a_sync_keeps_to_the_accounts_own_connection_limit(
+    tmp_path: Path,
+    mysql_user: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """An account WITH MAX_USER_CONNECTIONS 2 and the default max_connections of 8: the pool and
+    connectorx's ranges keep to 2, in each of the run's processes' shares (8 tables: 2 processes); the
+    tables past 2 connections failed with error 1226."""
+    mysql_exec(None, f"ALTER USER '{mysql_user.username}'@'%' WITH MAX_USER_CONNECTIONS 2")
+    tables = [f"t{i}" for i in range(8)]
+    mysql_exec(mysql_db, *(TABLE.replace("TABLE t ", f"TABLE {t} ") for t in tables))
+    mysql_exec(mysql_db, *(FILL.replace("INTO t ", f"INTO {t} ") for t in tables))
+    processing = {"range_rows": 500, "fast_path": True, "batch_size": 1000, "max_parallel_tables": 4}
+    source = replace(mysql_user, max_connections=8)
+    cfg = write_config(tmp_path / "cfg", source, pg_target, s3_conn, processing=processing)
+    names = [f"{mysql_db}.{t}" for t in tables]
+    args = ("--config-dir", str(cfg), "sync", "-p", "p", "-t", ",".join(names))
+    doc, proc = run_json(*args, env={PASSWORD_ENV: WIDE_PASSWORD})
+
+    check_contract(doc, names)
+    assert proc.returncode == 0, failures(doc)
+    assert "may open 2 connection(s) (MAX_USER_CONNECTIONS)" in proc.stderr
+    assert "worker process 1 ran" in proc.stderr  # the limit was split between two processes
+    for t in tables:
+        assert assert_tables_equal(mysql_db, t, pg_schema, t, "id") == 3000

@@ -17,6 +17,12 @@ class Limits:
     cpu: anyio.CapacityLimiter  # worker threads doing Arrow conversion and Parquet encode/decode
     s3_parts: anyio.CapacityLimiter  # S3 multipart parts in flight
     loads: anyio.CapacityLimiter  # concurrent warehouse loads (WLM slots)
+    index: int = 0  # this process among the run's ``processes``
+    processes: int = 1
+
+    def share_of(self, total: int) -> int:
+        """This process's part of a run-wide limit of ``total`` (``share``)."""
+        return share(total, self.index, self.processes)
 
     @classmethod
     def for_pipeline(cls, pipeline: Pipeline, *, index: int = 0, processes: int = 1) -> Limits:
@@ -33,6 +39,8 @@ class Limits:
             cpu=anyio.CapacityLimiter(max(2, (os.cpu_count() or 2) // processes)),
             s3_parts=part(pipeline.s3.max_concurrency),
             loads=part(pipeline.target.max_connections),
+            index=index,
+            processes=processes,
         )
 
 

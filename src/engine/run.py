@@ -449,6 +449,11 @@ def run_context(
     )
 
 
+def source_pool(pipeline: Pipeline, limits: Limits) -> MySQLSource:
+    """The pipeline's MySQL pool in this process: its share of the source's connections."""
+    return MySQLSource(pipeline.source, limits.mysql, share=limits.share_of)
+
+
 @dataclass(frozen=True)
 class Resources:
     source: MySQLSource | None
@@ -469,7 +474,7 @@ async def open_resources(
     """Open the source pool, the S3 client and the warehouse pool once for the run, checking each
     concurrently. Read-only: nothing is written anywhere. ``keep_written``: the run loads what it stages,
     so PostgreSQL reads its small files from memory (``S3Stage.remember``)."""
-    mysql = await stack.enter_async_context(MySQLSource(pipeline.source, limits.mysql)) if source else None
+    mysql = await stack.enter_async_context(source_pool(pipeline, limits)) if source else None
     keep = keep_written and pipeline.target.type == "postgres"  # Redshift COPYs from S3 itself
     s3 = await stack.enter_async_context(S3Stage(pipeline.s3, limits.s3_parts, keep_written=keep))
 

@@ -12,13 +12,12 @@ from src.common.errors import ConfigError, S3ShiftError, SourceError, first_erro
 from src.common.naming import split_table
 from src.config.models import Pipeline
 from src.engine.limits import Limits
-from src.engine.run import load_config, open_resources, unless_signalled
+from src.engine.run import load_config, open_resources, source_pool, unless_signalled
 from src.engine.table import target_of
 from src.plan.models import Watermark
 from src.plan.planner import plan_table
 from src.report.models import iso, new_execution_id, utc_now
 from src.source.introspect import Catalog
-from src.source.mysql import MySQLSource
 from src.warehouse.base import StateRow
 from src.warehouse.redshift import RedshiftConnect
 
@@ -101,7 +100,7 @@ async def _check_source_has(stack: AsyncExitStack, pipeline: Pipeline, limits: L
     for its first sync), and ``get`` says it has none. A name the source lacks is a typo, which would
     otherwise pass unnoticed (``get``: "no watermark"; ``set``: a state row no sync ever reads)."""
     database, name = split_table(table)
-    source = await stack.enter_async_context(MySQLSource(pipeline.source, limits.mysql))
+    source = await stack.enter_async_context(source_pool(pipeline, limits))
     async with source.connection() as conn:
         if await Catalog([(database, name)]).rows(conn, database, name):
             return

@@ -312,11 +312,20 @@ def _try_token(limiter: anyio.CapacityLimiter | None, borrower: object) -> bool:
 
 
 class MySQLSource:
-    """A bounded pool of connections to one source (never more than ``cfg.max_connections`` open)."""
+    """A bounded pool of connections to one source (never more than ``cfg.max_connections`` open, nor
+    more than the account's own limit: ``ping``). ``share``: this process's part of a run-wide number of
+    connections (``Limits.share_of``; the whole of it when the run has one process)."""
 
-    def __init__(self, cfg: SourceConn, limiter: anyio.CapacityLimiter | None = None) -> None:
+    def __init__(
+        self,
+        cfg: SourceConn,
+        limiter: anyio.CapacityLimiter | None = None,
+        *,
+        share: Callable[[int], int] | None = None,
+    ) -> None:
         self.cfg = cfg
         self._limiter = limiter
+        self._share = share or (lambda total: total)
         self._slots = anyio.CapacityLimiter(cfg.max_connections)
         self._idle: list[SourceConnection] = []
         self._open: set[SourceConnection] = set()
@@ -379,7 +388,7 @@ class MySQLSource:
                     break
                 borrowers.append(borrower)
             self._reserved += len(borrowers)
-            while self._idle and len(self._open) + self._reserved > self.cfg.max_connections:
+            while self._idle and len(self._open) + self._reserved > self._slots.total_tokens:
                 conn = self._idle.pop()
                 self._open.discard(conn)
                 await conn.close()
@@ -392,9 +401,26 @@ class MySQLSource:
                     self._limiter.release_on_behalf_of(borrower)
 
     async def ping(self) -> None:
-        """Prove the source answers; raise ``SourceError`` naming host:port, the cause and what to check."""
+        """Prove the source answers; raise ``SourceError`` naming host:port, the cause and what to check.
+        The answer is the account's own connection limit (``MAX_USER_CONNECTIONS``; 0: none): the pool
+        and connectorx's reads stay within it too, or the tables past it would fail to connect (8 tables
+        as a user limited to 2: 4 failed, error 1226)."""
         async with self.connection() as conn:
-            await conn.fetchall("SELECT 1")
+            rows = await conn.fetchall("SELECT @@max_user_connections")
+        self._fit(int(rows[0][0] or 0) if rows else 0)
+
+    def _fit(self, account_limit: int) -> None:
+        if not 0 < account_limit < self.cfg.max_connections:
+            return
+        total = self._share(account_limit)
+        self._slots.total_tokens = min(self._slots.total_tokens, total)
+        if self._limiter is not None:
+            self._limiter.total_tokens = min(self._limiter.total_tokens, total)
+        log.info(
+            "MySQL source %r: the account may open %d connection(s) (MAX_USER_CONNECTIONS), fewer than "
+            "connections.sources.%s.max_connections (%d): the run keeps to %d",
+            self.cfg.name, account_limit, self.cfg.name, self.cfg.max_connections, account_limit,
+        )  # fmt: skip
 
     async def _checkout(self) -> SourceConnection:
         while self._idle:
