@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 
 import src.source.fastpath as fastpath
+import src.source.mysql
 from src.common.errors import SourceError, first_error
 from src.common.policy import TypePolicy
 from src.common.schema import Column, TableSchema
@@ -285,11 +286,11 @@ async def test_a_failing_range_is_read_by_the_canonical_path(
     calls = {"n": 0}
     real_fetch = fastpath._fetch
 
-    def flaky(url: str, sql: str) -> pa.Table:
+    def flaky(url: str, sql: str, setup: str) -> pa.Table:
         calls["n"] += 1
         if calls["n"] % 2 == 0:  # every other range loses its connection
             raise RuntimeError("Lost connection to MySQL server during query")
-        return real_fetch(url, sql)
+        return real_fetch(url, sql, setup)
 
     monkeypatch.setattr(fastpath, "_fetch", flaky)
     canonical, quick, slow, fast = await read_both(source_conn, "shared")
@@ -476,11 +477,11 @@ async def test_a_hung_range_is_handed_over_after_read_timeout(
     real_fetch = fastpath._fetch
     calls = {"n": 0}
 
-    def hangs_once(url: str, sql: str) -> pa.Table:
+    def hangs_once(url: str, sql: str, setup: str) -> pa.Table:
         calls["n"] += 1
         if calls["n"] == 1:  # the server stops answering this connection (connectorx has no timeout)
             time.sleep(5)
-        return real_fetch(url, sql)
+        return real_fetch(url, sql, setup)
 
     monkeypatch.setattr(fastpath, "_fetch", hangs_once)
     started = time.monotonic()
@@ -497,14 +498,14 @@ async def test_a_lock_wait_fails_the_read_instead_of_waiting_again(
     handed to the canonical path, which would wait as long again on the same lock: the table fails,
     retryable, saying why."""
     fill_shared(mysql_db, list(range(1, 121)))
-    monkeypatch.setattr(fastpath, "LOCK_WAIT_TIMEOUT_S", 1)
+    monkeypatch.setattr(src.source.mysql, "LOCK_WAIT_TIMEOUT_S", 1)  # session_sql: connectorx's too
     real_fetch = fastpath._fetch
     holder = mysql_connect(mysql_db)
 
-    def behind_a_lock(url: str, sql: str) -> pa.Table:
+    def behind_a_lock(url: str, sql: str, setup: str) -> pa.Table:
         with holder.cursor() as cur:  # planned: now a DDL or LOCK TABLES of another session holds it
             cur.execute("LOCK TABLES shared WRITE")
-        return real_fetch(url, sql)
+        return real_fetch(url, sql, setup)
 
     monkeypatch.setattr(fastpath, "_fetch", behind_a_lock)
     try:

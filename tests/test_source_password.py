@@ -147,3 +147,35 @@ def test_a_sync_keeps_to_the_accounts_own_connection_limit(
     assert "worker process 1 ran" in proc.stderr  # the limit was split between two processes
     for t in tables:
         assert assert_tables_equal(mysql_db, t, pg_schema, t, "id") == 3000
+
+
+def test_a_dba_statement_time_limit_does_not_end_the_read(
+    tmp_path: Path,
+    mysql_user: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """An account WITH MAX_STATEMENT_TIME 0.1 (MariaDB; a global max_statement_time does the same): the
+    table's read (asyncmy's: one statement) takes longer than that, and is not ended by it (1969). The
+    connectorx sessions get the same settings (``session_sql``; their time zone is tested with it)."""
+    path = "asyncmy"
+    mysql_exec(None, f"ALTER USER '{mysql_user.username}'@'%' WITH MAX_STATEMENT_TIME 0.1")
+    rows = 150_000
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE t (id BIGINT PRIMARY KEY, v VARCHAR(200) NOT NULL)",
+        f"INSERT INTO t SELECT seq, CONCAT(SHA2(seq, 512), SHA2(seq, 256)) FROM seq_1_to_{rows}",
+        "ANALYZE TABLE t",
+    )
+    table = f"{mysql_db}.t"
+    processing = {"range_rows": rows, "fast_path": path == "connectorx", "batch_size": 10_000}
+    cfg = write_config(tmp_path / "cfg", mysql_user, pg_target, s3_conn, processing=processing)
+    args = ("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    doc, proc = run_json(*args, env={PASSWORD_ENV: WIDE_PASSWORD})
+
+    check_contract(doc, [table])
+    assert proc.returncode == 0, failures(doc)
+    assert doc["table_results"][table]["extract"]["path"] == path
+    assert assert_tables_equal(mysql_db, "t", pg_schema, "t", "id") == rows

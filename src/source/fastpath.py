@@ -70,7 +70,7 @@ from src.common.secret import Secret, scrub
 from src.config.models import SourceConn
 from src.source.convert import Coercions, numbers_to_bool
 from src.source.extract import ExtractStats, stream_query, with_filter
-from src.source.mysql import LOCK_WAIT_TIMEOUT_S, MySQLSource, SourceConnection, source_error
+from src.source.mysql import MySQLSource, SourceConnection, session_sql, source_error
 from src.source.ranges import KeyRange, key_bounds, range_key, row_bytes, split
 from src.source.text import ReadRules, text_rules
 from src.source.typemap import data_type_of
@@ -378,7 +378,7 @@ class FastRead:
         with anyio.CancelScope() as scope:
             self.source.connectorx_reads.add(scope)
             try:
-                return await in_daemon_thread(partial(_fetch, url, sql))
+                return await in_daemon_thread(partial(_fetch, url, sql, session_sql(self.source.cfg)))
             finally:
                 self.source.connectorx_reads.discard(scope)
         raise _Handover(f"given up: {self.source.connectorx_error}")
@@ -470,12 +470,11 @@ class _Handover(Exception):
     """A batch the canonical path must read (not an error of the table)."""
 
 
-def _fetch(url: str, sql: str) -> pa.Table:
-    """One range as an Arrow table. Its Arrow mode lets go of the GIL for the whole read, and holds only
-    the range in memory (the stream mode keeps a read-ahead of tens of MB per connection whatever the
-    batch size, measured)."""
-    setup = ["SET time_zone = '+00:00'", f"SET SESSION lock_wait_timeout = {LOCK_WAIT_TIMEOUT_S}"]
-    table: pa.Table = connectorx.read_sql(url, sql, return_type="arrow", pre_execution_query=setup)
+def _fetch(url: str, sql: str, setup: str) -> pa.Table:
+    """One range as an Arrow table, in a session set up as the pool's are (``session_sql``). Its Arrow
+    mode lets go of the GIL for the whole read, and holds only the range in memory (the stream mode keeps
+    a read-ahead of tens of MB per connection whatever the batch size, measured)."""
+    table: pa.Table = connectorx.read_sql(url, sql, return_type="arrow", pre_execution_query=[setup])
     return table
 
 

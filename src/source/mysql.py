@@ -243,11 +243,16 @@ class SourceConnection:
             transport.resume_reading()
 
 
-def _session_sql(cfg: SourceConn) -> str:
+def session_sql(cfg: SourceConn) -> str:
+    """What every session of ours sets first (the pool's and connectorx's): UTC, our lock wait and network
+    timeouts, and no statement time limit. A DBA's ``max_statement_time`` (MariaDB; a global or an
+    account's) is meant for OLTP queries: it ended a bulk read as the table grew (1969, "Query execution
+    was interrupted", failing each retry again), so our sessions read without one, as mariadb-dump's do.
+    The ``/*M!...*/`` comment is MariaDB's alone: MySQL reads it as a comment."""
     net = max(int(cfg.read_timeout), 60)
     return (
         f"SET time_zone='+00:00', lock_wait_timeout={LOCK_WAIT_TIMEOUT_S}, "
-        f"net_write_timeout={net}, net_read_timeout={net}"
+        f"net_write_timeout={net}, net_read_timeout={net} /*M!100108 , max_statement_time=0 */"
     )
 
 
@@ -273,7 +278,7 @@ async def open_connection(cfg: SourceConn) -> SourceConnection:
         "password": wire_password(cfg.password),
         "charset": "utf8mb4",
         "autocommit": True,
-        "init_command": _session_sql(cfg),
+        "init_command": session_sql(cfg),
         "connect_timeout": cfg.connect_timeout,
     }
     if cfg.database:
