@@ -44,6 +44,8 @@ def write_config(
                     "database": source.database,
                     "max_connections": source.max_connections,
                     "driver": source.driver,
+                    "ssl_mode": source.ssl_mode,
+                    **({"ssl_ca": source.ssl_ca} if source.ssl_ca else {}),
                 }
             },
             "targets": {

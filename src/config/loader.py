@@ -26,6 +26,7 @@ from src.config.fields import (
     require,
 )
 from src.config.models import (
+    SSL_MODES,
     Pipeline,
     S3Conn,
     SourceConn,
@@ -51,6 +52,8 @@ _SOURCE_KEYS = {
     "driver": "str",
     "connect_timeout": "float",
     "read_timeout": "float",
+    "ssl_mode": "str",
+    "ssl_ca": "str",
     "description": "str",
     "ssh_tunnel": "map",
 }
@@ -307,7 +310,37 @@ def _source(ref: tuple[str, dict[str, Any]], file: Path) -> SourceConn:
     positive(v, ("port", "max_connections"), file, where)
     positive_seconds(v, ("connect_timeout", "read_timeout"), file, where)
     port_number(v, file, where)
+    _source_tls(v, file, where)
     return SourceConn(name=name, **v)
+
+
+def _source_tls(v: dict[str, Any], file: Path, where: str) -> None:
+    """``ssl_mode`` as the mysql client spells it (``VERIFY_IDENTITY``, ``verify-identity``); ``ssl_ca``
+    alone means verify_ca, and it is for the verify modes only; it must be a readable file."""
+    mode = str(v.get("ssl_mode", "verify_ca" if v.get("ssl_ca") else "preferred")).lower().replace("-", "_")
+    if mode not in SSL_MODES:
+        raise ConfigError(
+            f"{file}: '{where}.ssl_mode' must be one of {', '.join(SSL_MODES)} (got {v['ssl_mode']!r})",
+            file=str(file),
+            key=f"{where}.ssl_mode",
+        )
+    v["ssl_mode"] = mode
+    ca = v.get("ssl_ca")
+    if ca is None:
+        return
+    if not mode.startswith("verify_"):
+        raise ConfigError(
+            f"{file}: '{where}.ssl_ca' verifies the server's certificate: set ssl_mode to verify_ca or "
+            f"verify_identity (it is {mode}), or remove ssl_ca",
+            file=str(file),
+            key=f"{where}.ssl_ca",
+        )
+    if not os.path.isfile(ca) or not os.access(ca, os.R_OK):
+        raise ConfigError(
+            f"{file}: '{where}.ssl_ca' is not a readable file: {ca!r} (the CA bundle in PEM)",
+            file=str(file),
+            key=f"{where}.ssl_ca",
+        )
 
 
 def _target(ref: tuple[str, dict[str, Any]], file: Path) -> TargetConn:

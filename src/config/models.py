@@ -10,6 +10,8 @@ from src.common.secret import Secret
 
 Strategy = Literal["full_sync", "timestamp_only", "id_only", "hybrid"]
 Driver = Literal["asyncmy", "aiomysql"]
+SslMode = Literal["disabled", "preferred", "required", "verify_ca", "verify_identity"]
+SSL_MODES: tuple[SslMode, ...] = ("disabled", "preferred", "required", "verify_ca", "verify_identity")
 TargetType = Literal["postgres", "redshift"]
 
 STRATEGY_ALIASES: dict[str, Strategy] = {
@@ -37,6 +39,8 @@ class SourceConn:
     driver: Driver = "asyncmy"
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
+    ssl_mode: SslMode = "preferred"  # as the mysql client's --ssl-mode (``src.source.mysql.tls_context``)
+    ssl_ca: str | None = None  # CA bundle the server's certificate is verified against (verify_* modes)
 
 
 @dataclass(frozen=True)

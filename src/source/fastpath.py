@@ -140,14 +140,20 @@ def blocker(schema: TableSchema) -> str | None:
     return None
 
 
-def connection_url(cfg: SourceConn, database: str) -> str:
-    """connectorx's URL; the quoted password is registered as a secret so no message can show it."""
+def connection_url(cfg: SourceConn, database: str, *, tls: bool | None) -> str:
+    """connectorx's URL; the quoted password is registered as a secret so no message can show it. ``tls``:
+    whether the pool's connections use it (``MySQLSource.tls``): connectorx's own ``preferred`` refuses a
+    server without TLS (after 30 s of retries), so it is told what the pool found."""
     password = cfg.password.reveal()
     quoted = quote(password, safe="")
     Secret(quoted)
     user = quote(cfg.username, safe="")
     auth = f"{user}:{quoted}" if password else user
-    return f"mysql://{auth}@{cfg.host}:{cfg.port}/{quote(database, safe='')}"
+    url = f"mysql://{auth}@{cfg.host}:{cfg.port}/{quote(database, safe='')}"
+    if not tls:
+        return url
+    mode = cfg.ssl_mode if cfg.ssl_mode.startswith("verify_") else "required"
+    return url + f"?ssl-mode={mode}" + (f"&ssl-ca={quote(cfg.ssl_ca, safe='')}" if cfg.ssl_ca else "")
 
 
 def _nullable_dates(schema: TableSchema) -> list[str]:
@@ -302,7 +308,7 @@ class FastRead:
             self.stats.path["fallbacks"] = self.fallbacks[:10]
 
     async def _worker(self) -> None:
-        url = connection_url(self.source.cfg, self.database)
+        url = connection_url(self.source.cfg, self.database, tls=self.source.tls)
         while self._queue:
             part = self._queue.popleft()
             if self.source.connectorx_error:  # refused meanwhile (``refuse``): asyncmy reads the rest
@@ -407,7 +413,8 @@ async def connectorx_refused(source: MySQLSource, database: str) -> str | None:
     ``connect_timeout`` and every table takes the asyncmy path instead."""
     async with source.connectorx_lock:
         if source.connectorx_error is None:
-            source.connectorx_error = await _probe(connection_url(source.cfg, database), source.cfg)
+            url = connection_url(source.cfg, database, tls=source.tls)
+            source.connectorx_error = await _probe(url, source.cfg)
             if source.connectorx_error:
                 log.warning(
                     "MySQL source %r: %s — reading with asyncmy", source.cfg.name, source.connectorx_error

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -81,6 +82,9 @@ def _cause(exc: BaseException) -> str:
     code = driver_error_code(exc)
     seen: BaseException | None = exc if code in (None, 2002, 2003) else None
     while seen is not None:
+        if isinstance(seen, ssl.SSLError):  # an OSError whose errno (1) would read "Operation not permitted"
+            detail = getattr(seen, "verify_message", None) or seen.reason or type(seen).__name__
+            return f"TLS handshake failed ({detail})"
         if isinstance(seen, socket.gaierror) and seen.strerror:
             return f"cannot resolve the host name ({seen.strerror})"
         if isinstance(seen, OSError) and seen.errno:
@@ -96,13 +100,31 @@ def source_error(cfg: SourceConn, exc: BaseException, *, doing: str, table: str 
     """A driver/socket/timeout error as a one-line ``SourceError`` (the password never appears)."""
     code = driver_error_code(exc)
     hint = _HINTS.get(code or 0, "")
+    retryable = code in _RETRYABLE if code is not None else isinstance(exc, (OSError, TimeoutError))
+    if doing == "connect" and (tls_hint := _tls_hint(cfg, exc)):
+        hint, retryable = tls_hint, False  # a setting of the server's or ours: the same again on a rerun
     if not hint and doing == "connect":
         hint = "check host/port, the network path and that the server is running"
-    retryable = code in _RETRYABLE if code is not None else isinstance(exc, (OSError, TimeoutError))
     where = f"MySQL source {cfg.name!r} at {cfg.host}:{cfg.port}"
     head = f"cannot connect to {where}" if doing == "connect" else f"{where}: {doing} failed"
     message = f"{head}: {_cause(exc)}" + (f" — {hint}" if hint else "")
     return SourceError(message, table=table, retryable=retryable)
+
+
+def _tls_hint(cfg: SourceConn, exc: BaseException) -> str:
+    """What to do about a TLS handshake that failed (empty: it was not one)."""
+    key = f"connections.sources.{cfg.name}"
+    if _no_tls_offered(exc):
+        return f"the server offers no TLS: enable it there, or set {key}.ssl_mode to preferred or disabled"
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, ssl.SSLError):
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(seen, ssl.SSLCertVerificationError):
+        against = f"{key}.ssl_ca" if cfg.ssl_ca else "the system's CAs (set ssl_ca)"
+        return f"the server's certificate did not verify against {against} ({key}.ssl_mode: {cfg.ssl_mode})"
+    if seen is not None:
+        return f"check the server's TLS set-up and {key}.ssl_mode ({cfg.ssl_mode})"
+    return ""
 
 
 class RowStream:
@@ -269,8 +291,47 @@ def wire_password(password: Secret) -> str:
     return wire
 
 
-async def open_connection(cfg: SourceConn) -> SourceConnection:
-    """Open one configured connection, or raise ``SourceError`` naming host:port and the cause."""
+def tls_context(cfg: SourceConn) -> ssl.SSLContext | None:
+    """The TLS of ``cfg.ssl_mode``, as the mysql client's ``--ssl-mode``: none (disabled); encrypted, the
+    certificate unchecked (preferred, required); checked against ``ssl_ca`` or the system's CAs
+    (verify_ca), and the host name too (verify_identity)."""
+    if cfg.ssl_mode == "disabled":
+        return None
+    if not cfg.ssl_mode.startswith("verify_"):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    try:
+        context = ssl.create_default_context(cafile=cfg.ssl_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise SourceError(
+            f"MySQL source {cfg.name!r}: cannot read the CA bundle connections.sources.{cfg.name}.ssl_ca "
+            f"({cfg.ssl_ca!r}): {_cause(exc)} — give the PEM file of the CA that signed the server's "
+            "certificate",
+            retryable=False,
+        ) from exc
+    context.check_hostname = cfg.ssl_mode == "verify_identity"
+    return context
+
+
+def _no_tls_offered(exc: BaseException) -> bool:
+    """The TLS request got a plain answer: the server does not offer TLS (not a refused connection, not a
+    certificate the client refused). ``exc`` or what caused it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) and seen.reason == "WRONG_VERSION_NUMBER":
+            return True
+        if "SSL not supported" in str(seen) or "does not support SSL" in str(seen):  # aiomysql's words
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+async def open_connection(cfg: SourceConn, *, tls: bool = True) -> SourceConnection:
+    """Open one configured connection, or raise ``SourceError`` naming host:port and the cause. ``tls``:
+    False once ``ssl_mode: preferred`` found the server offers none (``MySQLSource``)."""
+    context = tls_context(cfg) if tls else None
     kwargs: dict[str, Any] = {
         "host": cfg.host,
         "port": cfg.port,
@@ -283,6 +344,8 @@ async def open_connection(cfg: SourceConn) -> SourceConnection:
     }
     if cfg.database:
         kwargs["db" if cfg.driver == "aiomysql" else "database"] = cfg.database
+    if context is not None:
+        kwargs["ssl"] = context
     connect = _aiomysql().connect if cfg.driver == "aiomysql" else asyncmy.connect
     try:
         with anyio.fail_after(cfg.connect_timeout):
@@ -332,6 +395,8 @@ class MySQLSource:
         self._limiter = limiter
         self._share = share or (lambda total: total)
         self._slots = anyio.CapacityLimiter(cfg.max_connections)
+        # the connections use TLS (None: not known yet; ssl_mode preferred finds out at the first connect)
+        self.tls: bool | None = False if cfg.ssl_mode == "disabled" else None
         self._idle: list[SourceConnection] = []
         self._open: set[SourceConnection] = set()
         self._reserved = 0  # tokens held for connections opened outside the pool
@@ -433,10 +498,27 @@ class MySQLSource:
             if await self._still_alive(conn):
                 return conn
             self._discard(conn)
-        conn = await open_connection(self.cfg)
+        conn = await self._connect()
         self._open.add(conn)
         log.debug("opened connection %d to %s", len(self._open), self.cfg.name)
         return conn
+
+    async def _connect(self) -> SourceConnection:
+        """A new connection, with TLS unless the server offers none and ``ssl_mode`` is preferred (then
+        found out once: one TLS request answered in plain text, a few ms)."""
+        try:
+            conn = await open_connection(self.cfg, tls=self.tls is not False)
+        except SourceError as exc:
+            if self.cfg.ssl_mode != "preferred" or self.tls is True or not _no_tls_offered(exc):
+                raise
+            if self.tls is None:  # (connections opened at once all find out)
+                log.info("MySQL source %r offers no TLS: ssl_mode preferred goes without", self.cfg.name)
+            self.tls = False
+        else:
+            if self.tls is None:
+                self.tls = True
+            return conn
+        return await open_connection(self.cfg, tls=False)  # outside the except: its errors are its own
 
     async def _still_alive(self, conn: SourceConnection) -> bool:
         if conn.broken:
