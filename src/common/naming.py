@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from src.common.jsonio import printable
 
 
@@ -12,6 +14,26 @@ def quote_mysql(name: str) -> str:
 
 def qualify_mysql(database: str, table: str) -> str:
     return f"{quote_mysql(database)}.{quote_mysql(table)}"
+
+
+# A piece of MySQL text: a backtick-quoted name, a quoted string or a comment, or anything else (one char).
+_MYSQL_TOKEN = re.compile(
+    r"(?P<name>`(?:[^`]|``)*`?)"
+    r"|(?P<text>'(?:[^'\\]|\\.|'')*'?|\"(?:[^\"\\]|\\.|\"\")*\"?|--\s[^\n]*|#[^\n]*|/\*.*?(?:\*/|$))"
+    r"|(?P<code>[^`'\"#/-]+|.)",
+    re.DOTALL,
+)
+
+
+def escape_percent(sql: str, *, names: bool, rest: bool) -> str:
+    """``sql`` with ``%`` doubled for a query that takes ``%s`` arguments (the driver formats the text
+    with them): in backtick-quoted names (``names``), and in strings, comments and the rest (``rest``)."""
+    out = []
+    for match in _MYSQL_TOKEN.finditer(sql):
+        piece = match.group()
+        in_name = match.lastgroup == "name"
+        out.append(piece.replace("%", "%%") if (names if in_name else rest) else piece)
+    return "".join(out)
 
 
 def quote_pg(name: str) -> str:

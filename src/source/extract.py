@@ -21,7 +21,7 @@ import anyio.abc
 import pyarrow as pa
 
 from src.common.errors import SourceError
-from src.common.naming import qualify_mysql, quote_mysql
+from src.common.naming import escape_percent, qualify_mysql, quote_mysql
 from src.common.policy import TypePolicy
 from src.common.schema import Column, TableSchema
 from src.source.convert import ZERO_DATE, Coercions, rows_to_batch
@@ -111,10 +111,11 @@ def select_item(column: Column) -> str:
 
 def with_filter(condition: str | None, row_filter: str | None, *, bound: bool) -> str | None:
     """``condition`` AND the user's ``row_filter``, in parentheses on lines of its own. ``bound``: the
-    query takes ``%s`` arguments, so a literal ``%`` of the filter is doubled."""
+    query takes ``%s`` arguments, so a literal ``%`` of the filter is doubled (in backtick-quoted names
+    by the connection, as in every name of such a query)."""
     if not row_filter or not row_filter.strip():
         return condition
-    wrapped = "(\n" + (row_filter.replace("%", "%%") if bound else row_filter) + "\n)"
+    wrapped = "(\n" + (escape_percent(row_filter, names=False, rest=True) if bound else row_filter) + "\n)"
     return f"{condition} AND {wrapped}" if condition else wrapped
 
 
