@@ -49,7 +49,8 @@ def qualify_pg(schema: str, table: str) -> str:
 
 def split_table(ref: str) -> tuple[str, str]:
     """'db.table' -> ('db', 'table'). Exactly one dot is required: a database or table name holding a dot
-    cannot be told apart from the separator, so the error says how to reach such a table (a view)."""
+    cannot be told apart from the separator, nor one holding a '/' be one S3 folder, so the error says how
+    to reach such a table (a view)."""
     if not ref.isascii():
         try:
             ref.encode("utf-8")
@@ -67,5 +68,12 @@ def split_table(ref: str) -> tuple[str, str]:
             f"table {ref!r} has more than one dot: a database or table name holding a dot cannot be named "
             f"as database.table — sync a view with a plain name instead, e.g. CREATE VIEW "
             f"{qualify_mysql(db, view)} AS SELECT * FROM {qualify_mysql(db, table)}, then -t {db}.{view}"
+        )
+    if "/" in ref:  # the stage of db.table is the S3 folder <pipeline>/<db.table>/: one key segment
+        view = table.replace("/", "_")
+        raise ValueError(
+            f"table {ref!r} holds a '/', which cannot be part of its S3 folder (<pipeline>/<database.table>/) "
+            f"— sync a view with a plain name instead, e.g. CREATE VIEW {qualify_mysql(db, view)} AS SELECT * "
+            f"FROM {qualify_mysql(db, table)}, then -t {db}.{view}"
         )
     return db, table

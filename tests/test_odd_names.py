@@ -1,4 +1,6 @@
-"""A ``%`` in a table or column name. A query with bound values (every incremental page, the window's
+"""Table and column names users have that the code did not expect.
+
+A ``%`` in a table or column name. A query with bound values (every incremental page, the window's
 estimate) is formatted by the driver with them, so such a name failed the table as an internal error
 ("unsupported format character", "not enough arguments for format string"); a full_sync, which binds
 nothing, read it. Now every strategy reads it, a row filter with ``%`` in a string and in a quoted name
@@ -63,3 +65,21 @@ def test_escape_percent_tells_names_from_strings_and_comments() -> None:
     assert escape_percent(text, names=False, rest=True) == (
         "v LIKE 'a\\'%%' OR `c%` = 1 OR id %% 2 = 0 /* 5%% */ # x%%"
     )
+
+
+def test_slash_in_a_table_name_fails_alone_saying_how_to_sync_it(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
+) -> None:
+    """A '/' (a legal MySQL table name) cannot be the one S3 folder of the table's stages: it failed in
+    phase ``state`` with "invalid table ... for an S3 run prefix", saying neither why nor what to do. Like
+    a dot, it now fails at planning with the view that reaches the table; the run's other table loads."""
+    mysql_exec(mysql_db, "CREATE TABLE `a/b` (id INT PRIMARY KEY)", "CREATE TABLE ok (id INT PRIMARY KEY)")
+    tables = [f"{mysql_db}.a/b", f"{mysql_db}.ok"]
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn)
+    doc, _ = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", tables[0], "-t", tables[1])
+    check_contract(doc, tables)
+    result = doc["table_results"][tables[0]]
+    assert (result["phase"], result["retryable"]) == ("plan", False), result
+    view = f"CREATE VIEW `{mysql_db}`.`a_b` AS SELECT * FROM `{mysql_db}`.`a/b`, then -t {mysql_db}.a_b"
+    assert "holds a '/'" in result["error_message"] and view in result["error_message"], result
+    assert doc["table_results"][tables[1]]["status"] == "success", doc
