@@ -72,8 +72,8 @@ def split_table(ref: str) -> tuple[str, str]:
     if "/" in ref:  # the stage of db.table is the S3 folder <pipeline>/<db.table>/: one key segment
         view = table.replace("/", "_")
         raise ValueError(
-            f"table {ref!r} holds a '/', which cannot be part of its S3 folder (<pipeline>/<database.table>/) "
-            f"— sync a view with a plain name instead, e.g. CREATE VIEW {qualify_mysql(db, view)} AS SELECT * "
-            f"FROM {qualify_mysql(db, table)}, then -t {db}.{view}"
+            f"table {ref!r} holds a '/', which cannot be part of its S3 folder "
+            "(<pipeline>/<database.table>/) — sync a view with a plain name instead, e.g. CREATE VIEW "
+            f"{qualify_mysql(db, view)} AS SELECT * FROM {qualify_mysql(db, table)}, then -t {db}.{view}"
         )
     return db, table

@@ -102,9 +102,13 @@ def select_item(column: Column) -> str:
     """How a column is selected. FLOAT goes through ``* 1e0``, a DOUBLE: the text protocol prints a FLOAT
     with 6 significant digits (0.45125502 arrives as 0.451255), a DOUBLE with every digit it needs, and
     every FLOAT value is exactly a DOUBLE (times one: exact, sign of zero kept), so the planned float32
-    gets the stored value back. (``CAST(... AS DOUBLE)`` would do the same from MySQL 8.0.17 only.)"""
+    gets the stored value back. (``CAST(... AS DOUBLE)`` would do the same from MySQL 8.0.17 only.) So
+    does a DOUBLE(M,D): the text protocol prints it with D decimals (1.8900000000000001 arrives as 1.89,
+    another double; connectorx's binary protocol reads the stored one)."""
     name = quote_mysql(column.name)
     if column.logical == "float32" and data_type_of(column) == "float":
+        return f"{name} * 1e0 AS {name}"
+    if column.logical == "float64" and "(" in column.source_type:
         return f"{name} * 1e0 AS {name}"
     return name
 
