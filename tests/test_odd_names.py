@@ -126,3 +126,25 @@ async def test_binary_key_pages_on_a_server_without_backslash_escapes(
                 async for batch in receive:
                     got += batch.column("id").to_pylist()
     assert sorted(got) == sorted(keys)
+
+
+def test_json_column_holding_text_that_is_not_json_names_the_column_and_the_fix(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
+) -> None:
+    """MariaDB's JSON is LONGTEXT with a JSON_VALID check that ``check_constraint_checks=0`` (or a restored
+    dump) bypasses. Such a value failed the load with PostgreSQL's bare "invalid input syntax for type
+    json", naming neither the column nor what to do; it still fails (no value is guessed), saying both."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE bj (id INT PRIMARY KEY, j JSON)",
+        "SET check_constraint_checks = 0",
+        "INSERT INTO bj VALUES (1, '{\"a\": 1}'), (2, 'not json')",
+    )
+    ref = f"{mysql_db}.bj"
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn)
+    doc, _ = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", ref)
+    check_contract(doc, [ref])
+    result = doc["table_results"][ref]
+    assert (result["phase"], result["retryable"]) == ("load", False), result
+    assert "(column 'j')" in result["error_message"], result
+    assert "WHERE NOT JSON_VALID(column)" in result["error_message"], result
