@@ -148,3 +148,26 @@ def test_json_column_holding_text_that_is_not_json_names_the_column_and_the_fix(
     assert (result["phase"], result["retryable"]) == ("load", False), result
     assert "(column 'j')" in result["error_message"], result
     assert "WHERE NOT JSON_VALID(column)" in result["error_message"], result
+
+
+def test_view_mysql_cannot_resolve_is_not_reported_as_missing(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
+) -> None:
+    """A view whose table was dropped has no columns in the catalog: it failed as "table ... not found —
+    check the database and table names", though the name is right. It says the view cannot be read, why,
+    and what to do; a name that does not exist keeps its message."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE base (id INT PRIMARY KEY)",
+        "CREATE VIEW v AS SELECT * FROM base",
+        "DROP TABLE base",
+    )
+    tables = [f"{mysql_db}.v", f"{mysql_db}.nope"]
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn)
+    doc, _ = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", tables[0], "-t", tables[1])
+    check_contract(doc, tables)
+    view, nope = (doc["table_results"][t] for t in tables)
+    assert (view["phase"], view["retryable"]) == ("introspect", False), view
+    assert view["error_message"].startswith(f"view {mysql_db}.v of MySQL source"), view
+    assert f"SHOW CREATE VIEW `{mysql_db}`.`v`" in view["error_message"], view
+    assert "not found" in nope["error_message"], nope
