@@ -171,3 +171,32 @@ def test_view_mysql_cannot_resolve_is_not_reported_as_missing(
     assert view["error_message"].startswith(f"view {mysql_db}.v of MySQL source"), view
     assert f"SHOW CREATE VIEW `{mysql_db}`.`v`" in view["error_message"], view
     assert "not found" in nope["error_message"], nope
+
+
+def test_zero_dates_of_a_view_are_not_counted_as_null_cursors(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
+) -> None:
+    """A view (as the README suggests for a dotted name) over a legacy table whose NOT NULL cursor holds
+    zero dates: MySQL's ``IS NULL`` matches those, so the result said ``null_cursor_rows: 2`` and stderr
+    that 2 rows are never read, though the first window read and loaded them (NULL, counted as
+    ``zero_date_to_null``). The real NULLs of a nullable cursor are still counted."""
+    mysql_exec(
+        mysql_db,
+        "SET sql_mode = ''",
+        "CREATE TABLE legacy (id INT PRIMARY KEY, ts DATETIME NOT NULL DEFAULT '0000-00-00', KEY (ts, id))",
+        "INSERT INTO legacy (id) VALUES (1), (2)",
+        "INSERT INTO legacy VALUES (3, '2024-01-01')",
+        "CREATE VIEW lv AS SELECT * FROM legacy",
+        "CREATE TABLE nullable (id INT PRIMARY KEY, ts DATETIME NULL, KEY (ts, id))",
+        "INSERT INTO nullable VALUES (1, '0000-00-00'), (2, NULL), (3, '2024-01-01')",
+    )
+    strategy = {"cdc_strategy": "hybrid", "cdc_timestamp_column": "ts", "cdc_id_column": "id"}
+    tables = {f"{mysql_db}.lv": strategy, f"{mysql_db}.nullable": strategy}
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, tables)
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", *[a for t in tables for a in ("-t", t)])
+    check_contract(doc, list(tables))
+    view, table = (doc["table_results"][t] for t in tables)
+    assert view["rows_processed"] == 3 and "null_cursor_rows" not in view, view
+    assert view["coercions"] == {"ts": {"zero_date_to_null": 2}}, view
+    assert table["rows_processed"] == 2 and table["null_cursor_rows"] == 1, table
+    assert f"{mysql_db}.lv: " not in proc.stderr, proc.stderr
