@@ -158,3 +158,34 @@ def test_postgres_column_name_it_cannot_hold_fails_an_incremental_sync_before_st
     assert not _exists(f"{pg_schema}.long_name")
     assert doc["table_results"][f"{mysql_db}.ok"]["status"] == "success", doc
     assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".ok')[0][0] == ROWS
+
+
+def test_two_columns_renamed_to_one_name_fail_before_staging(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """``rename_columns`` giving one target name to two columns (two renames, or a rename onto a column the
+    table has) failed only in the load, phase ``load``, with PostgreSQL's raw "column specified more than
+    once", after the whole table was read and staged. It is the early check's: phase ``plan``, naming the
+    column and rename_columns; nothing staged, no target; another table loads."""
+    _tables(mysql_db, "two", "onto", "ok")
+    tables = {
+        f"{mysql_db}.two": {"rename_columns": {"v": "x", "f": "x"}},
+        f"{mysql_db}.onto": {"rename_columns": {"v": "id"}},
+        f"{mysql_db}.ok": {},
+    }
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, tables)
+    doc = _sync(cfg, list(tables))
+    check_contract(doc, list(tables))
+    for name, column in (("two", "'x'"), ("onto", "'id'")):
+        result = doc["table_results"][f"{mysql_db}.{name}"]
+        assert (result["status"], result["phase"], result["retryable"]) == ("failed", "plan", False), result
+        message = result["error_message"]
+        assert f"{column} would name more than one column" in message and "rename_columns" in message, result
+        assert _staged(s3_conn, mysql_db, name) == []
+        assert not _exists(f"{pg_schema}.{name}")
+    assert doc["table_results"][f"{mysql_db}.ok"]["status"] == "success", doc

@@ -517,3 +517,22 @@ async def test_an_empty_table_sends_nothing_under_every_policy(cfg: SourceConn, 
     rows, stats, schema = await read(cfg, "empty", policy=strict, max_text_bytes=10)
     assert rows == [] and (stats.rows, stats.batches, stats.coercions) == (0, 0, {})
     assert [c.logical for c in schema.columns] == ["int32", "bool", "string", "binary", "string", "date"]
+
+
+@pytest.mark.anyio
+async def test_double_with_decimals_arrives_as_stored(cfg: SourceConn, mysql_db: str) -> None:
+    """DOUBLE(M,D) (``price DOUBLE(10,2)``, deprecated but common) stores a double the text protocol
+    prints with D decimals only: 1.8900000000000001 arrived as 1.89, a different double, while connectorx
+    (big tables) read the stored one, so the two paths disagreed. Both drivers now give the stored value."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE dd (id INT PRIMARY KEY, d DOUBLE(10,2), u DOUBLE(12,3) UNSIGNED, p DOUBLE)",
+        "INSERT INTO dd SELECT seq, seq / 9, seq / 7, seq / 9 FROM seq_1_to_200",
+        "INSERT INTO dd VALUES (201, NULL, 999999999.999, -1e308)",
+    )
+    # the stored double with every digit: `+ 0e0` is a DOUBLE without the column's D
+    exact = [tuple(r) for r in mysql_rows(mysql_db, "SELECT id, d + 0e0, u + 0e0, p FROM dd ORDER BY id")]
+    printed = [tuple(r) for r in mysql_rows(mysql_db, "SELECT id, d, u, p FROM dd ORDER BY id")]
+    assert printed != exact  # what a plain SELECT of the column gives
+    rows, _, _ = await read(cfg, "dd")
+    assert sorted((r["id"], r["d"], r["u"], r["p"]) for r in rows) == exact

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from src.common.jsonio import printable
 
 
@@ -12,6 +14,26 @@ def quote_mysql(name: str) -> str:
 
 def qualify_mysql(database: str, table: str) -> str:
     return f"{quote_mysql(database)}.{quote_mysql(table)}"
+
+
+# A piece of MySQL text: a backtick-quoted name, a quoted string or a comment, or anything else (one char).
+_MYSQL_TOKEN = re.compile(
+    r"(?P<name>`(?:[^`]|``)*`?)"
+    r"|(?P<text>'(?:[^'\\]|\\.|'')*'?|\"(?:[^\"\\]|\\.|\"\")*\"?|--\s[^\n]*|#[^\n]*|/\*.*?(?:\*/|$))"
+    r"|(?P<code>[^`'\"#/-]+|.)",
+    re.DOTALL,
+)
+
+
+def escape_percent(sql: str, *, names: bool, rest: bool) -> str:
+    """``sql`` with ``%`` doubled for a query that takes ``%s`` arguments (the driver formats the text
+    with them): in backtick-quoted names (``names``), and in strings, comments and the rest (``rest``)."""
+    out = []
+    for match in _MYSQL_TOKEN.finditer(sql):
+        piece = match.group()
+        in_name = match.lastgroup == "name"
+        out.append(piece.replace("%", "%%") if (names if in_name else rest) else piece)
+    return "".join(out)
 
 
 def quote_pg(name: str) -> str:
@@ -27,7 +49,8 @@ def qualify_pg(schema: str, table: str) -> str:
 
 def split_table(ref: str) -> tuple[str, str]:
     """'db.table' -> ('db', 'table'). Exactly one dot is required: a database or table name holding a dot
-    cannot be told apart from the separator, so the error says how to reach such a table (a view)."""
+    cannot be told apart from the separator, nor one holding a '/' be one S3 folder, so the error says how
+    to reach such a table (a view)."""
     if not ref.isascii():
         try:
             ref.encode("utf-8")
@@ -44,6 +67,13 @@ def split_table(ref: str) -> tuple[str, str]:
         raise ValueError(
             f"table {ref!r} has more than one dot: a database or table name holding a dot cannot be named "
             f"as database.table — sync a view with a plain name instead, e.g. CREATE VIEW "
+            f"{qualify_mysql(db, view)} AS SELECT * FROM {qualify_mysql(db, table)}, then -t {db}.{view}"
+        )
+    if "/" in ref:  # the stage of db.table is the S3 folder <pipeline>/<db.table>/: one key segment
+        view = table.replace("/", "_")
+        raise ValueError(
+            f"table {ref!r} holds a '/', which cannot be part of its S3 folder "
+            "(<pipeline>/<database.table>/) — sync a view with a plain name instead, e.g. CREATE VIEW "
             f"{qualify_mysql(db, view)} AS SELECT * FROM {qualify_mysql(db, table)}, then -t {db}.{view}"
         )
     return db, table

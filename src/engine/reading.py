@@ -176,7 +176,7 @@ async def _fast_read(
     ctx, conn, plan, schema, win, stats = read.ctx, read.conn, read.plan, read.schema, read.window, read.stats
     keys = fast_window(ctx, schema, win)
     if ctx.source is None or isinstance(keys, str):
-        if isinstance(keys, str) and win.strategy in ("full_sync", "id_only"):
+        if isinstance(keys, str):
             stats.path = {"path": "asyncmy", "reason": keys}
         return None
     estimated = await estimate_rows(

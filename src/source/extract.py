@@ -21,7 +21,7 @@ import anyio.abc
 import pyarrow as pa
 
 from src.common.errors import SourceError
-from src.common.naming import qualify_mysql, quote_mysql
+from src.common.naming import escape_percent, qualify_mysql, quote_mysql
 from src.common.policy import TypePolicy
 from src.common.schema import Column, TableSchema
 from src.source.convert import ZERO_DATE, Coercions, rows_to_batch
@@ -102,19 +102,24 @@ def select_item(column: Column) -> str:
     """How a column is selected. FLOAT goes through ``* 1e0``, a DOUBLE: the text protocol prints a FLOAT
     with 6 significant digits (0.45125502 arrives as 0.451255), a DOUBLE with every digit it needs, and
     every FLOAT value is exactly a DOUBLE (times one: exact, sign of zero kept), so the planned float32
-    gets the stored value back. (``CAST(... AS DOUBLE)`` would do the same from MySQL 8.0.17 only.)"""
+    gets the stored value back. (``CAST(... AS DOUBLE)`` would do the same from MySQL 8.0.17 only.) So
+    does a DOUBLE(M,D): the text protocol prints it with D decimals (1.8900000000000001 arrives as 1.89,
+    another double; connectorx's binary protocol reads the stored one)."""
     name = quote_mysql(column.name)
     if column.logical == "float32" and data_type_of(column) == "float":
+        return f"{name} * 1e0 AS {name}"
+    if column.logical == "float64" and "(" in column.source_type:
         return f"{name} * 1e0 AS {name}"
     return name
 
 
 def with_filter(condition: str | None, row_filter: str | None, *, bound: bool) -> str | None:
     """``condition`` AND the user's ``row_filter``, in parentheses on lines of its own. ``bound``: the
-    query takes ``%s`` arguments, so a literal ``%`` of the filter is doubled."""
+    query takes ``%s`` arguments, so a literal ``%`` of the filter is doubled (in backtick-quoted names
+    by the connection, as in every name of such a query)."""
     if not row_filter or not row_filter.strip():
         return condition
-    wrapped = "(\n" + (row_filter.replace("%", "%%") if bound else row_filter) + "\n)"
+    wrapped = "(\n" + (escape_percent(row_filter, names=False, rest=True) if bound else row_filter) + "\n)"
     return f"{condition} AND {wrapped}" if condition else wrapped
 
 

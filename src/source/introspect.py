@@ -27,6 +27,25 @@ ALL_COLUMNS = ColumnSelection()
 CATALOG_BATCH: Final = 100  # tables per catalog round of a run (``_catalog``)
 CATALOG_MAX_AGE: Final = 30.0  # seconds a batched description may wait for its table's turn
 CLOCK_REFRESH: Final = 60.0  # seconds a SourceClock goes on the local clock before it reads the source's
+
+
+async def _check_view(conn: SourceConnection, database: str, table: str) -> None:
+    """A view MySQL cannot resolve (a table or column it reads was dropped, its definer lost rights) has no
+    columns in the catalog, like a table that does not exist: say which it is."""
+    found = await conn.fetchall(
+        "SELECT 1 FROM information_schema.VIEWS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+        (database, table),
+    )
+    if found:
+        raise SourceError(
+            f"view {database}.{table} of MySQL source {conn.cfg.name!r} cannot be read: it references a "
+            "table, column or function that no longer exists, or its definer lacks the rights to use them — "
+            f"fix the view (SHOW CREATE VIEW {qualify_mysql(database, table)}) or leave it out of the run",
+            table=f"{database}.{table}",
+            retryable=False,
+        )
+
+
 # One catalog round per batch of tables: four simple queries, each filtered on TABLE_SCHEMA and TABLE_NAME
 # so that MariaDB opens only the named tables. Joined in SQL, the same lookup cost MariaDB 0.6-0.9 s of CPU
 # per 100 tables on a server of 1,000 tables (it filled the joined information_schema tables whole), the
@@ -205,6 +224,8 @@ async def _describe(
     primary_key: tuple[str, ...] | None,
 ) -> TableSchema | S3ShiftError:
     try:
+        if not rows:
+            await _check_view(conn, database, table)
         schema = _schema(conn, f"{database}.{table}", rows, policy, selection, primary_key)
         await check_booleans(conn, database, table, schema)
     except S3ShiftError as exc:

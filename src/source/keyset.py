@@ -129,10 +129,17 @@ def predicate(keyset: Keyset, after: Position | None, end: Any) -> tuple[str, li
 def _after(keyset: Keyset, after: Position) -> tuple[str, list[object]]:
     """Rows after ``after`` in the keyset order; a position's trailing Nones stand for "after every value
     of those columns" (``(ts, None)``: after all of ts). For ``(a, b, c)``:
-    ``a >= %s AND (a > %s OR (a = %s AND (b > %s OR (b = %s AND c > %s))))``, each value bound at each use."""
+    ``a >= %s AND (a > %s OR (a = %s AND (b > %s OR (b = %s AND c > %s))))``, each value bound at each use.
+    A BINARY/VARBINARY key's bytes go as hex text, ``UNHEX(%s)``: asyncmy escapes bytes with backslashes
+    even where the server's sql_mode has NO_BACKSLASH_ESCAPES (0x27 then broke the query, 0x5c bound
+    another value)."""
     names = [quote_mysql(c.name) for c in keyset.order]
-    text, order = after_position(names, after, lambda _: "%s", range_first=True)
-    return text, [after[i] for i in order]
+    hexed = [c.logical == "binary" for c in keyset.order]
+    text, order = after_position(names, after, lambda i: "UNHEX(%s)" if hexed[i] else "%s", range_first=True)
+    values = [after[i] for i in order]
+    return text, [
+        v.hex() if isinstance(v, bytes) and hexed[i] else v for i, v in zip(order, values, strict=True)
+    ]
 
 
 def page_query(

@@ -22,6 +22,7 @@ import asyncmy.cursors
 
 from src.common.errors import SourceError
 from src.common.log import get_logger
+from src.common.naming import escape_percent
 from src.common.secret import Secret
 from src.config.models import SourceConn
 
@@ -188,7 +189,7 @@ class SourceConnection:
 
         async def go() -> list[tuple[Any, ...]]:
             cursor = await self._cursor(unbuffered=False)
-            await cursor.execute(sql, tuple(args) if args else None)
+            await cursor.execute(*_driver_args(sql, args))
             rows = list(await cursor.fetchall())
             await cursor.close()
             return rows
@@ -205,7 +206,7 @@ class SourceConnection:
         """
         self._broken = True  # until the result is read to its end
         cursor = await self._cursor(unbuffered=True)
-        await self._run("a streaming query", lambda: cursor.execute(sql, tuple(args) if args else None))
+        await self._run("a streaming query", lambda: cursor.execute(*_driver_args(sql, args)))
         rows = RowStream(self, cursor)
         yield rows
         if rows.done:
@@ -263,6 +264,15 @@ class SourceConnection:
         transport = getattr(self._raw, "_transport", None) if self.cfg.driver == "asyncmy" else None
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
+
+
+def _driver_args(sql: str, args: Sequence[object]) -> tuple[str, tuple[object, ...] | None]:
+    """What the driver's ``execute`` takes. With arguments it formats the text with them (``%s``), so a
+    ``%`` in a quoted name (a column ``pct%``, a table ``a%b``) is doubled; a row filter's are already
+    (``with_filter``)."""
+    if not args:
+        return sql, None
+    return escape_percent(sql, names=True, rest=False), tuple(args)
 
 
 def session_sql(cfg: SourceConn) -> str:

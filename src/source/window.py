@@ -283,11 +283,21 @@ async def null_cursor_rows(
     nullable = [n for n in names if n is not None and n in schema.names and schema.column(n).nullable]
     if not nullable:
         return 0
-    nulls = "(" + " OR ".join(f"{quote_mysql(n)} IS NULL" for n in nullable) + ")"
+    nulls = "(" + " OR ".join(_is_null(schema.column(n)) for n in nullable) + ")"
     condition = with_filter(nulls, where, bound=False) or nulls
     with drift_errors(f"{database}.{table}"):
         rows = await conn.fetchall(f"SELECT COUNT(*) FROM {qualify_mysql(database, table)} WHERE {condition}")
     return int(rows[0][0] or 0)
+
+
+def _is_null(column: Column) -> str:
+    """``col IS NULL``; for a date, not its zero date, which MySQL's IS NULL also matches when the column is
+    NOT NULL at its base (a view's column over one): such rows are read by the first window (NULL in the
+    target, counted as ``zero_date_to_null``), not left out. A zero date plus 0 is 0, NULL plus 0 NULL."""
+    name = quote_mysql(column.name)
+    if column.logical in ("date", "timestamp", "timestamptz"):
+        return f"({name} IS NULL AND {name} + 0 IS NULL)"
+    return f"{name} IS NULL"
 
 
 # ---- plans: query text, estimates, index ----------------------------------------------------------------

@@ -292,6 +292,15 @@ def check_identifiers(dialect: Dialect, schema_name: str, target_table: str, sch
             "in include_columns) in the table's config",
             table=where,
         )
+    twice = sorted({n for n in schema.names if schema.names.count(n) > 1})
+    if twice:  # only rename_columns makes two columns one name: the load would fail on a duplicate column
+        raise WarehouseError(
+            f"columns of {where}: {', '.join(map(repr, twice))} would name more than one column once "
+            "renamed: give each column its own target name in the table's rename_columns",
+            table=where,
+            column=twice[0],
+            key="rename_columns",
+        )
     problems: dict[str, str] = {}
     folded: dict[str, str] = {}
     for name in schema.names:

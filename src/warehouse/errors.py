@@ -5,6 +5,7 @@ Classification looks only at exception classes and SQLSTATE codes, never at mess
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import asyncpg
@@ -76,7 +77,13 @@ HINTS = {
     "columns out with exclude_columns in the table's config, then rerun",
     "2BP01": "objects such as views depend on the target, which this load must drop and recreate: drop "
     "them, rerun, then create them again",
+    "22P02": "a source value the target column's type does not take: typically a JSON column holding text "
+    "that is not JSON (written past MariaDB's JSON_VALID check, e.g. with check_constraint_checks=0, or "
+    "by a restored dump); find the rows with WHERE NOT JSON_VALID(column), fix them or leave the column "
+    "out with exclude_columns, then rerun",
 }
+# A COPY's CONTEXT line names the column a value failed in: "COPY t, line 2, column j: ..."
+_COPY_COLUMN = re.compile(r"^COPY .*?, line \d+, column (.+?)(?::|$)", re.MULTILINE)
 
 
 # SQLSTATEs whose DETAIL is 'Failing row contains (...)': every value of the row (not null, check
@@ -89,7 +96,10 @@ def cause_text(exc: BaseException) -> str:
     state = sqlstate_of(exc)
     if state is not None and isinstance(exc, asyncpg.PostgresError):
         hint = f" — {HINTS[state]}" if state in HINTS else ""
-        return f"{type(exc).__name__} (SQLSTATE {state}): {' '.join(_server_text(exc, state).split())}{hint}"
+        copied = _COPY_COLUMN.search(str(getattr(exc, "context", None) or ""))
+        column = f" (column {copied.group(1)!r})" if copied else ""
+        text = " ".join(_server_text(exc, state).split())
+        return f"{type(exc).__name__} (SQLSTATE {state}): {text}{column}{hint}"
     return describe(exc)
 
 
