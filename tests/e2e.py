@@ -70,6 +70,8 @@ def write_config(
                     "endpoint_url": s3.endpoint_url,
                     "part_size_mb": s3.part_size_mb,
                     "max_attempts": s3.max_attempts,
+                    **({"sse": s3.sse} if s3.sse else {}),
+                    **({"sse_kms_key_id": s3.sse_kms_key_id} if s3.sse_kms_key_id else {}),
                 }
             },
         }

@@ -91,6 +91,8 @@ _S3_KEYS = {
     "max_concurrency": "int",
     "max_attempts": "int",
     "read_timeout": "float",
+    "sse": "str",
+    "sse_kms_key_id": "str",
     "description": "str",
 }
 _PIPELINE_KEYS = {
@@ -394,4 +396,29 @@ def _s3(ref: tuple[str, dict[str, Any]], file: Path) -> S3Conn:
             file=str(file),
             key=f"{where}.part_size_mb",
         )
+    _s3_encryption(v, file, where)
     return S3Conn(name=name, **v)
+
+
+SSE_KINDS = ("AES256", "aws:kms", "aws:kms:dsse")
+
+
+def _s3_encryption(v: dict[str, Any], file: Path, where: str) -> None:
+    """``sse`` as S3 spells it (``aes256`` and ``AWS:KMS`` read too); a KMS key only with a KMS kind."""
+    sse = v.get("sse")
+    if sse is not None:
+        kind = next((k for k in SSE_KINDS if k.lower() == str(sse).lower()), None)
+        if kind is None:
+            raise ConfigError(
+                f"{file}: '{where}.sse' must be one of {', '.join(SSE_KINDS)} (got {sse!r}), or left out "
+                "for the bucket's default encryption",
+                file=str(file),
+                key=f"{where}.sse",
+            )
+        v["sse"] = kind
+    if v.get("sse_kms_key_id") and not str(v.get("sse", "")).startswith("aws:kms"):
+        raise ConfigError(
+            f"{file}: '{where}.sse_kms_key_id' needs sse: aws:kms (or aws:kms:dsse) beside it",
+            file=str(file),
+            key=f"{where}.sse_kms_key_id",
+        )

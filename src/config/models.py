@@ -82,6 +82,8 @@ class S3Conn:
     max_concurrency: int = 8  # S3 parts in flight
     max_attempts: int = 5  # tries of one S3 request (botocore's standard retry mode, with backoff)
     read_timeout: float = 60.0  # seconds for the answer to a request sent; unanswered, it is tried twice
+    sse: str | None = None  # server-side encryption asked for on every object: AES256, aws:kms, aws:kms:dsse
+    sse_kms_key_id: str | None = None  # the KMS key (id, ARN or alias) of aws:kms / aws:kms:dsse
 
 
 @dataclass(frozen=True)

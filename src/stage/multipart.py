@@ -85,7 +85,11 @@ class MultipartUpload:
     async def _claim_part_number(self) -> int:
         if self._upload_id is None:
             resp = await self._stage._call(
-                "create_multipart_upload", self.key, Key=self.key, ChecksumAlgorithm="CRC32"
+                "create_multipart_upload",
+                self.key,
+                Key=self.key,
+                ChecksumAlgorithm="CRC32",
+                **self._stage.encryption(),
             )
             self._upload_id = str(resp["UploadId"])
         number = self._next_part

@@ -213,11 +213,27 @@ class S3Stage:
         pages = self._paginate("list_objects_v2", "Contents", Prefix=prefix)
         return [(str(o["Key"]), o["LastModified"]) async for o in pages]
 
+    def encryption(self) -> dict[str, str]:
+        """The server-side encryption every object of ours asks for (``connections.s3.NAME.sse``): a bucket
+        policy that refuses uploads without it (``s3:x-amz-server-side-encryption``) is met; none set, the
+        bucket's default encryption applies. On the requests that create objects only (a PUT, the start
+        of a multipart upload)."""
+        if not self.cfg.sse:
+            return {}
+        kms = {"SSEKMSKeyId": self.cfg.sse_kms_key_id} if self.cfg.sse_kms_key_id else {}
+        return {"ServerSideEncryption": self.cfg.sse, **kms}
+
     async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:
         """PUT one object with a CRC32 checksum that S3 checks. True when the response echoes that checksum,
         which proves the object holds exactly ``data`` (no HEAD needed); False when the store echoes none."""
         resp = await self._call(
-            "put_object", key, Key=key, Body=data, ContentType=content_type, ChecksumAlgorithm="CRC32"
+            "put_object",
+            key,
+            Key=key,
+            Body=data,
+            ContentType=content_type,
+            ChecksumAlgorithm="CRC32",
+            **self.encryption(),
         )
         echoed = resp.get("ChecksumCRC32")
         if echoed is None:
