@@ -343,7 +343,8 @@ async def test_a_refused_connection_falls_back_without_showing_the_password(
     async with MySQLSource(cfg) as bad:  # connectorx logs in as a user that does not exist
         batches = await read_shared_fast(source_conn, bad, mysql_db, stats, range_rows=40, workers=2)
     assert sum(b.num_rows for b in batches) == 120
-    reasons = " ".join(stats.path["fallbacks"])
+    assert stats.path["path"] == "asyncmy", stats.path
+    reasons = stats.path["reason"]
     assert reasons == "connectorx could not connect within connect_timeout (1 s)"
     assert (
         "s3cr3t" not in reasons
@@ -369,9 +370,8 @@ async def test_no_free_connection_reads_canonically(source_conn: SourceConn, mys
 
         batches = await _collect(fast)
     assert_same(canonical, pa.Table.from_batches(batches, schema=schema.arrow_schema()).sort_by("id"))
-    assert stats.path["workers"] == 0 and stats.path["fallbacks"] == [
-        "no free connection in the source's budget"
-    ]
+    reason = "no free connection in the source's budget for connectorx"
+    assert stats.path == {"path": "asyncmy", "reason": reason}
 
 
 async def test_reserve_closes_idle_connections_to_stay_within_the_budget(source_conn: SourceConn) -> None:
@@ -594,10 +594,10 @@ async def test_a_login_refused_mid_run_hands_every_range_left_to_asyncmy_at_once
     for read in (batches, again):
         assert_same(canonical, pa.Table.from_batches(read, schema=schema.arrow_schema()).sort_by("id"))
     assert took < 45, f"{took:.1f} s for 6 ranges"  # connectorx's own 30 s for the first refusal
-    assert took_later < 5 and later.path["workers"] == 0, later.path
+    assert took_later < 5 and later.path["path"] == "asyncmy", later.path
+    assert later.path["reason"].startswith("connectorx login refused: "), later.path
     refusal = stats.path["fallbacks"][0]
     assert refusal.startswith("connectorx login refused: ") and "ERROR 1045" in refusal, stats.path
-    assert (
-        later.path["fallbacks"] == [source.connectorx_error] and "Access denied" in later.path["fallbacks"][0]
-    )
+    assert later.path == {"path": "asyncmy", "reason": source.connectorx_error}, later.path
+    assert "Access denied" in later.path["reason"]
     assert all("Access denied" in f or "refused" in f for f in stats.path["fallbacks"]), stats.path

@@ -294,13 +294,14 @@ class FastRead:
         planned = len(self._queue)
         refused = await connectorx_refused(self.source, self.database)
         async with self.source.reserve(0 if refused else self.workers) as workers:
-            if workers == 0:
-                self.fallbacks.append(refused or "no free connection in the source's budget")
+            if workers == 0:  # the table's own connection reads it all: the report says asyncmy, and why
+                reason = refused or "no free connection in the source's budget for connectorx"
+                self.stats.path = {"path": "asyncmy", "reason": reason}
                 await self._canonical(window)
-            else:
-                async with anyio.create_task_group() as tg:
-                    for _ in range(workers):
-                        tg.start_soon(self._worker)
+                return
+            async with anyio.create_task_group() as tg:
+                for _ in range(workers):
+                    tg.start_soon(self._worker)
         self.stats.path = {"path": "connectorx", "workers": workers, "ranges": planned}
         if self._guarded:
             self.stats.path["guarded_dates"] = True
