@@ -317,8 +317,8 @@ def tls_context(cfg: SourceConn) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         raise SourceError(
             f"MySQL source {cfg.name!r}: cannot read the CA bundle connections.sources.{cfg.name}.ssl_ca "
-            f"({cfg.ssl_ca!r}): {_cause(exc)} — give the PEM file of the CA that signed the server's "
-            "certificate",
+            f"({cfg.ssl_ca!r}): {' '.join(str(exc).split()) or type(exc).__name__} — give the PEM file of "
+            "the CA that signed the server's certificate",
             retryable=False,
         ) from exc
     context.check_hostname = cfg.ssl_mode == "verify_identity"
