@@ -114,6 +114,9 @@ def connect_hint(exc: BaseException, cfg: TargetConn) -> str:
     """What to check when a connection to ``cfg`` cannot be opened: the config key, as MySQL's say."""
     key = f"connections.targets.{cfg.name}"
     state = sqlstate_of(exc)
+    if state == "28000" and not cfg.ssl and any(w in str(exc) for w in (", SSL off", ", no encryption")):
+        # pg_hba has only hostssl lines for us (Redshift's require_ssl, RDS's rds.force_ssl)
+        return f"the server accepts only TLS connections: set {key}.ssl: true"
     if state in ("28P01", "28000"):  # invalid password, invalid authorization (unknown role, pg_hba)
         return f"check {key}.username and its password"
     if state == "3D000":
