@@ -59,6 +59,8 @@ def write_config(
                     "lock_timeout": target.lock_timeout,
                     "connect_timeout": target.connect_timeout,
                     "read_timeout": target.read_timeout,
+                    "ssl": target.ssl,
+                    **({"ssl_ca": target.ssl_ca} if target.ssl_ca else {}),
                     **({"iam_role": target.iam_role} if target.iam_role else {}),
                 }
             },

@@ -71,6 +71,7 @@ _TARGET_KEYS = {
     "max_connections": "int",
     "connect_timeout": "float",
     "ssl": "bool",
+    "ssl_ca": "str",
     "description": "str",
     "ssh_tunnel": "map",
     "state_schema": "str",
@@ -337,6 +338,10 @@ def _source_tls(v: dict[str, Any], file: Path, where: str) -> None:
             file=str(file),
             key=f"{where}.ssl_ca",
         )
+    _readable_ca(ca, file, where)
+
+
+def _readable_ca(ca: str, file: Path, where: str) -> None:
     if not os.path.isfile(ca) or not os.access(ca, os.R_OK):
         raise ConfigError(
             f"{file}: '{where}.ssl_ca' is not a readable file: {ca!r} (the CA bundle in PEM)",
@@ -372,6 +377,14 @@ def _target(ref: tuple[str, dict[str, Any]], file: Path) -> TargetConn:
         v.pop("iam_role", None)
     if not v.get("region"):
         v.pop("region", None)
+    if v.get("ssl_ca"):
+        if not v.get("ssl"):
+            raise ConfigError(
+                f"{file}: '{where}.ssl_ca' verifies the server's certificate: set ssl: true beside it",
+                file=str(file),
+                key=f"{where}.ssl_ca",
+            )
+        _readable_ca(v["ssl_ca"], file, where)
     return TargetConn(name=name, type=kind, **v)
 
 

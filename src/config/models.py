@@ -60,6 +60,7 @@ class TargetConn:
     max_connections: int = 4  # concurrent loads (WLM slots)
     connect_timeout: float = 15.0
     ssl: bool = False
+    ssl_ca: str | None = None  # PEM bundle ``ssl: true`` verifies the server against (else the system's CAs)
     state_schema: str | None = None  # where s3shift_state lives; None = ``schema``
     lock_timeout: float = 300.0  # PostgreSQL: seconds a statement waits for a lock; 0 = no limit
     read_timeout: float = 60.0  # seconds a statement waits for its answer before the server is checked

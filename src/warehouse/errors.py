@@ -6,6 +6,7 @@ Classification looks only at exception classes and SQLSTATE codes, never at mess
 from __future__ import annotations
 
 import re
+import ssl
 from typing import Any
 
 import asyncpg
@@ -121,6 +122,9 @@ def connect_hint(exc: BaseException, cfg: TargetConn) -> str:
         return f"check {key}.username and its password"
     if state == "3D000":
         return f"check {key}.database"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        against = f"{key}.ssl_ca" if cfg.ssl_ca else "the system's CAs"
+        return f"the server's certificate did not verify against {against}: set {key}.ssl_ca to its CA"
     if state is None and isinstance(exc, OSError | TimeoutError):  # refused, unresolved, timed out
         return f"check {key}.host/port, the network path and that the server is running"
     return ""

@@ -387,8 +387,9 @@ async def _maybe(limiter: anyio.CapacityLimiter | None) -> AsyncIterator[None]:
 
 
 def ssl_context(cfg: TargetConn) -> ssl.SSLContext | bool:
-    """Verified TLS (system CAs, hostname checked) when ``ssl: true``; plain TCP otherwise."""
-    return ssl.create_default_context() if cfg.ssl else False
+    """Verified TLS when ``ssl: true`` (hostname checked, against ``ssl_ca`` or the system's CAs: RDS signs
+    with its own CA, which no system bundle holds); plain TCP otherwise."""
+    return ssl.create_default_context(cafile=cfg.ssl_ca) if cfg.ssl else False
 
 
 def connect_kwargs(cfg: TargetConn, tls: ssl.SSLContext | bool) -> dict[str, Any]:
