@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Self
 
 from src.common.log import get_logger
@@ -102,6 +103,16 @@ def first_error(exc: BaseException) -> BaseException:
         if other is not chosen:
             log.debug("also failed: %r", other)  # --verbose shows what the one reported error hides
     return chosen
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what led to it (its ``__cause__``, else its ``__context__``), and so on, each once."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def leaves(exc: BaseException) -> list[BaseException]:

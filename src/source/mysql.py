@@ -20,7 +20,7 @@ import anyio
 import asyncmy
 import asyncmy.cursors
 
-from src.common.errors import SourceError
+from src.common.errors import SourceError, causes
 from src.common.log import get_logger
 from src.common.naming import escape_percent
 from src.common.secret import Secret
@@ -81,8 +81,7 @@ def is_source_failure(exc: BaseException) -> bool:
 def _cause(exc: BaseException) -> str:
     """A short reason: the OS error's text when there is one (e.g. 'Connection refused')."""
     code = driver_error_code(exc)
-    seen: BaseException | None = exc if code in (None, 2002, 2003) else None
-    while seen is not None:
+    for seen in causes(exc) if code in (None, 2002, 2003) else ():
         if isinstance(seen, ssl.SSLError):  # an OSError whose errno (1) would read "Operation not permitted"
             detail = getattr(seen, "verify_message", None) or seen.reason or type(seen).__name__
             return f"TLS handshake failed ({detail})"
@@ -90,7 +89,6 @@ def _cause(exc: BaseException) -> str:
             return f"cannot resolve the host name ({seen.strerror})"
         if isinstance(seen, OSError) and seen.errno:
             return os.strerror(seen.errno)
-        seen = seen.__cause__ or seen.__context__
     if isinstance(exc, TimeoutError):
         return "timed out"
     text = " ".join(str(exc.args[1] if code is not None and len(exc.args) > 1 else exc).split())
@@ -117,9 +115,7 @@ def _tls_hint(cfg: SourceConn, exc: BaseException) -> str:
     key = f"connections.sources.{cfg.name}"
     if _no_tls_offered(exc):
         return f"the server offers no TLS: enable it there, or set {key}.ssl_mode to preferred or disabled"
-    seen: BaseException | None = exc
-    while seen is not None and not isinstance(seen, ssl.SSLError):
-        seen = seen.__cause__ or seen.__context__
+    seen = next((e for e in causes(exc) if isinstance(e, ssl.SSLError)), None)
     if isinstance(seen, ssl.SSLCertVerificationError):
         against = f"{key}.ssl_ca" if cfg.ssl_ca else "the system's CAs (set ssl_ca)"
         return f"the server's certificate did not verify against {against} ({key}.ssl_mode: {cfg.ssl_mode})"
@@ -328,14 +324,12 @@ def tls_context(cfg: SourceConn) -> ssl.SSLContext | None:
 def _no_tls_offered(exc: BaseException) -> bool:
     """The TLS request got a plain answer: the server does not offer TLS (not a refused connection, not a
     certificate the client refused). ``exc`` or what caused it."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError) and seen.reason == "WRONG_VERSION_NUMBER":
-            return True
-        if "SSL not supported" in str(seen) or "does not support SSL" in str(seen):  # aiomysql's words
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(
+        (isinstance(e, ssl.SSLError) and e.reason == "WRONG_VERSION_NUMBER")
+        or "SSL not supported" in str(e)  # aiomysql's words
+        or "does not support SSL" in str(e)
+        for e in causes(exc)
+    )
 
 
 async def open_connection(cfg: SourceConn, *, tls: bool = True) -> SourceConnection:

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from src.common.errors import S3ShiftError, WarehouseError, describe
+from src.common.errors import S3ShiftError, WarehouseError, causes, describe
 from src.config.models import TargetConn
 
 # SQLSTATEs after which running the same transaction again can succeed.
@@ -133,17 +133,15 @@ def connect_hint(exc: BaseException, cfg: TargetConn) -> str:
 def client_side_cause(exc: BaseException) -> BaseException | None:
     """The asyncpg client-side error in ``exc``'s chain (``InterfaceError`` other than bad input data,
     ``InternalClientError``), if any."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        client = isinstance(current, asyncpg.InternalClientError) or (
-            isinstance(current, asyncpg.InterfaceError) and not isinstance(current, asyncpg.DataError)
-        )
-        if client:
-            return current
-        current = current.__cause__ or current.__context__
-    return None
+    return next(
+        (
+            e
+            for e in causes(exc)
+            if isinstance(e, asyncpg.InternalClientError)
+            or (isinstance(e, asyncpg.InterfaceError) and not isinstance(e, asyncpg.DataError))
+        ),
+        None,
+    )
 
 
 def lost_connection(exc: BaseException, cfg: TargetConn) -> WarehouseError:
