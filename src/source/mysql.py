@@ -332,10 +332,9 @@ def _no_tls_offered(exc: BaseException) -> bool:
     )
 
 
-async def open_connection(cfg: SourceConn, *, tls: bool = True) -> SourceConnection:
-    """Open one configured connection, or raise ``SourceError`` naming host:port and the cause. ``tls``:
-    False once ``ssl_mode: preferred`` found the server offers none (``MySQLSource``)."""
-    context = tls_context(cfg) if tls else None
+async def open_connection(cfg: SourceConn, context: ssl.SSLContext | None) -> SourceConnection:
+    """Open one configured connection, with TLS when ``context`` (``MySQLSource`` decides), or raise
+    ``SourceError`` naming host:port and the cause."""
     kwargs: dict[str, Any] = {
         "host": cfg.host,
         "port": cfg.port,
@@ -401,6 +400,7 @@ class MySQLSource:
         self._slots = anyio.CapacityLimiter(cfg.max_connections)
         # the connections use TLS (None: not known yet; ssl_mode preferred finds out at the first connect)
         self.tls: bool | None = False if cfg.ssl_mode == "disabled" else None
+        self._context: ssl.SSLContext | None = None  # built once: a verify mode reads the CA bundle
         self._idle: list[SourceConnection] = []
         self._open: set[SourceConnection] = set()
         self._reserved = 0  # tokens held for connections opened outside the pool
@@ -510,8 +510,10 @@ class MySQLSource:
     async def _connect(self) -> SourceConnection:
         """A new connection, with TLS unless the server offers none and ``ssl_mode`` is preferred (then
         found out once: one TLS request answered in plain text, a few ms)."""
+        if self.tls is not False and self._context is None:
+            self._context = tls_context(self.cfg)
         try:
-            conn = await open_connection(self.cfg, tls=self.tls is not False)
+            conn = await open_connection(self.cfg, self._context if self.tls is not False else None)
         except SourceError as exc:
             if self.cfg.ssl_mode != "preferred" or self.tls is True or not _no_tls_offered(exc):
                 raise
@@ -522,7 +524,7 @@ class MySQLSource:
             if self.tls is None:
                 self.tls = True
             return conn
-        return await open_connection(self.cfg, tls=False)  # outside the except: its errors are its own
+        return await open_connection(self.cfg, None)  # outside the except: its errors are its own
 
     async def _still_alive(self, conn: SourceConnection) -> bool:
         if conn.broken:
