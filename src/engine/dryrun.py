@@ -24,12 +24,12 @@ from src.engine.run import (
     open_resources,
     plan_tables,
     run_context,
+    states_beside,
     unique,
     unless_signalled,
 )
 from src.engine.table import (
     load_request,
-    located_states,
     pending_chain,
     stage_meta,
     stream_blocker,
@@ -44,7 +44,6 @@ from src.source.window import estimate_rows, index_for, source_now, window_sql
 from src.stage.manifest import stage_result
 from src.stage.models import StagedFile
 from src.stage.pending import scan_pipeline
-from src.warehouse.base import StateRow
 from src.warehouse.redshift import RedshiftConnect
 
 log = get_logger("dryrun")
@@ -138,15 +137,8 @@ async def _run_context(
     """The context a sync of ``plans`` would run in, read-only: every table's state located (one query, and
     one listing of the target schema when needed) while the pipeline's prefix is listed (no run markers
     read), and the source catalog read in batches, as a sync reads them."""
-    states: list[dict[str, StateRow]] = []
-
-    async def read_states() -> None:
-        states.append(await located_states(res.warehouse, pipeline, plans))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(read_states)
-        scan = await scan_pipeline(res.s3, pipeline.name)
-    return run_context(execution_id, pipeline, limits, res, mode, plans, scan, states[0])
+    states, scan = await states_beside(res.warehouse, pipeline, plans, scan_pipeline(res.s3, pipeline.name))
+    return run_context(execution_id, pipeline, limits, res, mode, plans, scan, states)
 
 
 async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[str, Any]:

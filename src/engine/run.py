@@ -223,16 +223,9 @@ async def _run_plans(
                 )
             except Exception as exc:
                 return _fail_all(agg, [p.table for p in plans], first_error(exc), phase="connect")
-            located: list[Mapping[str, StateRow]] = []
-
-            async def read_states(warehouse: Warehouse) -> None:
-                located.append(await located_states(warehouse, pipeline, plans))
-
             try:
-                async with anyio.create_task_group() as tg:  # the warehouse while S3 is scanned
-                    tg.start_soon(read_states, resources.warehouse)
-                    scan = await _mark_and_scan(stack, resources.s3, pipeline, plans, agg.execution_id, mode)
-                states = located[0]
+                marked = _mark_and_scan(stack, resources.s3, pipeline, plans, agg.execution_id, mode)
+                states, scan = await states_beside(resources.warehouse, pipeline, plans, marked)
             except Exception as exc:
                 failed = exc
             else:
@@ -420,6 +413,22 @@ async def _worker_run(channel: Channel, index: int) -> None:
                 log.info("worker process %d ran %d table(s)", index, asker.delivered)
         if resources is not None and resources.s3.unclean:  # the parent keeps the run marker
             await asker.unclean(resources.s3.unclean)
+
+
+async def states_beside(
+    warehouse: Warehouse, pipeline: Pipeline, plans: Sequence[TablePlan], listing: Awaitable[T]
+) -> tuple[dict[str, StateRow], T]:
+    """Every table's state, located (``located_states``), read from the warehouse while ``listing`` (the
+    S3 scan of the run's start) runs; both results."""
+    located: list[dict[str, StateRow]] = []
+
+    async def read_states() -> None:
+        located.append(await located_states(warehouse, pipeline, plans))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read_states)
+        listed = await listing
+    return located[0], listed
 
 
 def run_context(
