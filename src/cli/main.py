@@ -194,9 +194,10 @@ def _guarded(fn: Any, verbose: bool) -> dict[str, Any]:
     required=True,
     help="Table to plan as database.table; repeat for more (a comma-separated list also works).",
 )
+@click.option("--json-output", is_flag=True, help="Accepted for symmetry with sync: the plan is always JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr, and tracebacks for failures.")
 @click.pass_context
-def plan(ctx: click.Context, pipeline: str, tables: Sequence[str], verbose: bool) -> None:
+def plan(ctx: click.Context, pipeline: str, tables: Sequence[str], json_output: bool, verbose: bool) -> None:
     """Plan the tables' work as units that `sync --unit` runs in any process on any host (one JSON
     document on stdout); changes nothing. Exit code 0 when every table is planned, 1 otherwise."""
     log.configure(verbose)

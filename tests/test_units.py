@@ -1,0 +1,221 @@
+"""DESIGN.md section 9: `s3shift plan` emits JSON units, each run by `sync --unit` in a process of its own
+(as on another machine), sharing only S3 and the warehouse. Real MariaDB, PostgreSQL and S3 (moto)."""
+
+from __future__ import annotations
+
+import json
+import random
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from src.config.models import S3Conn, SourceConn, TargetConn
+from tests.conftest import mysql_exec, mysql_rows, pg_fetch, s3_client
+from tests.e2e import assert_tables_equal, check_contract, run_cli, run_json, write_config
+from tests.test_fastpath_e2e import ORDERS, fill
+
+CUSTOMERS = """CREATE TABLE customers (id INT NOT NULL PRIMARY KEY, name VARCHAR(40) NOT NULL,
+  updated_at DATETIME(6) NOT NULL)"""
+TAGS = "CREATE TABLE tags (id INT NOT NULL PRIMARY KEY, label VARCHAR(20) NULL)"
+
+
+def _setup(tmp: Path, source: SourceConn, target: TargetConn, s3: S3Conn, db: str) -> tuple[Path, list[str]]:
+    mysql_exec(
+        db,
+        ORDERS,
+        fill(1, 2000),
+        "ANALYZE TABLE orders",
+        CUSTOMERS,
+        "INSERT INTO customers SELECT seq, CONCAT('c', seq), '2024-01-01' + INTERVAL seq MINUTE "
+        "FROM seq_1_to_50",
+        TAGS,
+        "INSERT INTO tags VALUES (1, 'a'), (2, NULL), (3, 'ç')",
+    )
+    tables = {
+        f"{db}.orders": {"cdc_strategy": "id_only", "cdc_id_column": "id"},
+        f"{db}.customers": {"cdc_strategy": "hybrid", "cdc_timestamp_column": "updated_at"},
+        f"{db}.tags": {"cdc_strategy": "full_sync"},
+    }
+    # small key ranges: the 2,000-row orders table is read in several ranges (one extract unit each)
+    cfg = write_config(tmp / "config", source, target, s3, tables, processing={"range_rows": 300})
+    return cfg, list(tables)
+
+
+def _plan(cfg: Path, *tables: str) -> dict[str, Any]:
+    args = [a for t in tables for a in ("-t", t)]
+    proc = run_cli("--config-dir", str(cfg), "plan", "-p", "p", *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
+
+
+def _run(cfg: Path, unit: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "--unit", json.dumps(unit))
+    check_contract(doc, [unit["table"]])
+    return doc, proc.returncode
+
+
+def _result(doc: dict[str, Any]) -> dict[str, Any]:
+    (result,) = doc["table_results"].values()
+    return dict(result)
+
+
+def _objects(s3: S3Conn) -> list[str]:
+    listed = s3_client(str(s3.endpoint_url)).list_objects_v2(Bucket=s3.bucket)
+    return sorted(o["Key"] for o in listed.get("Contents", []))
+
+
+def _state_rows(schema: str) -> int:
+    rows = pg_fetch(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2",
+        schema,
+        "s3shift_state",
+    )
+    return int(pg_fetch(f'SELECT count(*) FROM "{schema}".s3shift_state')[0][0]) if rows[0][0] else 0
+
+
+def test_units_run_anywhere_load_once_and_leave_later_rows_for_the_next_run(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    cfg, (orders, customers, tags) = _setup(tmp_path, source_conn, pg_target, s3_conn, mysql_db)
+    before = _objects(s3_conn)
+    plan = _plan(cfg, orders, customers, tags)
+    assert _objects(s3_conn) == before and _state_rows(pg_schema) == 0  # planning changes nothing
+    assert pg_fetch("SELECT count(*) FROM information_schema.tables WHERE table_schema = $1", pg_schema) == [
+        (0,)
+    ]
+    assert plan["status"] == "planned" and list(plan["tables"]) == [orders, customers, tags]
+    units = {u["id"]: u for u in plan["units"]}
+    extracts = [u for u in plan["units"] if u["kind"] == "extract"]
+    (load,) = [u for u in plan["units"] if u["kind"] == "load"]
+    assert len(extracts) >= 3 and all(u["table"] == orders for u in extracts)
+    assert load["depends_on"] == [u["id"] for u in extracts] and plan["units"][-1] == load
+    assert [units[f"{t}:sync"]["kind"] for t in (customers, tags)] == ["sync", "sync"]
+    assert {u["plan_id"] for u in plan["units"]} == {plan["plan_id"]}
+    assert plan["tables"][orders]["window"]["end"]["id"] == 6000  # fixed when planning: MAX(id)
+    # key ranges of the window (start, 6000]: no gap, no overlap, in order
+    bounds = [tuple(u["ranges"][0]) for u in extracts]
+    assert bounds[0][0] is None and bounds[-1][1] == 6001  # no watermark yet: from the first key
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+
+    # rows changed after the plan: left for the next run
+    mysql_exec(
+        mysql_db,
+        fill(2001, 2100),
+        # past the planned end (the source's clock minus lag_seconds, 5 s), not the next run's
+        "INSERT INTO customers VALUES (51, 'late', UTC_TIMESTAMP(6) - INTERVAL 4 SECOND)",
+        "UPDATE tags SET label = 'after' WHERE id = 1",
+    )
+
+    # the load before its extract units: refused, naming every one missing, nothing loaded, retryable
+    doc, code = _run(cfg, load)
+    assert code == 1 and _result(doc)["retryable"] is True, doc
+    message = _result(doc)["error_message"]
+    assert "not staged yet: " + ", ".join(u["id"] for u in extracts) in message, message
+    assert _state_rows(pg_schema) == 0
+
+    shuffled = extracts[:]
+    random.Random(7).shuffle(shuffled)
+    last = shuffled.pop()
+    with ThreadPoolExecutor(3) as pool:  # separate processes, any order, some at once
+        for doc, code in pool.map(lambda u: _run(cfg, u), shuffled):
+            assert code == 0, doc
+            assert _result(doc)["kind"] == "extract" and _result(doc)["extract"]["path"] == "connectorx", doc
+    doc, code = _run(cfg, load)
+    assert code == 1 and f"not staged yet: {last['id']};" in _result(doc)["error_message"], doc
+    doc, code = _run(cfg, last)
+    assert code == 0, doc
+    staged = {u["id"]: _result(_run(cfg, u)[0])["rows_processed"] for u in extracts[:1]}  # rerun: replaces
+    assert staged[extracts[0]["id"]] > 0
+
+    doc, code = _run(cfg, load)
+    assert code == 0, doc
+    loaded = _result(doc)
+    assert loaded["rows_processed"] == loaded["rows_loaded"] == 2000, loaded
+    assert loaded["watermark"] == {"ts": None, "id": 6000}
+    for table in (customers, tags):
+        doc, code = _run(cfg, units[f"{table}:sync"])
+        assert code == 0, doc
+    assert _result(doc)["rows_processed"] == 3  # tags: a full snapshot when its unit ran
+
+    target = pg_fetch(f'SELECT count(*), max(id) FROM "{pg_schema}".orders')
+    assert tuple(target[0]) == (2000, 6000)  # the planned rows exactly: not the 100 inserted since
+    assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".customers') == [(50,)]
+    states = _state_rows(pg_schema)
+
+    # a load unit already committed: success, nothing loaded twice
+    doc, code = _run(cfg, load)
+    assert code == 0 and _result(doc)["already_loaded"] is True and _result(doc)["rows_processed"] == 0
+    doc, code = _run(cfg, units[f"{customers}:sync"])
+    assert code == 0 and _result(doc)["already_loaded"] is True, doc
+    assert _state_rows(pg_schema) == states
+    assert tuple(pg_fetch(f'SELECT count(*) FROM "{pg_schema}".orders')[0]) == (2000,)
+
+    # the next normal sync continues where the plan's load ended
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", orders, "-t", customers)
+    assert proc.returncode == 0, doc
+    assert doc["table_results"][orders]["rows_processed"] == 100
+    assert doc["table_results"][customers]["rows_processed"] == 1
+    for table, key in (("orders", "id"), ("customers", "id"), ("tags", "id")):
+        if table != "tags":
+            assert_tables_equal(
+                mysql_db, table, pg_schema, table, key, json_cols=("payload",), float32_cols=("f",)
+            )
+
+
+def test_a_stale_plan_is_refused_and_bad_units_say_why(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    cfg, (orders, _, _) = _setup(tmp_path, source_conn, pg_target, s3_conn, mysql_db)
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", orders)
+    assert proc.returncode == 0, doc
+    plan = _plan(cfg, orders)
+    mysql_exec(mysql_db, fill(2001, 2100))
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", orders)  # moves the watermark
+    assert proc.returncode == 0, doc
+    (unit,) = plan["units"]  # the window of no row since the first sync: one unit
+    assert unit["kind"] == "sync" and plan["tables"][orders]["window"]["empty"] is True
+    mysql_exec(mysql_db, fill(2101, 2200))
+    plan = _plan(cfg, orders)
+    mysql_exec(mysql_db, fill(2201, 2300))
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", orders)
+    assert proc.returncode == 0, doc
+    states = _state_rows(pg_schema)
+    (unit,) = plan["units"]
+    doc, code = _run(cfg, unit)
+    assert code == 1, doc
+    message = _result(doc)["error_message"]
+    assert f"unit {unit['id']} of plan {plan['plan_id']} is stale" in message and "make a new plan" in message
+    assert _result(doc)["retryable"] is False
+    assert _state_rows(pg_schema) == states
+    assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".orders') == [(2300,)]
+
+    # bad units: one line, the JSON all the same with --json-output (exit 1), exit 2 without
+    for bad, words in (
+        ("{not json", "--unit is not JSON"),
+        (json.dumps({**unit, "kind": "merge"}), f"--unit ({unit['id']}) is not a unit of `s3shift plan`"),
+        ("@/nonexistent/unit.json", "--unit file /nonexistent/unit.json: cannot read it"),
+    ):
+        proc = run_cli("--config-dir", str(cfg), "sync", "--unit", bad)
+        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        doc, proc = run_json("--config-dir", str(cfg), "sync", "--unit", bad)
+        assert proc.returncode == 1 and doc["status"] == "failed" and words in proc.stderr, doc
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "other", "--unit", json.dumps(unit))
+    assert proc.returncode == 1 and list(doc["table_results"]) == [orders], doc
+    assert f"unit {unit['id']} belongs to pipeline 'p', not 'other' (-p)" in _result(doc)["error_message"]
+    path = tmp_path / "unit.json"
+    path.write_text(json.dumps({**unit, "pipeline": "nope"}))
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "--unit", f"@{path}")
+    assert proc.returncode == 1 and _result(doc)["phase"] == "config", doc
+    assert "nope" in _result(doc)["error_message"]
+    assert mysql_rows(mysql_db, "SELECT count(*) FROM orders") == [(2300,)]
