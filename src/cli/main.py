@@ -104,6 +104,8 @@ def sync(
         request = _unit_request(
             request, unit, explicit=explicit, exclusive=backup_only or load_only or dry_run
         )
+    elif not tables:
+        raise click.UsageError("Missing option '-t' / '--table' (or --unit UNIT).")
     elif not requested:
         raise click.UsageError("no table given: pass -t database.table")
     if dry_run:
