@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from src.config.models import S3Conn, SourceConn, TargetConn
-from tests.conftest import mysql_exec, mysql_rows, pg_fetch, s3_client
+from tests.conftest import mysql_exec, pg_fetch, pg_run, s3_client
 from tests.e2e import assert_tables_equal, check_contract, run_cli, run_json, write_config
 from tests.test_fastpath_e2e import ORDERS, fill
 
@@ -157,8 +157,9 @@ def test_units_run_anywhere_load_once_and_leave_later_rows_for_the_next_run(
     # a load unit already committed: success, nothing loaded twice
     doc, code = _run(cfg, load)
     assert code == 0 and _result(doc)["already_loaded"] is True and _result(doc)["rows_processed"] == 0
-    doc, code = _run(cfg, units[f"{customers}:sync"])
-    assert code == 0 and _result(doc)["already_loaded"] is True, doc
+    doc, code = _run(cfg, units[f"{customers}:sync"])  # not even read again
+    assert code == 0 and _result(doc)["already_loaded"] is True and _result(doc)["rows_processed"] == 0, doc
+    assert "manifest" not in _result(doc)
     assert _state_rows(pg_schema) == states
     assert tuple(pg_fetch(f'SELECT count(*) FROM "{pg_schema}".orders')[0]) == (2000,)
 
@@ -181,34 +182,63 @@ def test_a_stale_plan_is_refused_and_bad_units_say_why(
     mysql_db: str,
     pg_schema: str,
 ) -> None:
-    cfg, (orders, _, _) = _setup(tmp_path, source_conn, pg_target, s3_conn, mysql_db)
-    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", orders)
+    cfg, (orders, customers, _) = _setup(tmp_path, source_conn, pg_target, s3_conn, mysql_db)
+    plan = _plan(cfg, orders, customers)
+    *extracts, load = [u for u in plan["units"] if u["table"] == orders]
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", orders)  # loads it meanwhile
     assert proc.returncode == 0, doc
-    plan = _plan(cfg, orders)
-    mysql_exec(mysql_db, fill(2001, 2100))
-    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", orders)  # moves the watermark
-    assert proc.returncode == 0, doc
-    (unit,) = plan["units"]  # the window of no row since the first sync: one unit
-    assert unit["kind"] == "sync" and plan["tables"][orders]["window"]["empty"] is True
-    mysql_exec(mysql_db, fill(2101, 2200))
-    plan = _plan(cfg, orders)
-    mysql_exec(mysql_db, fill(2201, 2300))
-    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", orders)
-    assert proc.returncode == 0, doc
+    for unit in extracts:
+        assert _run(cfg, unit)[1] == 0
     states = _state_rows(pg_schema)
-    (unit,) = plan["units"]
-    doc, code = _run(cfg, unit)
-    assert code == 1, doc
+    doc, code = _run(cfg, load)
+    assert code == 1 and _result(doc)["retryable"] is False, doc
     message = _result(doc)["error_message"]
-    assert f"unit {unit['id']} of plan {plan['plan_id']} is stale" in message and "make a new plan" in message
-    assert _result(doc)["retryable"] is False
-    assert _state_rows(pg_schema) == states
-    assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".orders') == [(2300,)]
+    assert (
+        f"unit {load['id']} of plan {plan['plan_id']} is stale: {orders} was planned from no state" in message
+    )
+    assert "nothing was loaded — make a new plan" in message, message
+    assert _state_rows(pg_schema) == states and pg_fetch(f'SELECT count(*) FROM "{pg_schema}".orders') == [
+        (2000,)
+    ]
+
+    # a sync unit made stale is refused before it reads a row
+    mysql_exec(mysql_db, fill(2001, 2100))
+    plan = _plan(cfg, orders)
+    (unit,) = plan["units"]  # 100 rows: one reader
+    assert unit["kind"] == "sync" and unit["window"]["start"]["id"] == 6000
+    mysql_exec(mysql_db, fill(2101, 2200))
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", orders)
+    assert proc.returncode == 0 and doc["table_results"][orders]["rows_processed"] == 200, doc
+    doc, code = _run(cfg, unit)
+    assert code == 1 and "is stale" in _result(doc)["error_message"] and _result(doc)["phase"] == "state"
+    assert not [k for k in _objects(s3_conn) if f"/_plans/{plan['plan_id']}/" in k]
+    assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".orders') == [(2200,)]
+
+    # a target dropped since the plan: the rows before its window went with it; not loaded into a new one
+    mysql_exec(mysql_db, fill(2201, 2300))
+    plan = _plan(cfg, orders)
+    pg_run(lambda c: c.execute(f'DROP TABLE "{pg_schema}".orders'))
+    doc, code = _run(cfg, plan["units"][0])
+    assert (
+        code == 1 and f"{pg_schema}.orders no longer holds the rows before" in _result(doc)["error_message"]
+    )
+    assert pg_fetch(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = 'orders'", pg_schema
+    ) == [(0,)]
+
+    # a plan of a table whose strategy changed since
+    tables = {orders: {"cdc_strategy": "full_sync"}}
+    other = write_config(
+        tmp_path / "other", source_conn, pg_target, s3_conn, tables, processing={"range_rows": 300}
+    )
+    doc, code = _run(other, unit)
+    assert code == 1 and "cdc_strategy is full_sync now, not id_only" in _result(doc)["error_message"], doc
 
     # bad units: one line, the JSON all the same with --json-output (exit 1), exit 2 without
     for bad, words in (
         ("{not json", "--unit is not JSON"),
         (json.dumps({**unit, "kind": "merge"}), f"--unit ({unit['id']}) is not a unit of `s3shift plan`"),
+        (json.dumps({**load, "depends_on": ["x.y:extract-0000"]}), f"is not an extract unit of {orders}"),
         ("@/nonexistent/unit.json", "--unit file /nonexistent/unit.json: cannot read it"),
     ):
         proc = run_cli("--config-dir", str(cfg), "sync", "--unit", bad)
@@ -223,7 +253,6 @@ def test_a_stale_plan_is_refused_and_bad_units_say_why(
     doc, proc = run_json("--config-dir", str(cfg), "sync", "--unit", f"@{path}")
     assert proc.returncode == 1 and _result(doc)["phase"] == "config", doc
     assert "nope" in _result(doc)["error_message"]
-    assert mysql_rows(mysql_db, "SELECT count(*) FROM orders") == [(2300,)]
 
 
 def test_planned_key_ranges_are_read_exactly_by_asyncmy_when_connectorx_may_not(

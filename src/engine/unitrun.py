@@ -18,7 +18,7 @@ from src.engine.context import RunContext
 from src.engine.pending import parse_ts
 from src.engine.reading import TableRead, describe_and_resolve, extract_and_stage, window_is_empty
 from src.engine.table import failed_phase, load_request, stage_meta, table_state
-from src.engine.units import Unit, plan_prefix, stale_plan, unit_prefix
+from src.engine.units import Unit, moved_since, plan_prefix, stale_plan, unit_prefix
 from src.plan.planner import TablePlan, read_window
 from src.report.aggregator import failure
 from src.report.models import TableResult, TableSuccess, utc_now
@@ -27,6 +27,7 @@ from src.source.window import check_window
 from src.stage.manifest import MANIFEST_NAME, build_manifest, stage_from_manifest, stage_result
 from src.stage.models import StageResult
 from src.stage.s3 import S3Stage
+from src.warehouse.base import StateRow
 
 log = get_logger("engine.unit")
 
@@ -64,8 +65,15 @@ async def unit_result(ctx: RunContext, plan: TablePlan, unit: Unit, run_id: str)
 
 async def _run(ctx: RunContext, plan: TablePlan, unit: Unit, run_id: str, progress: _Progress) -> None:
     progress.extra["window"] = _window_dict(unit)
+    progress.phase = "plan"
+    if unit.window.strategy != plan.strategy:
+        raise stale_plan(
+            unit, f"{plan.key_path('cdc_strategy')} is {plan.strategy} now, not {unit.window.strategy}"
+        )
     if unit.kind == "sync" and window_is_empty(unit.window):
         progress.extra.update(rows_loaded=0, note="the planned window holds no row: nothing to do")
+        return
+    if unit.kind == "sync" and (await _position(ctx, plan, unit, progress))[0]:  # before reading a row
         return
     if unit.kind != "load":
         progress.phase = "connect"
@@ -93,6 +101,9 @@ async def _extract(ctx: RunContext, plan: TablePlan, unit: Unit, progress: _Prog
                 table=plan.table,
                 retryable=False,
             )
+        cursor = (resolved.ts_column, resolved.id_column)
+        if cursor != (unit.window.ts_column, unit.window.id_column):
+            raise stale_plan(unit, f"the cursor columns of {plan.table} are {cursor} now in the pipeline")
         check_window(plan.table, schema, unit.window)
         meta = {**stage_meta(ctx, plan, schema, resolved, unit.window, parse_ts(unit.extracted_at))}
         meta["unit"] = unit.id
@@ -115,19 +126,35 @@ async def _clear(s3: S3Stage, prefix: str) -> None:
     await s3.delete_prefix(prefix)
 
 
-async def _load(ctx: RunContext, plan: TablePlan, unit: Unit, run_id: str, progress: _Progress) -> None:
-    """Load the table's staged units as one stage, once: a plan already committed loads nothing; a plan
-    another load made stale (the latest state is not the one it was made from) is refused."""
+async def _position(
+    ctx: RunContext, plan: TablePlan, unit: Unit, progress: _Progress
+) -> tuple[bool, StateRow | None]:
+    """Whether the plan is committed already (noted in ``progress``), and the table's latest state
+    (located), which the plan was made from. Raises when the plan is stale: the table was
+    loaded since (another state), or its target lost the rows before the planned window."""
     progress.phase = "state"
     state = await table_state(ctx, plan)
     committed = await ctx.warehouse.committed_stage_ids(ctx.pipeline.name, plan.table)
     if unit.plan_id in committed:
         log.info("%s: plan %s is already loaded: nothing to do", plan.table, unit.plan_id)
         progress.extra.update(rows_loaded=0, already_loaded=True)
-        return
+        return True, state
     current = state.stage_id if state else ""
     if current != unit.expect_stage:
-        raise stale_plan(unit, current, state.loaded_by if state else "")
+        raise stale_plan(unit, moved_since(unit, current, state.loaded_by if state else ""))
+    position = state.watermark if state else None
+    if unit.window.strategy != "full_sync" and position != unit.window.start:  # ``locate``: target gone
+        where = f"{ctx.pipeline.target.schema}.{plan.target_table}"
+        raise stale_plan(unit, f"{where} no longer holds the rows before the planned window (dropped since?)")
+    return False, state
+
+
+async def _load(ctx: RunContext, plan: TablePlan, unit: Unit, run_id: str, progress: _Progress) -> None:
+    """Load the table's staged units as one stage, once (``_position``: not a plan already committed,
+    nor a stale one; the load's guard checks the same state again under its lock)."""
+    loaded, state = await _position(ctx, plan, unit, progress)
+    if loaded:
+        return
     progress.phase = "load"
     stage = await _gathered(ctx.s3, unit)
     rows = stage.rows

@@ -20,6 +20,7 @@ from typing import Any, Final, Literal, get_args
 
 from src.common import jsonio
 from src.common.errors import ConfigError, S3ShiftError
+from src.config.models import Strategy
 from src.plan.models import Window
 from src.source.ranges import KeyRange
 from src.stage.pending import execution_time
@@ -117,11 +118,27 @@ def _unit(doc: Any) -> Unit:
         ranges=tuple(KeyRange(_bound(low), _bound(high)) for low, high in doc["ranges"]),
         depends_on=tuple(str(d) for d in doc["depends_on"]),
     )
+    _check_shape(unit)
     if execution_time(unit.plan_id) is None:
         raise ValueError(f"plan_id {unit.plan_id!r} is not like sync_YYYYMMDD_HHMMSS_0123abcd")
     if unit.id != doc["id"]:
         raise ValueError(f"id {doc['id']!r} does not name table {table!r} and kind {kind!r}")
     return unit
+
+
+def _check_shape(unit: Unit) -> None:
+    """What ``table_units`` makes: a load depends on extract units of its table, only it depends on any,
+    an extract reads key ranges, and the window is of a strategy."""
+    if unit.window.strategy not in get_args(Strategy):
+        raise ValueError(f"window strategy {unit.window.strategy!r}")
+    if (unit.kind == "load") != bool(unit.depends_on):
+        raise ValueError("a load unit, and only it, depends on extract units")
+    if (unit.kind == "extract") != bool(unit.ranges):
+        raise ValueError("an extract unit, and only it, reads key ranges")
+    for ident in unit.depends_on:
+        table, _, name = ident.rpartition(":")
+        if table != unit.table or not name.removeprefix("extract-").isdigit():
+            raise ValueError(f"depends_on {ident!r} is not an extract unit of {unit.table}")
 
 
 def _text(doc: dict[str, Any], key: str) -> str:
@@ -159,14 +176,18 @@ def unit_prefix(s3: S3Stage, unit: Unit, name: str | None = None) -> str:
     return f"{plan_prefix(s3, unit)}{name or unit.name}/"
 
 
-def stale_plan(unit: Unit, current: str, loaded_by: str) -> S3ShiftError:
-    """The table was loaded since the plan: its window no longer starts where the target ends."""
-    seen = f"stage {current} loaded by {loaded_by}" if current else "no state (a watermark reset)"
-    planned = f"stage {unit.expect_stage}" if unit.expect_stage else "no state"
+def stale_plan(unit: Unit, why: str) -> S3ShiftError:
+    """The plan no longer fits the table (``why``): it was loaded since, or its config changed."""
     return S3ShiftError(
-        f"unit {unit.id} of plan {unit.plan_id} is stale: {unit.table} was planned from {planned} but its "
-        f"latest state is now {seen}; nothing was loaded — make a new plan (s3shift plan -p "
-        f"{unit.pipeline} -t {unit.table}) and run its units",
+        f"unit {unit.id} of plan {unit.plan_id} is stale: {why}; nothing was loaded — make a new plan "
+        f"(s3shift plan -p {unit.pipeline} -t {unit.table}) and run its units",
         table=unit.table,
         retryable=False,
     )
+
+
+def moved_since(unit: Unit, current: str, loaded_by: str) -> str:
+    """Why the table's latest state (stage ``current``) is not the one the plan was made from."""
+    seen = f"stage {current} loaded by {loaded_by}" if current else "no state (a watermark reset)"
+    planned = f"stage {unit.expect_stage}" if unit.expect_stage else "no state"
+    return f"{unit.table} was planned from {planned} but its latest state is now {seen}"
