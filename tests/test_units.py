@@ -131,9 +131,15 @@ def test_units_run_anywhere_load_once_and_leave_later_rows_for_the_next_run(
     assert code == 1 and f"not staged yet: {last['id']};" in _result(doc)["error_message"], doc
     doc, code = _run(cfg, last)
     assert code == 0, doc
-    first = _result(_run(cfg, extracts[0])[0])  # a rerun replaces its own files, no more
-    prefix = first["manifest"].split("/", 3)[3].removesuffix("manifest.json")
+    # a rerun replaces its own files: what an earlier attempt left there (a killed one's part) goes
+    prefix = f"staging/p/_plans/{plan['plan_id']}/{orders}/extract-0000/"
+    s3_client(str(s3_conn.endpoint_url)).put_object(
+        Bucket=s3_conn.bucket, Key=f"{prefix}part-00099.parquet", Body=b"x"
+    )
+    first = _result(_run(cfg, extracts[0])[0])
+    assert first["manifest"] == f"s3://{s3_conn.bucket}/{prefix}manifest.json"
     assert len([k for k in _objects(s3_conn) if k.startswith(prefix)]) == first["files_created"] + 1
+    assert f"{prefix}part-00099.parquet" not in _objects(s3_conn)
 
     doc, code = _run(cfg, load)
     assert code == 0, doc
@@ -233,6 +239,20 @@ def test_a_stale_plan_is_refused_and_bad_units_say_why(
     )
     doc, code = _run(other, unit)
     assert code == 1 and "cdc_strategy is full_sync now, not id_only" in _result(doc)["error_message"], doc
+
+    # a table with a --backup-only stage waiting: planned after that stage is loaded
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", customers, "--backup-only")
+    assert proc.returncode == 0, doc
+    proc = run_cli("--config-dir", str(cfg), "plan", "-p", "p", "-t", customers, "-t", orders)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 1 and doc["status"] == "failed" and doc["tables"][orders]["status"] == "planned"
+    assert doc["tables"][customers]["status"] == "error" and {u["table"] for u in doc["units"]} == {orders}
+    assert "waiting to be loaded" in doc["tables"][customers]["error_message"]
+    assert f"sync --load-only -p p -t {customers}" in doc["tables"][customers]["error_message"]
+    proc = run_cli("--config-dir", str(cfg), "plan", "-p", "nope", "-t", orders)
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 1 and doc["tables"][orders]["status"] == "error" and doc["units"] == []
+    assert "nope" in doc["tables"][orders]["error_message"]
 
     # bad units: one line, the JSON all the same with --json-output (exit 1), exit 2 without
     for bad, words in (
