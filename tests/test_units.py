@@ -10,9 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from src.config.models import S3Conn, SourceConn, TargetConn
 from tests.conftest import mysql_exec, pg_fetch, pg_run, s3_client
-from tests.e2e import assert_tables_equal, check_contract, run_cli, run_json, write_config
+from tests.e2e import CLI, as_redshift, assert_tables_equal, check_contract, run_cli, run_json, write_config
 from tests.test_fastpath_e2e import ORDERS, fill
 
 CUSTOMERS = """CREATE TABLE customers (id INT NOT NULL PRIMARY KEY, name VARCHAR(40) NOT NULL,
@@ -42,16 +44,16 @@ def _setup(tmp: Path, source: SourceConn, target: TargetConn, s3: S3Conn, db: st
     return cfg, list(tables)
 
 
-def _plan(cfg: Path, *tables: str) -> dict[str, Any]:
+def _plan(cfg: Path, *tables: str, cli: tuple[str, ...] = CLI) -> dict[str, Any]:
     args = [a for t in tables for a in ("-t", t)]
-    proc = run_cli("--config-dir", str(cfg), "plan", "-p", "p", *args)
+    proc = run_cli("--config-dir", str(cfg), "plan", "-p", "p", *args, cli=cli)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc: dict[str, Any] = json.loads(proc.stdout)
     return doc
 
 
-def _run(cfg: Path, unit: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    doc, proc = run_json("--config-dir", str(cfg), "sync", "--unit", json.dumps(unit))
+def _run(cfg: Path, unit: dict[str, Any], cli: tuple[str, ...] = CLI) -> tuple[dict[str, Any], int]:
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "--unit", json.dumps(unit), cli=cli)
     check_contract(doc, [unit["table"]])
     return doc, proc.returncode
 
@@ -275,33 +277,38 @@ def test_a_stale_plan_is_refused_and_bad_units_say_why(
     assert "nope" in _result(doc)["error_message"]
 
 
+@pytest.mark.parametrize("warehouse", ["postgres", "redshift"])
 def test_planned_key_ranges_are_read_exactly_by_asyncmy_when_connectorx_may_not(
     tmp_path: Path,
     source_conn: SourceConn,
     pg_target: TargetConn,
     s3_conn: S3Conn,
+    s3_endpoint: str,
     mysql_db: str,
     pg_schema: str,
+    warehouse: str,
 ) -> None:
     """A full_sync table's ranges (the first open below, the last open above) on a host whose config
-    turns the fast path off: each extract unit reads its ranges with asyncmy, nothing lost or doubled."""
+    turns the fast path off: each extract unit reads its ranges with asyncmy, nothing lost or doubled;
+    on Redshift (the emulation harness) the load unit COPYs the plan's one manifest of every unit's files."""
+    target, cli = as_redshift(pg_target, s3_endpoint) if warehouse == "redshift" else (pg_target, CLI)
     mysql_exec(mysql_db, ORDERS, fill(1, 1500), "ANALYZE TABLE orders")
     table = f"{mysql_db}.orders"
     tables = {table: {"cdc_strategy": "full_sync"}}
     cfg = write_config(
-        tmp_path / "config", source_conn, pg_target, s3_conn, tables, processing={"range_rows": 300}
+        tmp_path / "config", source_conn, target, s3_conn, tables, processing={"range_rows": 300}
     )
-    plan = _plan(cfg, table)
+    plan = _plan(cfg, table, cli=cli)
     *extracts, load = plan["units"]
     assert len(extracts) >= 3 and extracts[0]["ranges"][0][0] is None and extracts[-1]["ranges"][0][1] is None
     processing = {"range_rows": 300, "fast_path": False}
-    write_config(tmp_path / "config", source_conn, pg_target, s3_conn, tables, processing=processing)
+    write_config(tmp_path / "config", source_conn, target, s3_conn, tables, processing=processing)
     mysql_exec(mysql_db, fill(1501, 1600))  # after the plan, above every key: the last range reads them
     for unit in reversed(extracts):
-        doc, code = _run(cfg, unit)
+        doc, code = _run(cfg, unit, cli)
         assert code == 0, doc
         assert _result(doc)["extract"] == {"path": "asyncmy", "reason": "processing.fast_path is off"}
-    doc, code = _run(cfg, load)
+    doc, code = _run(cfg, load, cli)
     assert code == 0 and _result(doc)["rows_processed"] == 1600, doc
     assert (
         assert_tables_equal(
