@@ -298,6 +298,13 @@ def test_planned_key_ranges_are_read_exactly_by_asyncmy_when_connectorx_may_not(
     cfg = write_config(
         tmp_path / "config", source_conn, target, s3_conn, tables, processing={"range_rows": 300}
     )
+    if warehouse == "redshift":  # a load the warehouse would refuse: refused by the plan, before any unit
+        bad = {table: {"cdc_strategy": "full_sync", "diststyle": "KEY"}}
+        other = write_config(tmp_path / "bad", source_conn, target, s3_conn, bad)
+        proc = run_cli("--config-dir", str(other), "plan", "-p", "p", "-t", table, cli=cli)
+        doc = json.loads(proc.stdout)
+        assert proc.returncode == 1 and doc["units"] == [], doc
+        assert "diststyle KEY without a distkey" in doc["tables"][table]["error_message"], doc
     plan = _plan(cfg, table, cli=cli)
     *extracts, load = plan["units"]
     assert len(extracts) >= 3 and extracts[0]["ranges"][0][0] is None and extracts[-1]["ranges"][0][1] is None

@@ -14,7 +14,7 @@ from src.engine.dryrun import plan_each
 from src.engine.pending import describe_stage
 from src.engine.reading import fast_window, plan_window, range_workers, too_few_rows, window_is_empty
 from src.engine.run import Resources, SyncRequest, unique
-from src.engine.table import pending_chain, table_state
+from src.engine.table import load_request, pending_chain, planned_stage, stage_meta, table_state
 from src.engine.units import Unit, table_units
 from src.plan.models import Window, format_ts
 from src.plan.planner import TablePlan, read_window
@@ -69,8 +69,10 @@ async def _plan_table(plan_id: str, ctx: RunContext, res: Resources, plan: Table
         )
     assert res.source is not None
     async with res.source.connection() as conn:
-        schema, _, win = await plan_window(conn, plan, chain.position, ctx.catalog)
+        schema, resolved, win = await plan_window(conn, plan, chain.position, ctx.catalog)
         now = await source_now(conn, ctx.clock)
+        meta = stage_meta(ctx, plan, schema, resolved, win, now)  # what the load unit would refuse: now
+        res.warehouse.check_load(load_request(ctx, plan, planned_stage(ctx, plan, meta), state))
         ranges, estimate = await _ranges(ctx, conn, plan, schema, win)
     base = Unit(
         plan_id=plan_id,
