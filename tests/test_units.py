@@ -242,6 +242,11 @@ def test_a_stale_plan_is_refused_and_bad_units_say_why(
     doc, code = _run(other, unit)
     assert code == 1 and "cdc_strategy is full_sync now, not id_only" in _result(doc)["error_message"], doc
 
+    # an extract unit of a table whose columns changed since the plan
+    mysql_exec(mysql_db, "ALTER TABLE orders ADD COLUMN added INT NULL")
+    doc, code = _run(cfg, extracts[0])
+    assert code == 1 and f"the columns of {orders} (or the pipeline's column config) changed" in str(doc)
+
     # a table with a --backup-only stage waiting: planned after that stage is loaded
     doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", customers, "--backup-only")
     assert proc.returncode == 0, doc

@@ -95,17 +95,12 @@ async def _extract(ctx: RunContext, plan: TablePlan, unit: Unit, progress: _Prog
         progress.phase = "introspect"
         schema, resolved = await describe_and_resolve(conn, plan)
         if schema.schema_hash() != unit.schema_hash:
-            raise S3ShiftError(
-                f"unit {unit.id}: the columns of {plan.table} (or the pipeline's column config) changed "
-                f"since plan {unit.plan_id} was made; nothing was staged — make a new plan",
-                table=plan.table,
-                retryable=False,
-            )
+            raise stale_plan(unit, f"the columns of {plan.table} (or the pipeline's column config) changed")
         cursor = (resolved.ts_column, resolved.id_column)
         if cursor != (unit.window.ts_column, unit.window.id_column):
             raise stale_plan(unit, f"the cursor columns of {plan.table} are {cursor} now in the pipeline")
         check_window(plan.table, schema, unit.window)
-        meta = {**stage_meta(ctx, plan, schema, resolved, unit.window, parse_ts(unit.extracted_at))}
+        meta = stage_meta(ctx, plan, schema, resolved, unit.window, parse_ts(unit.extracted_at))
         meta["unit"] = unit.id
         progress.phase = "extract"
         stats = ExtractStats()
