@@ -24,6 +24,8 @@ from src.common.jsonio import dumps
 from src.engine.context import RunMode
 from src.engine.dryrun import plan_sync
 from src.engine.run import SyncRequest, configured, run_sync, start_workers, unique
+from src.engine.unitplan import plan_units
+from src.engine.units import parse_unit
 from src.engine.watermarks import Action, WatermarkRequest, run_watermark
 from src.plan.models import Watermark
 from src.report.aggregator import INTERNAL, INTERRUPTED, Aggregator
@@ -57,8 +59,14 @@ def cli(ctx: click.Context, config_dir: str | None) -> None:
     "--table",
     "tables",
     multiple=True,
-    required=True,
     help="Table to sync as database.table; repeat for more (a comma-separated list also works).",
+)
+@click.option(
+    "--unit",
+    metavar="UNIT",
+    default=None,
+    help="Run one unit of `s3shift plan` (its JSON, or @FILE holding it) instead of -t: its pipeline, "
+    "table, window and key ranges are the unit's.",
 )
 @click.option("--json-output", is_flag=True, help="Print exactly one JSON document on stdout.")
 @click.option("--backup-only", is_flag=True, help="Extract and stage to S3 (manifest written), load nothing.")
@@ -76,6 +84,7 @@ def sync(
     ctx: click.Context,
     pipeline: str,
     tables: Sequence[str],
+    unit: str | None,
     json_output: bool,
     backup_only: bool,
     load_only: bool,
@@ -88,10 +97,17 @@ def sync(
     if backup_only and load_only:
         raise click.UsageError("--backup-only and --load-only exclude each other (a normal run does both)")
     requested = unique([t for arg in tables for t in arg.split(",") if t.strip()])
-    if not requested:
-        raise click.UsageError("no table given: pass -t database.table")
     mode: RunMode = "backup_only" if backup_only else "load_only" if load_only else "sync"
     request = SyncRequest(pipeline=pipeline, tables=requested, config_dir=ctx.obj["config_dir"], mode=mode)
+    if unit is not None:
+        explicit = ctx.get_parameter_source("pipeline") != click.core.ParameterSource.DEFAULT
+        request = _unit_request(
+            request, unit, explicit=explicit, exclusive=backup_only or load_only or dry_run
+        )
+    elif not tables:
+        raise click.UsageError("Missing option '-t' / '--table' (or --unit UNIT).")
+    elif not requested:
+        raise click.UsageError("no table given: pass -t database.table")
     if dry_run:
         try:
             plan = _guarded(
@@ -105,6 +121,26 @@ def sync(
     report = _run(request, verbose)
     click.echo(render_json(report) if json_output else render_text(report))
     ctx.exit(report.exit_code)
+
+
+def _unit_request(request: SyncRequest, text: str, *, explicit: bool, exclusive: bool) -> SyncRequest:
+    """The request that runs the unit ``--unit`` names; a usage error (one line) when it is not a unit,
+    is combined with what it replaces, or belongs to another pipeline than ``-p`` names."""
+    if request.tables or exclusive:
+        raise click.UsageError(
+            "--unit runs one unit of a plan: it excludes -t, --backup-only, --load-only, --dry-run"
+        )
+    try:
+        unit = parse_unit(text)
+    except S3ShiftError as exc:
+        raise click.BadParameter(describe(exc), param_hint="--unit") from None
+    if explicit and unit.pipeline != request.pipeline:
+        raise click.BadParameter(
+            f"unit {unit.id} belongs to pipeline {unit.pipeline!r}, not {request.pipeline!r} (-p): run it "
+            f"with -p {unit.pipeline}, or without -p",
+            param_hint="--unit",
+        )
+    return replace(request, pipeline=unit.pipeline, tables=(unit.table,), unit=unit)
 
 
 def _run(request: SyncRequest, verbose: bool) -> RunReport:
@@ -146,6 +182,37 @@ def _guarded(fn: Any, verbose: bool) -> dict[str, Any]:
         message = internal_error(exc)
         _log.error("%s", message)
         return {"status": "failed", "error_message": message}
+
+
+@cli.command("plan")
+@click.option(
+    "-p", "--pipeline", default="default", show_default=True, help="Pipeline name (pipelines/<name>.yml)."
+)
+@click.option(
+    "-t",
+    "--table",
+    "tables",
+    multiple=True,
+    required=True,
+    help="Table to plan as database.table; repeat for more (a comma-separated list also works).",
+)
+@click.option("--json-output", is_flag=True, help="Accepted for symmetry with sync: the plan is always JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr, and tracebacks for failures.")
+@click.pass_context
+def plan(ctx: click.Context, pipeline: str, tables: Sequence[str], json_output: bool, verbose: bool) -> None:
+    """Plan the tables' work as units that `sync --unit` runs in any process on any host (one JSON
+    document on stdout); changes nothing. Exit code 0 when every table is planned, 1 otherwise."""
+    log.configure(verbose)
+    requested = unique([t for arg in tables for t in arg.split(",") if t.strip()])
+    if not requested:
+        raise click.UsageError("no table given: pass -t database.table")
+    request = SyncRequest(pipeline=pipeline, tables=requested, config_dir=ctx.obj["config_dir"])
+    try:
+        doc = _guarded(lambda: anyio.run(functools.partial(plan_units, request, interrupted=HELD)), verbose)
+    finally:
+        hold_signals_again()  # the event loop's handlers are gone (SIGTERM was fatal again)
+    click.echo(dumps(doc, pretty=True))
+    ctx.exit(0 if doc.get("status") == "planned" else 1)
 
 
 @cli.group()
@@ -278,6 +345,10 @@ def _usage_json(args: Sequence[str], message: str) -> int:
     command = next((a for a in args if a in ("sync", "watermark")), "sync")
     pipeline = _option(args, "-p", "--pipeline")
     tables = unique([t for v in _options(args, "-t", "--table") for t in v.split(",") if t.strip()])
+    if not tables and (text := _option(args, "--unit", "--unit")) is not None:
+        with contextlib.suppress(S3ShiftError):  # the table of a unit that parses (say, of another pipeline)
+            named = parse_unit(text)
+            tables, pipeline = (named.table,), pipeline or named.pipeline
     reason = f"usage error: {message} — see s3shift {command} --help"
     if command == "watermark":
         table = tables[0] if len(tables) == 1 else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import datetime
 from functools import partial
@@ -68,19 +69,55 @@ async def plan_sync(
         "mode": request.mode,
         "tables": {},
     }
-    results: dict[str, dict[str, Any]] = {}
-    await unless_signalled(interrupted, partial(_plan_all, doc, request, tables, redshift_connect, results))
-    stopped = {"status": "error", "error_message": f"dry run interrupted ({interrupted and interrupted[0]})"}
-    doc["tables"] = {t: results.get(t) or dict(stopped) for t in tables}
+
+    def configured(pipeline: Pipeline) -> None:
+        doc["processes"] = process_count(pipeline, len(tables))  # what the run would fork (start_workers)
+
+    doc["tables"] = await plan_each(
+        request,
+        doc["execution_id"],
+        _plan_one,
+        "dry run",
+        configured=configured,
+        redshift_connect=redshift_connect,
+        interrupted=interrupted,
+    )
     return doc
 
 
-async def _plan_all(
-    doc: dict[str, Any],
+PlanOne = Callable[[RunContext, Resources, TablePlan], Awaitable[dict[str, Any]]]
+
+
+async def plan_each(
     request: SyncRequest,
+    execution_id: str,
+    plan_one: PlanOne,
+    what: str,
+    *,
+    configured: Callable[[Pipeline], None] | None = None,
+    redshift_connect: RedshiftConnect | None = None,
+    interrupted: list[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Each requested table's ``plan_one`` (or ``{"status": "error", "error_message"}``), read-only, in
+    request order, in the context a run ``execution_id`` would have (``configured`` is told the config).
+    ``interrupted`` (the CLI's held signals): SIGTERM/SIGINT, held before or received during it, end it
+    at once, every table not yet planned an error naming it (``what`` was interrupted)."""
+    tables = unique(request.tables)
+    results: dict[str, dict[str, Any]] = {}
+    work = partial(_plan_all, request, execution_id, tables, redshift_connect, results, plan_one, configured)
+    await unless_signalled(interrupted, work)
+    stopped = {"status": "error", "error_message": f"{what} interrupted ({interrupted and interrupted[0]})"}
+    return {t: results.get(t) or dict(stopped) for t in tables}
+
+
+async def _plan_all(
+    request: SyncRequest,
+    execution_id: str,
     tables: tuple[str, ...],
     redshift_connect: RedshiftConnect | None,
     results: dict[str, dict[str, Any]],
+    plan_one: PlanOne,
+    configured: Callable[[Pipeline], None] | None,
 ) -> None:
     """Each table's plan (or error) into ``results`` as it is made."""
     try:
@@ -89,7 +126,8 @@ async def _plan_all(
         log.error("%s", describe(exc))
         results.update({t: {"status": "error", "error_message": describe(exc)} for t in tables})
         return
-    doc["processes"] = process_count(pipeline, len(tables))  # what the run would fork (start_workers)
+    if configured is not None:
+        configured(pipeline)
     limits = Limits.for_pipeline(pipeline)
     async with AsyncExitStack() as stack:
         try:
@@ -104,7 +142,7 @@ async def _plan_all(
         planned = plan_tables(pipeline, tables)
         plans = [p for p in planned.values() if isinstance(p, TablePlan)]
         try:  # what a sync reads once at its start, for every table
-            ctx = await _run_context(doc["execution_id"], pipeline, limits, res, request.mode, plans)
+            ctx = await _run_context(execution_id, pipeline, limits, res, request.mode, plans)
         except Exception as exc:
             err = describe(first_error(exc))
             log.error("%s", err)
@@ -116,7 +154,7 @@ async def _plan_all(
                 plan = planned[table]
                 if isinstance(plan, S3ShiftError):
                     raise plan
-                results[table] = await _plan_one(ctx, res, plan)
+                results[table] = await plan_one(ctx, res, plan)
             except Exception as exc:
                 results[table] = {"status": "error", "error_message": describe(first_error(exc))}
                 log.error("%s: %s", table, results[table]["error_message"])

@@ -22,7 +22,7 @@ from src.source.fastpath import FastRead
 from src.source.fastpath import blocker as fast_blocker
 from src.source.introspect import Catalog, describe_table
 from src.source.mysql import SourceConnection
-from src.source.ranges import range_key
+from src.source.ranges import KeyRange, range_key
 from src.source.text import ReadRules
 from src.source.window import check_window, estimate_rows, extract_window, upper_bound
 from src.stage.models import StageResult
@@ -36,6 +36,17 @@ async def plan_window(
 ) -> tuple[TableSchema, Resolved, Window]:
     """Describe the table (from the run's ``catalog`` when given), choose how it is read and loaded, and
     fix the window's end from the source."""
+    schema, resolved = await describe_and_resolve(conn, plan, catalog)
+    win = window(plan, resolved, position)
+    check_window(plan.table, schema, win)
+    end = await upper_bound(conn, plan.database, plan.source_table, schema, win, lag_seconds=plan.lag_seconds)
+    return schema, resolved, replace(win, end=end)
+
+
+async def describe_and_resolve(
+    conn: SourceConnection, plan: TablePlan, catalog: Catalog | None = None
+) -> tuple[TableSchema, Resolved]:
+    """The table's planned columns (from the run's ``catalog`` when given), and how it is read and loaded."""
     schema = await describe_table(
         conn,
         plan.database,
@@ -45,11 +56,7 @@ async def plan_window(
         selection=plan.columns,
         catalog=catalog,
     )
-    resolved = resolve(plan, schema)
-    win = window(plan, resolved, position)
-    check_window(plan.table, schema, win)
-    end = await upper_bound(conn, plan.database, plan.source_table, schema, win, lag_seconds=plan.lag_seconds)
-    return schema, resolved, replace(win, end=end)
+    return schema, resolve(plan, schema)
 
 
 def window_is_empty(win: Window) -> bool:
@@ -77,6 +84,8 @@ class TableRead:
     window: Window
     stats: ExtractStats
     meta: dict[str, Any]
+    prefix: str | None = None  # where the stage goes (None: the run's prefix of the table)
+    ranges: tuple[KeyRange, ...] = ()  # the key ranges to read, planned before (a unit); (): the window
 
 
 async def extract_and_stage(
@@ -116,7 +125,7 @@ async def extract_and_stage(
             raise
         completion.succeed()
 
-    prefix = ctx.s3.run_prefix(ctx.pipeline.name, plan.table, ctx.execution_id)
+    prefix = read.prefix or ctx.s3.run_prefix(ctx.pipeline.name, plan.table, ctx.execution_id)
     async with anyio.create_task_group() as tg:
         tg.start_soon(produce)
         async with CheckedReceive(receive, completion, f"extract of {plan.table}") as checked:
@@ -175,6 +184,8 @@ async def _fast_read(
     that is big enough (else None, with the reason in ``stats.path``)."""
     ctx, conn, plan, schema, win, stats = read.ctx, read.conn, read.plan, read.schema, read.window, read.stats
     keys = fast_window(ctx, schema, win)
+    if read.ranges and ctx.source is not None:  # planned: exactly these keys, whatever the path
+        return _reader(read, send, (None, None), read.ranges, keys if isinstance(keys, str) else ""), 0
     if ctx.source is None or isinstance(keys, str):
         if isinstance(keys, str):
             stats.path = {"path": "asyncmy", "reason": keys}
@@ -185,8 +196,21 @@ async def _fast_read(
     if reason := too_few_rows(ctx, estimated):
         stats.path = {"path": "asyncmy", "reason": reason}
         return None
+    return _reader(read, send, keys), estimated
+
+
+def _reader(
+    read: TableRead,
+    send: anyio.abc.ObjectSendStream[pa.RecordBatch],
+    keys: tuple[int | None, int | None],
+    ranges: tuple[KeyRange, ...] = (),
+    blocked: str = "",
+) -> FastRead:
+    """The table's key-range reader of ``keys`` (``fast_window``), or of the planned ``ranges``."""
+    ctx, conn, plan, schema, stats = read.ctx, read.conn, read.plan, read.schema, read.stats
+    assert ctx.source is not None
     processing = ctx.pipeline.processing
-    reader = FastRead(
+    return FastRead(
         source=ctx.source,
         conn=conn,
         database=plan.database,
@@ -204,5 +228,6 @@ async def _fast_read(
         cpu_limiter=ctx.limits.cpu,
         after=keys[0],
         upto=keys[1],
+        ranges=ranges,
+        blocked=blocked,
     )
-    return reader, estimated

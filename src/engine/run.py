@@ -24,6 +24,8 @@ from src.config.models import Pipeline
 from src.engine.context import RunContext, RunMode
 from src.engine.limits import Limits, share
 from src.engine.table import failed_phase, located_states, sync_table
+from src.engine.unitrun import unit_result
+from src.engine.units import Unit
 from src.engine.workers import (
     Asker,
     Channel,
@@ -62,6 +64,7 @@ class SyncRequest:
     config_dir: str | Path | None = None
     mode: RunMode = "sync"
     config: Pipeline | S3ShiftError | None = None  # the config as loaded (``configured``); None: not yet
+    unit: Unit | None = None  # run this unit of a plan (``tables``: its table), not the tables' syncs
 
 
 def configured(request: SyncRequest) -> SyncRequest:
@@ -141,6 +144,8 @@ async def _run_sync(
             plans.append(plan)
     if not plans:
         return agg.report()
+    if request.unit is not None:
+        return await _run_unit(agg, pipeline, plans[0], request.unit, redshift_connect, interrupted)
     return await _run_plans(agg, pipeline, plans, request.mode, redshift_connect, workers, interrupted)
 
 
@@ -257,6 +262,39 @@ async def _run_plans(
             report = _fail_all(agg, [p.table for p in plans], cause, phase=failed_phase(cause, "state"))
             if isinstance(cause, StageError):  # S3 itself failed: no report can be kept there
                 return report
+        await _persist(resources.s3, pipeline, report)
+        return report
+
+
+async def _run_unit(
+    agg: Aggregator,
+    pipeline: Pipeline,
+    plan: TablePlan,
+    unit: Unit,
+    redshift_connect: RedshiftConnect | None,
+    interrupted: list[str],
+) -> RunReport:
+    """One unit of a plan (``unitrun``) in this process, with the run's signals, resources and report.
+    It writes under the plan's own prefix, which no run's cleanup touches: no run marker."""
+    limits = Limits.for_pipeline(pipeline)
+    extracts, loads = unit.kind != "load", unit.kind != "extract"
+    async with watching_signals(interrupted) as cancel_on_signal, AsyncExitStack() as stack:
+        with cancel_on_signal:
+            try:
+                resources = await open_resources(
+                    stack,
+                    pipeline,
+                    limits,
+                    redshift_connect,
+                    source=extracts,
+                    keep_written=extracts and loads,
+                )
+            except Exception as exc:
+                return _fail_all(agg, [plan.table], first_error(exc), phase="connect")
+            mode: RunMode = "sync" if extracts and loads else "backup_only" if extracts else "load_only"
+            ctx = run_context(unit.plan_id, pipeline, limits, resources, mode, [plan], None, None)
+            agg.record(await unit_result(ctx, plan, unit, agg.execution_id))
+        report = _final(agg, interrupted)
         await _persist(resources.s3, pipeline, report)
         return report
 
@@ -439,7 +477,7 @@ def run_context(
     mode: RunMode,
     plans: Sequence[TablePlan],
     scan: PipelineScan | None,
-    states: Mapping[str, StateRow],
+    states: Mapping[str, StateRow] | None,
 ) -> RunContext:
     """What the run's tables share: the source catalog read in batches, the listings and states read at
     the start (a dry run makes the same, read-only)."""

@@ -254,6 +254,8 @@ class FastRead:
     cpu_limiter: anyio.CapacityLimiter | None = None
     after: int | None = None  # an id_only window: keys after this one (exclusive) ...
     upto: int | None = None  # ... up to this one (inclusive); None: the whole table
+    ranges: tuple[KeyRange, ...] = ()  # the ranges to read, planned before (a unit of a plan); (): plan them
+    blocked: str = ""  # why connectorx must not read them (planned ranges only): the asyncmy path reads each
     fallbacks: list[str] = field(default_factory=list)
     _queue: collections.deque[KeyRange] = field(default_factory=collections.deque)
     _lock: anyio.Lock = field(default_factory=anyio.Lock)
@@ -269,35 +271,27 @@ class FastRead:
     @property
     def window(self) -> KeyRange:
         """The keys to read: the whole table, or an id_only window ``(after, upto]``."""
-        return KeyRange(
-            None if self.after is None else self.after + 1, None if self.upto is None else self.upto + 1
-        )
+        return key_window(self.after, self.upto)
 
     async def run(self, estimated_rows: int) -> None:
         """Read every range into ``send`` (left open), with at most ``workers`` connectorx connections."""
-        bounds = await key_bounds(self.conn, self.database, self.table, self.key.name)
         window = self.window
-        if bounds is not None:  # an id_only window: ranges cover (after, upto] and nothing else
-            low = bounds[0] if window.low is None else max(bounds[0], window.low)
-            high = bounds[1] if window.high is None else min(bounds[1], window.high - 1)
-            bounds = (low, high)
-        if bounds is None or bounds[0] > bounds[1]:
+        bounds = await window_bounds(self.conn, self.database, self.table, self.key.name, window)
+        if bounds is None:
             self.stats.path = {"path": "connectorx", "ranges": 0}
             return
         self._bounds = bounds
-        width = await row_bytes(self.conn, self.database, self.table)
-        self.range_rows = min(self.range_rows, max(MIN_RANGE_ROWS, RANGE_BYTES // width))
-        ranges = split(*bounds, estimated_rows, self.range_rows, self.workers)
-        ranges[0] = KeyRange(window.low, ranges[0].high)
-        ranges[-1] = KeyRange(ranges[-1].low if len(ranges) > 1 else window.low, window.high)
+        self.range_rows = await range_size(self.conn, self.database, self.table, self.range_rows)
+        ranges = self.ranges or split_window(bounds, window, estimated_rows, self.range_rows, self.workers)
         self._queue.extend(ranges)
         planned = len(self._queue)
-        refused = await connectorx_refused(self.source, self.database)
+        refused = self.blocked or await connectorx_refused(self.source, self.database)
         async with self.source.reserve(0 if refused else self.workers) as workers:
             if workers == 0:  # the table's own connection reads it all: the report says asyncmy, and why
                 reason = refused or "no free connection in the source's budget for connectorx"
                 self.stats.path = {"path": "asyncmy", "reason": reason}
-                await self._canonical(window)
+                for part in ranges if self.ranges else (window,):
+                    await self._canonical(part)
                 return
             async with anyio.create_task_group() as tg:
                 for _ in range(workers):
@@ -406,6 +400,41 @@ class FastRead:
                 self.stats,
                 self.cpu_limiter,
             )
+
+
+def key_window(after: int | None, upto: int | None) -> KeyRange:
+    """The keys ``(after, upto]`` of an id_only window (None, None: every key) as a range."""
+    return KeyRange(None if after is None else after + 1, None if upto is None else upto + 1)
+
+
+async def window_bounds(
+    conn: SourceConnection, database: str, table: str, key: str, window: KeyRange
+) -> tuple[int, int] | None:
+    """The lowest and highest key of the table within ``window`` (the keys a read covers), None when it
+    holds none."""
+    bounds = await key_bounds(conn, database, table, key)
+    if bounds is None:
+        return None
+    low = bounds[0] if window.low is None else max(bounds[0], window.low)
+    high = bounds[1] if window.high is None else min(bounds[1], window.high - 1)
+    return (low, high) if low <= high else None
+
+
+async def range_size(conn: SourceConnection, database: str, table: str, range_rows: int) -> int:
+    """``range_rows``, fewer for wide rows: a worker holds one range in memory (``RANGE_BYTES``)."""
+    width = await row_bytes(conn, database, table)
+    return min(range_rows, max(MIN_RANGE_ROWS, RANGE_BYTES // width))
+
+
+def split_window(
+    bounds: tuple[int, int], window: KeyRange, estimated_rows: int, range_rows: int, workers: int
+) -> list[KeyRange]:
+    """The key ranges that read ``window`` (whose keys lie in ``bounds``), no gap and no overlap: the
+    first open below as the window is, the last open above as it is (``split``)."""
+    ranges = split(*bounds, estimated_rows, range_rows, workers)
+    ranges[0] = KeyRange(window.low, ranges[0].high)
+    ranges[-1] = KeyRange(ranges[-1].low if len(ranges) > 1 else window.low, window.high)
+    return ranges
 
 
 async def connectorx_refused(source: MySQLSource, database: str) -> str | None:
