@@ -164,13 +164,18 @@ def test_view_mysql_cannot_resolve_is_not_reported_as_missing(
     )
     tables = [f"{mysql_db}.v", f"{mysql_db}.nope"]
     cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn)
-    doc, _ = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", tables[0], "-t", tables[1])
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", tables[0], "-t", tables[1])
     check_contract(doc, tables)
     view, nope = (doc["table_results"][t] for t in tables)
     assert (view["phase"], view["retryable"]) == ("introspect", False), view
     assert view["error_message"].startswith(f"view {mysql_db}.v of MySQL source"), view
     assert f"SHOW CREATE VIEW `{mysql_db}`.`v`" in view["error_message"], view
     assert "not found" in nope["error_message"], nope
+    # stderr holds s3shift's lines only: the driver logged MySQL's warning 1356 raw there, twice
+    raw = "references invalid table(s) or column(s) or function(s)"
+    assert raw not in proc.stderr, proc.stderr
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", tables[0], "--verbose")
+    assert raw in proc.stderr and "DEBUG asyncmy: View " in proc.stderr, proc.stderr  # --verbose shows it
 
 
 def test_zero_dates_of_a_view_are_not_counted_as_null_cursors(

@@ -171,6 +171,32 @@ class NativeStderr:
             self._panic = []
 
 
+MYSQL_DRIVERS = ("asyncmy", "aiomysql")
+
+
+class _DebugFilter(logging.Filter):
+    """A library's record as a debug line of ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def _as_debug(logger: logging.Logger, handler: logging.Handler, verbose: bool) -> None:
+    """A MySQL driver logs each warning the server gave a statement (asyncmy: every row of its SHOW
+    WARNINGS, e.g. error 1356 of a view over a dropped table, met by the catalog query) through a logger
+    without a handler, so Python's last-resort handler printed it raw on stderr beside s3shift's own
+    one-line failure. What matters of them s3shift reports itself: they are debug lines (--verbose)."""
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    for old_filter in list(logger.filters):
+        logger.removeFilter(old_filter)
+    logger.addFilter(_DebugFilter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
+    logger.propagate = False
+
+
 def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{name}")
 
@@ -189,6 +215,8 @@ def configure(verbose: bool) -> None:
     root.propagate = False
     for noisy in ("botocore", "aiobotocore", "boto3", "aioboto3", "urllib3", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for driver in MYSQL_DRIVERS:
+        _as_debug(logging.getLogger(driver), handler, verbose)
     # asyncio's own reports (unretrieved task exceptions) go through the same handler, in one line, instead
     # of Python's last-resort handler, which printed them with a traceback.
     loop_log = logging.getLogger("asyncio")
