@@ -18,9 +18,21 @@ from src.common.secret import scrub
 LOGGER_NAME = "s3shift"
 
 
+# control characters but the tab: C0, DEL, C1 (a table or column name may hold them: MySQL quotes any)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    return {"\n": "\\n", "\r": "\\r"}.get(char, f"\\x{ord(char):02x}")
+
+
 class _ScrubFilter(logging.Filter):
+    """Secrets out, and control characters escaped: a record is one line of plain text (a name given as
+    ``-t $'db.a\\nb'`` split a failure's line in two, and an escape sequence in one reached the terminal)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = scrub(record.getMessage())
+        record.msg = _CONTROL.sub(_escaped, scrub(record.getMessage()))
         record.args = None
         return True
 
