@@ -11,6 +11,7 @@ import re
 import select
 import sys
 import threading
+import warnings
 from typing import Any, TextIO
 
 from src.common.secret import scrub
@@ -209,6 +210,31 @@ def _as_debug(logger: logging.Logger, handler: logging.Handler, verbose: bool) -
     logger.propagate = False
 
 
+def _driver_warnings_logged() -> None:
+    """aiomysql reports the server's warnings as Python warnings (PyMySQL's ``Warning``), which printed
+    two raw lines (file, line, message, source) on stderr: they go to its logger, a debug line as asyncmy's.
+    Every other warning is shown as before."""
+    shown = warnings.showwarning
+    if getattr(shown, "s3shift", False):
+        return
+
+    def showwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if category.__module__.split(".")[0] == "pymysql":
+            logging.getLogger("aiomysql").warning("%s", message)
+            return
+        shown(message, category, filename, lineno, file, line)
+
+    showwarning.s3shift = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning
+
+
 def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{name}")
 
@@ -229,6 +255,7 @@ def configure(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for driver in MYSQL_DRIVERS:
         _as_debug(logging.getLogger(driver), handler, verbose)
+    _driver_warnings_logged()
     # asyncio's own reports (unretrieved task exceptions) go through the same handler, in one line, instead
     # of Python's last-resort handler, which printed them with a traceback.
     loop_log = logging.getLogger("asyncio")
