@@ -215,8 +215,8 @@ async def test_a_run_being_stopped_neither_retries_nor_waits_for_a_probe() -> No
         with pytest.raises(StageError):
             await s3.check()  # trips: the others wait a minute for the probe
 
-        async def waiting() -> None:
-            with pytest.raises(StageError, match="not sent"):
+        async def waiting() -> None:  # no probe went out: it says why it was not sent
+            with pytest.raises(StageError, match="not sent: the run is being stopped - check "):
                 await s3.put_bytes("staging/a", b"a")
 
         async with anyio.create_task_group() as tg:

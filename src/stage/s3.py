@@ -427,7 +427,7 @@ class S3Stage:
         try:
             return await self._breaker.admit()
         except EndpointDown as down:
-            raise self._unreachable(down.cause, action, key, sent=False) from None
+            raise self._unreachable(down.cause, action, key, sent=False, stopping=down.stopping) from None
 
     def _failed(self, exc: BaseException, action: str, key: str | None, probe: bool) -> S3Error:
         """The error for a request that failed; the ``Breaker`` learns whether it reached the endpoint."""
@@ -504,10 +504,14 @@ class S3Stage:
         """The URL requests go to (AWS's regional one when no endpoint_url is configured)."""
         return str(self._client.meta.endpoint_url) if self._client is not None else self._endpoint_label()
 
-    def _unreachable(self, cause: str, action: str, key: str | None, *, sent: bool) -> S3Error:
+    def _unreachable(
+        self, cause: str, action: str, key: str | None, *, sent: bool, stopping: bool = False
+    ) -> S3Error:
         where = self.url(key) if key else f"s3://{self.cfg.bucket}"
         every = f"one request probes it every {self._breaker.cool_down:g} s"
         outcome = "failed" if sent else f"not sent, a probe failed too ({every})"
+        if stopping:
+            outcome = "not sent: the run is being stopped"
         return S3Error(
             f"S3 endpoint {self._endpoint_url()} unreachable ({cause}): {action} on {where} {outcome} - "
             f"check connections.s3.{self.cfg.name}.endpoint_url/region and the network, then rerun",
