@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from collections.abc import AsyncIterator
 
 import anyio
@@ -226,6 +227,31 @@ async def test_a_copy_whose_backend_is_killed_takes_no_more_data(
         assert [r["id"] for r in await target_rows(pg_schema, "t", schema)] == [1]
     loop_log.removeHandler(caplog.handler)
     assert not [r for r in caplog.records if "socket.send() raised" in r.getMessage()]
+
+
+@pytest.mark.anyio
+async def test_a_roles_statement_timeout_does_not_cancel_a_long_load(pg_schema: str, s3_conn: S3Conn) -> None:
+    """A role's ``statement_timeout`` (set for its OLTP queries) cancelled a COPY that outlived it, which a
+    streamed load's does as long as the table is read: the table failed on every retry (57014)."""
+    role = f"s3s_st_{uuid.uuid4().hex[:8]}"
+    await pg(f"CREATE ROLE {role} LOGIN SUPERUSER")
+    await pg(f"ALTER ROLE {role} SET statement_timeout = '500ms'")
+    await pg(f"ALTER ROLE {role} SET idle_in_transaction_session_timeout = '500ms'")
+    schema = TableSchema((col("id", "int64"),))
+    inner = s3_batches(s3_conn)
+
+    async def slow(result: StageResult) -> AsyncIterator[pa.RecordBatch]:
+        async for batch in inner(result):
+            await anyio.sleep(1)  # the COPY runs past the role's limit
+            yield batch
+
+    rows = stage(s3_conn, [arrow_table(schema, [{"id": 1}]), arrow_table(schema, [{"id": 2}])])
+    try:
+        async with warehouse(target_conn("postgres", pg_schema, username=role), s3_conn, batches=slow) as wh:
+            assert (await load(wh, schema, rows)).rows_loaded == 2
+    finally:
+        await pg(f"DROP OWNED BY {role} CASCADE")
+        await pg(f"DROP ROLE {role}")
 
 
 @pytest.mark.anyio

@@ -430,8 +430,17 @@ def connect_kwargs(cfg: TargetConn, tls: ssl.SSLContext | bool) -> dict[str, Any
 def session_settings(cfg: TargetConn) -> dict[str, str]:
     """A statement waits at most ``lock_timeout`` for a lock (a session holding the target or the state
     table, e.g. an idle transaction of a BI tool, made a load wait for as long as it lived, saying nothing);
-    then it fails with SQLSTATE 55P03, retryable, and the transaction rolls back."""
-    return {"lock_timeout": str(round(cfg.lock_timeout * 1000))}
+    then it fails with SQLSTATE 55P03, retryable, and the transaction rolls back.
+
+    No statement or idle-transaction time limit, as pg_dump sets for its own sessions: a role's
+    ``statement_timeout`` (set for its OLTP queries) cancelled a load's COPY, which lasts as long as the
+    table's read when streamed, on every retry; a stalled server is found by the statement watch instead
+    (``src.warehouse.watch``)."""
+    return {
+        "lock_timeout": str(round(cfg.lock_timeout * 1000)),
+        "statement_timeout": "0",
+        "idle_in_transaction_session_timeout": "0",
+    }
 
 
 class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
