@@ -406,3 +406,15 @@ def test_watermarks_at_the_ends_of_time(cfg: Path, mysql_db: str) -> None:
         cfg, "set", "-p", "p", "-t", table, "--id", str(2**64 - 1), "--timestamp", "2020-01-01"
     )
     assert code == 0 and isinstance(doc, dict) and doc["watermark"]["id"] == 2**64 - 1, doc
+
+
+def test_a_name_with_control_characters_keeps_each_log_record_on_one_line(cfg: Path, mysql_db: str) -> None:
+    """MySQL quotes any character into a name, so ``-t`` may carry a newline or an escape sequence: the
+    failure's log line was split in two (a line of stderr that was no record of s3shift's), and the
+    escape sequence reached the terminal. Each record is one line, its control characters escaped."""
+    tables = [f"{mysql_db}.a\nb", f"{mysql_db}.red\x1b[31m"]
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", tables[0], "-t", tables[1])
+    check_contract(doc, tables)  # the JSON keeps the names as given
+    assert "\x1b" not in proc.stderr, proc.stderr
+    assert all(line.startswith("20") for line in proc.stderr.splitlines()), proc.stderr  # each a record
+    assert f"{mysql_db}.a\\nb FAILED: " in proc.stderr and f"{mysql_db}.red\\x1b[31m FAILED: " in proc.stderr

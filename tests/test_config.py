@@ -332,6 +332,17 @@ def test_malformed_reference_is_an_error_not_literal_text(tmp_path: Path, text: 
     assert interpolate(escaped, where="w", env={}) == text
 
 
+@pytest.mark.parametrize("env", [{}, {"T_PW": "secret"}])
+def test_a_reference_nested_in_a_default_is_an_error(env: dict[str, str]) -> None:
+    """Shell-style ``${A:-${B}}`` was read as A with the default "${B" and then a literal "}": the value was
+    "secret}" with A set, the literal text "${B}" without, silently (a wrong password or target name)."""
+    for text in ("${T_PW:-${T_OTHER}}", "pw${T_PW:-a${T_OTHER:-b}}"):
+        with pytest.raises(ConfigError, match=r"^w: the default of \$\{T_PW:-\.\.\.\} holds a '\$\{'") as err:
+            interpolate(text, where="w", env={**env, "T_OTHER": "other"})
+        assert "secret" not in str(err.value)
+    assert interpolate("${T_PW:-$${T_OTHER}}", where="w", env={}) == "${T_OTHER}"  # escaped: literal
+
+
 def test_duplicate_keys_are_errors(tmp_path: Path) -> None:
     pipe = NIGHTLY + "  shop.orders: {cdc_strategy: id_only}\n"
     with pytest.raises(

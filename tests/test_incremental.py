@@ -490,3 +490,71 @@ def test_dry_run_warns_only_when_no_index_could_serve_the_window(
     assert plans[f"{mysql_db}.unindexed"]["warning"] == (
         "no index serves the window query: the window query is a full scan; add an index on the cursor"
     )
+
+
+def test_a_cursor_column_left_out_of_the_read_says_so(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
+) -> None:
+    """A cursor column left out by exclude_columns (or not listed in include_columns) failed as "'ts' is not
+    a column of the source table (columns: id, v); set cdc_timestamp_column", though the table has it: the
+    fix is the column selection. A cursor the source lacks keeps its message."""
+    mysql_exec(mysql_db, "CREATE TABLE ev (id INT PRIMARY KEY, v INT, ts DATETIME(6), KEY (ts))")
+    hybrid = {"cdc_strategy": "hybrid", "cdc_timestamp_column": "ts", "cdc_id_column": "id"}
+    tables = {
+        f"{mysql_db}.ev": {**hybrid, "exclude_columns": ["ts"], "target_name": "a"},
+        f"{mysql_db}.ev2": {**hybrid, "include_columns": ["id", "v"], "target_name": "b"},
+        f"{mysql_db}.ev3": {**hybrid, "cdc_timestamp_column": "nope", "target_name": "c"},
+    }
+    mysql_exec(mysql_db, "CREATE TABLE ev2 LIKE ev", "CREATE TABLE ev3 LIKE ev")
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, tables)
+    doc, _ = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", ",".join(tables))
+    errors = failures(doc)
+    assert errors[f"{mysql_db}.ev"] == (
+        f"pipeline table {mysql_db}.ev: cdc_timestamp_column 'ts' is left out by exclude_columns, but the "
+        f"window is read by it — keep it in the columns read (fix tables.{mysql_db}.ev.exclude_columns), or "
+        f"set tables.{mysql_db}.ev.cdc_timestamp_column"
+    )
+    assert "'ts' is left out by include_columns" in errors[f"{mysql_db}.ev2"]
+    assert "'nope' is not a column of the source table (columns: id, v, ts)" in errors[f"{mysql_db}.ev3"]
+
+
+def test_a_primary_key_changed_at_the_source_says_what_to_do(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """The target keeps the primary key it was created with: a source key widened to (id, x) made every
+    run fail with the bare unique violation (full_sync with schema_change: rebuild too). The message says
+    why and what to do; done, the table loads, every row once."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE pkc (id INT NOT NULL, x INT NOT NULL, ts DATETIME(6) NOT NULL, PRIMARY KEY (id),"
+        " KEY (ts))",
+        "INSERT INTO pkc VALUES (1, 1, NOW(6)), (2, 1, NOW(6))",
+    )
+    table = f"{mysql_db}.pkc"
+    strategy = {"cdc_strategy": "timestamp_only", "cdc_timestamp_column": "ts", "lag_seconds": 0}
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, {table: strategy})
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    assert proc.returncode == 0, failures(doc)
+    mysql_exec(
+        mysql_db,
+        "ALTER TABLE pkc DROP PRIMARY KEY, ADD PRIMARY KEY (id, x)",
+        "INSERT INTO pkc VALUES (1, 2, NOW(6) + INTERVAL 1 SECOND)",
+    )
+    time.sleep(1.2)
+    doc, _ = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    message = failures(doc)[table]
+    assert "SQLSTATE 23505" in message and "If the source table's primary key changed since" in message
+    assert message.endswith(
+        "drop the target table, then rerun (the run creates it with the new key and reads the whole table "
+        "again)"
+    ), message
+    pg_fetch(f'DROP TABLE "{pg_schema}".pkc')
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    assert proc.returncode == 0, failures(doc)
+    loaded = pg_fetch(f'SELECT id, x FROM "{pg_schema}".pkc ORDER BY id, x')
+    assert [tuple(r) for r in loaded] == [(1, 1), (1, 2), (2, 1)]

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from src.config.models import S3Conn, SourceConn, TargetConn
-from tests.conftest import CutProxy, _free_port, mysql_exec, pg_fetch, s3_client, start_moto
+from tests.conftest import ROOT, CutProxy, _free_port, mysql_exec, pg_fetch, s3_client, start_moto
 from tests.e2e import CLI, assert_tables_equal, check_contract, failures, run_json, write_config
 from tests.test_crash import BIG, FILL, ROWS, Setup, start_sync, wait_until
 from tests.test_stage_support import list_keys, open_uploads
@@ -253,3 +253,70 @@ def test_a_short_s3_outage_mid_upload_costs_a_wait_not_the_table(
     assert "was cut: it goes again once a probe is answered" in err
     assert open_uploads(s3_conn) == []
     assert assert_tables_equal(mysql_db, "big", pg_schema, "big", "id") == ROWS
+
+
+def test_a_short_s3_outage_during_the_runs_listing_costs_a_wait_not_the_run(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    s3_proxy: CutProxy,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """The run's scan of the pipeline lists S3 after its marker went up: a 2 s blip there waits for the
+    breaker's probe like any request, instead of failing every table of the run (it did: listings did
+    not ride out outages)."""
+    tables = make_tables(mysql_db, 2)
+    through = replace(s3_conn, endpoint_url=s3_proxy.url)
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, through, {}, processing={"processes": 1})
+    s3_proxy.hold_answer_to(b"?uploads&prefix=")  # the scan's listing of unfinished uploads
+    run = subprocess.Popen(
+        [*CLI, "--config-dir", str(cfg), "sync", "-p", "p", *(f"-t{t}" for t in tables), "--json-output"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert s3_proxy.triggered.wait(60), "the run never listed its unfinished uploads"
+    s3_proxy.cut()
+    time.sleep(2)
+    s3_proxy.restore()
+    out, err = run.communicate(timeout=180)
+    doc = json.loads(out)
+
+    check_contract(doc, tables)
+    assert run.returncode == 0, failures(doc)
+    assert "list_multipart_uploads of s3://" in err and "was cut: it goes again" in err
+    loaded = (200, sum(len(f"row {i}") for i in range(1, 201)))
+    assert contents(pg_schema, tables) == dict.fromkeys(tables, loaded)
+
+
+def test_sigterm_while_the_runs_listing_waits_out_an_outage_reports_the_interruption(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    s3_proxy: CutProxy,
+    mysql_db: str,
+) -> None:
+    """SIGTERM while the scan's listing waits for the breaker's probe: the waiting request fails at once
+    (the run hurries), and that echo of the signal was every table's failure: `phase: s3`, "not sent, a
+    probe failed too", though no probe had gone out. The tables are interrupted by the signal."""
+    tables = make_tables(mysql_db, 2)
+    through = replace(s3_conn, endpoint_url=s3_proxy.url)
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, through, {}, processing={"processes": 1})
+    s3_proxy.hold_answer_to(b"?uploads&prefix=")
+    run = start_sync(Setup(cfg, ",".join(tables), CLI))
+    assert s3_proxy.triggered.wait(60), "the run never listed its unfinished uploads"
+    s3_proxy.cut()
+    time.sleep(2.5)  # the listing's retries are spent: it waits for the probe
+    run.send_signal(signal.SIGTERM)
+    doc, took = finish(run, time.monotonic())
+
+    check_contract(doc, tables)
+    assert run.returncode == 1 and took < 5, took
+    for table in tables:
+        result = doc["table_results"][table]
+        assert (result["phase"], result["retryable"]) == ("interrupted", True), result
+        assert result["error_message"].startswith("run interrupted (SIGTERM) before this table finished")

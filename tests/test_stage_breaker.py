@@ -118,6 +118,54 @@ async def test_a_request_cut_by_an_outage_that_lasts_fails_after_the_probe(
         assert attempts.count == 4 + 1
 
 
+async def test_a_listing_cut_by_a_short_outage_goes_on_where_it_was(
+    s3_conn: S3Conn, s3_proxy: CutProxy, stage_log: pytest.LogCaptureFixture
+) -> None:
+    """A listing rides out a blip like any request (it failed at once: the run's scan of the pipeline
+    and the clean-up of dead runs list), and its second page, cut, goes out again from where the first
+    page ended: every key once."""
+    keys = [f"staging/p/{i:05d}" for i in range(1001)]  # two pages of S3's 1000 keys
+    async with S3Stage(s3_conn) as direct, anyio.create_task_group() as tg:
+        limiter = anyio.CapacityLimiter(16)
+
+        async def put(key: str) -> None:
+            async with limiter:
+                await direct.put_bytes(key, b"x")
+
+        for key in keys:
+            tg.start_soon(put, key)
+    async with S3Stage(through(s3_conn, s3_proxy)) as s3:  # the run's cool-down: the probe after 5 s
+        await s3.check()  # the endpoint answered in this process: a later failure is an outage
+        s3_proxy.hold_answer_to(b"continuation-token=")
+        async with anyio.create_task_group() as tg:
+            listed: list[tuple[str, Any]] = []
+
+            async def listing() -> None:
+                listed.extend(await s3.list_objects("staging/p/"))
+
+            tg.start_soon(listing)
+            with anyio.fail_after(30):
+                while not s3_proxy.triggered.is_set():  # noqa: ASYNC110 - set by the proxy's thread
+                    await anyio.sleep(0.01)
+            s3_proxy.cut()  # a 2 s outage, longer than the 1.75 s of a refused connection's retries
+            await anyio.sleep(2)
+            s3_proxy.restore()
+    assert [key for key, _ in listed] == keys
+    messages = [r.getMessage() for r in stage_log.records]
+    assert any("list_objects_v2 of s3://" in m and "was cut: it goes again" in m for m in messages)
+
+
+async def test_a_listing_of_an_endpoint_never_reached_fails_fast(s3_conn: S3Conn, s3_proxy: CutProxy) -> None:
+    """Nothing to ride out where the endpoint never answered in this process: a wrong endpoint_url."""
+    s3_proxy.cut()
+    async with S3Stage(through(s3_conn, s3_proxy)) as s3:
+        start = time.monotonic()
+        refused = r"unreachable \(connection refused\): list_objects_v2 .* failed"
+        with pytest.raises(StageError, match=refused):
+            await s3.list_objects("staging/p/")
+        assert time.monotonic() - start < 3
+
+
 async def test_a_dead_endpoint_is_probed_until_it_answers(s3_conn: S3Conn, s3_proxy: CutProxy) -> None:
     async with S3Stage(through(s3_conn, s3_proxy), cool_down=COOL) as s3:
         await s3.check()
@@ -167,8 +215,8 @@ async def test_a_run_being_stopped_neither_retries_nor_waits_for_a_probe() -> No
         with pytest.raises(StageError):
             await s3.check()  # trips: the others wait a minute for the probe
 
-        async def waiting() -> None:
-            with pytest.raises(StageError, match="not sent"):
+        async def waiting() -> None:  # no probe went out: it says why it was not sent
+            with pytest.raises(StageError, match="not sent: the run is being stopped - check "):
                 await s3.put_bytes("staging/a", b"a")
 
         async with anyio.create_task_group() as tg:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import uuid
 from collections.abc import AsyncIterator
 
 import anyio
@@ -181,6 +183,75 @@ async def test_backend_killed_mid_copy_is_retryable_and_target_untouched(
         assert [r["id"] for r in await target_rows(pg_schema, "t", schema)] == [1]
         assert (await load(wh, schema, stage(s3_conn, []))).rows_loaded == 0  # the pool still works
     assert await target_rows(pg_schema, "t", schema) == []
+
+
+@pytest.mark.anyio
+async def test_a_copy_whose_backend_is_killed_takes_no_more_data(
+    pg_schema: str, s3_conn: S3Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncpg's COPY took its source to the end after the connection was lost: a streamed full load read
+    the whole table into a dead socket, and asyncio logged 'socket.send() raised exception.' on stderr for
+    every chunk (33 lines for 1M rows). It stops within the chunks already encoded."""
+    schema = TableSchema((col("id", "int64"), col("pad", "string")))
+    inner = s3_batches(s3_conn)
+    after_kill: list[int] = []
+
+    async def killing(result: StageResult) -> AsyncIterator[pa.RecordBatch]:
+        async for batch in inner(result):
+            yield batch
+        await pg(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE $1 "
+            "AND pid <> pg_backend_pid()",
+            f'COPY "{pg_schema}"."t"%',
+        )
+        await anyio.sleep(0.5)  # the termination reaches the connection
+        for i in range(200):
+            after_kill.append(i)
+            yield pa.record_batch(
+                [pa.array([i] * 2000, pa.int64()), pa.array(["x" * 100] * 2000)], ["id", "pad"]
+            )
+
+    loop_log = logging.getLogger("asyncio")  # a CLI test of this session may have stopped its propagation
+    loop_log.addHandler(caplog.handler)
+    cfg = target_conn("postgres", pg_schema)
+    async with warehouse(cfg, s3_conn) as wh:
+        await load(wh, schema, stage(s3_conn, [arrow_table(schema, [{"id": 1, "pad": "a"}])]))
+    one = stage(s3_conn, [arrow_table(schema, [{"id": 2, "pad": "b"}])])
+    async with warehouse(cfg, s3_conn, batches=killing) as wh:
+        state = await wh.read_state("test", "db.t")
+        with pytest.raises(WarehouseError) as err:
+            await wh.load(replace_request(schema, one, expect=state.stage_id if state else None))
+        assert err.value.retryable and "terminating connection" in str(err.value), err.value
+        assert len(after_kill) < 10, len(after_kill)  # the chunks encoded ahead, not the 200
+        assert await wh.read_state("test", "db.t") == state
+        assert [r["id"] for r in await target_rows(pg_schema, "t", schema)] == [1]
+    loop_log.removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if "socket.send() raised" in r.getMessage()]
+
+
+@pytest.mark.anyio
+async def test_a_roles_statement_timeout_does_not_cancel_a_long_load(pg_schema: str, s3_conn: S3Conn) -> None:
+    """A role's ``statement_timeout`` (set for its OLTP queries) cancelled a COPY that outlived it, which a
+    streamed load's does as long as the table is read: the table failed on every retry (57014)."""
+    role = f"s3s_st_{uuid.uuid4().hex[:8]}"
+    await pg(f"CREATE ROLE {role} LOGIN SUPERUSER")
+    await pg(f"ALTER ROLE {role} SET statement_timeout = '500ms'")
+    await pg(f"ALTER ROLE {role} SET idle_in_transaction_session_timeout = '500ms'")
+    schema = TableSchema((col("id", "int64"),))
+    inner = s3_batches(s3_conn)
+
+    async def slow(result: StageResult) -> AsyncIterator[pa.RecordBatch]:
+        async for batch in inner(result):
+            await anyio.sleep(1)  # the COPY runs past the role's limit
+            yield batch
+
+    rows = stage(s3_conn, [arrow_table(schema, [{"id": 1}]), arrow_table(schema, [{"id": 2}])])
+    try:
+        async with warehouse(target_conn("postgres", pg_schema, username=role), s3_conn, batches=slow) as wh:
+            assert (await load(wh, schema, rows)).rows_loaded == 2
+    finally:
+        await pg(f"DROP OWNED BY {role} CASCADE")
+        await pg(f"DROP ROLE {role}")
 
 
 @pytest.mark.anyio

@@ -11,6 +11,7 @@ import re
 import select
 import sys
 import threading
+import warnings
 from typing import Any, TextIO
 
 from src.common.secret import scrub
@@ -18,9 +19,21 @@ from src.common.secret import scrub
 LOGGER_NAME = "s3shift"
 
 
+# control characters but the tab: C0, DEL, C1 (a table or column name may hold them: MySQL quotes any)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    return {"\n": "\\n", "\r": "\\r"}.get(char, f"\\x{ord(char):02x}")
+
+
 class _ScrubFilter(logging.Filter):
+    """Secrets out, and control characters escaped: a record is one line of plain text (a name given as
+    ``-t $'db.a\\nb'`` split a failure's line in two, and an escape sequence in one reached the terminal)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = scrub(record.getMessage())
+        record.msg = _CONTROL.sub(_escaped, scrub(record.getMessage()))
         record.args = None
         return True
 
@@ -171,6 +184,57 @@ class NativeStderr:
             self._panic = []
 
 
+MYSQL_DRIVERS = ("asyncmy", "aiomysql")
+
+
+class _DebugFilter(logging.Filter):
+    """A library's record as a debug line of ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def _as_debug(logger: logging.Logger, handler: logging.Handler, verbose: bool) -> None:
+    """A MySQL driver logs each warning the server gave a statement (asyncmy: every row of its SHOW
+    WARNINGS, e.g. error 1356 of a view over a dropped table, met by the catalog query) through a logger
+    without a handler, so Python's last-resort handler printed it raw on stderr beside s3shift's own
+    one-line failure. What matters of them s3shift reports itself: they are debug lines (--verbose)."""
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    for old_filter in list(logger.filters):
+        logger.removeFilter(old_filter)
+    logger.addFilter(_DebugFilter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
+    logger.propagate = False
+
+
+def _driver_warnings_logged() -> None:
+    """aiomysql reports the server's warnings as Python warnings (PyMySQL's ``Warning``), which printed
+    two raw lines (file, line, message, source) on stderr: they go to its logger, a debug line as asyncmy's.
+    Every other warning is shown as before."""
+    shown = warnings.showwarning
+    if getattr(shown, "s3shift", False):
+        return
+
+    def showwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if category.__module__.split(".")[0] == "pymysql":
+            logging.getLogger("aiomysql").warning("%s", message)
+            return
+        shown(message, category, filename, lineno, file, line)
+
+    showwarning.s3shift = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning
+
+
 def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"{LOGGER_NAME}.{name}")
 
@@ -189,6 +253,9 @@ def configure(verbose: bool) -> None:
     root.propagate = False
     for noisy in ("botocore", "aiobotocore", "boto3", "aioboto3", "urllib3", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for driver in MYSQL_DRIVERS:
+        _as_debug(logging.getLogger(driver), handler, verbose)
+    _driver_warnings_logged()
     # asyncio's own reports (unretrieved task exceptions) go through the same handler, in one line, instead
     # of Python's last-resort handler, which printed them with a traceback.
     loop_log = logging.getLogger("asyncio")

@@ -26,6 +26,13 @@ def interpolate(value: str, *, where: str, env: Mapping[str, str] | None = None)
                 "(VAR: letters, digits and _), or $${ for a literal ${",
                 key=where,
             )
+        if default is not None and "${" in default:  # "${A:-${B}}" read as A, or "${B" then "}"
+            raise ConfigError(
+                f"{where}: the default of ${{{name}:-...}} holds a '${{': a reference cannot nest in "
+                "another (its value came out wrong, with a stray '}'); set the variable, or write $${ for a "
+                "literal ${",
+                key=where,
+            )
         if name in environ:
             return environ[name]
         if default is not None:

@@ -255,7 +255,8 @@ async def _run_plans(
             await drain(workers, dispenser, agg.record)
         if workers:  # their failed cleanups keep the run marker, as the parent's own do
             resources.s3.left_behind(workers.unclean)
-        if failed is None:
+        if failed is None or interrupted:  # a signal during the start: the start's failure is its echo (S3
+            # requests waiting out an outage fail at once when the run is stopped)
             report = _final(agg, interrupted)
         else:
             cause = first_error(failed)

@@ -100,12 +100,7 @@ def resolve(plan: TablePlan, schema: TableSchema) -> Resolved:
         ident = plan.id_column or (key[0] if len(key) == 1 else DEFAULT_ID_COLUMN)
     for column, what in ((ts, "cdc_timestamp_column"), (ident, "cdc_id_column")):
         if column is not None and column not in schema.names:
-            raise ConfigError(
-                f"pipeline table {plan.table}: {what} '{column}' is not a column of the source table "
-                f"(columns: {', '.join(schema.names)}); set {plan.key_path(what)}",
-                table=plan.table,
-                key=plan.key_path(what),
-            )
+            raise _not_read(plan, schema, what, column)
     if plan.lookback_seconds and not key:
         raise ConfigError(
             f"{plan.table} has no primary key, so lookback_seconds cannot be used (re-read rows could not be "
@@ -115,6 +110,26 @@ def resolve(plan: TablePlan, schema: TableSchema) -> Resolved:
         )
     order_by = tuple(c for c in (ts, ident) if c is not None)
     return Resolved("merge" if key else "append", key, order_by, ts, ident)
+
+
+def _not_read(plan: TablePlan, schema: TableSchema, what: str, column: str) -> ConfigError:
+    """A cursor column the read does not have: left out by the table's column selection (the source has
+    it: it said the source lacked it and to set the cursor, not to keep the column), or not in the source."""
+    selection = plan.columns
+    if column in selection.exclude or (selection.include and column not in selection.include):
+        by = "exclude_columns" if column in selection.exclude else "include_columns"
+        return ConfigError(
+            f"pipeline table {plan.table}: {what} '{column}' is left out by {by}, but the window is read "
+            f"by it — keep it in the columns read (fix {plan.key_path(by)}), or set {plan.key_path(what)}",
+            table=plan.table,
+            key=plan.key_path(by),
+        )
+    return ConfigError(
+        f"pipeline table {plan.table}: {what} '{column}' is not a column of the source table "
+        f"(columns: {', '.join(schema.names)}); set {plan.key_path(what)}",
+        table=plan.table,
+        key=plan.key_path(what),
+    )
 
 
 def window(plan: TablePlan, resolved: Resolved, position: Watermark | None) -> Window:

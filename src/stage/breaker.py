@@ -58,11 +58,13 @@ UNANSWERED_ATTEMPTS: Final = 2  # a request sent and not answered within read_ti
 
 
 class EndpointDown(Exception):
-    """The endpoint failed a probe: the request was not sent."""
+    """The endpoint failed a probe, or the run is being stopped while it is unreachable (``stopping``):
+    the request was not sent."""
 
-    def __init__(self, cause: str) -> None:
+    def __init__(self, cause: str, *, stopping: bool = False) -> None:
         super().__init__(cause)
         self.cause = cause
+        self.stopping = stopping
 
 
 @dataclass
@@ -101,7 +103,7 @@ class Breaker:
                 self._probing = True
                 return True
             if down.probed or self._hurry:
-                raise EndpointDown(down.cause)
+                raise EndpointDown(down.cause, stopping=not down.probed)
             with anyio.move_on_after(math.inf if self._probing else wait):
                 await self._changed.wait()
         return False

@@ -47,6 +47,11 @@ OUTAGE_ROUNDS: Final = 2  # a request cut by an outage goes out once more after 
 log = get_logger("stage.s3")
 
 _TRANSPORT_ERRORS = (BotoCoreError, aiohttp.ClientError, OSError)
+# a listing's next page: (field of the truncated page's answer, argument of the next request)
+_RESUME: Final = {
+    "list_objects_v2": (("NextContinuationToken", "ContinuationToken"),),
+    "list_multipart_uploads": (("NextKeyMarker", "KeyMarker"), ("NextUploadIdMarker", "UploadIdMarker")),
+}
 _HINTS: Final = {
     "NoSuchBucket": "check that the bucket exists in region {region}",
     "NoSuchKey": "the object is gone; re-run the extract",
@@ -404,24 +409,25 @@ class S3Stage:
         return 2 * (CONNECT_TIMEOUT + self.cfg.read_timeout + size / MIN_SEND_RATE) + STALL_SLACK
 
     async def _paginate(self, action: str, field: str, **kwargs: Any) -> AsyncIterator[Any]:
+        """The ``field`` items of every page of a listing. Each page is one ``_call`` that resumes after
+        the page before (its continuation token), so a listing cut by an outage rides it out like any
+        request, and a page that goes out again never repeats the items of the pages already read."""
         prefix = kwargs.get("Prefix")
-        probe = await self._admit(action, prefix)
-        try:
-            async for page in self.client.get_paginator(action).paginate(Bucket=self.cfg.bucket, **kwargs):
-                self._answered(probe)
-                for item in page.get(field, []):
-                    yield item
-        except (*_TRANSPORT_ERRORS, ClientError) as exc:
-            raise self._failed(exc, action, prefix, probe) from exc
-        finally:
-            self._breaker.release(probe)
+        while True:
+            page = await self._call(action, prefix, **kwargs)
+            for item in page.get(field, []):
+                yield item
+            resume = {arg: page[token] for token, arg in _RESUME[action] if page.get(token)}
+            if not page.get("IsTruncated") or not resume:
+                return
+            kwargs = {**kwargs, **resume}
 
     async def _admit(self, action: str, key: str | None) -> bool:
         """The ``Breaker``'s leave to send a request (True: as the probe); StageError when it is down."""
         try:
             return await self._breaker.admit()
         except EndpointDown as down:
-            raise self._unreachable(down.cause, action, key, sent=False) from None
+            raise self._unreachable(down.cause, action, key, sent=False, stopping=down.stopping) from None
 
     def _failed(self, exc: BaseException, action: str, key: str | None, probe: bool) -> S3Error:
         """The error for a request that failed; the ``Breaker`` learns whether it reached the endpoint."""
@@ -498,10 +504,14 @@ class S3Stage:
         """The URL requests go to (AWS's regional one when no endpoint_url is configured)."""
         return str(self._client.meta.endpoint_url) if self._client is not None else self._endpoint_label()
 
-    def _unreachable(self, cause: str, action: str, key: str | None, *, sent: bool) -> S3Error:
+    def _unreachable(
+        self, cause: str, action: str, key: str | None, *, sent: bool, stopping: bool = False
+    ) -> S3Error:
         where = self.url(key) if key else f"s3://{self.cfg.bucket}"
         every = f"one request probes it every {self._breaker.cool_down:g} s"
         outcome = "failed" if sent else f"not sent, a probe failed too ({every})"
+        if stopping:
+            outcome = "not sent: the run is being stopped"
         return S3Error(
             f"S3 endpoint {self._endpoint_url()} unreachable ({cause}): {action} on {where} {outcome} - "
             f"check connections.s3.{self.cfg.name}.endpoint_url/region and the network, then rerun",

@@ -211,6 +211,30 @@ async def received(receive: ObjectReceiveStream[Chunk]) -> AsyncGenerator[bytes,
     raise WarehouseError("the COPY data ended before it was complete: nothing was changed; re-run the table")
 
 
+async def while_open(
+    conn: Any, chunks: AsyncGenerator[bytes, None], cut: list[bool]
+) -> AsyncGenerator[bytes, None]:
+    """``chunks`` while the COPY's connection is open; ``cut`` gets True when it closed first. asyncpg's
+    COPY takes its source to the end even when the connection is lost (a backend terminated, a network
+    cut): the table was read to its last row into a dead socket, and asyncio logged 'socket.send() raised
+    exception.' on stderr for every chunk. Ended here, the COPY fails with asyncpg's error for the loss
+    (nothing commits on a closed connection)."""
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            if closed(conn):
+                cut.append(True)
+                return
+            yield chunk
+
+
+def closed(conn: Any) -> bool:
+    """The connection is closed (a pool's proxy is detached when its connection closes)."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
 def copied_rows(status: str) -> int | None:
     """The row count of a COPY's command tag ('COPY 42': a protocol field); None when it has none."""
     verb, _, count = (status or "").partition(" ")
@@ -328,14 +352,17 @@ class PostgresWarehouse(SqlWarehouse):
         failure: Exception | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._encode, spec, direct, send, batches)
+            cut: list[bool] = []
             try:
-                async with contextlib.aclosing(received(receive)) as source:
+                async with contextlib.aclosing(while_open(conn, received(receive), cut)) as source:
                     status = await conn.copy_to_table(**into, source=source, format="binary")
             except Exception as exc:  # raised outside the task group, so not wrapped in a group
                 failure = exc
             tg.cancel_scope.cancel()  # the producer, if the COPY failed before taking everything
         if failure is not None:
             raise failure
+        if cut:  # asyncpg raises its own error for the lost connection; this only makes sure
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
         return copied_rows(status)
 
     async def _encode(
@@ -362,12 +389,7 @@ def broken(conn: Any, exc: Exception) -> bool:
     cause = client_side_cause(exc)
     if cause is None:
         return False
-    if isinstance(cause, asyncpg.InternalClientError):
-        return True
-    try:
-        return bool(conn.is_closed())
-    except asyncpg.InterfaceError:  # the proxy was detached: its connection closed
-        return True
+    return isinstance(cause, asyncpg.InternalClientError) or closed(conn)
 
 
 def discard_if_in_transaction(conn: Any) -> None:
@@ -408,8 +430,17 @@ def connect_kwargs(cfg: TargetConn, tls: ssl.SSLContext | bool) -> dict[str, Any
 def session_settings(cfg: TargetConn) -> dict[str, str]:
     """A statement waits at most ``lock_timeout`` for a lock (a session holding the target or the state
     table, e.g. an idle transaction of a BI tool, made a load wait for as long as it lived, saying nothing);
-    then it fails with SQLSTATE 55P03, retryable, and the transaction rolls back."""
-    return {"lock_timeout": str(round(cfg.lock_timeout * 1000))}
+    then it fails with SQLSTATE 55P03, retryable, and the transaction rolls back.
+
+    No statement or idle-transaction time limit, as pg_dump sets for its own sessions: a role's
+    ``statement_timeout`` (set for its OLTP queries) cancelled a load's COPY, which lasts as long as the
+    table's read when streamed, on every retry; a stalled server is found by the statement watch instead
+    (``src.warehouse.watch``)."""
+    return {
+        "lock_timeout": str(round(cfg.lock_timeout * 1000)),
+        "statement_timeout": "0",
+        "idle_in_transaction_session_timeout": "0",
+    }
 
 
 class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
