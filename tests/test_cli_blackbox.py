@@ -418,3 +418,17 @@ def test_a_name_with_control_characters_keeps_each_log_record_on_one_line(cfg: P
     assert "\x1b" not in proc.stderr, proc.stderr
     assert all(line.startswith("20") for line in proc.stderr.splitlines()), proc.stderr  # each a record
     assert f"{mysql_db}.a\\nb FAILED: " in proc.stderr and f"{mysql_db}.red\\x1b[31m FAILED: " in proc.stderr
+
+
+def test_the_human_summary_escapes_control_characters_too(cfg: Path, mysql_db: str) -> None:
+    """Without --json-output, stdout's summary names each table on its own line, its control characters
+    escaped as the log's are: a newline split a table's line, an escape sequence reached the terminal."""
+    tables = [f"{mysql_db}.a\nb", f"{mysql_db}.red\x1b[31m"]
+    proc = run_cli("--config-dir", str(cfg), "sync", "-p", "p", "-t", tables[0], "-t", tables[1])
+    assert proc.returncode == 1, proc.stderr
+    assert "\x1b" not in proc.stdout, proc.stdout
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4, proc.stdout  # the header, the counts, one line per table
+    assert lines[2].startswith(f"  FAIL {mysql_db}.a\\nb ") and lines[3].startswith(
+        f"  FAIL {mysql_db}.red\\x1b[31m"
+    )

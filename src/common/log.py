@@ -28,12 +28,18 @@ def _escaped(match: re.Match[str]) -> str:
     return {"\n": "\\n", "\r": "\\r"}.get(char, f"\\x{ord(char):02x}")
 
 
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\x1b``): one line of plain text for a
+    terminal, whatever a table name or a server's message holds."""
+    return _CONTROL.sub(_escaped, text)
+
+
 class _ScrubFilter(logging.Filter):
     """Secrets out, and control characters escaped: a record is one line of plain text (a name given as
     ``-t $'db.a\\nb'`` split a failure's line in two, and an escape sequence in one reached the terminal)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = _CONTROL.sub(_escaped, scrub(record.getMessage()))
+        record.msg = one_line(scrub(record.getMessage()))
         record.args = None
         return True
 
