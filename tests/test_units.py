@@ -328,3 +328,39 @@ def test_planned_key_ranges_are_read_exactly_by_asyncmy_when_connectorx_may_not(
         )
         == 1600
     )
+
+
+def test_an_id_only_plan_of_keys_up_to_2_pow_64_minus_1_is_json_and_reads_every_key(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """An id_only window up to BIGINT UNSIGNED's largest key: its last range was ``[x, 2^64)``, a bound
+    no JSON integer of orjson carries, so `plan` crashed with a traceback and printed no plan."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE big (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, v INT NOT NULL)",
+        "INSERT INTO big SELECT 18446744073709551615 - seq * 1000, seq FROM seq_0_to_1199",
+        "INSERT INTO big VALUES (5, -1), (9223372036854775807, -2), (9223372036854775808, -3)",
+        "ANALYZE TABLE big",
+    )
+    table = f"{mysql_db}.big"
+    tables = {table: {"cdc_strategy": "id_only", "cdc_id_column": "id"}}
+    cfg = write_config(
+        tmp_path / "config", source_conn, pg_target, s3_conn, tables, processing={"range_rows": 300}
+    )
+    plan = _plan(cfg, table)
+    *extracts, load = plan["units"]
+    assert plan["tables"][table]["window"]["end"]["id"] == 2**64 - 1
+    assert len(extracts) >= 2 and extracts[-1]["ranges"][0][1] is None  # no key lies above 2^64-1
+    for unit in extracts:
+        assert _run(cfg, unit)[1] == 0
+    doc, code = _run(cfg, load)
+    assert code == 0 and _result(doc)["rows_loaded"] == 1203, doc
+    assert _result(doc)["watermark"] == {"ts": None, "id": 2**64 - 1}
+    assert assert_tables_equal(mysql_db, "big", pg_schema, "big", "id") == 1203
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    assert proc.returncode == 0 and doc["table_results"][table]["rows_processed"] == 0, doc
