@@ -364,3 +364,43 @@ def test_an_id_only_plan_of_keys_up_to_2_pow_64_minus_1_is_json_and_reads_every_
     assert assert_tables_equal(mysql_db, "big", pg_schema, "big", "id") == 1203
     doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
     assert proc.returncode == 0 and doc["table_results"][table]["rows_processed"] == 0, doc
+
+
+def test_a_load_refuses_extract_units_edited_by_hand(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """The load commits the plan's window end as the watermark: an extract unit whose window or key range
+    was edited (a gap, an overlap, a later end) made it skip rows for good or fail on a duplicate key. The
+    load checks every staged unit against its window and that their ranges cover it once."""
+    cfg, (orders, _, _) = _setup(tmp_path, source_conn, pg_target, s3_conn, mysql_db)
+    plan = _plan(cfg, orders)
+    *extracts, load = plan["units"]
+    first, second = extracts[0], extracts[1]
+    (low, mid), (_, high) = first["ranges"][0], second["ranges"][0]
+    edits = (
+        ({**first, "window": {**first["window"], "end": {"ts": None, "id": 999999}}}, "window (after"),
+        ({**second, "ranges": [[low, high]]}, "do not cover"),  # overlaps the first
+        ({**second, "ranges": [[mid + 3, high]]}, "do not cover"),  # a gap
+    )
+    for edited, words in edits:
+        for unit in extracts:
+            assert _run(cfg, edited if unit["id"] == edited["id"] else unit)[1] == 0
+        doc, code = _run(cfg, load)
+        assert code == 1 and words in _result(doc)["error_message"], doc
+        assert _result(doc)["retryable"] is False and "rerun" in _result(doc)["error_message"]
+        assert _state_rows(pg_schema) == 0
+    mysql_exec(mysql_db, fill(2001, 2100))  # after the plan: the next run's
+    for unit in (first, second):  # run again as planned
+        assert _run(cfg, unit)[1] == 0
+    doc, code = _run(cfg, load)
+    assert code == 0 and _result(doc)["rows_loaded"] == 2000, doc
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", orders)
+    assert proc.returncode == 0 and doc["table_results"][orders]["rows_processed"] == 100, doc
+    assert_tables_equal(
+        mysql_db, "orders", pg_schema, "orders", "id", json_cols=("payload",), float32_cols=("f",)
+    )
