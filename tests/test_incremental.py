@@ -296,6 +296,32 @@ def test_lookback_without_key_is_refused(
     assert doc["status"] == "failed" and "primary key" in msg and "lookback_seconds" in msg
 
 
+def test_a_cursor_column_left_out_of_the_synced_columns_is_named_as_such(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
+) -> None:
+    """The message said the column "is not a column of the source table", which it is: the selection is
+    what to fix."""
+    mysql_exec(mysql_db, EVENTS)
+    t = f"{mysql_db}.events"
+    for selection, words in (
+        (
+            {"include_columns": ["id", "kind"]},
+            "include_columns leaves out the cdc_timestamp_column 'updated_at'",
+        ),
+        (
+            {"exclude_columns": ["updated_at"]},
+            "exclude_columns leaves out the cdc_timestamp_column 'updated_at'",
+        ),
+        ({"cdc_timestamp_column": "nope"}, "cdc_timestamp_column 'nope' is not a column of the source table"),
+    ):
+        tables = {t: {"cdc_strategy": "hybrid", **selection}}
+        cfg = write_config(tmp_path / "c", source_conn, pg_target, s3_conn, tables)
+        for extra in ((), ("--dry-run",)):
+            doc = sync(cfg, t, extra=extra)
+            result = doc["table_results"][t] if "table_results" in doc else doc["tables"][t]
+            assert words in result["error_message"], result
+
+
 def test_backup_only_then_load_only_equals_one_run(cfg: Path, mysql_db: str, pg_schema: str) -> None:
     t = f"{mysql_db}.events"
     insert_events(mysql_db, [(1, "a", "2024-01-01"), (2, "b", "2024-01-02")])

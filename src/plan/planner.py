@@ -100,12 +100,7 @@ def resolve(plan: TablePlan, schema: TableSchema) -> Resolved:
         ident = plan.id_column or (key[0] if len(key) == 1 else DEFAULT_ID_COLUMN)
     for column, what in ((ts, "cdc_timestamp_column"), (ident, "cdc_id_column")):
         if column is not None and column not in schema.names:
-            raise ConfigError(
-                f"pipeline table {plan.table}: {what} '{column}' is not a column of the source table "
-                f"(columns: {', '.join(schema.names)}); set {plan.key_path(what)}",
-                table=plan.table,
-                key=plan.key_path(what),
-            )
+            raise _cursor_missing(plan, schema, column, what)
     if plan.lookback_seconds and not key:
         raise ConfigError(
             f"{plan.table} has no primary key, so lookback_seconds cannot be used (re-read rows could not be "
@@ -115,6 +110,27 @@ def resolve(plan: TablePlan, schema: TableSchema) -> Resolved:
         )
     order_by = tuple(c for c in (ts, ident) if c is not None)
     return Resolved("merge" if key else "append", key, order_by, ts, ident)
+
+
+def _cursor_missing(plan: TablePlan, schema: TableSchema, column: str, what: str) -> ConfigError:
+    """A cursor column the synced columns lack: left out by the column selection (the merge and the
+    watermark read it), or not in the source table at all."""
+    cols = plan.columns
+    selection = "exclude_columns" if column in cols.exclude else "include_columns"
+    if column in cols.exclude or (cols.include and column not in cols.include):
+        return ConfigError(
+            f"pipeline table {plan.table}: {selection} leaves out the {what} '{column}', which the "
+            f"{plan.strategy} window and the merge read — keep it in the synced columns, or set "
+            f"{plan.key_path(what)} to a synced column",
+            table=plan.table,
+            key=plan.key_path(selection),
+        )
+    return ConfigError(
+        f"pipeline table {plan.table}: {what} '{column}' is not a column of the source table "
+        f"(columns: {', '.join(schema.names)}); set {plan.key_path(what)}",
+        table=plan.table,
+        key=plan.key_path(what),
+    )
 
 
 def window(plan: TablePlan, resolved: Resolved, position: Watermark | None) -> Window:
