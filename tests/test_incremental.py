@@ -179,7 +179,20 @@ def test_a_new_target_name_is_loaded_from_the_beginning(cfg: Path, mysql_db: str
     assert assert_tables_equal(mysql_db, "events", pg_schema, "events_v2", "id") == 3
     assert sync(cfg, t)["table_results"][t]["rows_processed"] == 0  # the new target's own position now
     # a watermark set names the target the table's loads use (target_of), as a sync's state rows do
-    doc, _ = run_json("--config-dir", str(cfg), "watermark", "set", "-p", "p", "-t", t, "--id", "1")
+    doc, _ = run_json(
+        "--config-dir",
+        str(cfg),
+        "watermark",
+        "set",
+        "-p",
+        "p",
+        "-t",
+        t,
+        "--timestamp",
+        "2024-01-01",
+        "--id",
+        "1",
+    )
     assert doc["state"]["target"] == f"{pg_schema}.events_v2", doc
 
 
