@@ -376,11 +376,19 @@ def test_a_load_refuses_extract_units_edited_by_hand(
 ) -> None:
     """The load commits the plan's window end as the watermark: an extract unit whose window or key range
     was edited (a gap, an overlap, a later end) made it skip rows for good or fail on a duplicate key. The
-    load checks every staged unit against its window and that their ranges cover it once."""
-    cfg, (orders, _, _) = _setup(tmp_path, source_conn, pg_target, s3_conn, mysql_db)
-    plan = _plan(cfg, orders)
-    *extracts, load = plan["units"]
+    load checks every staged unit against its window and that their ranges cover it once; a unit reading
+    a timestamp window checks that its end is not ahead of the source's clock."""
+    cfg, (orders, customers, _) = _setup(tmp_path, source_conn, pg_target, s3_conn, mysql_db)
+    plan = _plan(cfg, orders, customers)
+    *extracts, load = [u for u in plan["units"] if u["table"] == orders]
     first, second = extracts[0], extracts[1]
+    # a timestamp window's end moved past the source's clock: rows written later before it would be lost
+    (sync,) = [u for u in plan["units"] if u["table"] == customers]
+    late = {**sync["window"]["end"], "ts": "2099-01-01 00:00:00.000000"}
+    doc, code = _run(cfg, {**sync, "window": {**sync["window"], "end": late}})
+    assert code == 1 and "its window ends at 2099-01-01 00:00:00.000000, after the source's clock" in str(doc)
+    assert _state_rows(pg_schema) == 0 and not [k for k in _objects(s3_conn) if "/sync/" in k]
+    assert _run(cfg, sync)[1] == 0
     (low, mid), (_, high) = first["ranges"][0], second["ranges"][0]
     edits = (
         ({**first, "window": {**first["window"], "end": {"ts": None, "id": 999999}}}, "window (after"),
@@ -393,7 +401,7 @@ def test_a_load_refuses_extract_units_edited_by_hand(
         doc, code = _run(cfg, load)
         assert code == 1 and words in _result(doc)["error_message"], doc
         assert _result(doc)["retryable"] is False and "rerun" in _result(doc)["error_message"]
-        assert _state_rows(pg_schema) == 0
+        assert _state_rows(pg_schema) == 1  # the customers sync unit's only
     mysql_exec(mysql_db, fill(2001, 2100))  # after the plan: the next run's
     for unit in (first, second):  # run again as planned
         assert _run(cfg, unit)[1] == 0

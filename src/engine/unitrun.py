@@ -14,18 +14,21 @@ import anyio
 
 from src.common.errors import S3ShiftError, StageError, first_error
 from src.common.log import get_logger
+from src.common.schema import TableSchema
 from src.engine.context import RunContext
 from src.engine.pending import parse_ts, stage_window
 from src.engine.reading import TableRead, describe_and_resolve, extract_and_stage, window_is_empty
 from src.engine.table import failed_phase, load_request, stage_meta, table_state
 from src.engine.units import Unit, moved_since, plan_prefix, stale_plan, unit_prefix
+from src.plan.models import format_ts
 from src.plan.planner import TablePlan, read_window
 from src.report.aggregator import failure
 from src.report.models import TableResult, TableSuccess, utc_now
 from src.source.extract import ExtractStats
 from src.source.fastpath import key_window
+from src.source.mysql import SourceConnection
 from src.source.ranges import KeyRange
-from src.source.window import check_window
+from src.source.window import check_window, upper_bound
 from src.stage.manifest import MANIFEST_NAME, build_manifest, stage_from_manifest, stage_result
 from src.stage.models import StageResult
 from src.stage.s3 import S3Stage
@@ -102,6 +105,7 @@ async def _extract(ctx: RunContext, plan: TablePlan, unit: Unit, progress: _Prog
         if cursor != (unit.window.ts_column, unit.window.id_column):
             raise stale_plan(unit, f"the cursor columns of {plan.table} are {cursor} now in the pipeline")
         check_window(plan.table, schema, unit.window)
+        await _check_end(conn, plan, schema, unit)
         meta = stage_meta(ctx, plan, schema, resolved, unit.window, parse_ts(unit.extracted_at))
         meta["unit"] = unit.id
         meta["ranges"] = [[r.low, r.high] for r in unit.ranges]  # what the load unit checks it tiles
@@ -116,6 +120,22 @@ async def _extract(ctx: RunContext, plan: TablePlan, unit: Unit, progress: _Prog
         progress.extra["extract"] = stats.path
     if stats.coercions:
         progress.extra["coercions"] = stats.coercions
+
+
+async def _check_end(conn: SourceConnection, plan: TablePlan, schema: TableSchema, unit: Unit) -> None:
+    """A timestamp window's end is a time the source's clock has passed (``plan`` fixed it from that clock):
+    one still ahead of it (a unit edited by hand, or a clock set back since) would commit a watermark past
+    rows not written yet, which no later run would read."""
+    end = unit.window.end
+    if unit.window.strategy not in ("timestamp_only", "hybrid") or end is None or end.ts is None:
+        return
+    now = await upper_bound(conn, plan.database, plan.source_table, schema, unit.window, lag_seconds=0)
+    if now is not None and now.ts is not None and end.ts > now.ts:
+        raise stale_plan(
+            unit,
+            f"its window ends at {format_ts(end.ts)}, after the source's clock now ({format_ts(now.ts)}): "
+            "edited by hand, or the source's clock was set back since planning",
+        )
 
 
 async def _clear(s3: S3Stage, prefix: str) -> None:
