@@ -179,7 +179,20 @@ def test_a_new_target_name_is_loaded_from_the_beginning(cfg: Path, mysql_db: str
     assert assert_tables_equal(mysql_db, "events", pg_schema, "events_v2", "id") == 3
     assert sync(cfg, t)["table_results"][t]["rows_processed"] == 0  # the new target's own position now
     # a watermark set names the target the table's loads use (target_of), as a sync's state rows do
-    doc, _ = run_json("--config-dir", str(cfg), "watermark", "set", "-p", "p", "-t", t, "--id", "1")
+    doc, _ = run_json(
+        "--config-dir",
+        str(cfg),
+        "watermark",
+        "set",
+        "-p",
+        "p",
+        "-t",
+        t,
+        "--timestamp",
+        "2024-01-01",
+        "--id",
+        "1",
+    )
     assert doc["state"]["target"] == f"{pg_schema}.events_v2", doc
 
 
@@ -358,6 +371,36 @@ def test_watermark_get_set_reset(cfg: Path, mysql_db: str, pg_schema: str) -> No
     assert sync(cfg, t)["table_results"][t]["rows_processed"] == 2  # from the beginning; merged
     assert assert_tables_equal(mysql_db, "events", pg_schema, "events", "id") == 2
     no_duplicates(pg_schema, "events", "id")
+
+
+def test_watermark_set_refuses_a_position_the_strategy_cannot_start_at(
+    cfg: Path, mysql_db: str, pg_schema: str
+) -> None:
+    """``set --id`` on a hybrid table (or ``--timestamp`` on an id_only one) used to be written, and every
+    later sync of the table then failed on it."""
+    insert_events(mysql_db, [(1, "a", "2024-01-01"), (2, "b", "2024-06-01")])
+    mysql_exec(mysql_db, "INSERT INTO log VALUES (1, 'a'), (2, 'b')")
+    events, log = f"{mysql_db}.events", f"{mysql_db}.log"
+    assert sync(cfg, events, log)["status"] == "success"
+    base = ("--config-dir", str(cfg), "watermark")
+    for table, args, words in (
+        (
+            events,
+            ("--id", "1"),
+            f"tables.{events}.cdc_strategy is hybrid, whose windows start at a timestamp",
+        ),
+        (log, ("--timestamp", "2024-01-01T00:00:00"), f"tables.{log}.cdc_strategy is id_only, whose windows"),
+    ):
+        before = json.loads(run_cli(*base, "get", "-p", "p", "-t", table, "--json-output").stdout)
+        proc = run_cli(*base, "set", "-p", "p", "-t", table, *args, "--json-output")
+        assert proc.returncode == 1 and words in proc.stdout and "nothing was written" in proc.stdout, proc
+        assert json.loads(run_cli(*base, "get", "-p", "p", "-t", table, "--json-output").stdout) == before
+        assert sync(cfg, table)["status"] == "success"
+    proc = run_cli(
+        *base, "set", "-p", "p", "-t", events, "--timestamp", "2024-03-01T00:00:00", "--json-output"
+    )
+    assert proc.returncode == 0, proc.stdout  # a timestamp alone is a hybrid window's start
+    assert sync(cfg, events)["table_results"][events]["rows_processed"] == 1
 
 
 def test_watermark_commands_report_an_unreachable_warehouse(

@@ -328,3 +328,87 @@ def test_planned_key_ranges_are_read_exactly_by_asyncmy_when_connectorx_may_not(
         )
         == 1600
     )
+
+
+def test_an_id_only_plan_of_keys_up_to_2_pow_64_minus_1_is_json_and_reads_every_key(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """An id_only window up to BIGINT UNSIGNED's largest key: its last range was ``[x, 2^64)``, a bound
+    no JSON integer of orjson carries, so `plan` crashed with a traceback and printed no plan."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE big (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, v INT NOT NULL)",
+        "INSERT INTO big SELECT 18446744073709551615 - seq * 1000, seq FROM seq_0_to_1199",
+        "INSERT INTO big VALUES (5, -1), (9223372036854775807, -2), (9223372036854775808, -3)",
+        "ANALYZE TABLE big",
+    )
+    table = f"{mysql_db}.big"
+    tables = {table: {"cdc_strategy": "id_only", "cdc_id_column": "id"}}
+    cfg = write_config(
+        tmp_path / "config", source_conn, pg_target, s3_conn, tables, processing={"range_rows": 300}
+    )
+    plan = _plan(cfg, table)
+    *extracts, load = plan["units"]
+    assert plan["tables"][table]["window"]["end"]["id"] == 2**64 - 1
+    assert len(extracts) >= 2 and extracts[-1]["ranges"][0][1] is None  # no key lies above 2^64-1
+    for unit in extracts:
+        assert _run(cfg, unit)[1] == 0
+    doc, code = _run(cfg, load)
+    assert code == 0 and _result(doc)["rows_loaded"] == 1203, doc
+    assert _result(doc)["watermark"] == {"ts": None, "id": 2**64 - 1}
+    assert assert_tables_equal(mysql_db, "big", pg_schema, "big", "id") == 1203
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    assert proc.returncode == 0 and doc["table_results"][table]["rows_processed"] == 0, doc
+
+
+def test_a_load_refuses_extract_units_edited_by_hand(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """The load commits the plan's window end as the watermark: an extract unit whose window or key range
+    was edited (a gap, an overlap, a later end) made it skip rows for good or fail on a duplicate key. The
+    load checks every staged unit against its window and that their ranges cover it once; a unit reading
+    a timestamp window checks that its end is not ahead of the source's clock."""
+    cfg, (orders, customers, _) = _setup(tmp_path, source_conn, pg_target, s3_conn, mysql_db)
+    plan = _plan(cfg, orders, customers)
+    *extracts, load = [u for u in plan["units"] if u["table"] == orders]
+    first, second = extracts[0], extracts[1]
+    # a timestamp window's end moved past the source's clock: rows written later before it would be lost
+    (sync,) = [u for u in plan["units"] if u["table"] == customers]
+    late = {**sync["window"]["end"], "ts": "2099-01-01 00:00:00.000000"}
+    doc, code = _run(cfg, {**sync, "window": {**sync["window"], "end": late}})
+    assert code == 1 and "its window ends at 2099-01-01 00:00:00.000000, after the source's clock" in str(doc)
+    assert _state_rows(pg_schema) == 0 and not [k for k in _objects(s3_conn) if "/sync/" in k]
+    assert _run(cfg, sync)[1] == 0
+    (low, mid), (_, high) = first["ranges"][0], second["ranges"][0]
+    edits = (
+        ({**first, "window": {**first["window"], "end": {"ts": None, "id": 999999}}}, "window (after"),
+        ({**second, "ranges": [[low, high]]}, "do not cover"),  # overlaps the first
+        ({**second, "ranges": [[mid + 3, high]]}, "do not cover"),  # a gap
+    )
+    for edited, words in edits:
+        for unit in extracts:
+            assert _run(cfg, edited if unit["id"] == edited["id"] else unit)[1] == 0
+        doc, code = _run(cfg, load)
+        assert code == 1 and words in _result(doc)["error_message"], doc
+        assert _result(doc)["retryable"] is False and "rerun" in _result(doc)["error_message"]
+        assert _state_rows(pg_schema) == 1  # the customers sync unit's only
+    mysql_exec(mysql_db, fill(2001, 2100))  # after the plan: the next run's
+    for unit in (first, second):  # run again as planned
+        assert _run(cfg, unit)[1] == 0
+    doc, code = _run(cfg, load)
+    assert code == 0 and _result(doc)["rows_loaded"] == 2000, doc
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", orders)
+    assert proc.returncode == 0 and doc["table_results"][orders]["rows_processed"] == 100, doc
+    assert_tables_equal(
+        mysql_db, "orders", pg_schema, "orders", "id", json_cols=("payload",), float32_cols=("f",)
+    )

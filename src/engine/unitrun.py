@@ -14,16 +14,21 @@ import anyio
 
 from src.common.errors import S3ShiftError, StageError, first_error
 from src.common.log import get_logger
+from src.common.schema import TableSchema
 from src.engine.context import RunContext
-from src.engine.pending import parse_ts
+from src.engine.pending import parse_ts, stage_window
 from src.engine.reading import TableRead, describe_and_resolve, extract_and_stage, window_is_empty
 from src.engine.table import failed_phase, load_request, stage_meta, table_state
 from src.engine.units import Unit, moved_since, plan_prefix, stale_plan, unit_prefix
+from src.plan.models import format_ts
 from src.plan.planner import TablePlan, read_window
 from src.report.aggregator import failure
 from src.report.models import TableResult, TableSuccess, utc_now
 from src.source.extract import ExtractStats
-from src.source.window import check_window
+from src.source.fastpath import key_window
+from src.source.mysql import SourceConnection
+from src.source.ranges import KeyRange
+from src.source.window import check_window, upper_bound
 from src.stage.manifest import MANIFEST_NAME, build_manifest, stage_from_manifest, stage_result
 from src.stage.models import StageResult
 from src.stage.s3 import S3Stage
@@ -100,8 +105,10 @@ async def _extract(ctx: RunContext, plan: TablePlan, unit: Unit, progress: _Prog
         if cursor != (unit.window.ts_column, unit.window.id_column):
             raise stale_plan(unit, f"the cursor columns of {plan.table} are {cursor} now in the pipeline")
         check_window(plan.table, schema, unit.window)
+        await _check_end(conn, plan, schema, unit)
         meta = stage_meta(ctx, plan, schema, resolved, unit.window, parse_ts(unit.extracted_at))
         meta["unit"] = unit.id
+        meta["ranges"] = [[r.low, r.high] for r in unit.ranges]  # what the load unit checks it tiles
         progress.phase = "extract"
         stats = ExtractStats()
         window = read_window(plan, unit.window)
@@ -113,6 +120,22 @@ async def _extract(ctx: RunContext, plan: TablePlan, unit: Unit, progress: _Prog
         progress.extra["extract"] = stats.path
     if stats.coercions:
         progress.extra["coercions"] = stats.coercions
+
+
+async def _check_end(conn: SourceConnection, plan: TablePlan, schema: TableSchema, unit: Unit) -> None:
+    """A timestamp window's end is a time the source's clock has passed (``plan`` fixed it from that clock):
+    one still ahead of it (a unit edited by hand, or a clock set back since) would commit a watermark past
+    rows not written yet, which no later run would read."""
+    end = unit.window.end
+    if unit.window.strategy not in ("timestamp_only", "hybrid") or end is None or end.ts is None:
+        return
+    now = await upper_bound(conn, plan.database, plan.source_table, schema, unit.window, lag_seconds=0)
+    if now is not None and now.ts is not None and end.ts > now.ts:
+        raise stale_plan(
+            unit,
+            f"its window ends at {format_ts(end.ts)}, after the source's clock now ({format_ts(now.ts)}): "
+            "edited by hand, or the source's clock was set back since planning",
+        )
 
 
 async def _clear(s3: S3Stage, prefix: str) -> None:
@@ -199,16 +222,45 @@ async def _gathered(s3: S3Stage, unit: Unit) -> StageResult:
         )
     stages = [await stage_from_manifest(s3, key, found[key] or b"") for key in keys]
     for stage in stages:
-        if stage.meta.get("execution_id") != unit.plan_id or stage.schema_hash != stages[0].schema_hash:
+        if (
+            stage.meta.get("execution_id") != unit.plan_id
+            or stage.schema_hash != stages[0].schema_hash
+            or stage_window(stage) != unit.window
+        ):
             raise StageError(
-                f"{stage.manifest_url} is not a stage of plan {unit.plan_id} with the plan's columns; "
-                "rerun its extract unit",
+                f"{stage.manifest_url} is not a stage of plan {unit.plan_id} with the plan's columns and "
+                f"window (after {unit.window.start or 'the beginning'}, up to {unit.window.end}); rerun "
+                "its extract unit from the plan",
                 key=stage.manifest_key,
                 retryable=False,
             )
+    if unit.depends_on:
+        _check_tiling(unit, [stage.meta.get("ranges") for stage in stages])
     meta = {k: v for k, v in stages[0].meta.items() if k != "unit"}
     files = tuple(f for stage in stages for f in stage.files)
     return stage_result(s3, plan_prefix(s3, unit), files, stages[0].schema_hash, meta)
+
+
+def _check_tiling(unit: Unit, staged: list[Any]) -> None:
+    """The extract units' key ranges, in order, cover the planned window once: no gap (rows the committed
+    watermark would pass over unread) and no overlap. Units edited by hand (or by a scheduler) fail here,
+    before anything is loaded."""
+    ranges = [KeyRange(low, high) for per_unit in staged for low, high in per_unit or [[0, 0]]]
+    win = unit.window
+    whole = KeyRange(None, None)
+    if win.strategy == "id_only":
+        whole = key_window(win.start.id if win.start else None, win.end.id if win.end else None)
+    lows = [r.low for r in ranges] + [whole.high]
+    highs = [whole.low] + [r.high for r in ranges]
+    if lows != highs:
+        spans = ", ".join(f"[{r.low}, {r.high})" for r in ranges)
+        raise S3ShiftError(
+            f"unit {unit.id} of plan {unit.plan_id}: the key ranges its extract units staged ({spans}) do "
+            f"not cover [{whole.low}, {whole.high}) once, without gap or overlap; nothing was loaded — rerun "
+            "the extract units of the plan unchanged, or make a new plan",
+            table=unit.table,
+            retryable=False,
+        )
 
 
 def _window_dict(unit: Unit) -> dict[str, Any]:

@@ -61,6 +61,8 @@ async def _run_watermark(req: WatermarkRequest, redshift_connect: RedshiftConnec
     if req.action == "set" and req.watermark is None:
         raise ConfigError("watermark set needs --timestamp and/or --id")
     pipeline = load_config(req.pipeline, req.config_dir)
+    if req.action == "set":
+        _check_readable(pipeline, req.table, req.watermark)
     limits = Limits.for_pipeline(pipeline)
     async with AsyncExitStack() as stack:
         try:
@@ -93,6 +95,24 @@ async def _run_watermark(req: WatermarkRequest, redshift_connect: RedshiftConnec
             )
         state = await wh.read_state(pipeline.name, req.table)
     return describe_state(pipeline.name, req.table, state)
+
+
+def _check_readable(pipeline: Pipeline, table: str, mark: Watermark | None) -> None:
+    """A watermark the table's strategy cannot start a window at (no timestamp for a timestamp_only or
+    hybrid table, no id for an id_only one) is refused before it is written: every later sync of the table
+    would fail on it."""
+    plan = plan_table(pipeline, table)
+    needs = {"timestamp_only": "timestamp", "hybrid": "timestamp", "id_only": "id"}.get(plan.strategy)
+    if needs is None or mark is None or (mark.ts if needs == "timestamp" else mark.id) is not None:
+        return
+    raise ConfigError(
+        f"watermark set of {table}: {plan.key_path('cdc_strategy')} is {plan.strategy}, whose windows start "
+        f"at a{'n' if needs == 'id' else ''} {needs}: give --{needs}"
+        + (" (with --id: the last id already loaded at that timestamp)" if plan.strategy == "hybrid" else "")
+        + "; nothing was written",
+        table=table,
+        key=plan.key_path("cdc_strategy"),
+    )
 
 
 async def _check_source_has(stack: AsyncExitStack, pipeline: Pipeline, limits: Limits, table: str) -> None:

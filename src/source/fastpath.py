@@ -87,6 +87,7 @@ T = TypeVar("T")
 MIN_ROWS = 100_000  # below this (estimated) one pooled asyncmy connection is as quick
 RANGE_BYTES = 12 * 1024 * 1024  # a range in MySQL's average row length: a worker holds one range in memory
 MIN_RANGE_ROWS = 1_000
+MAX_MYSQL_INT = 2**64 - 1  # BIGINT UNSIGNED: no integer key lies above it
 DECIMAL_DIGITS = 28  # connectorx reads DECIMAL into rust_decimal (28 digits), then at scale 10
 _INTEGERS = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint", "year"})
 _TEXTS = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set", "json"})
@@ -403,8 +404,11 @@ class FastRead:
 
 
 def key_window(after: int | None, upto: int | None) -> KeyRange:
-    """The keys ``(after, upto]`` of an id_only window (None, None: every key) as a range."""
-    return KeyRange(None if after is None else after + 1, None if upto is None else upto + 1)
+    """The keys ``(after, upto]`` of an id_only window (None, None: every key) as a range. Up to the
+    largest integer MySQL holds (BIGINT UNSIGNED's 2^64-1) is open above: no key lies beyond it, and the
+    bound 2^64 is no 64-bit integer (a plan's JSON could not carry its last range)."""
+    high = None if upto is None or upto >= MAX_MYSQL_INT else upto + 1
+    return KeyRange(None if after is None else after + 1, high)
 
 
 async def window_bounds(
