@@ -561,7 +561,7 @@ def test_a_cursor_column_left_out_of_the_read_says_so(
     assert "'nope' is not a column of the source table (columns: id, v, ts)" in errors[f"{mysql_db}.ev3"]
 
 
-def test_a_primary_key_changed_at_the_source_says_what_to_do(
+def test_a_primary_key_changed_at_the_source_rekeys_the_target(
     tmp_path: Path,
     source_conn: SourceConn,
     pg_target: TargetConn,
@@ -569,9 +569,10 @@ def test_a_primary_key_changed_at_the_source_says_what_to_do(
     mysql_db: str,
     pg_schema: str,
 ) -> None:
-    """The target keeps the primary key it was created with: a source key widened to (id, x) made every
-    run fail with the bare unique violation (full_sync with schema_change: rebuild too). The message says
-    why and what to do; done, the table loads, every row once."""
+    """The target kept the primary key it was created with: a source key widened to (id, x) made every
+    run fail with a unique violation, full_sync's too. A merge now re-keys the target when its rows fit the
+    new key; when they do not (a key column added since: NULL in older rows) the load fails saying so,
+    nothing changed, and one full_sync re-keys the emptied target."""
     mysql_exec(
         mysql_db,
         "CREATE TABLE pkc (id INT NOT NULL, x INT NOT NULL, ts DATETIME(6) NOT NULL, PRIMARY KEY (id),"
@@ -581,23 +582,53 @@ def test_a_primary_key_changed_at_the_source_says_what_to_do(
     table = f"{mysql_db}.pkc"
     strategy = {"cdc_strategy": "timestamp_only", "cdc_timestamp_column": "ts", "lag_seconds": 0}
     cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, {table: strategy})
-    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
-    assert proc.returncode == 0, failures(doc)
+
+    def sync_pkc(config: Path) -> tuple[dict[str, Any], int]:
+        doc, proc = run_json("--config-dir", str(config), "sync", "-p", "p", "-t", table)
+        return doc, proc.returncode
+
+    def target_key() -> list[str]:
+        rows = pg_fetch(
+            "SELECT a.attname FROM pg_constraint k JOIN pg_attribute a ON a.attrelid = k.conrelid"
+            " AND a.attnum = ANY(k.conkey) WHERE k.conrelid = $1::regclass AND k.contype = 'p'"
+            " ORDER BY array_position(k.conkey, a.attnum)",
+            f'"{pg_schema}".pkc',
+        )
+        return [str(r[0]) for r in rows]
+
+    doc, code = sync_pkc(cfg)
+    assert code == 0 and target_key() == ["id"], failures(doc)
     mysql_exec(
         mysql_db,
         "ALTER TABLE pkc DROP PRIMARY KEY, ADD PRIMARY KEY (id, x)",
         "INSERT INTO pkc VALUES (1, 2, NOW(6) + INTERVAL 1 SECOND)",
     )
     time.sleep(1.2)
-    doc, _ = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
-    message = failures(doc)[table]
-    assert "SQLSTATE 23505" in message and "If the source table's primary key changed since" in message
-    assert message.endswith(
-        "drop the target table, then rerun (the run creates it with the new key and reads the whole table "
-        "again)"
-    ), message
-    pg_fetch(f'DROP TABLE "{pg_schema}".pkc')
-    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
-    assert proc.returncode == 0, failures(doc)
+    doc, code = sync_pkc(cfg)
+    assert code == 0, failures(doc)
+    changes = doc["table_results"][table]["schema_changes"]
+    assert "primary key (id) -> (id, x): the source's key changed" in changes, changes
+    assert target_key() == ["id", "x"]
     loaded = pg_fetch(f'SELECT id, x FROM "{pg_schema}".pkc ORDER BY id, x')
     assert [tuple(r) for r in loaded] == [(1, 1), (1, 2), (2, 1)]
+
+    # a key column added since: the target's older rows hold NULL in it, so a merge cannot re-key
+    mysql_exec(
+        mysql_db,
+        "ALTER TABLE pkc ADD COLUMN tenant INT NOT NULL DEFAULT 7",
+        "ALTER TABLE pkc DROP PRIMARY KEY, ADD PRIMARY KEY (id, x, tenant)",
+        "INSERT INTO pkc VALUES (1, 2, NOW(6) + INTERVAL 1 SECOND, 8)",
+    )
+    time.sleep(1.2)
+    doc, code = sync_pkc(cfg)
+    message = failures(doc)[table]
+    assert code == 1 and "from (id, x) to (id, x, tenant), but the target's rows are not unique" in message
+    assert message.endswith("sync the table once with cdc_strategy full_sync, or drop the target and rerun")
+    assert target_key() == ["id", "x"] and len(pg_fetch(f'SELECT 1 FROM "{pg_schema}".pkc')) == 3
+    tables = {table: {"cdc_strategy": "full_sync"}}
+    doc, code = sync_pkc(write_config(tmp_path / "full", source_conn, pg_target, s3_conn, tables))
+    assert code == 0, failures(doc)
+    assert target_key() == ["id", "x", "tenant"]
+    source = mysql_rows(mysql_db, "SELECT id, x, tenant FROM pkc ORDER BY id, x, tenant")
+    target = pg_fetch(f'SELECT id, x, tenant FROM "{pg_schema}".pkc ORDER BY id, x, tenant')
+    assert [tuple(r) for r in target] == [tuple(r) for r in source] and len(source) == 4

@@ -41,18 +41,20 @@ from typing import Protocol
 import anyio
 import pyarrow as pa
 
-from src.common.errors import WarehouseError
+from src.common.errors import WarehouseError, describe
 from src.common.log import get_logger
 from src.stage.models import StageResult
 from src.warehouse import evolve
 from src.warehouse import state as st
 from src.warehouse.catalog import (
     MISSING,
-    SHAPE_SQL,
     Executor,
+    PrimaryKey,
     Shape,
     ensure_schema,
     ensure_table,
+    shape_sql,
+    table_layout,
     table_shape,
 )
 from src.warehouse.ddl import check_distsort, check_identifiers
@@ -95,6 +97,7 @@ BatchOpener = Callable[[StageResult], AsyncIterator[pa.RecordBatch]]
 Fill = Callable[[str], Awaitable[int | None]]
 ROLLBACK_TIMEOUT = 30.0
 UNDEFINED_TABLE = "42P01"  # SQLSTATE of a LOCK on a missing table (both warehouses)
+UNIQUE_VIOLATION, NOT_NULL_VIOLATION = "23505", "23502"  # a new primary key the target's rows do not fit
 log = get_logger("warehouse")
 
 
@@ -386,10 +389,11 @@ async def apply(
     evolution changed it)."""
     if commit is not None:
         await guard(ex, spec, commit)
-    notes, shape = await evolve_locked(ex, spec, prepared)
+    notes, shape, key = await evolve_locked(ex, spec, prepared)
     counts = {"delete": 0, "insert": 0}
     if (clear := clear_step(spec)) is not None:
         counts["delete"] += _affected(await ex.execute(clear[0], *clear[1]))
+    notes = (*notes, *await rekey(ex, spec, key))
     for kind, sql in changing_steps(spec):
         counts[kind] += _affected(await ex.execute(sql))
     deleted = None if truncate_sqls(spec) else counts["delete"]
@@ -408,10 +412,11 @@ def changing_steps(spec: LoadSpec) -> list[Step]:
 
 async def evolve_locked(
     ex: Executor, spec: LoadSpec, prepared: tuple[str, ...] | None
-) -> tuple[tuple[str, ...], Shape]:
+) -> tuple[tuple[str, ...], Shape, PrimaryKey | None]:
     """Read the target under its lock (another load may have changed it since any earlier read), plan
-    its evolution and apply it. Returns the notes and the shape read (``MISSING`` if it changed)."""
-    shape = await table_shape(ex, spec.dialect, spec.schema_name, spec.target_table)
+    its evolution and apply it. Returns the notes, the shape read (``MISSING`` if it changed) and the
+    primary key read with it (None if the evolution changed the table: a rebuild gives it a new one)."""
+    shape, key = await table_layout(ex, spec.dialect, spec.schema_name, spec.target_table)
     plan = evolve.plan(spec, shape[0])
     if plan.before and prepared is None:
         raise _Unprepared(spec.target_name)
@@ -424,7 +429,44 @@ async def evolve_locked(
         )
     for sql in plan.inside:
         await ex.execute(sql)
-    return plan.notes(before=False), (MISSING if plan.inside else shape)
+    if plan.inside:
+        return plan.notes(before=False), MISSING, None
+    return plan.notes(before=False), shape, key
+
+
+async def rekey(ex: Executor, spec: LoadSpec, key: PrimaryKey | None) -> tuple[str, ...]:
+    """PostgreSQL: give the target the source's primary key when the source's changed since the target was
+    created (a key widened to ``(id, tenant)``, say): its old one, enforced, refused every later load, a
+    full_sync's too. Inside the data transaction, after a replace emptied the target (any key then fits);
+    a merge keeps its rows, which must be unique and non-NULL under the new key, else the load fails
+    saying so, nothing changed. A target without a primary key is left so (one may have been dropped on
+    purpose); Redshift's keys are never enforced. ``key``: the target's, read with its shape under the
+    lock (None: read it again, the evolution changed the table). Returns the change's note."""
+    if spec.dialect.name != "postgres":
+        return ()
+    if key is None:
+        _, key = await table_layout(ex, spec.dialect, spec.schema_name, spec.target_table)
+    name, current = key
+    wanted = tuple(spec.schema.primary_key)
+    if not current or current == wanted:
+        return ()
+    d = spec.dialect
+    changes = [f"DROP CONSTRAINT {d.ident(name)}"]
+    if wanted:
+        changes.append(f"ADD PRIMARY KEY ({', '.join(d.ident(c) for c in wanted)})")
+    old, new = ", ".join(current), ", ".join(wanted) or "none"
+    try:
+        await ex.execute(f"ALTER TABLE {spec.target_sql} {', '.join(changes)}")
+    except Exception as exc:
+        if sqlstate_of(exc) not in (UNIQUE_VIOLATION, NOT_NULL_VIOLATION):
+            raise
+        raise WarehouseError(
+            f"the primary key of the source of {spec.target_name} changed from ({old}) to ({new}), but the "
+            f"target's rows are not unique and non-NULL under the new key ({describe(exc)}): nothing was "
+            "changed; sync the table once with cdc_strategy full_sync, or drop the target and rerun",
+            table=spec.target_name,
+        ) from exc
+    return (f"primary key ({old}) -> ({new}): the source's key changed",)
 
 
 async def guard(ex: Executor, spec: LoadSpec, commit: Commit) -> None:
@@ -482,7 +524,7 @@ def render(spec: LoadSpec, fill_sql: str, commit: Commit | None, *, fill_counts:
     out += [begin, *staging, *then] if stages_inside(spec) else [*staging, begin]
     if commit is not None:
         out.append(st.latest_sql(d, commit.state_schema))
-    out.append(SHAPE_SQL)
+    out.append(shape_sql(d))
     if (clear := clear_step(spec)) is not None:
         out.append(clear[0])
     out += [sql for _, sql in changing_steps(spec)]

@@ -51,11 +51,48 @@ SHAPE_SQL = (
 )
 
 
+# PostgreSQL's (which enforces primary keys: ``base.rekey``) also says which columns form the primary key,
+# in key order, and the constraint's name: in the same round trip (W4's loads send six messages each).
+# Redshift's keys are informational, never enforced; its catalog is asked as before.
+PG_SHAPE_SQL = (
+    "SELECT CAST(a.attname AS VARCHAR(128)) AS name, "
+    "CAST(format_type(a.atttypid, a.atttypmod) AS VARCHAR(256)) AS sqltype, "
+    "CAST(c.relkind AS VARCHAR(1)) AS kind, array_position(k.conkey, a.attnum) AS key_position, "
+    "CAST(k.conname AS VARCHAR(128)) AS key_name FROM pg_catalog.pg_attribute a "
+    "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "LEFT JOIN pg_catalog.pg_constraint k ON k.conrelid = c.oid AND k.contype = 'p' "
+    "WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped "
+    "ORDER BY a.attnum"
+)
+
+# A table's primary key: its constraint's name and its columns in key order; ("", ()) when it has none
+# (or the warehouse does not enforce keys).
+PrimaryKey = tuple[str, tuple[str, ...]]
+NO_KEY: PrimaryKey = ("", ())
+
+
+def shape_sql(dialect: Dialect) -> str:
+    return PG_SHAPE_SQL if dialect.name == "postgres" else SHAPE_SQL
+
+
 async def table_shape(ex: Executor, dialect: Dialect, schema_name: str, table: str) -> Shape:
     """The table's ``Shape``: its columns and kind, or ``MISSING``."""
-    rows = await ex.fetch(SHAPE_SQL, dialect.fold(schema_name), dialect.fold(table))
+    return (await table_layout(ex, dialect, schema_name, table))[0]
+
+
+async def table_layout(
+    ex: Executor, dialect: Dialect, schema_name: str, table: str
+) -> tuple[Shape, PrimaryKey]:
+    """The table's ``Shape`` and, on PostgreSQL, its ``PrimaryKey`` (``NO_KEY`` elsewhere), in one query."""
+    rows = await ex.fetch(shape_sql(dialect), dialect.fold(schema_name), dialect.fold(table))
     columns = [(str(row["name"]), str(row["sqltype"])) for row in rows]
-    return columns, (str(rows[0]["kind"]) if rows else None)
+    shape: Shape = (columns, (str(rows[0]["kind"]) if rows else None))
+    if dialect.name != "postgres":
+        return shape, NO_KEY
+    keyed = sorted((int(row["key_position"]), str(row["name"])) for row in rows if row["key_position"])
+    name = next((str(row["key_name"]) for row in rows if row["key_name"]), "")
+    return shape, (name, tuple(column for _, column in keyed))
 
 
 _TABLES = (

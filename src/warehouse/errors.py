@@ -78,11 +78,10 @@ HINTS = {
     "columns out with exclude_columns in the table's config, then rerun",
     "2BP01": "objects such as views depend on the target, which this load must drop and recreate: drop "
     "them, rerun, then create them again",
-    "23505": "rows of this load repeat a unique key of the target: its primary key, made from the source's "
-    "when s3shift created the table, or one added by hand. If the source table's primary key changed "
-    "since (e.g. to a composite one), the target keeps the old one, and every run fails so, full_sync too: "
-    "drop the target table, then rerun (the run creates it with the new key and reads the whole table "
-    "again)",
+    "23505": "rows of this load repeat a unique key of the target that is not the source's primary key "
+    "(PostgreSQL's primary key follows the source's: a load re-keys the target when the source's changed): a "
+    "unique index or constraint added to the target by hand, or a primary_key configured for the table that "
+    "the source's rows repeat; drop that index, or fix primary_key, then rerun",
     "22P02": "a source value the target column's type does not take: typically a JSON column holding text "
     "that is not JSON (written past MariaDB's JSON_VALID check, e.g. with check_constraint_checks=0, or "
     "by a restored dump); find the rows with WHERE NOT JSON_VALID(column), fix them or leave the column "
