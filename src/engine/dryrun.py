@@ -223,11 +223,7 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
     out.update(
         mode=resolved.mode,
         key=list(resolved.key),
-        window={
-            "start": win.start.to_dict() if win.start else None,
-            "end": win.end.to_dict() if win.end else None,
-            "empty": empty,
-        },
+        window={**win.bounds(), "empty": empty},
         source_now=format_ts(now),
         estimated_rows=estimate,
         extract_path=_extract_path(ctx, schema, reading, estimate),

@@ -195,7 +195,7 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
             progress.extra["extract"] = backup.stats.path
         if backup.null_cursors:
             progress.extra["null_cursor_rows"] = backup.null_cursors
-        progress.extra["window"] = _window_dict(backup.window)
+        progress.extra["window"] = backup.window.bounds()
         if plan.strategy != "full_sync":
             progress.extra["deletes"] = DELETES_NOTE
     if chain.skipped:
@@ -575,10 +575,3 @@ def _distsort(plan: TablePlan) -> DistSort | None:
         sortkey=plan.sortkey,
         encode=plan.encode,
     )
-
-
-def _window_dict(win: Window) -> dict[str, Any]:
-    return {
-        "start": win.start.to_dict() if win.start else None,
-        "end": win.end.to_dict() if win.end else None,
-    }

@@ -88,11 +88,7 @@ async def _plan_table(plan_id: str, ctx: RunContext, res: Resources, plan: Table
     return {
         "status": "planned",
         "strategy": plan.strategy,
-        "window": {
-            "start": win.start.to_dict() if win.start else None,
-            "end": win.end.to_dict() if win.end else None,
-            "empty": window_is_empty(win),
-        },
+        "window": {**win.bounds(), "empty": window_is_empty(win)},
         "estimated_rows": estimate,
         "key_ranges": len(ranges),
         "unit_ids": [u.id for u in units],

@@ -69,7 +69,7 @@ async def unit_result(ctx: RunContext, plan: TablePlan, unit: Unit, run_id: str)
 
 
 async def _run(ctx: RunContext, plan: TablePlan, unit: Unit, run_id: str, progress: _Progress) -> None:
-    progress.extra["window"] = _window_dict(unit)
+    progress.extra["window"] = unit.window.bounds()
     progress.phase = "plan"
     if unit.window.strategy != plan.strategy:
         raise stale_plan(
@@ -261,11 +261,3 @@ def _check_tiling(unit: Unit, staged: list[Any]) -> None:
             table=unit.table,
             retryable=False,
         )
-
-
-def _window_dict(unit: Unit) -> dict[str, Any]:
-    win = unit.window
-    return {
-        "start": win.start.to_dict() if win.start else None,
-        "end": win.end.to_dict() if win.end else None,
-    }

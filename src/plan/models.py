@@ -73,6 +73,12 @@ class Window:
             "strategy": self.strategy,
             "ts_column": self.ts_column,
             "id_column": self.id_column,
+            **self.bounds(),
+        }
+
+    def bounds(self) -> dict[str, Any]:
+        """``start`` and ``end`` as JSON (a table result's ``window``, the dry run's and the plan's)."""
+        return {
             "start": self.start.to_dict() if self.start else None,
             "end": self.end.to_dict() if self.end else None,
         }
