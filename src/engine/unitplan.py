@@ -19,7 +19,7 @@ from src.engine.units import Unit, table_units
 from src.plan.models import Window, format_ts
 from src.plan.planner import TablePlan, read_window
 from src.report.models import iso, new_execution_id, utc_now
-from src.source.fastpath import key_window, range_size, split_window, window_bounds
+from src.source.fastpath import key_layout, key_window, split_window
 from src.source.mysql import SourceConnection
 from src.source.ranges import KeyRange, range_key
 from src.source.window import estimate_rows, source_now
@@ -111,10 +111,9 @@ async def _ranges(
     if isinstance(keys, str) or too_few_rows(ctx, estimate) or key is None:
         return [], estimate
     window = key_window(*keys)
-    bounds = await window_bounds(conn, db, name, key.name, window)
-    if bounds is None:
-        return [], estimate
     processing = ctx.pipeline.processing
-    size = await range_size(conn, db, name, processing.range_rows)
+    layout = await key_layout(conn, db, name, key.name, window, processing.range_rows)
+    if layout is None:
+        return [], estimate
     workers = range_workers(processing.range_workers, int(ctx.limits.mysql.total_tokens), 1)
-    return split_window(bounds, window, estimate, size, workers), estimate
+    return split_window(layout, window, estimate, workers), estimate

@@ -50,7 +50,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -102,6 +102,15 @@ _NOT_HANDED_OVER = frozenset({1205})  # a lock wait: the canonical path would wa
 # server's, the user's), host blocked or not allowed, auth plugin, expired password, account locked
 _LOGIN_REFUSED = frozenset({1040, 1044, 1045, 1129, 1130, 1203, 1226, 1251, 1524, 1820, 1862, 3118, 4151})
 _NO_CONNECTION = "timed out waiting for connection"  # r2d2, connectorx's pool: 30 s of failed logins
+
+
+class KeyLayout(NamedTuple):
+    """A window's keys as the table holds them (``key_layout``): its lowest and highest key, and the rows
+    per range a worker reads."""
+
+    low: int
+    high: int
+    range_rows: int
 
 
 def column_blocker(column: Column) -> str | None:
@@ -277,13 +286,14 @@ class FastRead:
     async def run(self, estimated_rows: int) -> None:
         """Read every range into ``send`` (left open), with at most ``workers`` connectorx connections."""
         window = self.window
-        bounds = await window_bounds(self.conn, self.database, self.table, self.key.name, window)
-        if bounds is None:
+        layout = await key_layout(
+            self.conn, self.database, self.table, self.key.name, window, self.range_rows
+        )
+        if layout is None:
             self.stats.path = {"path": "connectorx", "ranges": 0}
             return
-        self._bounds = bounds
-        self.range_rows = await range_size(self.conn, self.database, self.table, self.range_rows)
-        ranges = self.ranges or split_window(bounds, window, estimated_rows, self.range_rows, self.workers)
+        self._bounds, self.range_rows = (layout.low, layout.high), layout.range_rows
+        ranges = self.ranges or split_window(layout, window, estimated_rows, self.workers)
         self._queue.extend(ranges)
         planned = len(self._queue)
         refused = self.blocked or await connectorx_refused(self.source, self.database)
@@ -411,31 +421,27 @@ def key_window(after: int | None, upto: int | None) -> KeyRange:
     return KeyRange(None if after is None else after + 1, high)
 
 
-async def window_bounds(
-    conn: SourceConnection, database: str, table: str, key: str, window: KeyRange
-) -> tuple[int, int] | None:
-    """The lowest and highest key of the table within ``window`` (the keys a read covers), None when it
-    holds none."""
+async def key_layout(
+    conn: SourceConnection, database: str, table: str, key: str, window: KeyRange, range_rows: int
+) -> KeyLayout | None:
+    """How a read of ``window`` is split (``split_window``): the lowest and highest key of the table
+    within it (None when it holds none), and ``range_rows``, fewer for wide rows (a worker holds one range
+    in memory: ``RANGE_BYTES``)."""
     bounds = await key_bounds(conn, database, table, key)
     if bounds is None:
         return None
     low = bounds[0] if window.low is None else max(bounds[0], window.low)
     high = bounds[1] if window.high is None else min(bounds[1], window.high - 1)
-    return (low, high) if low <= high else None
-
-
-async def range_size(conn: SourceConnection, database: str, table: str, range_rows: int) -> int:
-    """``range_rows``, fewer for wide rows: a worker holds one range in memory (``RANGE_BYTES``)."""
+    if low > high:
+        return None
     width = await row_bytes(conn, database, table)
-    return min(range_rows, max(MIN_RANGE_ROWS, RANGE_BYTES // width))
+    return KeyLayout(low, high, min(range_rows, max(MIN_RANGE_ROWS, RANGE_BYTES // width)))
 
 
-def split_window(
-    bounds: tuple[int, int], window: KeyRange, estimated_rows: int, range_rows: int, workers: int
-) -> list[KeyRange]:
-    """The key ranges that read ``window`` (whose keys lie in ``bounds``), no gap and no overlap: the
+def split_window(layout: KeyLayout, window: KeyRange, estimated_rows: int, workers: int) -> list[KeyRange]:
+    """The key ranges that read ``window`` (laid out as ``key_layout`` found), no gap and no overlap: the
     first open below as the window is, the last open above as it is (``split``)."""
-    ranges = split(*bounds, estimated_rows, range_rows, workers)
+    ranges = split(layout.low, layout.high, estimated_rows, layout.range_rows, workers)
     ranges[0] = KeyRange(window.low, ranges[0].high)
     ranges[-1] = KeyRange(ranges[-1].low if len(ranges) > 1 else window.low, window.high)
     return ranges
