@@ -50,10 +50,13 @@ def cli(ctx: click.Context, config_dir: str | None) -> None:
     ctx.obj = {"config_dir": config_dir}
 
 
-@cli.command()
-@click.option(
+_PIPELINE = click.option(
     "-p", "--pipeline", default="default", show_default=True, help="Pipeline name (pipelines/<name>.yml)."
 )
+
+
+@cli.command()
+@_PIPELINE
 @click.option(
     "-t",
     "--table",
@@ -96,7 +99,7 @@ def sync(
     os.environ["RUST_BACKTRACE"] = "1" if verbose else "0"  # a connectorx panic: no backtrace unless -v
     if backup_only and load_only:
         raise click.UsageError("--backup-only and --load-only exclude each other (a normal run does both)")
-    requested = unique([t for arg in tables for t in arg.split(",") if t.strip()])
+    requested = _table_names(tables)
     mode: RunMode = "backup_only" if backup_only else "load_only" if load_only else "sync"
     request = SyncRequest(pipeline=pipeline, tables=requested, config_dir=ctx.obj["config_dir"], mode=mode)
     if unit is not None:
@@ -121,6 +124,11 @@ def sync(
     report = _run(request, verbose)
     click.echo(render_json(report) if json_output else render_text(report))
     ctx.exit(report.exit_code)
+
+
+def _table_names(values: Sequence[str]) -> tuple[str, ...]:
+    """The tables ``-t`` names: each value may list several, comma-separated; the first of repeats kept."""
+    return unique([t for value in values for t in value.split(",") if t.strip()])
 
 
 def _unit_request(request: SyncRequest, text: str, *, explicit: bool, exclusive: bool) -> SyncRequest:
@@ -185,9 +193,7 @@ def _guarded(fn: Any, verbose: bool) -> dict[str, Any]:
 
 
 @cli.command("plan")
-@click.option(
-    "-p", "--pipeline", default="default", show_default=True, help="Pipeline name (pipelines/<name>.yml)."
-)
+@_PIPELINE
 @click.option(
     "-t",
     "--table",
@@ -203,7 +209,7 @@ def plan(ctx: click.Context, pipeline: str, tables: Sequence[str], json_output: 
     """Plan the tables' work as units that `sync --unit` runs in any process on any host (one JSON
     document on stdout); changes nothing. Exit code 0 when every table is planned, 1 otherwise."""
     log.configure(verbose)
-    requested = unique([t for arg in tables for t in arg.split(",") if t.strip()])
+    requested = _table_names(tables)
     if not requested:
         raise click.UsageError("no table given: pass -t database.table")
     request = SyncRequest(pipeline=pipeline, tables=requested, config_dir=ctx.obj["config_dir"])
@@ -238,7 +244,7 @@ def _watermark_command(action: Action) -> Any:
         **kw: Any,
     ) -> None:
         log.configure(verbose)
-        named = unique([t for arg in tables for t in arg.split(",") if t.strip()])  # as sync reads -t
+        named = _table_names(tables)  # as sync reads -t
         if len(named) != 1:  # click keeps only the last of a repeated single option: say so instead
             raise click.UsageError(
                 f"watermark {action} takes one table; got {len(named)}: {', '.join(named) or '(none)'}"
@@ -344,7 +350,7 @@ def _usage_json(args: Sequence[str], message: str) -> int:
     the run failed, each table it names failed with the message. Returns the exit code, 1."""
     command = next((a for a in args if a in ("sync", "watermark")), "sync")
     pipeline = _option(args, "-p", "--pipeline")
-    tables = unique([t for v in _options(args, "-t", "--table") for t in v.split(",") if t.strip()])
+    tables = _table_names(_options(args, "-t", "--table"))
     if not tables and (text := _option(args, "--unit", "--unit")) is not None:
         with contextlib.suppress(S3ShiftError):  # the table of a unit that parses (say, of another pipeline)
             named = parse_unit(text)
