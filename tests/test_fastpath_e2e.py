@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from src.config.models import S3Conn, SourceConn, TargetConn
-from tests.conftest import mysql_exec
+from tests.conftest import mysql_exec, mysql_rows
 from tests.e2e import assert_tables_equal, run_json, write_config
 
 ORDERS = """CREATE TABLE orders (
@@ -113,3 +113,87 @@ def test_id_only_windows_through_key_ranges(
         )
         == 2600
     )
+
+
+@pytest.mark.parametrize("strategy", ["timestamp_only", "hybrid"])
+def test_timestamp_windows_through_key_ranges(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+    strategy: str,
+) -> None:
+    """A timestamp window that starts at the beginning (a first sync) or holds most of the table is read
+    by key ranges, its predicate a filter beside the row filter: exactly the rows its keyset pages read
+    (no NULL cursor, none past the window's end); a narrow one still reads keyset pages."""
+    mysql_exec(
+        mysql_db,
+        ORDERS,
+        fill(1, 2000),
+        "ALTER TABLE orders ADD INDEX (updated_at, id)",
+        "UPDATE orders SET updated_at = NULL WHERE id % 17 = 0",
+        "UPDATE orders SET updated_at = UTC_TIMESTAMP(6) + INTERVAL 1 DAY WHERE id % 29 = 0",
+        "SET SESSION sql_mode = ''",
+        "UPDATE orders SET ship_date = '0000-00-00' WHERE id = 300",
+        "ANALYZE TABLE orders",
+    )
+    table = f"{mysql_db}.orders"
+    cursor: dict[str, str] = {"cdc_strategy": strategy, "cdc_timestamp_column": "updated_at"}
+    if strategy == "hybrid":
+        cursor["cdc_id_column"] = "id"
+    tables = {table: {**cursor, "where": "customer_id <> 7", "lag_seconds": "0"}}
+    cfg = config(tmp_path, source_conn, pg_target, s3_conn, tables)
+    # what every window up to now holds: the target must equal it (the zero date arrives NULL)
+    mysql_exec(
+        mysql_db,
+        "CREATE VIEW expected AS SELECT id, customer_id, status, amount, currency, created_at, updated_at, "
+        "note, quantity, weight, is_gift, NULLIF(ship_date, '0000-00-00') AS ship_date, payload, raw, f "
+        "FROM orders WHERE updated_at <= UTC_TIMESTAMP(6) AND customer_id <> 7",
+    )
+
+    def sync() -> dict[str, Any]:
+        doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+        assert proc.returncode == 0, doc
+        result: dict[str, Any] = doc["table_results"][table]
+        return result
+
+    def check() -> None:
+        expected = mysql_rows(mysql_db, "SELECT COUNT(*) FROM expected")[0][0]
+        got = assert_tables_equal(
+            mysql_db, "expected", pg_schema, "orders", "id", json_cols=("payload",), float32_cols=("f",)
+        )
+        assert got == expected
+
+    plan, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table, "--dry-run")
+    assert proc.returncode == 0, plan
+    assert plan["tables"][table]["extract_path"] == "connectorx: primary-key ranges read in parallel"
+    first = sync()
+    assert first["extract"]["path"] == "connectorx" and first["extract"]["ranges"] >= 6, first["extract"]
+    assert first["extract"]["guarded_dates"] is True  # the zero date: the guard kept the window's filter
+    nulls = mysql_rows(mysql_db, "SELECT COUNT(*) FROM orders WHERE updated_at IS NULL AND customer_id <> 7")
+    assert first["null_cursor_rows"] == nulls[0][0] > 0
+    check()
+
+    # a narrow window (a fifth of the table): its keyset pages read it through the index on the cursor
+    mysql_exec(
+        mysql_db,
+        "UPDATE orders SET note = 'moved', updated_at = UTC_TIMESTAMP(6) WHERE id <= 1200",
+        "ANALYZE TABLE orders",
+    )
+    second = sync()
+    assert second["extract"]["path"] == "asyncmy" and "keyset pages" in second["extract"]["reason"]
+    check()
+
+    # most of the table changed: key ranges again, from the watermark on
+    mysql_exec(
+        mysql_db,
+        "UPDATE orders SET note = 'wide', updated_at = UTC_TIMESTAMP(6) "
+        "WHERE id % 10 <> 0 AND updated_at IS NOT NULL AND updated_at < UTC_TIMESTAMP(6)",
+        "ANALYZE TABLE orders",
+    )
+    third = sync()
+    assert third["extract"]["path"] == "connectorx", third["extract"]
+    assert third["window"]["start"] == second["watermark"]
+    check()

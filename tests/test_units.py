@@ -412,3 +412,61 @@ def test_a_load_refuses_extract_units_edited_by_hand(
     assert_tables_equal(
         mysql_db, "orders", pg_schema, "orders", "id", json_cols=("payload",), float32_cols=("f",)
     )
+
+
+def test_a_first_timestamp_window_is_planned_in_key_ranges_that_read_only_its_rows(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """A timestamp_only table's first window, read by key ranges as a sync would: each extract unit keeps
+    to the planned window (no NULL cursor, nothing stamped after its end), whether connectorx or (on a host
+    with the fast path off) asyncmy reads its ranges; the load commits the window's end."""
+    mysql_exec(
+        mysql_db,
+        ORDERS,
+        fill(1, 1500),
+        "UPDATE orders SET updated_at = NULL WHERE id % 7 = 0",
+        "ANALYZE TABLE orders",
+    )
+    table = f"{mysql_db}.orders"
+    tables = {table: {"cdc_strategy": "timestamp_only", "cdc_timestamp_column": "updated_at"}}
+    cfg = write_config(
+        tmp_path / "config", source_conn, pg_target, s3_conn, tables, processing={"range_rows": 300}
+    )
+    plan = _plan(cfg, table)
+    *extracts, load = plan["units"]
+    assert len(extracts) >= 3 and load["kind"] == "load", plan
+    end = plan["tables"][table]["window"]["end"]["ts"]
+    mysql_exec(  # after the plan: past its window (lag_seconds 5), in every key range
+        mysql_db,
+        "UPDATE orders SET updated_at = UTC_TIMESTAMP(6), note = 'late' WHERE id % 5 = 0",
+        "CREATE VIEW expected AS SELECT * FROM orders WHERE updated_at <= "
+        f"'{end}' AND (note IS NULL OR note <> 'late')",
+    )
+    for unit in extracts[::2]:
+        doc, code = _run(cfg, unit)
+        assert code == 0 and _result(doc)["extract"]["path"] == "connectorx", doc
+    write_config(
+        tmp_path / "config",
+        source_conn,
+        pg_target,
+        s3_conn,
+        tables,
+        processing={"range_rows": 300, "fast_path": False},
+    )
+    for unit in extracts[1::2]:
+        doc, code = _run(cfg, unit)
+        assert code == 0 and _result(doc)["extract"]["path"] == "asyncmy", doc
+    doc, code = _run(cfg, load)
+    assert code == 0, doc
+    assert _result(doc)["watermark"]["ts"] == end
+    expected = assert_tables_equal(
+        mysql_db, "expected", pg_schema, "orders", "id", json_cols=("payload",), float32_cols=("f",)
+    )
+    assert (
+        expected == _result(doc)["rows_processed"] == len([i for i in range(3, 4501, 3) if i % 5 and i % 7])
+    )

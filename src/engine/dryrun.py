@@ -41,6 +41,7 @@ from src.engine.workers import process_count
 from src.plan.models import Window, format_ts
 from src.plan.planner import TablePlan, read_window
 from src.report.models import iso, new_execution_id, utc_now
+from src.source.mysql import SourceConnection
 from src.source.window import estimate_rows, index_for, source_now, window_sql
 from src.stage.manifest import stage_result
 from src.stage.models import StagedFile
@@ -211,6 +212,7 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
             else await estimate_rows(conn, db, name, schema, reading, where=where, catalog=ctx.catalog)
         )
         index = None if empty else await index_for(conn, db, name, reading, schema=schema, where=where)
+        extract_path = await _extract_path(ctx, conn, plan, schema, reading, estimate)
     meta = stage_meta(ctx, plan, schema, resolved, win, now)
     prefix = res.s3.run_prefix(ctx.pipeline.name, plan.table, ctx.execution_id)
     part = f"{prefix}part-00000.parquet"
@@ -226,7 +228,7 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
         window={**win.bounds(), "empty": empty},
         source_now=format_ts(now),
         estimated_rows=estimate,
-        extract_path=_extract_path(ctx, schema, reading, estimate),
+        extract_path=extract_path,
         load_path=_load_path(ctx, plan),
         index=index.used if index else None,
         target=target_of(ctx.pipeline, plan),
@@ -242,12 +244,19 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
     return out
 
 
-def _extract_path(ctx: RunContext, schema: TableSchema, reading: Window, estimate: int) -> str:
+async def _extract_path(
+    ctx: RunContext,
+    conn: SourceConnection,
+    plan: TablePlan,
+    schema: TableSchema,
+    reading: Window,
+    estimate: int,
+) -> str:
     """Which extract path the run would take, and why."""
     keys = fast_window(ctx, schema, reading)
     if isinstance(keys, str):
         return f"asyncmy: {keys}"
-    if reason := too_few_rows(ctx, estimate):
+    if reason := await too_few_rows(ctx, conn, plan, schema, reading, estimate):
         return f"asyncmy: {reason}"
     return "connectorx: primary-key ranges read in parallel"
 

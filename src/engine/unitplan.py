@@ -108,7 +108,7 @@ async def _ranges(
     estimate = await estimate_rows(conn, db, name, schema, reading, where=plan.where, catalog=ctx.catalog)
     keys = fast_window(ctx, schema, reading)
     key = range_key(schema)
-    if isinstance(keys, str) or too_few_rows(ctx, estimate) or key is None:
+    if isinstance(keys, str) or key is None or await too_few_rows(ctx, conn, plan, schema, reading, estimate):
         return [], estimate
     window = key_window(*keys)
     processing = ctx.pipeline.processing

@@ -1,5 +1,6 @@
 """The bulk extract path: primary-key ranges read in parallel by connectorx (Rust, MySQL binary protocol,
-straight into Arrow), for full reads and id_only windows of big tables whose every column it carries
+straight into Arrow), for full reads, id_only windows and wide timestamp windows (their predicate a
+filter of every range: ``src.source.window.window_filter``) of big tables whose every column it carries
 exactly.
 
 The asyncmy path (``src.source.extract``) stays canonical: this one must give the same Arrow data, which

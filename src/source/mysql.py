@@ -8,6 +8,7 @@ unfinished streaming result is closed hard (socket dropped): never drained, neve
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import socket
 import ssl
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 import anyio
 import asyncmy
+import asyncmy.converters
 import asyncmy.cursors
 
 from src.common.errors import SourceError, causes
@@ -269,6 +271,19 @@ def _driver_args(sql: str, args: Sequence[object]) -> tuple[str, tuple[object, .
     if not args:
         return sql, None
     return escape_percent(sql, names=True, rest=False), tuple(args)
+
+
+def inline_args(sql: str, args: Sequence[object]) -> str:
+    """The text the driver sends for ``sql`` with ``args`` (``_driver_args``, then its own escaping of
+    each value), for a reader that binds none (connectorx). Integers and dates only: nothing a value holds
+    can end its literal, and a string's or bytes' escaping would depend on the server's sql_mode."""
+    for value in args:
+        if isinstance(value, bool) or not isinstance(value, int | datetime.date):
+            raise TypeError(f"not a value to inline: {type(value).__name__}")
+    text, driver_args = _driver_args(sql, args)
+    if driver_args is None:
+        return text
+    return text % tuple(asyncmy.converters.escape_item(value, "utf8mb4") for value in driver_args)
 
 
 def session_sql(cfg: SourceConn) -> str:

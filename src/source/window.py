@@ -13,6 +13,8 @@ What a window guarantees (the tests prove each point):
   row moved to a position the read already passed is read by neither (a backdated cursor, like a delete,
   needs a full_sync to reconcile); a row moved forward inside the window is read at both positions and
   the load's dedup by primary key keeps the later one;
+- a wide window (``src.engine.reading.too_few_rows``) is read by key ranges instead, its predicate
+  (``window_filter``) a filter of each: the same rows, each read once, in key order;
 - with ``lag_seconds`` L, every row whose transaction commits within L seconds of the cursor value it
   wrote is read: rows with ``ts <= now - L`` are committed before the first page runs. id_only has no
   lag: AUTO_INCREMENT ids that commit out of order can be skipped (use hybrid when that can happen).
@@ -38,7 +40,7 @@ from src.plan.models import Watermark, Window
 from src.source.extract import ExtractStats, drift_errors, extract_table, select_sql, with_filter
 from src.source.introspect import Catalog, SourceClock, describe_table, server_now
 from src.source.keyset import end_value, keyset_for, predicate, start_position, steady_position
-from src.source.mysql import SourceConnection
+from src.source.mysql import SourceConnection, inline_args
 from src.source.pages import PageQuery, PageReader
 from src.source.text import ReadRules
 from src.source.typemap import DEFAULT_POLICY, data_type_of
@@ -341,13 +343,7 @@ async def estimate_rows(
             await _explain(conn, f"SELECT 1 FROM {source} WHERE {with_filter(None, where, bound=False)}", [])
         )
     if window.strategy == "full_sync":
-        if catalog and (known := catalog.table_rows(database, table)) is not None:
-            return known
-        rows = await conn.fetchall(
-            "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
-            (database, table),
-        )
-        return int(rows[0][0] or 0) if rows else 0
+        return await table_rows(conn, database, table, catalog)
     check_window(f"{database}.{table}", schema, window)
     keyset = keyset_for(schema, window)
     end = end_value(keyset, window)
@@ -357,6 +353,34 @@ async def estimate_rows(
     condition = with_filter(condition, where, bound=bool(args)) or condition
     cursor = ", ".join(quote_mysql(name) for name in keyset.names)  # covered by the cursor's index
     return _estimate(await _explain(conn, f"SELECT {cursor} FROM {source} WHERE {condition}", args))
+
+
+async def table_rows(
+    conn: SourceConnection, database: str, table: str, catalog: Catalog | None = None
+) -> int:
+    """The table's estimated rows: ``TABLE_ROWS``, from the run's ``catalog`` when it has the table."""
+    if catalog and (known := catalog.table_rows(database, table)) is not None:
+        return known
+    rows = await conn.fetchall(
+        "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+        (database, table),
+    )
+    return int(rows[0][0] or 0) if rows else 0
+
+
+def window_filter(database: str, table: str, schema: TableSchema, window: Window) -> str | None:
+    """The window's predicate (its rows: ``(start, end]`` in the cursor order, no NULL cursor) with its
+    values inlined as the driver sends them (``inline_args``), for connectorx's key ranges: the same
+    rows as its keyset pages, read in key order instead of the cursor's. None: full_sync, or a window that
+    holds nothing."""
+    if window.strategy == "full_sync":
+        return None
+    check_window(f"{database}.{table}", schema, window)
+    keyset = keyset_for(schema, window)
+    end = end_value(keyset, window)
+    if end is None:
+        return None
+    return inline_args(*predicate(keyset, start_position(keyset, window), end))
 
 
 async def explain_rows(conn: SourceConnection, sql: str, args: list[object]) -> int:
