@@ -213,6 +213,36 @@ async def test_every_shared_type_reads_identically(source_conn: SourceConn, mysq
     assert "fallbacks" not in fast.path and "guarded_dates" not in fast.path  # dates read as stored
 
 
+async def test_bit_and_decimals_wider_than_connectorx_reads_read_identically(
+    source_conn: SourceConn, mysql_db: str
+) -> None:
+    """BIT as its number (``+ 0``) and a DECIMAL too wide for connectorx's own as its text: the same
+    values as the canonical path's, edge values and NULLs included."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE wide (id INT PRIMARY KEY, b1 BIT(1), b7 BIT(7), b63 BIT(63), b64 BIT(64), "
+        "d20 DECIMAL(20,0), d30 DECIMAL(30,12), d38 DECIMAL(38,0), d38s DECIMAL(38,38), d21 DECIMAL(21,11))",
+    )
+    edges = [
+        "(%d, b'0', b'0', 0, 0, 0, 0, 0, 0, 0)",
+        "(%d, b'1', b'1111111', (1 << 63) - 1, ~0, 99999999999999999999, 999999999999999999.999999999999, "
+        "99999999999999999999999999999999999999, 0.99999999999999999999999999999999999999, "
+        "9999999999.99999999999)",
+        "(%d, NULL, NULL, NULL, NULL, -99999999999999999999, -999999999999999999.999999999999, "
+        "-99999999999999999999999999999999999999, -0.00000000000000000000000000000000000001, "
+        "-0.00000000001)",
+        "(%d, b'1', b'0000101', 1 << 40, 1 << 63, 12345678901234567890, -0.5, 1, 0.5, 1.5)",
+    ]
+    rows = ", ".join(edges[key % len(edges)] % key for key in range(1, 201))
+    mysql_exec(mysql_db, f"INSERT INTO wide VALUES {rows}", "ANALYZE TABLE wide")
+    canonical, quick, _, fast = await read_both(source_conn, "wide")
+    assert canonical.num_rows == 200
+    assert Decimal(2**64 - 1) in canonical.column("b64").to_pylist()  # the edges did arrive
+    assert Decimal(10**38 - 1) in canonical.column("d38").to_pylist()
+    assert_same(canonical, quick)
+    assert fast.path["path"] == "connectorx" and "fallbacks" not in fast.path, fast.path
+
+
 async def test_boolean_policy_and_long_text_policy_match(source_conn: SourceConn, mysql_db: str) -> None:
     fill_shared(mysql_db, list(range(1, 101)))
     policy = TypePolicy(tinyint1="boolean", long_text="truncate")
@@ -392,20 +422,15 @@ async def test_blockers_name_the_column(source_conn: SourceConn, mysql_db: str) 
     mysql_exec(
         mysql_db,
         "CREATE TABLE t_time (id INT PRIMARY KEY, tm TIME)",
-        "CREATE TABLE t_bit (id INT PRIMARY KEY, b BIT(3))",
-        "CREATE TABLE t_dec (id INT PRIMARY KEY, d DECIMAL(20,0))",
-        "CREATE TABLE t_scale (id INT PRIMARY KEY, d DECIMAL(30,12))",
         "CREATE TABLE t_geo (id INT PRIMARY KEY, g POINT)",
         "CREATE TABLE t_pair (a INT, b INT, PRIMARY KEY (a, b))",
         "CREATE TABLE t_text_key (k VARCHAR(10) PRIMARY KEY)",
         "CREATE TABLE t_none (a INT)",
-        "CREATE TABLE t_ok (id INT UNSIGNED PRIMARY KEY, d DECIMAL(18,0), e DECIMAL(28,10))",
+        "CREATE TABLE t_ok (id INT UNSIGNED PRIMARY KEY, d DECIMAL(18,0), e DECIMAL(28,10), "
+        "f DECIMAL(38,12), b BIT(3))",
     )
     expected = {
         "t_time": "column 'tm': time",
-        "t_bit": "column 'b': bit(3)",
-        "t_dec": "column 'd': decimal(20,0)",
-        "t_scale": "column 'd': decimal(30,12)",
         "t_geo": "column 'g': point",
         "t_pair": "the primary key is not a single integer column",
         "t_text_key": "the primary key is not a single integer column",

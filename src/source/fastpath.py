@@ -6,9 +6,9 @@ exactly.
 The asyncmy path (``src.source.extract``) stays canonical: this one must give the same Arrow data, which
 ``tests/test_source_fastpath.py`` proves type by type on edge values. How it stays exact:
 - only columns whose connectorx type converts losslessly are allowed (``blocker`` names the first that is
-  not: TIME, BIT, GEOMETRY, DECIMAL beyond what its 28-digit decimal holds at scale 10, DECIMAL as text,
-  MariaDB's UUID/INET types); each batch is cast to the planned Arrow types with safe casts (DECIMAL
-  arrives as decimal128(38,10), unsigned and small integers widened), then the canonical path's text
+  not: TIME, GEOMETRY, DECIMAL as text, MariaDB's UUID/INET types); each batch is cast to the planned
+  Arrow types with safe casts (DECIMAL arrives as decimal128(38,10), or as text when wider than that
+  holds, BIT as its number, unsigned and small integers widened), then the canonical path's text
   policies and the TINYINT(1)-as-BOOLEAN check run on the arrays;
 - connectorx aborts (a Rust panic) on a zero or invalid date. A table's ranges are first read with the
   dates as stored: the server's cheapest read (on `orders`, the guard below costs MariaDB about a third
@@ -118,14 +118,13 @@ def column_blocker(column: Column) -> str | None:
     """Why connectorx cannot carry this column exactly (None: it can)."""
     data_type, logical = data_type_of(column), column.logical
     if logical in ("int16", "int32", "int64"):
-        ok = data_type in _INTEGERS
+        ok = data_type in _INTEGERS or data_type == "bit"
     elif logical == "bool":
-        ok = data_type == "tinyint"
+        ok = data_type in ("tinyint", "bit")
     elif logical == "decimal" and data_type == "decimal":
-        precision, scale = column.precision or 0, column.scale or 0
-        ok = scale <= 10 and precision - scale + 10 <= DECIMAL_DIGITS
+        ok = True  # wider than connectorx's own decimal: as text (``_as_text``), cast exactly
     elif logical == "decimal":
-        ok = data_type == "bigint"  # BIGINT UNSIGNED arrives as uint64
+        ok = data_type in ("bigint", "bit")  # BIGINT UNSIGNED and BIT(64) + 0 arrive as uint64
     elif logical in ("float32", "float64"):
         ok = data_type in ("float", "double")
     elif logical in ("string", "json"):
@@ -174,11 +173,20 @@ def _nullable_dates(schema: TableSchema) -> list[str]:
 
 def fast_select(database: str, table: str, schema: TableSchema, where: str, guarded: bool) -> str:
     """The planned columns in key order. ``guarded``: dates through ``+ INTERVAL 0 DAY`` and the NULL mask
-    of the nullable date columns last (``_nullable_dates``); otherwise the columns as stored."""
+    of the nullable date columns last (``_nullable_dates``); otherwise the columns as stored. BIT is read
+    as its number (``+ 0``: unsigned), which connectorx carries (its BIT bytes it does not); a DECIMAL too
+    wide for connectorx's as text (``_as_text``)."""
     items = []
     for column in schema.columns:
         name = quote_mysql(column.name)
-        items.append(f"{name} + INTERVAL 0 DAY AS {name}" if guarded and column.logical in _DATES else name)
+        if data_type_of(column) == "bit":
+            items.append(f"{name} + 0 AS {name}")
+        elif _as_text(column):
+            items.append(f"CAST({name} AS CHAR) AS {name}")
+        elif guarded and column.logical in _DATES:
+            items.append(f"{name} + INTERVAL 0 DAY AS {name}")
+        else:
+            items.append(name)
     if guarded:
         bits = [f"ISNULL({quote_mysql(n)}) << {i}" for i, n in enumerate(_nullable_dates(schema))]
         items.append(" | ".join(bits) if bits else "0")
@@ -186,6 +194,15 @@ def fast_select(database: str, table: str, schema: TableSchema, where: str, guar
     assert key is not None
     source = qualify_mysql(database, table)
     return f"SELECT {', '.join(items)} FROM {source} WHERE {where} ORDER BY {quote_mysql(key.name)}"
+
+
+def _as_text(column: Column) -> bool:
+    """A DECIMAL wider than connectorx's decimal carries (28 digits, read at scale 10): selected as its
+    text, which the planned decimal128 takes by a safe cast (digit for digit)."""
+    if column.logical != "decimal" or data_type_of(column) != "decimal":
+        return False
+    precision, scale = column.precision or 0, column.scale or 0
+    return scale > 10 or precision - scale + 10 > DECIMAL_DIGITS
 
 
 def _invalid_dates(raw: pa.RecordBatch, schema: TableSchema) -> bool:
