@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import socket
 import time
 import traceback
@@ -14,7 +15,7 @@ import pytest
 from src.common.errors import SourceError
 from src.common.secret import Secret
 from src.config.models import Driver, SourceConn
-from src.source.mysql import MySQLSource
+from src.source.mysql import MySQLSource, inline_args
 from tests.conftest import mysql_exec, mysql_rows
 
 PASSWORD = "S3cr3t-pw"
@@ -263,3 +264,18 @@ async def _wait_gone(thread_id: int) -> None:
             return
         await anyio.sleep(0.05)
     raise AssertionError(f"session {thread_id} is still open on the server")
+
+
+def test_inline_args_writes_what_the_driver_sends_and_only_integers_and_dates() -> None:
+    """connectorx binds nothing: a window's bounds go into its SQL as asyncmy itself formats them."""
+    sql = "`ts%` >= %s AND (`ts%` > %s OR (`ts%` = %s AND `id` > %s)) AND `d` <= %s"
+    stamp = datetime.datetime(2026, 11, 27, 17, 40, 17, 678954)
+    text = inline_args(sql, [stamp, stamp, stamp, -12, datetime.date(2024, 2, 29)])
+    assert text == (
+        "`ts%` >= '2026-11-27 17:40:17.678954' AND (`ts%` > '2026-11-27 17:40:17.678954' OR "
+        "(`ts%` = '2026-11-27 17:40:17.678954' AND `id` > -12)) AND `d` <= '2024-02-29'"
+    )
+    assert inline_args("`a%b` IS NOT NULL", []) == "`a%b` IS NOT NULL"
+    for value in ("x' OR 1 --", b"\x00", True, 1.5, None):
+        with pytest.raises(TypeError):
+            inline_args("`k` > %s", [value])

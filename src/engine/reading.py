@@ -165,8 +165,13 @@ def fast_window(ctx: RunContext, schema: TableSchema, win: Window) -> tuple[int 
         if win.end is None or win.end.id is None:
             return "the window is empty"
         return fast_blocker(schema) or ((win.start.id if win.start else None), win.end.id)
-    if win.strategy != "full_sync" and range_key(schema) is None:
-        return f"key ranges of a {win.strategy} window need a single-column integer primary key"
+    if win.strategy != "full_sync":
+        if range_key(schema) is None:
+            return f"key ranges of a {win.strategy} window need a single-column integer primary key"
+        try:  # its predicate goes into connectorx's SQL, which binds nothing: integers and dates only
+            window_filter("", "", schema, win)
+        except TypeError:
+            return f"the bounds of this {win.strategy} window cannot be written into connectorx's SQL"
     return fast_blocker(schema) or (None, None)
 
 
