@@ -96,7 +96,7 @@ async def _extract(ctx: RunContext, plan: TablePlan, unit: Unit, progress: _Prog
     prefix = unit_prefix(ctx.s3, unit)
     await _clear(ctx.s3, prefix)
     progress.phase = "connect"
-    async with ctx.source.connection() as conn:
+    async with ctx.source.connection(plan.table) as conn:
         progress.phase = "introspect"
         schema, resolved = await describe_and_resolve(conn, plan)
         if schema.schema_hash() != unit.schema_hash:
