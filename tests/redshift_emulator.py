@@ -8,20 +8,20 @@ the statement's UTC start) outside quoted identifiers and literals, refuses Post
 Redshift lacks (ON CONFLICT, RETURNING, FOR UPDATE/SHARE, LOCK ... IN ... MODE, advisory locks,
 clock_timestamp, SET TRANSACTION, TRUNCATE inside a transaction: it commits there) and the ALTER TABLE
 forms Redshift refuses (several actions in one statement; ALTER COLUMN TYPE to anything but a VARCHAR,
-inside a transaction block, or on a primary-key column), runs transactions SERIALIZABLE whatever BEGIN
-says (like Redshift, a transaction's snapshot is fixed by its first query, not by a LOCK it waited on),
-checks each statement of a message of several (``BEGIN; LOCK ...``) on its own, and carries out ``COPY t
-FROM 's3://.../manifest.json' IAM_ROLE '...' FORMAT AS PARQUET MANIFEST`` by reading the manifest and the
-Parquet files from the moto S3 server. Before inserting anything it ENFORCES the documented COPY-Parquet
-rules (research/reliability.md section 2.2): only the options Redshift accepts for Parquet; manifest
-entries mandatory with a content_length equal to the object's size (other keys, such as UNLOAD MANIFEST
-VERBOSE's record_count and totals or s3shift's own, are ignored, as AWS documents COPY doing for UNLOAD's
-manifests; only a real cluster can confirm it); no empty manifest; column count equal and mapping by
-POSITION; each Parquet type compatible with the declared column type (decimal precision and scale equal,
-no INT64 NANOS, no TIME, no unsigned 64-bit, no decimal into an integer); VARCHAR(n) in BYTES; valid
-UTF-8; rows of at most 4 MB. Any violation fails the whole COPY with
-``asyncpg.exceptions.InternalServerError`` (SQLSTATE XX000), as Redshift does. Each file is held in memory
-while it is checked: fine for tests, not a production reader."""
+inside a transaction block, or on a primary-key column; ADD PRIMARY KEY on a nullable column), runs
+transactions SERIALIZABLE whatever BEGIN says (like Redshift, a transaction's snapshot is fixed by its
+first query, not by a LOCK it waited on), checks each statement of a message of several (``BEGIN; LOCK
+...``) on its own, and carries out ``COPY t FROM 's3://.../manifest.json' IAM_ROLE '...' FORMAT AS PARQUET
+MANIFEST`` by reading the manifest and the Parquet files from the moto S3 server. Before inserting
+anything it ENFORCES the documented COPY-Parquet rules (research/reliability.md section 2.2): only the
+options Redshift accepts for Parquet; manifest entries mandatory with a content_length equal to the
+object's size (other keys, such as UNLOAD MANIFEST VERBOSE's record_count and totals or s3shift's own, are
+ignored, as AWS documents COPY doing for UNLOAD's manifests; only a real cluster can confirm it); no empty
+manifest; column count equal and mapping by POSITION; each Parquet type compatible with the declared
+column type (decimal precision and scale equal, no INT64 NANOS, no TIME, no unsigned 64-bit, no decimal
+into an integer); VARCHAR(n) in BYTES; valid UTF-8; rows of at most 4 MB. Any violation fails the whole
+COPY with ``asyncpg.exceptions.InternalServerError`` (SQLSTATE XX000), as Redshift does. Each file is held
+in memory while it is checked: fine for tests, not a production reader."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ from src.config.models import TargetConn
 from tests.redshift_sql import (
     BEGIN_WORDS,
     END_WORDS,
+    add_key_target,
     alter_type_target,
     check_redshift_sql,
     first_word,
@@ -304,12 +305,26 @@ class RedshiftEmulator:
         target = alter_type_target(statement)
         if target is not None and target[1] in await self._primary_key(target[0]):
             raise InternalServerError(f"emulator: cannot alter type of column {target[1]!r}: it is a key")
+        keyed = add_key_target(statement)
+        nullable = [c for c in keyed[1] if c not in await self._not_null(keyed[0])] if keyed else []
+        if nullable:  # PostgreSQL makes them NOT NULL; Redshift refuses (its ALTER TABLE reference)
+            raise InternalServerError(
+                f"emulator: cannot add a primary key to nullable column {nullable[0]!r}"
+            )
         return sql
 
     async def _primary_key(self, table: str) -> set[str]:
         rows = await self.conn.fetch(
             "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
             "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass($1) AND i.indisprimary",
+            table,
+        )
+        return {r[0] for r in rows}
+
+    async def _not_null(self, table: str) -> set[str]:
+        rows = await self.conn.fetch(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 "
+            "AND attnotnull AND NOT attisdropped",
             table,
         )
         return {r[0] for r in rows}

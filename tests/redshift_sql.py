@@ -125,8 +125,27 @@ def alter_type_target(sql: str) -> tuple[str, str] | None:
         return None
     at = upper.index("ALTER", 2)
     column = tokens[at + 2] if upper[at + 1] == "COLUMN" else tokens[at + 1]
-    name = column[1:-1].replace('""', '"') if column.startswith('"') else column.lower()
-    return "".join(tokens[2:at]), name
+    return "".join(tokens[2:at]), _unquote(column)
+
+
+def _unquote(token: str) -> str:
+    return token[1:-1].replace('""', '"') if token.startswith('"') else token.lower()
+
+
+def add_key_target(sql: str) -> tuple[str, list[str]] | None:
+    """(table as written, column names) of an ALTER TABLE ... ADD [CONSTRAINT name] PRIMARY KEY (...)."""
+    tokens = [t for t in tokenize(sql) if not t.isspace()]
+    upper = [t.upper() for t in tokens]
+    if upper[:2] != ["ALTER", "TABLE"] or "ADD" not in upper:
+        return None
+    at = upper.index("ADD")
+    rest = upper[at + 1 :]
+    rest = rest[2:] if rest[:1] == ["CONSTRAINT"] else rest
+    if rest[:2] != ["PRIMARY", "KEY"]:
+        return None
+    opened = upper.index("(", at)
+    columns = [_unquote(t) for t in tokens[opened + 1 : upper.index(")", opened)] if t != ","]
+    return "".join(tokens[2:at]), columns
 
 
 def _alter_problem(sql: str, words: list[str], *, in_transaction: bool) -> str | None:

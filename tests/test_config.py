@@ -531,3 +531,33 @@ def test_range_workers_zero_is_auto_and_a_negative_is_refused(
     assert [range_workers(0, 8, n) for n in (1, 2, 3, 8)] == [3, 3, 2, 2]
     assert range_workers(0, 4, 1) == 3 and range_workers(0, 3, 1) == 2  # a worker process's share
     assert range_workers(4, 8, 8) == 4  # as configured
+
+
+def test_lookback_on_an_id_only_table_is_refused(tmp_path: Path) -> None:
+    """lookback_seconds re-reads time before the watermark; an id_only cursor is a number, so the key was
+    silently ignored there. Refused, naming the pipeline, table and key, whether the table sets it or
+    inherits it from default_table_config; 0 (or a strategy with a timestamp) is fine."""
+    own = NIGHTLY + "  shop.ids: {cdc_strategy: id_only, lookback_seconds: 60}\n"
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(write(tmp_path, nightly=own), "nightly")
+    assert str(info.value) == (
+        f"{tmp_path}/pipelines/nightly.yml: pipeline 'nightly', 'tables.shop.ids' sets lookback_seconds 60, "
+        "but its cdc_strategy id_only reads by a numeric id, which has no time to look back over — set "
+        "tables.shop.ids.lookback_seconds to 0, or use cdc_strategy hybrid (a timestamp and the id) to "
+        "re-read late commits"
+    )
+    assert info.value.key == "tables.shop.ids.lookback_seconds" and "\n" not in str(info.value)
+    defaults = NIGHTLY.replace(
+        "processing: {max_parallel_tables: 8, batch_size: 50000}}",
+        "processing: {max_parallel_tables: 8, batch_size: 50000},\n"
+        "           default_table_config: {lookback_seconds: 30}}",
+    )
+    with pytest.raises(
+        ConfigError, match=r"'tables\.shop\.ids' inherits lookback_seconds 30 from pipeline\.default"
+    ):
+        load_pipeline(write(tmp_path, nightly=defaults + "  shop.ids: {cdc_strategy: id}\n"), "nightly")
+    fine = (
+        defaults + "  shop.ids: {cdc_strategy: id, lookback_seconds: 0}\n  shop.h: {cdc_strategy: hybrid}\n"
+    )
+    p = load_pipeline(write(tmp_path, nightly=fine), "nightly")
+    assert p.table("shop.ids").lookback_seconds == 0 and p.table("shop.h").lookback_seconds == 30

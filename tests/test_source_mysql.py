@@ -15,8 +15,9 @@ import pytest
 from src.common.errors import SourceError
 from src.common.secret import Secret
 from src.config.models import Driver, SourceConn
+from src.source import mysql
 from src.source.mysql import MySQLSource, inline_args
-from tests.conftest import mysql_exec, mysql_rows
+from tests.conftest import mysql_connect, mysql_exec, mysql_rows
 
 PASSWORD = "S3cr3t-pw"
 
@@ -279,3 +280,78 @@ def test_inline_args_writes_what_the_driver_sends_and_only_integers_and_dates() 
     for value in ("x' OR 1 --", b"\x00", True, 1.5, None):
         with pytest.raises(TypeError):
             inline_args("`k` > %s", [value])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("held_by", ["lock_tables", "ddl"])
+async def test_a_read_waiting_for_a_lock_says_so(
+    cfg: SourceConn,
+    mysql_db: str,
+    stage_log: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    held_by: str,
+) -> None:
+    """A read behind another session's LOCK TABLES ... WRITE (or DDL waiting for the metadata lock) waited
+    silently for up to lock_wait_timeout (60 s): a nightly run looked hung. A statement unanswered after a
+    few seconds now asks the server, on a free pooled connection, what the session waits for, and one
+    warning names the table and the lock; a statement answered sooner asks nothing and logs nothing."""
+    monkeypatch.setattr(mysql, "LOCK_REPORT_AFTER_S", 0.3)
+    table = f"`{mysql_db}`.`locked`"
+    mysql_exec(mysql_db, "CREATE TABLE locked (id INT PRIMARY KEY)", "INSERT INTO locked VALUES (1)")
+    holder, alter = mysql_connect(mysql_db), mysql_connect(mysql_db)
+    if held_by == "lock_tables":
+        holder.cursor().execute(f"LOCK TABLES {table} WRITE")
+    else:  # an open transaction that read the table keeps the ALTER waiting, and the ALTER every reader
+        holder.cursor().execute("BEGIN")
+        holder.cursor().execute(f"SELECT * FROM {table}")
+
+    async def release() -> None:
+        await anyio.sleep(1.0)
+        await anyio.to_thread.run_sync(
+            holder.cursor().execute, "UNLOCK TABLES" if held_by == "lock_tables" else "COMMIT"
+        )
+
+    def warnings() -> list[str]:  # each record once (caplog's handler may sit on the root logger too)
+        return [
+            r.getMessage() for r in set(stage_log.records) if r.funcName == "_report_wait" and r.levelno >= 20
+        ]
+
+    try:
+        async with MySQLSource(cfg) as src, src.connection(f"{mysql_db}.locked") as conn:
+            assert await conn.fetchall("SELECT 1") == [(1,)] and warnings() == []
+            async with anyio.create_task_group() as tg:
+                if held_by == "ddl":
+                    tg.start_soon(
+                        anyio.to_thread.run_sync, alter.cursor().execute, f"ALTER TABLE {table} ADD w INT"
+                    )
+                    await anyio.sleep(0.2)
+                tg.start_soon(release)
+                assert await conn.fetchall(f"SELECT COUNT(*) FROM {table}") == [(1,)]
+    finally:
+        holder.close()
+        alter.close()
+    assert warnings() == [
+        f"{mysql_db}.locked: waiting 0.3 s so far for a lock another session holds (MySQL: 'Waiting for "
+        "table metadata lock'): a LOCK TABLES ... WRITE, or DDL such as ALTER TABLE; the read goes on when "
+        "it is released, or fails after lock_wait_timeout (60 s), retryable"
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_wait_with_no_connection_free_to_ask_says_so(
+    source_conn: SourceConn,
+    mysql_db: str,
+    stage_log: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """max_connections reached: the server is not asked (the budget holds), and an info line says why not."""
+    monkeypatch.setattr(mysql, "LOCK_REPORT_AFTER_S", 0.3)
+    async with MySQLSource(replace(source_conn, max_connections=1)) as src, src.connection("db.slow") as conn:
+        await conn.fetchall("SELECT SLEEP(0.8)")
+    lines = [
+        r.getMessage() for r in set(stage_log.records) if r.funcName == "_report_wait" and r.levelno >= 20
+    ]
+    assert lines == [
+        "db.slow: a query has had no answer for 0.3 s, and no connection is free to ask MySQL why (a lock "
+        "another session holds, e.g. LOCK TABLES ... WRITE or an ALTER TABLE, or a slow query)"
+    ]

@@ -470,3 +470,43 @@ def test_a_first_timestamp_window_is_planned_in_key_ranges_that_read_only_its_ro
     assert (
         expected == _result(doc)["rows_processed"] == len([i for i in range(3, 4501, 3) if i % 5 and i % 7])
     )
+
+
+def test_a_sync_unit_whose_window_holds_no_row_leaves_nothing_in_s3(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """A window found empty once read: a normal sync removes its stage (nothing new in S3 but the run's
+    report), and so does a sync unit now; it left an empty manifest under the plan's directory."""
+    mysql_exec(
+        mysql_db,
+        CUSTOMERS,
+        "INSERT INTO customers SELECT seq, CONCAT('c', seq), '2024-01-01' + INTERVAL seq MINUTE"
+        " FROM seq_1_to_5",
+    )
+    table = f"{mysql_db}.customers"
+    tables = {table: {"cdc_strategy": "hybrid", "cdc_timestamp_column": "updated_at", "lag_seconds": 0}}
+    cfg = write_config(tmp_path / "config", source_conn, pg_target, s3_conn, tables)
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    assert proc.returncode == 0 and doc["table_results"][table]["rows_processed"] == 5, doc
+
+    def staged() -> list[str]:
+        return [k for k in _objects(s3_conn) if "/_reports/" not in k]
+
+    before, states = staged(), _state_rows(pg_schema)
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)  # the normal sync
+    assert proc.returncode == 0 and doc["table_results"][table]["rows_processed"] == 0, doc
+    assert "manifest" not in doc["table_results"][table] and staged() == before
+    plan = _plan(cfg, table)
+    (unit,) = plan["units"]
+    assert unit["kind"] == "sync" and plan["tables"][table]["window"]["empty"] is False, plan
+    doc, code = _run(cfg, unit)
+    result = _result(doc)
+    assert code == 0 and result["rows_processed"] == 0 and result["files_created"] == 0, doc
+    assert staged() == before, [k for k in staged() if k not in before]
+    assert "manifest" not in result and result["rows_loaded"] == 0
+    assert _state_rows(pg_schema) == states

@@ -356,3 +356,23 @@ async def test_alter_type_of_a_key_column_is_refused(emulator: RedshiftEmulator)
     await emulator.execute('CREATE TEMP TABLE "kt" ("k" VARCHAR(4), PRIMARY KEY ("k"))')
     with pytest.raises(InternalServerError, match="it is a key"):
         await emulator.execute('ALTER TABLE "kt" ALTER COLUMN "k" TYPE VARCHAR(8)')
+
+
+async def test_a_primary_key_is_dropped_and_added_as_redshift_allows(emulator: RedshiftEmulator) -> None:
+    """Redshift takes DROP CONSTRAINT and ADD PRIMARY KEY in a transaction block, one action per ALTER
+    TABLE, and refuses a primary key on a nullable column (PostgreSQL would make it NOT NULL)."""
+    await emulator.execute(
+        'CREATE TEMP TABLE "pk" ("a" INTEGER, "b" INTEGER, "c" INTEGER, PRIMARY KEY ("a", "b"))'
+    )
+    await emulator.execute("BEGIN")
+    with pytest.raises(asyncpg.PostgresSyntaxError, match="several actions"):
+        await emulator.execute('ALTER TABLE "pk" DROP CONSTRAINT "pk_pkey", ADD PRIMARY KEY ("a")')
+    await emulator.execute("ROLLBACK")
+    await emulator.execute(
+        'BEGIN; ALTER TABLE "pk" DROP CONSTRAINT "pk_pkey"; ALTER TABLE "pk" ADD PRIMARY KEY ("a")'
+    )
+    await emulator.execute("COMMIT")
+    await emulator.execute('ALTER TABLE "pk" DROP CONSTRAINT "pk_pkey"')
+    with pytest.raises(InternalServerError, match="primary key to nullable column 'c'"):
+        await emulator.execute('ALTER TABLE "pk" ADD CONSTRAINT "k2" PRIMARY KEY ("b", "c")')
+    await emulator.execute('ALTER TABLE "pk" ADD CONSTRAINT "k2" PRIMARY KEY ("b", "a")')

@@ -416,3 +416,61 @@ def test_system_column_names_per_warehouse() -> None:
     check_identifiers(POSTGRES, "s", "t", oid)  # PostgreSQL 12+ has no oid column; "XMIN" is not xmin
     with pytest.raises(WarehouseError, match=r"'oid' is a system column.*'XMIN' is a system column"):
         check_identifiers(REDSHIFT, "s", "t", oid)
+
+
+async def target_key(schema_name: str, table: str = "t") -> set[str]:
+    rows = await pg(
+        "SELECT a.attname::text FROM pg_constraint k JOIN pg_attribute a ON a.attrelid = k.conrelid "
+        "AND a.attnum = ANY(k.conkey) WHERE k.conrelid = to_regclass($1) AND k.contype = 'p'",
+        f'"{schema_name}"."{table}"',
+    )
+    return {r[0] for r in rows}
+
+
+async def test_a_primary_key_changed_at_the_source_rekeys_a_redshift_target(
+    pg_schema: str, s3_conn: S3Conn
+) -> None:
+    """Redshift kept the key the target was created with: its planner trusts keys (never enforced), so
+    a key narrowed or widened at the source left a false one. Now the old key goes, and the new one is
+    declared where it is true: a column of it NOT NULL in the target (Redshift refuses a key on a
+    nullable column and cannot make one NOT NULL) and the rows unique under it; otherwise none is."""
+    pair = TableSchema(
+        (col("id", "int64"), col("x", "int64"), col("v", "string", byte_length=8)), primary_key=("id", "x")
+    )
+    by_id = replace(pair, primary_key=("id",))
+    by_v = replace(pair, primary_key=("id", "v"))
+    rows = [{"id": 1, "x": 1, "v": "a"}, {"id": 2, "x": 1, "v": "b"}]
+    cfg = target_conn("redshift", pg_schema)
+    async with warehouse(cfg, s3_conn) as wh:
+        await run(wh, s3_conn, pair, rows)
+        assert await target_key(pg_schema) == {"id", "x"}
+        result = await run(wh, s3_conn, by_id, [{"id": 3, "x": 1, "v": "c"}])  # narrowed, rows unique
+        assert result.schema_changes == ("primary key (id, x) -> (id): the source's key changed",)
+        assert await target_key(pg_schema) == {"id"}
+        result = await run(wh, s3_conn, by_v, [{"id": 3, "x": 2, "v": "d"}])  # widened by a nullable v
+    assert result.schema_changes == (
+        "primary key (id) -> (none): the source's key changed to (id, v), which the target cannot declare "
+        "(v nullable in the target); Redshift's planner trusts a declared key, so none is kept — drop the "
+        "target and rerun to have it created with the new key",
+    )
+    assert await target_key(pg_schema) == set()
+    assert await content(pg_schema) == [(1, 1, "a"), (2, 1, "b"), (3, 1, "c"), (3, 2, "d")]
+
+
+@pytest.mark.parametrize("mode", ["merge", "replace"])
+async def test_a_redshift_key_the_rows_do_not_fit_is_declared_only_after_a_replace(
+    mode: Mode, pg_schema: str, s3_conn: S3Conn
+) -> None:
+    """A merge keeps the target's rows: duplicates under the new key leave the target without one (Redshift
+    would accept the false key unchecked); a replace empties it, so the new key holds."""
+    pair = TableSchema((col("id", "int64"), col("x", "int64")), primary_key=("id", "x"))
+    async with warehouse(target_conn("redshift", pg_schema), s3_conn) as wh:
+        await run(wh, s3_conn, pair, [{"id": 1, "x": 1}, {"id": 1, "x": 2}])
+        by_id = replace(pair, primary_key=("id",))
+        result = await run(wh, s3_conn, by_id, [{"id": 2, "x": 1}], mode=mode)
+    if mode == "replace":
+        assert result.schema_changes == ("primary key (id, x) -> (id): the source's key changed",)
+        assert await target_key(pg_schema) == {"id"} and await content(pg_schema) == [(2, 1)]
+    else:
+        assert "which the target cannot declare (its rows not unique under it)" in result.schema_changes[0]
+        assert await target_key(pg_schema) == set() and len(await content(pg_schema)) == 3

@@ -170,4 +170,23 @@ def parse_table(name: str, raw: Any, base: TableConfig, file: Path, where: str) 
                 file=str(file),
                 key=f"{where}.{key}",
             )
+    _check_lookback(v, base, file, where)
     return replace(base, name=name, **v)
+
+
+def _check_lookback(v: dict[str, Any], base: TableConfig, file: Path, where: str) -> None:
+    """lookback_seconds re-reads a span of time before the watermark: an id_only table's cursor is a
+    number, which has no time to look back over, so the key was silently ignored there (refused instead)."""
+    lookback = v.get("lookback_seconds", base.lookback_seconds)
+    if v.get("cdc_strategy", base.cdc_strategy) != "id_only" or not lookback:
+        return
+    inherited = "lookback_seconds" not in v
+    given = f"inherits lookback_seconds {lookback:g} from pipeline.default_table_config" if inherited else ""
+    given = given or f"sets lookback_seconds {lookback:g}"
+    raise ConfigError(
+        f"{file}: pipeline '{file.stem}', '{where}' {given}, but its cdc_strategy id_only reads by a numeric "
+        f"id, which has no time to look back over — set {where}.lookback_seconds to 0, or use cdc_strategy "
+        "hybrid (a timestamp and the id) to re-read late commits",
+        file=str(file),
+        key=f"{where}.lookback_seconds",
+    )

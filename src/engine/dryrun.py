@@ -199,7 +199,7 @@ async def _plan_one(ctx: RunContext, res: Resources, plan: TablePlan) -> dict[st
             ]
         }
         return out
-    async with res.source.connection() as conn:
+    async with res.source.connection(plan.table) as conn:
         schema, resolved, win = await plan_window(conn, plan, chain.position, ctx.catalog)
         now: datetime = await source_now(conn, ctx.clock)
         empty = window_is_empty(win)

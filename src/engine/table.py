@@ -264,7 +264,7 @@ async def _backup(
     if aborted:
         log.warning("%s: aborted %d multipart upload(s) left by killed runs", plan.table, aborted)
     progress.phase = "connect"  # a connection the server refuses (or does not answer) now
-    async with ctx.source.connection() as conn:
+    async with ctx.source.connection(plan.table) as conn:
         progress.phase = "introspect"
         schema, resolved, win = await plan_window(conn, plan, chain.position, ctx.catalog)
         stats = ExtractStats()

@@ -68,7 +68,7 @@ async def _plan_table(plan_id: str, ctx: RunContext, res: Resources, plan: Table
             retryable=True,
         )
     assert res.source is not None
-    async with res.source.connection() as conn:
+    async with res.source.connection(plan.table) as conn:
         schema, resolved, win = await plan_window(conn, plan, chain.position, ctx.catalog)
         now = await source_now(conn, ctx.clock)
         meta = stage_meta(ctx, plan, schema, resolved, win, now)  # what the load unit would refuse: now

@@ -31,6 +31,7 @@ from src.source.ranges import KeyRange
 from src.source.window import check_window, upper_bound
 from src.stage.manifest import MANIFEST_NAME, build_manifest, stage_from_manifest, stage_result
 from src.stage.models import StageResult
+from src.stage.pending import delete_stage
 from src.stage.s3 import S3Stage
 from src.warehouse.base import StateRow
 
@@ -83,20 +84,34 @@ async def _run(ctx: RunContext, plan: TablePlan, unit: Unit, run_id: str, progre
     if unit.kind != "load":
         progress.phase = "connect"
         await ctx.s3.ensure_reachable()
-        await _extract(ctx, plan, unit, progress)
+        stage = await _extract(ctx, plan, unit, progress)
+        if unit.kind == "sync" and stage.rows == 0 and plan.strategy != "full_sync":
+            await _nothing_new(ctx, stage, progress)
+            return
     if unit.kind != "extract":
         await _load(ctx, plan, unit, run_id, progress)
 
 
-async def _extract(ctx: RunContext, plan: TablePlan, unit: Unit, progress: _Progress) -> None:
+async def _nothing_new(ctx: RunContext, stage: StageResult, progress: _Progress) -> None:
+    """A sync unit whose window was found empty once read ends as a sync of an empty window does: its
+    stage removed (nothing of it left in S3), no COPY, the state untouched. An extract unit's empty stage
+    stays: the load unit gathers every one of its table's."""
+    await delete_stage(ctx.s3, stage)
+    for key in ("manifest", "bytes_written"):
+        progress.extra.pop(key, None)
+    progress.files = 0
+    progress.extra["rows_loaded"] = 0
+
+
+async def _extract(ctx: RunContext, plan: TablePlan, unit: Unit, progress: _Progress) -> StageResult:
     """Stage the unit's rows under its own directory of the plan, replacing what an earlier attempt of
-    it left there (its manifest first: a load never sees it half replaced)."""
+    it left there (its manifest first: a load never sees it half replaced). Returns the stage."""
     assert ctx.source is not None
     progress.phase = "cleanup"
     prefix = unit_prefix(ctx.s3, unit)
     await _clear(ctx.s3, prefix)
     progress.phase = "connect"
-    async with ctx.source.connection() as conn:
+    async with ctx.source.connection(plan.table) as conn:
         progress.phase = "introspect"
         schema, resolved = await describe_and_resolve(conn, plan)
         if schema.schema_hash() != unit.schema_hash:
@@ -120,6 +135,7 @@ async def _extract(ctx: RunContext, plan: TablePlan, unit: Unit, progress: _Prog
         progress.extra["extract"] = stats.path
     if stats.coercions:
         progress.extra["coercions"] = stats.coercions
+    return stage
 
 
 async def _check_end(conn: SourceConnection, plan: TablePlan, schema: TableSchema, unit: Unit) -> None:

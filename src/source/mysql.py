@@ -32,6 +32,8 @@ log = get_logger("source.mysql")
 T = TypeVar("T")
 
 LOCK_WAIT_TIMEOUT_S = 60  # our session never waits long behind DDL or LOCK TABLES
+LOCK_REPORT_AFTER_S = 5.0  # a statement unanswered this long: the server is asked whether it waits for a lock
+_STATE_SQL = "SELECT STATE FROM information_schema.PROCESSLIST WHERE ID = %s"
 IDLE_CHECK_AFTER_S = 30.0  # an idle pooled connection older than this is pinged before reuse
 CLOSE_TIMEOUT_S = 5.0
 
@@ -159,6 +161,9 @@ class SourceConnection:
         self.cfg = cfg
         self._broken = False
         self.last_used = time.monotonic()
+        self.table: str | None = None  # what it reads for, named by a lock wait's line (``_report_wait``)
+        # what the server says this session is doing, asked on another connection (None: none free)
+        self.ask_state: Callable[[int], Awaitable[str | None]] | None = None
 
     @property
     def broken(self) -> bool:
@@ -187,7 +192,7 @@ class SourceConnection:
 
         async def go() -> list[tuple[Any, ...]]:
             cursor = await self._cursor(unbuffered=False)
-            await cursor.execute(*_driver_args(sql, args))
+            await self._watched(cursor.execute(*_driver_args(sql, args)))
             rows = list(await cursor.fetchall())
             await cursor.close()
             return rows
@@ -204,7 +209,7 @@ class SourceConnection:
         """
         self._broken = True  # until the result is read to its end
         cursor = await self._cursor(unbuffered=True)
-        await self._run("a streaming query", lambda: cursor.execute(*_driver_args(sql, args)))
+        await self._run("a streaming query", lambda: self._watched(cursor.execute(*_driver_args(sql, args))))
         rows = RowStream(self, cursor)
         yield rows
         if rows.done:
@@ -234,6 +239,49 @@ class SourceConnection:
             return self._raw.cursor(asyncmy.cursors.SSCursor if unbuffered else asyncmy.cursors.Cursor)
         driver = _aiomysql()
         return await self._raw.cursor(driver.SSCursor if unbuffered else driver.Cursor)
+
+    async def _watched(self, statement: Awaitable[T]) -> T:
+        """Await a statement; one still unanswered after ``LOCK_REPORT_AFTER_S`` may be waiting for a lock
+        another session holds (a LOCK TABLES ... WRITE, DDL's metadata lock), silently for up to
+        ``lock_wait_timeout``: ``_report_wait`` says so. Nothing is asked of a statement answered sooner."""
+        if self.ask_state is None:
+            return await statement
+        failure: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._report_wait)
+            try:
+                result = await statement
+            except Exception as exc:  # raised below as it is, not in the task group's ExceptionGroup
+                failure = exc
+            tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return result
+
+    async def _report_wait(self) -> None:
+        await anyio.sleep(LOCK_REPORT_AFTER_S)
+        assert self.ask_state is not None
+        try:
+            state = await self.ask_state(self.thread_id)
+        except Exception as exc:  # a line of diagnosis is never worth failing the read
+            log.debug("asking MySQL what session %d waits for failed: %s", self.thread_id, exc)
+            state = None
+        reading = self.table or f"MySQL source {self.cfg.name!r}"
+        if state is None:
+            log.info(
+                "%s: a query has had no answer for %g s, and no connection is free to ask MySQL why (a lock "
+                "another session holds, e.g. LOCK TABLES ... WRITE or an ALTER TABLE, or a slow query)",
+                reading, LOCK_REPORT_AFTER_S,
+            )  # fmt: skip
+        elif "lock" in state.lower():
+            log.warning(
+                "%s: waiting %g s so far for a lock another session holds (MySQL: %r): a LOCK TABLES ... "
+                "WRITE, or DDL such as ALTER TABLE; the read goes on when it is released, or fails after "
+                "lock_wait_timeout (%d s), retryable",
+                reading, LOCK_REPORT_AFTER_S, state, LOCK_WAIT_TIMEOUT_S,
+            )  # fmt: skip
+        else:
+            log.debug("%s: a query has run %g s (MySQL: %r)", reading, LOCK_REPORT_AFTER_S, state)
 
     async def _run(self, doing: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Await ``fn()`` under the read timeout; failures become ``SourceError`` and break the connection
@@ -441,24 +489,56 @@ class MySQLSource:
     def open_connections(self) -> int:
         return len(self._open)
 
-    def connection(self) -> contextlib.AbstractAsyncContextManager[SourceConnection]:
-        """Borrow one connection (holding a token of the limiter while borrowed). On any error or
-        cancellation while borrowed the connection is closed hard, never returned to the pool."""
-        return self._borrow()
+    def connection(
+        self, table: str | None = None
+    ) -> contextlib.AbstractAsyncContextManager[SourceConnection]:
+        """Borrow one connection (holding a token of the limiter while borrowed), reading for ``table`` (named
+        by the line a lock wait logs). On any error or cancellation while borrowed the connection is closed
+        hard, never returned to the pool."""
+        return self._borrow(table)
 
     @contextlib.asynccontextmanager
-    async def _borrow(self) -> AsyncIterator[SourceConnection]:
+    async def _borrow(self, table: str | None) -> AsyncIterator[SourceConnection]:
         if self._closed:
             raise SourceError(f"MySQL source {self.cfg.name!r} is already closed")
         borrower = object()
-        async with _token(self._limiter, borrower), _token(self._slots, borrower):
-            conn = await self._checkout()
+        async with _token(self._limiter, borrower), _token(self._slots, borrower), self._lent(table) as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _lent(self, table: str | None) -> AsyncIterator[SourceConnection]:
+        """A pooled connection for the borrower holding its tokens; back to the pool, or closed on error."""
+        conn = await self._checkout()
+        conn.table, conn.ask_state = table, self._state_of
+        try:
+            yield conn
+        except BaseException:
+            self._discard(conn)
+            raise
+        conn.table = None
+        await self._checkin(conn)
+
+    async def _state_of(self, session: int) -> str | None:
+        """What the server says ``session`` is doing (PROCESSLIST's STATE), asked on a connection of the pool
+        only if one is free now: the budget of connections holds, and the asking never waits for one."""
+        borrower = object()
+        if not _try_token(self._limiter, borrower):
+            return None
+        try:
+            if not _try_token(self._slots, borrower):
+                return None
             try:
-                yield conn
-            except BaseException:
-                self._discard(conn)
-                raise
-            await self._checkin(conn)
+                with anyio.move_on_after(self.cfg.connect_timeout):
+                    async with self._lent(None) as conn:
+                        conn.ask_state = None  # its own query is not watched
+                        rows = await conn.fetchall(_STATE_SQL, (session,))
+                        return str(rows[0][0] or "") if rows else ""
+                return None
+            finally:
+                self._slots.release_on_behalf_of(borrower)
+        finally:
+            if self._limiter is not None:
+                self._limiter.release_on_behalf_of(borrower)
 
     @contextlib.asynccontextmanager
     async def reserve(self, wanted: int) -> AsyncIterator[int]:

@@ -393,8 +393,11 @@ async def apply(
     counts = {"delete": 0, "insert": 0}
     if (clear := clear_step(spec)) is not None:
         counts["delete"] += _affected(await ex.execute(clear[0], *clear[1]))
-    notes = (*notes, *await rekey(ex, spec, key))
-    for kind, sql in changing_steps(spec):
+    steps = changing_steps(spec)  # the DELETEs come before the INSERT
+    for kind, sql in [step for step in steps if step[0] != "insert"]:
+        counts[kind] += _affected(await ex.execute(sql))
+    notes = (*notes, *await rekey(ex, spec, key))  # the rows this load replaces gone, its own not yet in
+    for kind, sql in [step for step in steps if step[0] == "insert"]:
         counts[kind] += _affected(await ex.execute(sql))
     deleted = None if truncate_sqls(spec) else counts["delete"]
     if spec.has_staging:
@@ -435,38 +438,95 @@ async def evolve_locked(
 
 
 async def rekey(ex: Executor, spec: LoadSpec, key: PrimaryKey | None) -> tuple[str, ...]:
-    """PostgreSQL: give the target the source's primary key when the source's changed since the target was
-    created (a key widened to ``(id, tenant)``, say): its old one, enforced, refused every later load, a
-    full_sync's too. Inside the data transaction, after a replace emptied the target (any key then fits);
-    a merge keeps its rows, which must be unique and non-NULL under the new key, else the load fails
-    saying so, nothing changed. A target without a primary key is left so (one may have been dropped on
-    purpose); Redshift's keys are never enforced. ``key``: the target's, read with its shape under the
-    lock (None: read it again, the evolution changed the table). Returns the change's note."""
-    if spec.dialect.name != "postgres":
-        return ()
+    """Give the target the source's primary key when the source's changed since the target was created (a
+    key widened to ``(id, tenant)``, say), inside the data transaction, after the load's DELETE (or
+    TRUNCATE) and before its INSERT: the target's rows it keeps are the ones the new key must fit, and
+    the INSERT's rows fit it by the staging table's dedup. PostgreSQL enforces keys: the old one refused
+    every later load (``_rekey_enforced``). Redshift's are informational, but its planner trusts them (a
+    SELECT DISTINCT may return duplicates, joins be dropped), so a stale one is worse than none
+    (``_rekey_informational``). A target without a primary key is left
+    so (one may have been dropped on purpose). ``key``: the target's, read with its shape under the lock
+    (None: read it again, the evolution changed the table). Returns the change's note."""
     if key is None:
         _, key = await table_layout(ex, spec.dialect, spec.schema_name, spec.target_table)
-    name, current = key
     wanted = tuple(spec.schema.primary_key)
-    if not current or current == wanted:
+    if not key.columns or _same_key(spec, key, wanted):
         return ()
+    if spec.dialect.name == "postgres":
+        return await _rekey_enforced(ex, spec, key, wanted)
+    return await _rekey_informational(ex, spec, key, wanted)
+
+
+def _same_key(spec: LoadSpec, key: PrimaryKey, wanted: tuple[str, ...]) -> bool:
+    """PostgreSQL's key in key order; Redshift's as a set (its catalog read gives no order: ``catalog``)."""
+    if spec.dialect.name == "postgres":
+        return key.columns == wanted
+    return set(key.columns) == {spec.dialect.fold(c) for c in wanted}
+
+
+def _key_note(key: PrimaryKey, wanted: tuple[str, ...]) -> str:
+    return f"primary key ({', '.join(key.columns)}) -> ({', '.join(wanted) or 'none'})"
+
+
+async def _rekey_enforced(
+    ex: Executor, spec: LoadSpec, key: PrimaryKey, wanted: tuple[str, ...]
+) -> tuple[str, ...]:
+    """PostgreSQL: drop the old key and add the new one in one statement. After a replace emptied the target
+    any key fits; a merge keeps its other rows, which must be unique and non-NULL under the new key, else
+    the load fails saying so, nothing changed."""
     d = spec.dialect
-    changes = [f"DROP CONSTRAINT {d.ident(name)}"]
+    changes = [f"DROP CONSTRAINT {d.ident(key.name)}"]
     if wanted:
         changes.append(f"ADD PRIMARY KEY ({', '.join(d.ident(c) for c in wanted)})")
-    old, new = ", ".join(current), ", ".join(wanted) or "none"
     try:
         await ex.execute(f"ALTER TABLE {spec.target_sql} {', '.join(changes)}")
     except Exception as exc:
         if sqlstate_of(exc) not in (UNIQUE_VIOLATION, NOT_NULL_VIOLATION):
             raise
         raise WarehouseError(
-            f"the primary key of the source of {spec.target_name} changed from ({old}) to ({new}), but the "
-            f"target's rows are not unique and non-NULL under the new key ({describe(exc)}): nothing was "
-            "changed; sync the table once with cdc_strategy full_sync, or drop the target and rerun",
+            f"the primary key of the source of {spec.target_name} changed from ({', '.join(key.columns)}) to "
+            f"({', '.join(wanted) or 'none'}), but the target's rows are not unique and non-NULL under the "
+            f"new key ({describe(exc)}): nothing was changed; sync the table once with cdc_strategy "
+            "full_sync, or drop the target and rerun",
             table=spec.target_name,
         ) from exc
-    return (f"primary key ({old}) -> ({new}): the source's key changed",)
+    return (f"{_key_note(key, wanted)}: the source's key changed",)
+
+
+async def _rekey_informational(
+    ex: Executor, spec: LoadSpec, key: PrimaryKey, wanted: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Redshift: drop the old key (one ALTER TABLE action per statement, as Redshift requires; both run in a
+    transaction block there) and declare the new one only where it is true, for Redshift checks nothing:
+    its columns must be NOT NULL in the target (Redshift's ADD PRIMARY KEY refuses a nullable column and no
+    ALTER makes one NOT NULL) and the rows the load keeps unique under it. Otherwise
+    the target keeps no key (the load goes on; the note and a warning say why and how to get it)."""
+    d = spec.dialect
+    drop = f"ALTER TABLE {spec.target_sql} DROP CONSTRAINT {d.ident(key.name)}"
+    why = await _undeclarable(ex, spec, key, wanted) if wanted else None
+    if why is None:
+        add = [f"ALTER TABLE {spec.target_sql} ADD PRIMARY KEY ({', '.join(d.ident(c) for c in wanted)})"]
+        await ex.execute(batch(drop, *(add if wanted else [])))
+        return (f"{_key_note(key, wanted)}: the source's key changed",)
+    await ex.execute(drop)
+    note = (
+        f"{_key_note(key, ())}: the source's key changed to ({', '.join(wanted)}), which the target cannot "
+        f"declare ({why}); Redshift's planner trusts a declared key, so none is kept — drop the target and "
+        "rerun to have it created with the new key"
+    )
+    log.warning("%s: %s", spec.target_name, note)
+    return (note,)
+
+
+async def _undeclarable(ex: Executor, spec: LoadSpec, key: PrimaryKey, wanted: tuple[str, ...]) -> str | None:
+    """Why Redshift's target cannot truthfully declare ``wanted`` as its key, or None when it can."""
+    d = spec.dialect
+    nullable = [c for c in wanted if d.fold(c) not in key.not_null]
+    if nullable:
+        return f"{', '.join(nullable)} nullable in the target"
+    columns = ", ".join(d.ident(c) for c in wanted)
+    duplicate = f"SELECT 1 FROM {spec.target_sql} GROUP BY {columns} HAVING COUNT(*) > 1 LIMIT 1"
+    return "its rows not unique under it" if await ex.fetch(duplicate) else None
 
 
 async def guard(ex: Executor, spec: LoadSpec, commit: Commit) -> None:

@@ -8,6 +8,7 @@ IF NOT EXISTS (PostgreSQL's catalog unique index); that one then finds the objec
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from src.warehouse.ddl import Dialect
@@ -40,40 +41,45 @@ _COLUMNS = (
 # ``pg_class.relkind`` ("r": a plain table, "p": a partitioned one); ([], None) when it is missing.
 Shape = tuple[list[tuple[str, str]], str | None]
 MISSING: Shape = ([], None)
-SHAPE_SQL = (
+
+
+# The shape read with the target's primary key, in the same round trip (W4's loads send six messages each):
+# the constraint's name, and which columns form it. PostgreSQL (which enforces keys) says in which order;
+# Redshift's leader node has no array_position, so there the key is read as a set (its keys are
+# informational: the planner trusts them, but key order means nothing to it), with each column's NOT NULL
+# (Redshift's ADD PRIMARY KEY refuses a nullable column). Both: ``base.rekey``.
+_KEYED_SHAPE = (
     "SELECT CAST(a.attname AS VARCHAR(128)) AS name, "
     "CAST(format_type(a.atttypid, a.atttypmod) AS VARCHAR(256)) AS sqltype, "
-    "CAST(c.relkind AS VARCHAR(1)) AS kind FROM pg_catalog.pg_attribute a "
+    "CAST(c.relkind AS VARCHAR(1)) AS kind, {position} AS key_position, "
+    "CAST(k.conname AS VARCHAR(128)) AS key_name, a.attnotnull AS not_null FROM pg_catalog.pg_attribute a "
     "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "LEFT JOIN pg_catalog.pg_constraint k ON k.conrelid = c.oid AND k.contype = 'p'{member} "
     "WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped "
     "ORDER BY a.attnum"
 )
-
-
-# PostgreSQL's (which enforces primary keys: ``base.rekey``) also says which columns form the primary key,
-# in key order, and the constraint's name: in the same round trip (W4's loads send six messages each).
-# Redshift's keys are informational, never enforced; its catalog is asked as before.
-PG_SHAPE_SQL = (
-    "SELECT CAST(a.attname AS VARCHAR(128)) AS name, "
-    "CAST(format_type(a.atttypid, a.atttypmod) AS VARCHAR(256)) AS sqltype, "
-    "CAST(c.relkind AS VARCHAR(1)) AS kind, array_position(k.conkey, a.attnum) AS key_position, "
-    "CAST(k.conname AS VARCHAR(128)) AS key_name FROM pg_catalog.pg_attribute a "
-    "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
-    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-    "LEFT JOIN pg_catalog.pg_constraint k ON k.conrelid = c.oid AND k.contype = 'p' "
-    "WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped "
-    "ORDER BY a.attnum"
+PG_SHAPE_SQL = _KEYED_SHAPE.format(position="array_position(k.conkey, a.attnum)", member="")
+RS_SHAPE_SQL = _KEYED_SHAPE.format(
+    position="CASE WHEN k.conname IS NULL THEN 0 ELSE a.attnum END", member=" AND a.attnum = ANY (k.conkey)"
 )
 
-# A table's primary key: its constraint's name and its columns in key order; ("", ()) when it has none
-# (or the warehouse does not enforce keys).
-PrimaryKey = tuple[str, tuple[str, ...]]
-NO_KEY: PrimaryKey = ("", ())
+
+@dataclass(frozen=True)
+class PrimaryKey:
+    """A table's primary key as the catalog has it: the constraint's name ("" when it has none) and its
+    columns (in key order on PostgreSQL, in column order on Redshift), and the table's NOT NULL columns."""
+
+    name: str = ""
+    columns: tuple[str, ...] = ()
+    not_null: frozenset[str] = frozenset()
+
+
+NO_KEY = PrimaryKey()
 
 
 def shape_sql(dialect: Dialect) -> str:
-    return PG_SHAPE_SQL if dialect.name == "postgres" else SHAPE_SQL
+    return PG_SHAPE_SQL if dialect.name == "postgres" else RS_SHAPE_SQL
 
 
 async def table_shape(ex: Executor, dialect: Dialect, schema_name: str, table: str) -> Shape:
@@ -84,15 +90,14 @@ async def table_shape(ex: Executor, dialect: Dialect, schema_name: str, table: s
 async def table_layout(
     ex: Executor, dialect: Dialect, schema_name: str, table: str
 ) -> tuple[Shape, PrimaryKey]:
-    """The table's ``Shape`` and, on PostgreSQL, its ``PrimaryKey`` (``NO_KEY`` elsewhere), in one query."""
+    """The table's ``Shape`` and its ``PrimaryKey``, in one query."""
     rows = await ex.fetch(shape_sql(dialect), dialect.fold(schema_name), dialect.fold(table))
     columns = [(str(row["name"]), str(row["sqltype"])) for row in rows]
     shape: Shape = (columns, (str(rows[0]["kind"]) if rows else None))
-    if dialect.name != "postgres":
-        return shape, NO_KEY
     keyed = sorted((int(row["key_position"]), str(row["name"])) for row in rows if row["key_position"])
     name = next((str(row["key_name"]) for row in rows if row["key_name"]), "")
-    return shape, (name, tuple(column for _, column in keyed))
+    not_null = frozenset(str(row["name"]) for row in rows if row["not_null"])
+    return shape, PrimaryKey(name, tuple(column for _, column in keyed), not_null)
 
 
 _TABLES = (
