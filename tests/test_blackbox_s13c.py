@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from src.config.models import S3Conn, SourceConn, TargetConn
 from tests.conftest import mysql_exec, pg_fetch
-from tests.e2e import check_contract, run_json, write_config
+from tests.e2e import as_redshift, check_contract, run_json, write_config
 
 WP_POSTS = (
     "CREATE TABLE wp_posts (ID BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,"
@@ -63,3 +64,45 @@ def test_rows_written_later_with_a_zero_date_cursor_are_counted_not_silently_mis
     assert warning in proc.stderr and "sync the table with full_sync" in proc.stderr, proc.stderr
     titles = sorted(r[0] for r in pg_fetch(f'SELECT post_title FROM "{pg_schema}".wp_posts'))
     assert titles == ["draft 1", "hello", "world"], titles
+
+
+def test_tables_of_one_target_run_one_at_a_time_are_refused_not_taking_turns(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    s3_endpoint: str,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """``Users`` and ``users`` (MariaDB on Linux keeps both; Rails and legacy PHP apps do have such pairs)
+    fold to one Redshift table. Requested together, both were refused at planning; run one at a time, as a
+    job per table does, each replaced the other's rows in ``users`` and reported success, exit 0. A table
+    whose target another table configured in the pipeline would load is refused alone too, nothing
+    loaded; PostgreSQL, which keeps the case, loads both."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE Users (id INT PRIMARY KEY, v VARCHAR(10))",
+        "CREATE TABLE users (id INT PRIMARY KEY, v VARCHAR(10))",
+        "INSERT INTO Users VALUES (1, 'upper')",
+        "INSERT INTO users VALUES (1, 'lower'), (2, 'lower')",
+    )
+    upper, lower = f"{mysql_db}.Users", f"{mysql_db}.users"
+    tables: dict[str, dict[str, Any]] = {upper: {}, lower: {}}
+    target, cli = as_redshift(pg_target, s3_endpoint)
+    cfg = write_config(tmp_path / "rs", source_conn, target, s3_conn, tables)
+    for table, other in ((upper, lower), (lower, upper)):
+        doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table, cli=cli)
+        check_contract(doc, [table])
+        result = doc["table_results"][table]
+        assert proc.returncode == 1 and result["phase"] == "plan", result
+        message = result["error_message"]
+        assert f"as {other} (configured in pipeline 'p') would too" in message, message
+        assert f"set tables.{table}.target_name" in message and "lowercase" in message, message
+    assert pg_fetch("SELECT to_regclass($1)", f"{pg_schema}.users")[0][0] is None
+    cfg = write_config(tmp_path / "pg", source_conn, pg_target, s3_conn, tables)
+    for table in (upper, lower):
+        doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+        assert proc.returncode == 0, doc
+    assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}"."Users"')[0][0] == 1
+    assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".users')[0][0] == 2
