@@ -106,3 +106,42 @@ def test_tables_of_one_target_run_one_at_a_time_are_refused_not_taking_turns(
         assert proc.returncode == 0, doc
     assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}"."Users"')[0][0] == 1
     assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".users')[0][0] == 2
+
+
+def test_a_key_holding_an_enum_is_read_whole_not_cut_at_pages(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """An ENUM sorts by its members' positions but compares with a bound value as text. Paged by
+    ``(entity_id, kind)``, a page ending at ``(1, 'zeta')`` went on with ``kind > 'zeta'``, which no other
+    member is: ``(1, 'alpha')`` and ``(1, 'mid')`` were skipped (10 of 30 rows lost, exit 0); with an ENUM
+    primary key read by ``(ts, kind)`` a row was skipped and another read twice. Every row arrives once."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE ek (entity_id INT NOT NULL, kind ENUM('zeta', 'alpha', 'mid') NOT NULL, v INT,"
+        " PRIMARY KEY (entity_id, kind))",
+        "INSERT INTO ek SELECT seq DIV 3 + 1, ELT(seq % 3 + 1, 'zeta', 'alpha', 'mid'), seq FROM seq_0_to_29",
+        "CREATE TABLE es (kind ENUM('zeta', 'alpha', 'mid', 'beta') NOT NULL PRIMARY KEY,"
+        " updated_at DATETIME(6) NOT NULL, KEY (updated_at))",
+        "INSERT INTO es VALUES ('zeta', '2024-01-01'), ('alpha', '2024-01-01'), ('mid', '2024-01-01'),"
+        " ('beta', '2024-01-01')",
+    )
+    ek, es = f"{mysql_db}.ek", f"{mysql_db}.es"
+    tables = {
+        ek: {"cdc_strategy": "id_only", "cdc_id_column": "entity_id", "processing": {"batch_size": 2}},
+        es: {"cdc_strategy": "timestamp_only", "processing": {"batch_size": 2}},
+    }
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, tables)
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", ek, "-t", es)
+    check_contract(doc, [ek, es])
+    assert proc.returncode == 0, doc
+    assert doc["table_results"][ek]["rows_processed"] == 30, doc["table_results"][ek]
+    assert doc["table_results"][es]["rows_processed"] == 4, doc["table_results"][es]
+    got = {tuple(r) for r in pg_fetch(f'SELECT entity_id, kind, v FROM "{pg_schema}".ek')}
+    assert got == {(i // 3 + 1, ("zeta", "alpha", "mid")[i % 3], i) for i in range(30)}, sorted(got)
+    kinds = sorted(r[0] for r in pg_fetch(f'SELECT kind FROM "{pg_schema}".es'))
+    assert kinds == ["alpha", "beta", "mid", "zeta"], kinds
