@@ -145,3 +145,33 @@ def test_a_key_holding_an_enum_is_read_whole_not_cut_at_pages(
     assert got == {(i // 3 + 1, ("zeta", "alpha", "mid")[i % 3], i) for i in range(30)}, sorted(got)
     kinds = sorted(r[0] for r in pg_fetch(f'SELECT kind FROM "{pg_schema}".es'))
     assert kinds == ["alpha", "beta", "mid", "zeta"], kinds
+
+
+def test_a_key_holding_a_bit_column_pages_past_it(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """A page position on a BIT key column was bound as the driver's bytes; MariaDB compares a BIT column
+    with a byte string as a number parsed from text (``b > x'0025'`` matched 0x25 itself), so the read
+    never advanced and the table failed ("did not advance past (1, b'\\x00%')"). Bound as the integer it
+    is, every row arrives once: BIT(10), BIT(1) and BIT(64) up to 2^64-1."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE bk (id INT NOT NULL, b BIT(10) NOT NULL, flag BIT(1) NOT NULL, big BIT(64) NOT NULL,"
+        " PRIMARY KEY (id, b, flag, big))",
+        "INSERT INTO bk SELECT seq DIV 8 + 1, (seq * 37) % 1024, seq % 2,"
+        " IF(seq % 3 = 0, 18446744073709551615, seq) FROM seq_0_to_39",
+    )
+    t = f"{mysql_db}.bk"
+    tables = {t: {"cdc_strategy": "id_only", "processing": {"batch_size": 1}}}
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, tables)
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", t)
+    check_contract(doc, [t])
+    assert proc.returncode == 0 and doc["table_results"][t]["rows_processed"] == 40, doc
+    got = {tuple(r) for r in pg_fetch(f'SELECT id, b, flag, big FROM "{pg_schema}".bk')}
+    want = {(s // 8 + 1, s * 37 % 1024, bool(s % 2), 2**64 - 1 if s % 3 == 0 else s) for s in range(40)}
+    assert got == want, sorted(got ^ want)

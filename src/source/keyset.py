@@ -139,14 +139,22 @@ def _after(keyset: Keyset, after: Position) -> tuple[str, list[object]]:
     ``a >= %s AND (a > %s OR (a = %s AND (b > %s OR (b = %s AND c > %s))))``, each value bound at each use.
     A BINARY/VARBINARY key's bytes go as hex text, ``UNHEX(%s)``: asyncmy escapes bytes with backslashes
     even where the server's sql_mode has NO_BACKSLASH_ESCAPES (0x27 then broke the query, 0x5c bound
-    another value)."""
+    another value). A BIT key's bytes (as the driver reads them) go as their big-endian integer: MariaDB
+    compares a BIT column with a byte string as a number parsed from text (``b > x'0025'`` matched 0x25
+    itself), so the read never got past such a page."""
     names = [quote_mysql(c.name) for c in keyset.order]
     hexed = [c.logical == "binary" for c in keyset.order]
     text, order = after_position(names, after, lambda i: "UNHEX(%s)" if hexed[i] else "%s", range_first=True)
-    values = [after[i] for i in order]
-    return text, [
-        v.hex() if isinstance(v, bytes) and hexed[i] else v for i, v in zip(order, values, strict=True)
-    ]
+    return text, [_bound(keyset.order[i], after[i]) for i in order]
+
+
+def _bound(column: Column, value: object) -> object:
+    """A position's value as the page query binds it (see ``_after``)."""
+    if not isinstance(value, bytes):
+        return value
+    if data_type_of(column) == "bit":
+        return int.from_bytes(value, "big")
+    return value.hex() if column.logical == "binary" else value
 
 
 def page_query(
