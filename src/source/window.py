@@ -266,10 +266,10 @@ async def extract_window(
 
 @dataclass(frozen=True)
 class UnreadCursors:
-    """Rows of a table no later window reads: ``null``, a cursor column of theirs is NULL (no window reads
+    """Rows of a table windows leave out: ``null``, a cursor column of theirs is NULL (no window reads
     them); ``zero_date``, their timestamp cursor is a zero date such as WordPress's ``0000-00-00 00:00:00``
     default (the first window reads them, as NULL; a window after a watermark never does, so rows written
-    with that date since are missed). Counted only for a window that starts after a watermark."""
+    with that date since are missed: counted only for such a window)."""
 
     null: int = 0
     zero_date: int = 0
