@@ -153,7 +153,8 @@ def plan_tables(pipeline: Pipeline, tables: Sequence[str]) -> dict[str, TablePla
     """Every table's plan, or why it cannot run: its own config, or a target it cannot have. Tables that
     would load one target table (as the warehouse spells names: Redshift folds them to lowercase) would
     replace or merge into each other's rows, so none of them runs; nor does a table whose target is the
-    state table."""
+    state table. The pipeline's other configured tables count too: run one at a time (a job per table),
+    two tables of one target took turns replacing its rows, each run reporting success."""
     planned: dict[str, TablePlan | S3ShiftError] = {}
     for table in tables:
         try:
@@ -167,15 +168,19 @@ def plan_tables(pipeline: Pipeline, tables: Sequence[str]) -> dict[str, TablePla
         if isinstance(plan, TablePlan):
             target = (dialect.fold(plan.target_schema), dialect.fold(plan.target_table))
             loading.setdefault(target, []).append(plan)
+    configured = _configured_targets(pipeline, set(planned))
     for target, same in loading.items():
+        idle = configured.get(target, [])
         for plan in same:
             where = f"{plan.target_schema}.{plan.target_table}"
             others = [p.table for p in same if p is not plan]
+            others += [f"{name} (configured in pipeline '{pipeline.name}')" for name, _ in idle]
             if target == state:
                 why = f"{plan.table} would load {where}, the state table of s3shift"
             elif others:
                 why = f"{plan.table} would load {where}, as {' and '.join(others)} would too"
-                if any(f"{p.target_schema}.{p.target_table}" != where for p in same):
+                spelt = [f"{p.target_schema}.{p.target_table}" for p in same] + [w for _, w in idle]
+                if any(w != where for w in spelt):
                     why += f" ({dialect.name} folds names to lowercase)"
             else:
                 continue
@@ -185,6 +190,21 @@ def plan_tables(pipeline: Pipeline, tables: Sequence[str]) -> dict[str, TablePla
                 key=plan.key_path("target_name"),
             )
     return planned
+
+
+_Targets = dict[tuple[str, str], list[tuple[str, str]]]  # folded (schema, table) -> [(db.table, as spelt)]
+
+
+def _configured_targets(pipeline: Pipeline, requested: set[str]) -> _Targets:
+    """The targets (folded as the warehouse spells them) of the pipeline's configured tables not in
+    ``requested``: each target's tables and their "schema.table" as configured."""
+    fold = dialect_of(pipeline.target.type).fold
+    targets: _Targets = {}
+    for name, cfg in pipeline.tables.items():
+        if name not in requested:
+            key = (fold(pipeline.target.schema), fold(cfg.target_table))
+            targets.setdefault(key, []).append((name, f"{pipeline.target.schema}.{cfg.target_table}"))
+    return targets
 
 
 def _final(agg: Aggregator, interrupted: list[str]) -> RunReport:

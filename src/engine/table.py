@@ -37,7 +37,7 @@ from src.report.aggregator import INTERRUPTED, failure
 from src.report.models import TableFailure, TableResult, TableSuccess, utc_now
 from src.source.extract import ExtractStats
 from src.source.mysql import SourceConnection
-from src.source.window import null_cursor_rows, source_now
+from src.source.window import UnreadCursors, source_now, unread_cursor_rows
 from src.stage.manifest import stage_result
 from src.stage.models import StageResult
 from src.stage.pending import (
@@ -98,7 +98,7 @@ class _Backup:
     stats: ExtractStats
     window: Window
     loaded: LoadResult | None = None  # the stage was loaded while it was written (``_stage_and_load``)
-    null_cursors: int = 0  # rows no window reads: a cursor column of theirs is NULL
+    unread: UnreadCursors = field(default_factory=UnreadCursors)  # rows no window reads (NULL cursors, ...)
 
 
 Settled = Callable[[TableResult], Awaitable[None]]
@@ -193,8 +193,10 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
             progress.extra["coercions"] = backup.stats.coercions
         if backup.stats.path:
             progress.extra["extract"] = backup.stats.path
-        if backup.null_cursors:
-            progress.extra["null_cursor_rows"] = backup.null_cursors
+        if backup.unread.null:
+            progress.extra["null_cursor_rows"] = backup.unread.null
+        if backup.unread.zero_date:
+            progress.extra["zero_date_cursor_rows"] = backup.unread.zero_date
         progress.extra["window"] = backup.window.bounds()
         if plan.strategy != "full_sync":
             progress.extra["deletes"] = DELETES_NOTE
@@ -269,10 +271,10 @@ async def _backup(
         schema, resolved, win = await plan_window(conn, plan, chain.position, ctx.catalog)
         stats = ExtractStats()
         if window_is_empty(win):
-            return _Backup(None, stats, win, null_cursors=await null_cursors(conn, plan, schema, win))
+            return _Backup(None, stats, win, unread=await unread_cursors(conn, plan, schema, win))
         meta = stage_meta(ctx, plan, schema, resolved, win, await source_now(conn, ctx.clock))
         check_early(ctx, plan, meta, state, progress)
-        nulls = await null_cursors(conn, plan, schema, win)
+        unread = await unread_cursors(conn, plan, schema, win)
         progress.phase = "extract"
         mark = time.monotonic()
         read = TableRead(ctx, conn, plan, schema, read_window(plan, win), stats, meta)
@@ -286,9 +288,9 @@ async def _backup(
         if stage.rows == 0 and plan.strategy != "full_sync":
             await delete_stage(ctx.s3, stage)  # nothing new: no COPY, state untouched
             progress.timed("extract_stage", mark)
-            return _Backup(None, stats, win, null_cursors=nulls)
+            return _Backup(None, stats, win, unread=unread)
         progress.timed("extract_stage", mark)
-    return _Backup(stage, stats, win, loaded, nulls)
+    return _Backup(stage, stats, win, loaded, unread)
 
 
 def check_early(
@@ -305,17 +307,30 @@ def check_early(
     progress.phase = phase
 
 
-async def null_cursors(conn: SourceConnection, plan: TablePlan, schema: TableSchema, win: Window) -> int:
-    """The rows of the table no window reads because their cursor is NULL (logged when there are any)."""
-    found = await null_cursor_rows(conn, plan.database, plan.source_table, schema, win, where=plan.where)
-    if found:
+async def unread_cursors(
+    conn: SourceConnection, plan: TablePlan, schema: TableSchema, win: Window
+) -> UnreadCursors:
+    """The rows of the table no window reads because their cursor is NULL, or a zero date in a window after
+    a watermark (each logged when there are any)."""
+    found = await unread_cursor_rows(conn, plan.database, plan.source_table, schema, win, where=plan.where)
+    if found.null:
         columns = ", ".join(c for c in (win.ts_column, win.id_column) if c)
         log.warning(
             "%s: %d row(s) have a NULL cursor (%s) and are never read by %s; give them a value, or sync "
             "the table with full_sync",
             plan.table,
-            found,
+            found.null,
             columns,
+            plan.strategy,
+        )
+    if found.zero_date:
+        log.warning(
+            "%s: %d row(s) have a zero date in the cursor (%s), which only the table's first window reads: "
+            "one written or updated with it since is never read by %s; give such rows a real date, or sync "
+            "the table with full_sync",
+            plan.table,
+            found.zero_date,
+            win.ts_column,
             plan.strategy,
         )
     return found

@@ -17,6 +17,10 @@ columns, which InnoDB appends to the cursor's index anyway: ``(id, tenant)``, ``
 without a key (or whose configured key can be NULL) has no unique order: its window is one streaming
 query, never cut. A nullable key column never breaks ties: ``key > p`` is never true for a NULL.
 
+An ENUM or SET column sorts by its members' positions (``ENUM('zeta', 'alpha')``: zeta first) but compares
+with a bound value as text (``'alpha' > 'zeta'`` is false): a page boundary on one skipped or repeated
+rows, so a key holding one (a ``(entity_id, kind)`` key) is read by one streaming query as well.
+
 A position without an id (a window start that is a previous window's end) is the plain bound
 ``ts > p_ts``. NULL cursors never match these predicates, so NULL rows are never read.
 """
@@ -32,7 +36,9 @@ from src.common.naming import quote_mysql
 from src.common.schema import Column, TableSchema
 from src.plan.models import Watermark, Window
 from src.source.extract import select_sql
+from src.source.typemap import data_type_of
 
+_MEMBER_ORDER = frozenset({"enum", "set"})  # sort by member position, compare with bound text as text
 Position = tuple[Any, ...]  # values of the order columns (the last one may be None: "after all of ts")
 
 
@@ -68,10 +74,11 @@ def keyset_for(schema: TableSchema, window: Window) -> Keyset:
         tie = tie_column(schema, window)
         cursor = tuple(schema.column(name) for name in (_need(window.ts_column), tie) if name is not None)
     key = unique_key(schema)
-    if key is None or (window.strategy == "timestamp_only" and len(cursor) == 1):
+    rest = () if key is None else tuple(c for c in key if c.name not in {o.name for o in cursor})
+    unique = key is not None and not (window.strategy == "timestamp_only" and len(cursor) == 1)
+    if not unique or any(data_type_of(c) in _MEMBER_ORDER for c in cursor[1:] + rest):
         plain = cursor if window.strategy != "timestamp_only" else cursor[:1]
         return Keyset(window.strategy, plain, paged=False)
-    rest = tuple(c for c in key if c.name not in {o.name for o in cursor})
     return Keyset(window.strategy, cursor + rest, paged=True)
 
 
@@ -132,14 +139,22 @@ def _after(keyset: Keyset, after: Position) -> tuple[str, list[object]]:
     ``a >= %s AND (a > %s OR (a = %s AND (b > %s OR (b = %s AND c > %s))))``, each value bound at each use.
     A BINARY/VARBINARY key's bytes go as hex text, ``UNHEX(%s)``: asyncmy escapes bytes with backslashes
     even where the server's sql_mode has NO_BACKSLASH_ESCAPES (0x27 then broke the query, 0x5c bound
-    another value)."""
+    another value). A BIT key's bytes (as the driver reads them) go as their big-endian integer: MariaDB
+    compares a BIT column with a byte string as a number parsed from text (``b > x'0025'`` matched 0x25
+    itself), so the read never got past such a page."""
     names = [quote_mysql(c.name) for c in keyset.order]
     hexed = [c.logical == "binary" for c in keyset.order]
     text, order = after_position(names, after, lambda i: "UNHEX(%s)" if hexed[i] else "%s", range_first=True)
-    values = [after[i] for i in order]
-    return text, [
-        v.hex() if isinstance(v, bytes) and hexed[i] else v for i, v in zip(order, values, strict=True)
-    ]
+    return text, [_bound(keyset.order[i], after[i]) for i in order]
+
+
+def _bound(column: Column, value: object) -> object:
+    """A position's value as the page query binds it (see ``_after``)."""
+    if not isinstance(value, bytes):
+        return value
+    if data_type_of(column) == "bit":
+        return int.from_bytes(value, "big")
+    return value.hex() if column.logical == "binary" else value
 
 
 def page_query(

@@ -8,7 +8,8 @@ are neither lost nor read twice, and a row moved by an update mid-read never mak
 What a window guarantees (the tests prove each point):
 - every row whose cursor lies in ``(start, end]`` for the whole read is read exactly once, in order;
 - rows whose cursor is NULL are never read by a watermark strategy (only full_sync carries them); a run
-  counts them (``null_cursor_rows``);
+  counts them (``null_cursor_rows``); a zero-date cursor is read by the first window only (as NULL), and
+  a window after a watermark counts those (``zero_date_cursor_rows``);
 - a row updated mid-read to a cursor after ``end`` (``updated_at = NOW()``) belongs to the next window; a
   row moved to a position the read already passed is read by neither (a backdated cursor, like a delete,
   needs a full_sync to reconcile); a row moved forward inside the window is read at both positions and
@@ -265,7 +266,18 @@ async def extract_window(
                 await reader.stream(start_position(keyset, window), end)
 
 
-async def null_cursor_rows(
+@dataclass(frozen=True)
+class UnreadCursors:
+    """Rows of a table windows leave out: ``null``, a cursor column of theirs is NULL (no window reads
+    them); ``zero_date``, their timestamp cursor is a zero date such as WordPress's ``0000-00-00 00:00:00``
+    default (the first window reads them, as NULL; a window after a watermark never does, so rows written
+    with that date since are missed: counted only for such a window)."""
+
+    null: int = 0
+    zero_date: int = 0
+
+
+async def unread_cursor_rows(
     conn: SourceConnection,
     database: str,
     table: str,
@@ -273,10 +285,10 @@ async def null_cursor_rows(
     window: Window,
     *,
     where: str | None = None,
-) -> int:
-    """The rows no window of ``window``'s strategy ever reads because a cursor column of theirs is NULL
-    (``where``: the table's row filter). No query when no cursor column is nullable (or for full_sync).
-    With the cursor's index this is an index range, not a scan."""
+) -> UnreadCursors:
+    """The rows no window of ``window``'s strategy reads (``UnreadCursors``; ``where``: the table's row
+    filter). No query when no cursor column is nullable (or for full_sync). With the cursor's index this
+    is an index range, not a scan."""
     names = {
         "id_only": (window.id_column,),
         "timestamp_only": (window.ts_column,),
@@ -284,12 +296,15 @@ async def null_cursor_rows(
     }.get(window.strategy, ())
     nullable = [n for n in names if n is not None and n in schema.names and schema.column(n).nullable]
     if not nullable:
-        return 0
+        return UnreadCursors()
     nulls = "(" + " OR ".join(_is_null(schema.column(n)) for n in nullable) + ")"
-    condition = with_filter(nulls, where, bound=False) or nulls
+    zeros = _zero_date(schema, window)
+    either = f"({nulls} OR {zeros})" if zeros else nulls
+    condition = with_filter(either, where, bound=False) or either
+    counts = f"SUM({nulls}), " + (f"SUM({zeros})" if zeros else "0")
     with drift_errors(f"{database}.{table}"):
-        rows = await conn.fetchall(f"SELECT COUNT(*) FROM {qualify_mysql(database, table)} WHERE {condition}")
-    return int(rows[0][0] or 0)
+        rows = await conn.fetchall(f"SELECT {counts} FROM {qualify_mysql(database, table)} WHERE {condition}")
+    return UnreadCursors(null=int(rows[0][0] or 0), zero_date=int(rows[0][1] or 0))
 
 
 def _is_null(column: Column) -> str:
@@ -297,9 +312,21 @@ def _is_null(column: Column) -> str:
     NOT NULL at its base (a view's column over one): such rows are read by the first window (NULL in the
     target, counted as ``zero_date_to_null``), not left out. A zero date plus 0 is 0, NULL plus 0 NULL."""
     name = quote_mysql(column.name)
-    if column.logical in ("date", "timestamp", "timestamptz"):
+    if column.logical in TS_LOGICAL:
         return f"({name} IS NULL AND {name} + 0 IS NULL)"
     return f"{name} IS NULL"
+
+
+def _zero_date(schema: TableSchema, window: Window) -> str | None:
+    """The condition of a zero-date timestamp cursor (``0000-00-00``, with or without a time; a zero day or
+    month of year 0 too: all sort before ``0000-01-01``, an index range), when ``window`` starts after a
+    watermark and so reads none of them; else None."""
+    column = window.ts_column
+    if window.start is None or window.start.ts is None or column is None or column not in schema.names:
+        return None
+    if schema.column(column).logical not in TS_LOGICAL:
+        return None
+    return f"{quote_mysql(column)} < '0000-01-01'"
 
 
 # ---- plans: query text, estimates, index ----------------------------------------------------------------
