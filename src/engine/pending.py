@@ -129,6 +129,17 @@ def target_gone(state: StateRow, target: str) -> StateRow:
     return replace(state, strategy="reset", watermark=None, window_start=None)
 
 
+def unloadable(
+    skipped: tuple[StageResult, ...], state: StateRow | None, *, loaded: bool
+) -> tuple[StageResult, ...]:
+    """The ``skipped`` stages no run can load any more, to be deleted: every one once this run committed a
+    load (its state row is newer than each, and states only move on), else those extracted before the
+    latest ``state`` (a later one is newer still). A skipped stage extracted after ``state`` while this
+    run committed nothing (``--backup-only``: a full snapshot its own supersedes) stays: a live run may be
+    loading it, and would commit."""
+    return skipped if loaded else tuple(s for s in skipped if not _newer(s, state))
+
+
 def _newer(stage: StageResult, state: StateRow | None) -> bool:
     """Whether ``stage`` was extracted after the latest state: after the extraction it committed, or
     after a ``watermark set``/``reset`` (which extracts nothing) was written. A stage staged before a set

@@ -1,0 +1,98 @@
+"""Black-box checks through the public CLI, session 13 (audit d): operational faults as CI jobs and nightly
+cron users meet them (overlapping runs, stages no run can load any more, a report that cannot be
+written), and the CLI's JSON contract around them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from src.config.models import S3Conn, SourceConn, TargetConn
+from tests.conftest import mysql_exec, pg_fetch, s3_client
+from tests.e2e import check_contract, run_json, write_config
+
+
+def _manifests(s3: S3Conn, table: str) -> list[str]:
+    client = s3_client(s3.endpoint_url or "")
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3.bucket).get("Contents", [])]
+    return sorted(k for k in keys if f"/{table}/" in k and k.endswith("/manifest.json"))
+
+
+def test_a_stage_no_run_can_load_is_reported_once_then_deleted(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """A staged window that no longer continues the chain (here: staged by --backup-only, then the
+    watermark was set past it; also what the loser of two overlapping cron runs leaves) can never be
+    loaded. It was kept, read back and reported in ``stages_skipped`` by EVERY later run of the table, for
+    ever (one more per overlap, every night: a per-run report that grew cumulative, an S3 read per stage
+    per run). Now the run that skips it reports it once and deletes it."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10))",
+        "INSERT INTO t VALUES (1, 'a'), (2, 'b')",
+    )
+    table = f"{mysql_db}.t"
+    tables = {table: {"cdc_strategy": "id_only"}}
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, tables)
+    base = ("--config-dir", str(cfg))
+    doc, _ = run_json(*base, "sync", "-p", "p", "-t", table, "--backup-only")
+    stale = doc["execution_id"]
+    assert doc["status"] == "success", doc
+    assert len(_manifests(s3_conn, table)) == 1
+    doc, proc = run_json(*base, "watermark", "set", "-p", "p", "-t", table, "--id", "1")
+    assert proc.returncode == 0, doc
+    mysql_exec(mysql_db, "INSERT INTO t VALUES (3, 'c')")
+
+    doc, proc = run_json(*base, "sync", "-p", "p", "-t", table)
+    check_contract(doc, [table])
+    result = doc["table_results"][table]
+    assert proc.returncode == 0 and result["rows_processed"] == 2, doc  # ids 2 and 3, after the set
+    assert [s["execution_id"] for s in result["stages_skipped"]] == [stale], result
+    assert [k for k in _manifests(s3_conn, table) if stale in k] == [], "the dead stage is still in S3"
+
+    doc, proc = run_json(*base, "sync", "-p", "p", "-t", table)
+    check_contract(doc, [table])
+    assert proc.returncode == 0 and "stages_skipped" not in doc["table_results"][table], doc
+    assert [tuple(r) for r in pg_fetch(f'SELECT id, v FROM "{pg_schema}".t ORDER BY id')] == [
+        (2, "b"),
+        (3, "c"),
+    ]
+
+
+def test_a_superseded_snapshot_stays_until_a_load_commits(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """Two --backup-only full snapshots: the second supersedes the first, but a --backup-only run commits
+    nothing, and a live --load-only may be loading the first (it would commit): it stays. The --load-only
+    that loads the newest reports the first skipped and deletes it; the next reports nothing skipped."""
+    mysql_exec(
+        mysql_db, "CREATE TABLE f (id INT PRIMARY KEY, v VARCHAR(10))", "INSERT INTO f VALUES (1, 'a')"
+    )
+    table = f"{mysql_db}.f"
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, {table: {}})
+    base = ("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    first = run_json(*base, "--backup-only")[0]["execution_id"]
+    mysql_exec(mysql_db, "INSERT INTO f VALUES (2, 'b')")
+    doc, _ = run_json(*base, "--backup-only")
+    assert [s["execution_id"] for s in doc["table_results"][table]["stages_skipped"]] == [first], doc
+    assert len(_manifests(s3_conn, table)) == 2  # both kept: nothing committed yet
+
+    doc, proc = run_json(*base, "--load-only")
+    check_contract(doc, [table])
+    result = doc["table_results"][table]
+    assert proc.returncode == 0 and len(result["stages_loaded"]) == 1, result
+    assert result["stages_loaded"] != [first], result
+    assert [s["execution_id"] for s in result["stages_skipped"]] == [first], result
+    assert [k for k in _manifests(s3_conn, table) if first in k] == []
+    doc, proc = run_json(*base, "--load-only")
+    assert proc.returncode == 0 and "stages_skipped" not in doc["table_results"][table], doc
+    assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".f')[0][0] == 2
