@@ -4,11 +4,14 @@ written), and the CLI's JSON contract around them."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
+import pytest
+
 from src.config.models import S3Conn, SourceConn, TargetConn
-from tests.conftest import mysql_exec, pg_fetch, s3_client
-from tests.e2e import check_contract, run_json, write_config
+from tests.conftest import ROOT, mysql_exec, pg_fetch, s3_client
+from tests.e2e import CLI, check_contract, run_json, write_config
 
 
 def _manifests(s3: S3Conn, table: str) -> list[str]:
@@ -96,3 +99,27 @@ def test_a_superseded_snapshot_stays_until_a_load_commits(
     doc, proc = run_json(*base, "--load-only")
     assert proc.returncode == 0 and "stages_skipped" not in doc["table_results"][table], doc
     assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".f')[0][0] == 2
+
+
+@pytest.mark.parametrize(
+    "args", [("sync", "-p", "nope", "-t", "db.t", "--json-output"), ("sync", "-p", "nope", "-t", "db.t")]
+)
+def test_a_stdout_that_refuses_the_report_is_one_line_not_a_traceback(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """stdout redirected to a full disk (a CI job writing the report to a file): the write failed with a
+    Python traceback on stderr (exit 1). Now one line saying so, exit 1."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [*CLI, "--config-dir", str(tmp_path), *args],
+            cwd=ROOT,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "could not write the output to stdout" in line]
+    assert len(lines) == 1 and "No space left on device" in lines[0], proc.stderr
