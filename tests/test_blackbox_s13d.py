@@ -4,13 +4,19 @@ written), and the CLI's JSON contract around them."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
+import time
+from dataclasses import replace
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from src.config.models import S3Conn, SourceConn, TargetConn
-from tests.conftest import ROOT, mysql_exec, pg_fetch, s3_client
+from tests.conftest import PG_HOST, PG_PORT, ROOT, CutProxy, mysql_exec, pg_fetch, s3_client
 from tests.e2e import CLI, check_contract, run_json, write_config
 
 
@@ -123,3 +129,67 @@ def test_a_stdout_that_refuses_the_report_is_one_line_not_a_traceback(
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "could not write the output to stdout" in line]
     assert len(lines) == 1 and "No space left on device" in lines[0], proc.stderr
+
+
+COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"  # the simple-query message of a bare COMMIT
+
+
+def test_a_worker_killed_after_its_commit_does_not_say_rolled_back(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """A worker process killed (OOM killer, kill -9) after its load's COMMIT reached the warehouse but
+    before it reported the table: the load committed (the target holds the new rows, the watermark moved),
+    yet the table's failure said 'a load it had not committed was rolled back by the warehouse', so the
+    operator took target and watermark for unchanged. The parent now asks the state log and says so."""
+    for name in ("a", "b"):
+        mysql_exec(
+            mysql_db,
+            f"CREATE TABLE {name} (id INT PRIMARY KEY, v VARCHAR(10))",
+            f"INSERT INTO {name} SELECT seq, 'x' FROM seq_1_to_50",
+        )
+    proxy = CutProxy(f"http://{PG_HOST}:{PG_PORT}")
+    try:
+        target = replace(pg_target, host="127.0.0.1", port=proxy.port)
+        processing = {"max_parallel_tables": 2, "processes": 2}
+        cfg = write_config(tmp_path / "cfg", source_conn, target, s3_conn, processing=processing)
+        for _ in range(2):  # both loads commit at the server; neither process hears it yet
+            proxy.hold_answer_to(COMMIT)
+        tables = [f"{mysql_db}.a", f"{mysql_db}.b"]
+        proc = subprocess.Popen(
+            [*CLI, "--config-dir", str(cfg), "sync", "-p", "p", "-t", ",".join(tables), "--json-output"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        state = f'SELECT count(*) FROM "{pg_schema}".s3shift_state'
+        deadline = time.monotonic() + 60
+        while _count_or_zero(state) < 2:  # a state row is visible only once its COMMIT went through
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        (worker,) = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        os.kill(worker, signal.SIGKILL)
+        proxy.release()
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proxy.cut()
+    doc = json.loads(out)
+    check_contract(doc, tables)
+    (lost,) = [r for r in doc["table_results"].values() if r["status"] == "failed"]
+    assert lost["phase"] == "worker" and "SIGKILL" in lost["error_message"], lost
+    assert "rolled back by the warehouse" not in lost["error_message"], lost
+    assert "committed first" in lost["error_message"], lost
+    for name in ("a", "b"):  # both loads did commit
+        assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}"."{name}"')[0][0] == 50
+
+
+def _count_or_zero(sql: str) -> int:
+    try:
+        return int(pg_fetch(sql)[0][0])
+    except asyncpg.UndefinedTableError:
+        return 0
