@@ -16,7 +16,17 @@ import asyncpg
 import pytest
 
 from src.config.models import S3Conn, SourceConn, TargetConn
-from tests.conftest import PG_HOST, PG_PORT, ROOT, CutProxy, mysql_exec, pg_fetch, s3_client
+from tests.conftest import (
+    MYSQL_HOST,
+    MYSQL_PORT,
+    PG_HOST,
+    PG_PORT,
+    ROOT,
+    CutProxy,
+    mysql_exec,
+    pg_fetch,
+    s3_client,
+)
 from tests.e2e import CLI, check_contract, run_json, write_config
 
 
@@ -193,3 +203,58 @@ def _count_or_zero(sql: str) -> int:
         return int(pg_fetch(sql)[0][0])
     except asyncpg.UndefinedTableError:
         return 0
+
+
+def test_the_loser_of_two_overlapping_runs_leaves_no_stage_reported_again(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+) -> None:
+    """Cron overlap: two runs of an id_only table plan the same window from the same state; the one that
+    read the source first... reads it second (its MySQL answer was slow), so the other commits first and
+    this one's load is refused ("another run loaded ... meanwhile"). Its stage, extracted after the
+    committed one, never continues the chain; later runs that found no new rows (they commit nothing)
+    reported it skipped every time, for ever. Now the first of them reports it once and deletes it."""
+    mysql_exec(
+        mysql_db, "CREATE TABLE o (id INT PRIMARY KEY, v VARCHAR(10))", "INSERT INTO o VALUES (1, 'a')"
+    )
+    table = f"{mysql_db}.o"
+    tables = {table: {"cdc_strategy": "id_only"}}
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, tables)
+    proxy = CutProxy(f"http://{MYSQL_HOST}:{MYSQL_PORT}")
+    try:
+        slow = replace(source_conn, host="127.0.0.1", port=proxy.port)
+        slow_cfg = write_config(tmp_path / "slow", slow, pg_target, s3_conn, tables)
+        proxy.hold_answer_to(b"SELECT MAX(`id`)")  # after it listed S3: nothing staged yet
+        late = subprocess.Popen(
+            [*CLI, "--config-dir", str(slow_cfg), "sync", "-p", "p", "-t", table, "--json-output"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert proxy.triggered.wait(60), "the slow run never asked for MAX(id)"
+        first, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+        assert proc.returncode == 0, first
+        proxy.release()
+        loser = json.loads(late.communicate(timeout=120)[0])
+    finally:
+        proxy.cut()
+    refused = loser["table_results"][table]
+    assert refused["status"] == "failed" and "meanwhile" in refused["error_message"], refused
+    assert [k for k in _manifests(s3_conn, table) if loser["execution_id"] in k], "no stage of the loser"
+    base = ("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    doc, proc = run_json(*base)  # nothing new: no load commits; the loser's stage is reported, deleted
+    check_contract(doc, [table])
+    result = doc["table_results"][table]
+    assert proc.returncode == 0 and result["rows_processed"] == 0, result
+    assert [s["execution_id"] for s in result["stages_skipped"]] == [loser["execution_id"]], result
+    for _ in range(2):  # and never reported again
+        doc, proc = run_json(*base)
+        check_contract(doc, [table])
+        assert proc.returncode == 0 and "stages_skipped" not in doc["table_results"][table], doc
+    assert [k for k in _manifests(s3_conn, table) if loser["execution_id"] in k] == []
+    assert pg_fetch(f'SELECT count(*) FROM "{pg_schema}".o')[0][0] == 1
