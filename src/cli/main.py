@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import gc
 import logging
@@ -118,12 +119,27 @@ def sync(
             )
         finally:
             hold_signals_again()  # the event loop's handlers are gone (SIGTERM was fatal again)
-        click.echo(dumps(plan, pretty=True))
+        _emit(dumps(plan, pretty=True))
         planned = plan.get("tables") or {}  # none at all: the plan itself failed
         ctx.exit(0 if planned and all(t.get("status") == "planned" for t in planned.values()) else 1)
     report = _run(request, verbose)
-    click.echo(render_json(report) if json_output else render_text(report))
+    _emit(render_json(report) if json_output else render_text(report))
     ctx.exit(report.exit_code)
+
+
+def _emit(text: str) -> None:
+    """The command's output on stdout. A stdout that refuses it (a full disk, a quota, an I/O error on the
+    file it is redirected to) is one line on stderr and exit 1, not a traceback; a closed pipe (``| head``)
+    a quiet exit 1, as click's."""
+    try:
+        click.echo(text)
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            sys.stderr.write(
+                f"Error: could not write the output to stdout: {exc.strerror or exc} (the command itself "
+                "ran to its end; rerun it with stdout on a file system that takes it)\n"
+            )
+        raise SystemExit(1) from None
 
 
 def _table_names(values: Sequence[str]) -> tuple[str, ...]:
@@ -217,7 +233,7 @@ def plan(ctx: click.Context, pipeline: str, tables: Sequence[str], json_output: 
         doc = _guarded(lambda: anyio.run(functools.partial(plan_units, request, interrupted=HELD)), verbose)
     finally:
         hold_signals_again()  # the event loop's handlers are gone (SIGTERM was fatal again)
-    click.echo(dumps(doc, pretty=True))
+    _emit(dumps(doc, pretty=True))
     ctx.exit(0 if doc.get("status") == "planned" else 1)
 
 
@@ -264,9 +280,9 @@ def _watermark_command(action: Action) -> Any:
         finally:
             hold_signals_again()  # the event loop's handlers are gone (SIGTERM was fatal again)
         if json_output:
-            click.echo(dumps(result, pretty=True))
+            _emit(dumps(result, pretty=True))
         else:
-            click.echo(_watermark_text(result))
+            _emit(_watermark_text(result))
         ctx.exit(0 if result["status"] == "success" else 1)
 
     return command
@@ -364,12 +380,12 @@ def _usage_json(args: Sequence[str], message: str) -> int:
             "status": "failed",
             "error_message": reason,
         }
-        click.echo(dumps(result, pretty=True))
+        _emit(dumps(result, pretty=True))
         return 1
     start = utc_now()
     agg = Aggregator(new_execution_id(start), start, pipeline or "default", tables)
     report = agg.report(missing_reason=reason, missing_extra={"phase": "usage", "retryable": False})
-    click.echo(render_json(replace(report, error=reason)))
+    _emit(render_json(replace(report, error=reason)))
     return 1
 
 

@@ -129,6 +129,19 @@ def target_gone(state: StateRow, target: str) -> StateRow:
     return replace(state, strategy="reset", watermark=None, window_start=None)
 
 
+def unloadable(
+    skipped: tuple[StageResult, ...], state: StateRow | None, *, loaded: bool
+) -> tuple[StageResult, ...]:
+    """The ``skipped`` stages no run can load any more, to be deleted. An incremental window that does not
+    continue the chain never will (only a new state row moves the position, and every later one is newer
+    than the stage); a stage extracted before the latest ``state`` neither. A full snapshot extracted after
+    ``state`` and superseded by a newer one stays while this run committed nothing (``--backup-only``): a
+    live run may be loading it, and would commit. Once this run committed a load, every one goes."""
+    if loaded:
+        return skipped
+    return tuple(s for s in skipped if not _newer(s, state) or stage_window(s).strategy != "full_sync")
+
+
 def _newer(stage: StageResult, state: StateRow | None) -> bool:
     """Whether ``stage`` was extracted after the latest state: after the extraction it committed, or
     after a ``watermark set``/``reset`` (which extracts nothing) was written. A stage staged before a set

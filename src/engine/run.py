@@ -264,10 +264,16 @@ async def _run_plans(
                 async def take() -> int | None:
                     return await dispenser.take(0)
 
+                warehouse = resources.warehouse
+
+                async def landed(table: str) -> StateRow | None:
+                    row = await warehouse.read_state(pipeline.name, table)
+                    return row if row is not None and row.loaded_by == agg.execution_id else None
+
                 async with anyio.create_task_group() as tg:
                     for worker in workers.procs if workers else ():
                         job_of = replace(job, index=worker.index)
-                        tg.start_soon(serve_worker, worker, job_of, dispenser, agg.record)
+                        tg.start_soon(serve_worker, worker, job_of, dispenser, agg.record, landed)
                     _pull(tg, ctx, plans, take, record)
         if resources is None:  # a signal while connecting (waiting up to connect_timeout, say)
             return _final(agg, interrupted)

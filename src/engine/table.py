@@ -29,6 +29,7 @@ from src.engine.pending import (
     stage_id,
     stage_window,
     target_gone,
+    unloadable,
 )
 from src.engine.reading import TableRead, extract_and_stage, plan_window, window_is_empty
 from src.plan.models import Watermark, Window, format_ts
@@ -44,6 +45,7 @@ from src.stage.pending import (
     TableRuns,
     clean_dead_runs,
     delete_stage,
+    delete_stage_later,
     list_runs,
     read_stages,
 )
@@ -204,6 +206,11 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
         progress.extra["stages_skipped"] = [describe_stage(s) for s in chain.skipped]
     if ctx.mode != "backup_only":
         await _load_chain(ctx, plan, chain, state, progress, streamed)
+    for stage in unloadable(chain.skipped, state, loaded=bool(progress.loaded)):
+        try:  # reported once: no later run reads it again
+            await delete_stage_later(ctx.s3, stage)
+        except S3ShiftError as exc:  # a cleanup: the table's result stands
+            log.warning("%s: could not delete the stage %s: %s", plan.table, stage.manifest_url, exc.message)
     return _success(ctx, plan, progress)
 
 

@@ -61,6 +61,7 @@ AUTO_MAX_PROCESSES: Final = 4
 DRAIN_TIMEOUT: Final = 60.0  # after a signal: how long the parent waits for the workers' rollbacks
 JOIN_GRACE: Final = 2.0  # how long the first tables wait for a worker that is still connecting
 REAP_TIMEOUT: Final = 5.0  # a worker whose socket closed has ended or is about to
+LANDED_TIMEOUT: Final = 15.0  # seconds the parent may spend asking what a dead worker's table committed
 _HEADER: Final = struct.Struct("!I")
 _PR_SET_PDEATHSIG: Final = 1
 _NEXT: Final = "next"
@@ -264,21 +265,28 @@ def fork_workers(count: int, serve: Callable[[Channel, int], Awaitable[None]]) -
     return Workers(procs) if procs else None
 
 
+# A table's latest state row when the run (this execution id) loaded it, else None: what a worker that
+# died before reporting the table committed of it.
+Landed = Callable[[str], Awaitable[StateRow | None]]
+
+
 async def serve_worker(
     worker: Worker,
     job: Job,
     dispenser: Dispenser,
     record: Callable[[TableResult], None],
+    landed: Landed,
 ) -> None:
     """The parent's side of one worker: send its job, answer its requests for tables, record its results;
-    when it ends without reporting a table it had taken, that table fails."""
+    when it ends without reporting a table it had taken, that table fails (saying what of it committed:
+    ``landed``)."""
     try:
         worker.channel = await Channel.open(worker.sock)
         await worker.channel.send(job)
         await _answer(worker, dispenser, record)
     except EOFError:
         dispenser.leave(worker.index)
-        await _lost(worker, job.plans, record)
+        await _lost(worker, job.plans, record, landed)
 
 
 async def drain(workers: Workers, dispenser: Dispenser, record: Callable[[TableResult], None]) -> None:
@@ -317,7 +325,9 @@ async def _answer(worker: Worker, dispenser: Dispenser, record: Callable[[TableR
             worker.unclean += message[1]
 
 
-async def _lost(worker: Worker, plans: Sequence[TablePlan], record: Callable[[TableResult], None]) -> None:
+async def _lost(
+    worker: Worker, plans: Sequence[TablePlan], record: Callable[[TableResult], None], landed: Landed
+) -> None:
     if not worker.taken:
         return
     worker.unclean += len(worker.taken)  # uploads it had open may be left: the next run aborts them
@@ -326,16 +336,39 @@ async def _lost(worker: Worker, plans: Sequence[TablePlan], record: Callable[[Ta
         _, code = await anyio.to_thread.run_sync(os.waitpid, worker.pid, 0)
         status = f"ended ({_exit_status(code)})"
     for index in sorted(worker.taken):
+        table = plans[index].table
+        outcome = await _outcome(table, landed)
         record(
             TableFailure(
-                table=plans[index].table,
+                table=table,
                 error_message=f"worker process {worker.index} (pid {worker.pid}) {status} before reporting "
-                "this table: a load it had not committed was rolled back by the warehouse; re-run the table",
+                f"this table: {outcome}",
                 failed_at=utc_now(),
                 extra={"phase": "worker", "retryable": True},
             )
         )
     worker.taken.clear()
+
+
+async def _outcome(table: str, landed: Landed) -> str:
+    """What became of the loads of ``table`` a dead worker ran: its COMMIT may have gone through just
+    before it died (the state log says so; a load it had not committed was rolled back with its
+    connection)."""
+    try:
+        with anyio.fail_after(LANDED_TIMEOUT, shield=True):
+            row = await landed(table)
+    except Exception as exc:
+        return (
+            f"whether a load of it committed could not be checked ({_one_line(exc)}) — see "
+            "s3shift watermark get, then re-run the table (a load that committed is not applied twice)"
+        )
+    if row is None:
+        return "a load it had not committed was rolled back by the warehouse; re-run the table"
+    where = f"watermark now {row.watermark}" if row.watermark else "a full snapshot"
+    return (
+        f"its load of stage {row.stage_id} committed first ({where}): the target holds it; a later load "
+        "of this run, if any, was rolled back — re-run the table (nothing is loaded twice)"
+    )
 
 
 def _exit_status(code: int) -> str:

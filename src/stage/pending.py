@@ -33,6 +33,7 @@ __all__ = [
     "bury_dead_runs",
     "clean_dead_runs",
     "delete_stage",
+    "delete_stage_later",
     "execution_time",
     "list_runs",
     "list_stages",
@@ -189,6 +190,25 @@ def _parse_time(value: object) -> datetime | None:
 async def delete_stage(s3: S3Stage, stage: StageResult) -> None:
     """Delete a stage: its manifest FIRST (so it is never seen half deleted), then its files, with the
     sidecar a v1 stage has (absent from later ones: S3 deletes an absent key without error)."""
+    keys = _stage_keys(s3, stage)
+    await s3.delete_keys([stage.manifest_key])
+    await s3.delete_keys(keys)
+    log.info("deleted the stage %s (%d files)", s3.url(stage.prefix), len(stage.files))
+
+
+async def delete_stage_later(s3: S3Stage, stage: StageResult) -> None:
+    """Queue a stage no run can load any more (``engine.pending.unloadable``) for deletion with the run's
+    other deletes (``S3Stage.delete_later``), its manifest first: left behind, it was read and reported
+    as skipped by every later run of the table."""
+    keys = _stage_keys(s3, stage)
+    for key in (stage.manifest_key, *keys):
+        await s3.delete_later(key)
+    log.info("deleting the stage %s, which no run can load any more", s3.url(stage.prefix))
+
+
+def _stage_keys(s3: S3Stage, stage: StageResult) -> list[str]:
+    """The keys of a stage but its manifest, all under its own prefix (else StageError: never delete
+    what a manifest names elsewhere)."""
     keys = [f.key for f in stage.files] + [f"{stage.prefix}{LEGACY_SIDECAR_NAME}"]
     outside = [k for k in [stage.manifest_key, *keys] if not k.startswith(stage.prefix) or k == stage.prefix]
     if not stage.prefix.strip("/") or outside:
@@ -197,6 +217,4 @@ async def delete_stage(s3: S3Stage, stage: StageResult) -> None:
             key=stage.manifest_key,
             retryable=False,
         )
-    await s3.delete_keys([stage.manifest_key])
-    await s3.delete_keys(keys)
-    log.info("deleted the stage %s (%d files)", s3.url(stage.prefix), len(stage.files))
+    return keys
