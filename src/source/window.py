@@ -40,7 +40,7 @@ from src.common.schema import Column, TableSchema
 from src.plan.models import Watermark, Window
 from src.source.extract import ExtractStats, drift_errors, extract_table, select_sql, with_filter
 from src.source.introspect import Catalog, SourceClock, describe_table, server_now
-from src.source.keyset import end_value, keyset_for, predicate, start_position, steady_position
+from src.source.keyset import Keyset, end_value, keyset_for, predicate, start_position, steady_position
 from src.source.mysql import SourceConnection, inline_args
 from src.source.pages import PageQuery, PageReader
 from src.source.text import ReadRules
@@ -371,15 +371,26 @@ async def estimate_rows(
         )
     if window.strategy == "full_sync":
         return await table_rows(conn, database, table, catalog)
+    rows = _window_rows(database, table, schema, window)
+    if rows is None:
+        return 0
+    keyset, condition, args = rows
+    condition = with_filter(condition, where, bound=bool(args)) or condition
+    cursor = ", ".join(quote_mysql(name) for name in keyset.names)  # covered by the cursor's index
+    return _estimate(await _explain(conn, f"SELECT {cursor} FROM {source} WHERE {condition}", args))
+
+
+def _window_rows(
+    database: str, table: str, schema: TableSchema, window: Window
+) -> tuple[Keyset, str, list[object]] | None:
+    """A watermark window's keyset and its predicate (``%s`` placeholders, and their arguments): the rows
+    ``(start, end]``, no NULL cursor. None: a window that holds nothing."""
     check_window(f"{database}.{table}", schema, window)
     keyset = keyset_for(schema, window)
     end = end_value(keyset, window)
     if end is None:
-        return 0
-    condition, args = predicate(keyset, start_position(keyset, window), end)
-    condition = with_filter(condition, where, bound=bool(args)) or condition
-    cursor = ", ".join(quote_mysql(name) for name in keyset.names)  # covered by the cursor's index
-    return _estimate(await _explain(conn, f"SELECT {cursor} FROM {source} WHERE {condition}", args))
+        return None
+    return keyset, *predicate(keyset, start_position(keyset, window), end)
 
 
 async def table_rows(
@@ -396,18 +407,14 @@ async def table_rows(
 
 
 def window_filter(database: str, table: str, schema: TableSchema, window: Window) -> str | None:
-    """The window's predicate (its rows: ``(start, end]`` in the cursor order, no NULL cursor) with its
-    values inlined as the driver sends them (``inline_args``), for connectorx's key ranges: the same
-    rows as its keyset pages, read in key order instead of the cursor's. None: full_sync, or a window that
+    """A timestamp window's predicate (``_window_rows``) with its values inlined as the driver sends them
+    (``inline_args``), for connectorx's key ranges: the same rows as its keyset pages, read in key order
+    instead of the cursor's. None: full_sync and id_only (the key ranges are the window), or a window that
     holds nothing."""
-    if window.strategy == "full_sync":
+    if window.strategy in ("full_sync", "id_only"):
         return None
-    check_window(f"{database}.{table}", schema, window)
-    keyset = keyset_for(schema, window)
-    end = end_value(keyset, window)
-    if end is None:
-        return None
-    return inline_args(*predicate(keyset, start_position(keyset, window), end))
+    rows = _window_rows(database, table, schema, window)
+    return None if rows is None else inline_args(rows[1], rows[2])
 
 
 async def explain_rows(conn: SourceConnection, sql: str, args: list[object]) -> int:
