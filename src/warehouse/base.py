@@ -505,8 +505,9 @@ async def _rekey_informational(
     drop = f"ALTER TABLE {spec.target_sql} DROP CONSTRAINT {d.ident(key.name)}"
     why = await _undeclarable(ex, spec, key, wanted) if wanted else None
     if why is None:
-        add = [f"ALTER TABLE {spec.target_sql} ADD PRIMARY KEY ({', '.join(d.ident(c) for c in wanted)})"]
-        await ex.execute(batch(drop, *(add if wanted else [])))
+        columns = ", ".join(d.ident(c) for c in wanted)
+        adds = [f"ALTER TABLE {spec.target_sql} ADD PRIMARY KEY ({columns})"] if wanted else []
+        await ex.execute(batch(drop, *adds))
         return (f"{_key_note(key, wanted)}: the source's key changed",)
     await ex.execute(drop)
     note = (

@@ -75,9 +75,6 @@ class PrimaryKey:
     not_null: frozenset[str] = frozenset()
 
 
-NO_KEY = PrimaryKey()
-
-
 def shape_sql(dialect: Dialect) -> str:
     return PG_SHAPE_SQL if dialect.name == "postgres" else RS_SHAPE_SQL
 
