@@ -157,7 +157,7 @@ def assert_tables_equal(
     table: str,
     schema: str,
     target: str,
-    key: str,
+    key: str | tuple[str, ...],
     *,
     json_cols: tuple[str, ...] = (),
     float32_cols: tuple[str, ...] = (),
@@ -174,9 +174,11 @@ def assert_tables_equal(
         )
     ]
     items = ", ".join(f"`{c}` * 1e0" if c in float32_cols else f"`{c}`" for c in cols)
-    src = mysql_rows(database, f"SELECT {items} FROM `{table}` ORDER BY `{key}`")
+    keys = (key,) if isinstance(key, str) else key
+    src = mysql_rows(database, f"SELECT {items} FROM `{table}` ORDER BY {', '.join(f'`{k}`' for k in keys)}")
     collist = ", ".join(f'"{c}"' for c in cols)
-    dst = pg_fetch(f'SELECT {collist} FROM "{schema}"."{target}" ORDER BY "{key}"')
+    order = ", ".join(f'"{k}"' for k in keys)
+    dst = pg_fetch(f'SELECT {collist} FROM "{schema}"."{target}" ORDER BY {order}')
     assert len(src) == len(dst), f"{table}: {len(src)} source rows, {len(dst)} target rows"
     for srow, record in zip(src, dst, strict=True):
         drow = tuple(record)

@@ -424,6 +424,7 @@ async def test_blockers_name_the_column(source_conn: SourceConn, mysql_db: str) 
         "CREATE TABLE t_time (id INT PRIMARY KEY, tm TIME)",
         "CREATE TABLE t_geo (id INT PRIMARY KEY, g POINT)",
         "CREATE TABLE t_pair (a INT, b INT, PRIMARY KEY (a, b))",
+        "CREATE TABLE t_text_pair (k VARCHAR(10), b INT, PRIMARY KEY (k, b))",
         "CREATE TABLE t_text_key (k VARCHAR(10) PRIMARY KEY)",
         "CREATE TABLE t_none (a INT)",
         "CREATE TABLE t_ok (id INT UNSIGNED PRIMARY KEY, d DECIMAL(18,0), e DECIMAL(28,10), "
@@ -432,8 +433,8 @@ async def test_blockers_name_the_column(source_conn: SourceConn, mysql_db: str) 
     expected = {
         "t_time": "column 'tm': time",
         "t_geo": "column 'g': point",
-        "t_pair": "the primary key is not a single integer column",
-        "t_text_key": "the primary key is not a single integer column",
+        "t_text_pair": "the primary key's first column is not an integer",
+        "t_text_key": "the primary key's first column is not an integer",
         "t_none": "the table has no primary key to split into key ranges",
     }
     async with MySQLSource(source_conn) as source, source.connection() as conn:
@@ -441,6 +442,7 @@ async def test_blockers_name_the_column(source_conn: SourceConn, mysql_db: str) 
             schema: TableSchema = await describe_table(conn, mysql_db, table)
             assert reason in (blocker(schema) or ""), table
         assert blocker(await describe_table(conn, mysql_db, "t_ok")) is None
+        assert blocker(await describe_table(conn, mysql_db, "t_pair")) is None  # split on a
 
 
 def test_split_plans_spans_from_the_row_estimate() -> None:

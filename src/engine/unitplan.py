@@ -21,7 +21,7 @@ from src.plan.planner import TablePlan, read_window
 from src.report.models import iso, new_execution_id, utc_now
 from src.source.fastpath import key_layout, key_window, split_window
 from src.source.mysql import SourceConnection
-from src.source.ranges import KeyRange, range_key
+from src.source.ranges import KeyRange, split_key
 from src.source.window import estimate_rows, source_now
 from src.warehouse.redshift import RedshiftConnect
 
@@ -107,7 +107,7 @@ async def _ranges(
     db, name = plan.database, plan.source_table
     estimate = await estimate_rows(conn, db, name, schema, reading, where=plan.where, catalog=ctx.catalog)
     keys = fast_window(ctx, schema, reading)
-    key = range_key(schema)
+    key = split_key(schema)
     if isinstance(keys, str) or key is None or await too_few_rows(ctx, conn, plan, schema, reading, estimate):
         return [], estimate
     window = key_window(*keys)

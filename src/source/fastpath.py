@@ -23,7 +23,10 @@ The asyncmy path (``src.source.extract``) stays canonical: this one must give th
 - any error of connectorx on a range (and a flagged batch) hands the rest of that range, after the last
   key already sent, to the canonical path on the table's own connection; but a lock wait that timed out
   (MySQL error 1205) fails the table, retryable, as on the canonical path, which would wait as long
-  again. Rows are read in key order, so nothing is read twice or skipped;
+  again. Rows are read in key order, so nothing is read twice or skipped. A composite key's range (split
+  on its first column, whose values repeat) is converted whole before any of it is sent, so a handover
+  takes the whole range: its rest could not start inside one value of that column. A range holding
+  more than twice ``range_rows`` under one such value is streamed by the canonical path;
 - a login refused mid-run (the password changed, max_connections reached: connectorx reports it only
   after retrying it for 30 s) ends connectorx for the run (``refuse``): the reads waiting for a login are
   given up and every range left, of this table and of every later one, is read by the canonical path,
@@ -72,7 +75,7 @@ from src.config.models import SourceConn
 from src.source.convert import Coercions, numbers_to_bool
 from src.source.extract import ExtractStats, stream_query, with_filter
 from src.source.mysql import MySQLSource, SourceConnection, session_sql, source_error
-from src.source.ranges import KeyRange, key_bounds, range_key, row_bytes, split
+from src.source.ranges import KeyRange, key_bounds, row_bytes, split, split_key
 from src.source.text import ReadRules, text_rules
 from src.source.typemap import data_type_of
 from src.source.window import explain_rows
@@ -140,10 +143,10 @@ def blocker(schema: TableSchema) -> str | None:
     """Why the table cannot take the fast path (None: it can)."""
     if connectorx is None:
         return "connectorx is not installed on this platform"
-    if range_key(schema) is None:
+    if split_key(schema) is None:
         if not schema.primary_key:
             return "the table has no primary key to split into key ranges"
-        return "the primary key is not a single integer column"
+        return "the primary key's first column is not an integer"
     for column in schema.columns:
         if reason := column_blocker(column):
             return f"column {column.name!r}: {reason}"
@@ -190,10 +193,9 @@ def fast_select(database: str, table: str, schema: TableSchema, where: str, guar
     if guarded:
         bits = [f"ISNULL({quote_mysql(n)}) << {i}" for i, n in enumerate(_nullable_dates(schema))]
         items.append(" | ".join(bits) if bits else "0")
-    key = range_key(schema)
-    assert key is not None
+    order = ", ".join(quote_mysql(k) for k in schema.primary_key)  # InnoDB's own order: no sort
     source = qualify_mysql(database, table)
-    return f"SELECT {', '.join(items)} FROM {source} WHERE {where} ORDER BY {quote_mysql(key.name)}"
+    return f"SELECT {', '.join(items)} FROM {source} WHERE {where} ORDER BY {order}"
 
 
 def _as_text(column: Column) -> bool:
@@ -292,9 +294,14 @@ class FastRead:
 
     @property
     def key(self) -> Column:
-        key = range_key(self.schema)
+        key = split_key(self.schema)
         assert key is not None
         return key
+
+    @property
+    def unique(self) -> bool:
+        """The range column is the whole key: one row per value (else the first of a composite key)."""
+        return len(self.schema.primary_key) == 1
 
     @property
     def window(self) -> KeyRange:
@@ -339,10 +346,16 @@ class FastRead:
                 await self._canonical(part)
                 continue
             halves = part.halves(*self._bounds)
-            # An integer key holds at most one row per value: only a wide span can be too big.
+            # An integer key holds at most one row per value: only a wide span can be too big. The first
+            # column of a composite key can hold any number: each of its ranges is estimated.
             wide = halves is not None and part.span(*self._bounds) > 2 * self.range_rows
-            if halves and wide and await self._estimate_range(part) > 2 * self.range_rows:
-                self._queue.extendleft(reversed(halves))
+            if (wide or not self.unique) and (rows := await self._estimate_range(part)) > 2 * self.range_rows:
+                if halves:
+                    self._queue.extendleft(reversed(halves))
+                    continue
+                # one value of the key's first column, too many rows for a worker to hold: streamed
+                self.fallbacks.append(f"about {rows} rows share one key value ({part}): streamed")
+                await self._canonical(part)
                 continue
             await self._read(url, part)
 
@@ -369,18 +382,20 @@ class FastRead:
         try:
             with anyio.fail_after(self.source.cfg.read_timeout):  # a hung server: hand the range over
                 fetched = await self._fetch_range(url, sql)
+            held: list[tuple[pa.RecordBatch, Coercions]] = []
             for raw in fetched.to_batches(max_chunksize=self.batch_size):
                 batch, coerced = await anyio.to_thread.run_sync(
                     to_planned, raw, self.schema, self.rules, guarded, limiter=self.cpu_limiter
                 )
                 if batch is None:
                     raise _Handover("a zero or invalid date")
-                if batch.num_rows:
-                    self.stats.add(coerced)
-                    self.stats.rows += batch.num_rows
-                    self.stats.batches += 1
-                    await self.send.send(batch)
+                if not self.unique:  # the rest of a range cannot start inside one key value: the whole
+                    held.append((batch, coerced))  # range is converted before any of it is sent
+                elif batch.num_rows:
+                    await self._send(batch, coerced)
                     last = int(batch.column(key_index)[-1].as_py())  # BIGINT UNSIGNED: a Decimal
+            for batch, coerced in held:
+                await self._send(batch, coerced)
         except (S3ShiftError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             raise  # a policy of the table refused a value (so would the canonical path), or the stage failed
         except BaseException as exc:  # connectorx raises PanicException, a BaseException
@@ -402,6 +417,13 @@ class FastRead:
             log.debug("%s: range %s handed to the asyncmy path: %s", self.rules.ref, part, reason)
             self.fallbacks.append(reason)
             await self._canonical(part if last is None else part.after(last))
+
+    async def _send(self, batch: pa.RecordBatch, coerced: Coercions) -> None:
+        if batch.num_rows:
+            self.stats.add(coerced)
+            self.stats.rows += batch.num_rows
+            self.stats.batches += 1
+            await self.send.send(batch)
 
     async def _fetch_range(self, url: str, sql: str) -> pa.Table:
         """One range through connectorx, given up (``_Handover``) when a login of the run is refused."""

@@ -1,12 +1,14 @@
 """Primary-key ranges of a table, for reading it in parallel (pure planning plus two cheap queries).
 
-A table qualifies when its primary key is one integer column. The first plan splits ``[MIN, MAX]`` of the
-key into equal spans, as many as the table's estimated rows call for (``range_rows`` each, at least one per
-worker when the table is big enough to share). Keys are rarely uniform, so a reader checks each span
-before reading it: when the optimizer's estimate of the span's rows (EXPLAIN, answered by index dives on
-the key) is over twice ``range_rows``, the span is halved and both halves go back to the queue. A dense
-cluster of keys is thus split until its pieces are small, and a sparse key space never yields more spans
-than the row estimate asked for.
+A table qualifies when its primary key's first column is an integer (``split_key``): the key itself, or
+the first of a composite key such as ``(order_id, line_no)``, whose ranges tile the table as well, since
+every row has one value of it. The first plan splits ``[MIN, MAX]`` of that column into equal spans, as
+many as the table's estimated rows call for (``range_rows`` each, at least one per worker when the table
+is big enough to share). Keys are rarely uniform, so a reader checks each span before reading it: when
+the optimizer's estimate of the span's rows (EXPLAIN, answered by index dives on the key) is over twice
+``range_rows``, the span is halved and both halves go back to the queue. A dense cluster of keys is thus
+split until its pieces are small, and a sparse key space never yields more spans than the row estimate
+asked for.
 
 The first span is open below and the last open above, so a row inserted outside ``[MIN, MAX]`` while the
 table is read is not lost to the plan (it is read when its span is). Every bound is an ``int``.
@@ -65,9 +67,15 @@ class KeyRange:
 
 
 def range_key(schema: TableSchema) -> Column | None:
-    """The single integer primary-key column ranges split on (BIGINT UNSIGNED, planned as decimal(20,0),
-    included: Laravel's and many ORMs' default key), or None."""
-    if len(schema.primary_key) != 1:
+    """The single integer primary-key column (BIGINT UNSIGNED, planned as decimal(20,0), included:
+    Laravel's and many ORMs' default key), or None: an id_only window's keys, one row per value."""
+    return split_key(schema) if len(schema.primary_key) == 1 else None
+
+
+def split_key(schema: TableSchema) -> Column | None:
+    """The integer primary-key column ranges split on: the key's only or first column, or None. A
+    composite key's first column may repeat (``FastRead`` estimates its ranges before reading them)."""
+    if not schema.primary_key:
         return None
     column = schema.column(schema.primary_key[0])
     if column.logical in KEY_LOGICAL or (column.logical == "decimal" and data_type_of(column) == "bigint"):
