@@ -26,7 +26,8 @@ The asyncmy path (``src.source.extract``) stays canonical: this one must give th
   again. Rows are read in key order, so nothing is read twice or skipped. A composite key's range (split
   on its first column, whose values repeat) is converted whole before any of it is sent, so a handover
   takes the whole range: its rest could not start inside one value of that column. A range holding
-  more than twice ``range_rows`` under one such value is streamed by the canonical path;
+  more than twice ``range_rows`` under one such value is read by ranges of the key's next column when
+  that is an integer too (``_split_value``), else streamed by the canonical path;
 - a login refused mid-run (the password changed, max_connections reached: connectorx reports it only
   after retrying it for 30 s) ends connectorx for the run (``refuse``): the reads waiting for a login are
   given up and every range left, of this table and of every later one, is read by the canonical path,
@@ -52,7 +53,7 @@ import contextlib
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote
@@ -75,7 +76,7 @@ from src.config.models import SourceConn
 from src.source.convert import Coercions, numbers_to_bool
 from src.source.extract import ExtractStats, stream_query, with_filter
 from src.source.mysql import MySQLSource, SourceConnection, session_sql, source_error
-from src.source.ranges import KeyRange, key_bounds, row_bytes, split, split_key
+from src.source.ranges import KeyRange, integer_key, key_bounds, row_bytes, split, split_key
 from src.source.text import ReadRules, text_rules
 from src.source.typemap import data_type_of
 from src.source.window import explain_rows
@@ -265,6 +266,21 @@ def to_planned(
     return pa.RecordBatch.from_arrays(arrays, schema=schema.arrow_schema()), coerced
 
 
+@dataclass(frozen=True)
+class _Part:
+    """A range of one key column (``keys``) within ``fixed``, the values held by the key's columns before
+    it (none: a range of the first column); ``bounds``: that column's lowest and highest value there,
+    which stand in for an open side."""
+
+    keys: KeyRange
+    bounds: tuple[int, int]
+    fixed: tuple[int, ...] = ()
+
+    def __str__(self) -> str:
+        inside = "".join(f"{v}, " for v in self.fixed)
+        return f"[{inside}{self.keys.low}, {self.keys.high})"
+
+
 @dataclass
 class FastRead:
     """One table's fast read: what to read, how to convert it, and where the rows go."""
@@ -287,9 +303,8 @@ class FastRead:
     ranges: tuple[KeyRange, ...] = ()  # the ranges to read, planned before (a unit of a plan); (): plan them
     blocked: str = ""  # why connectorx must not read them (planned ranges only): the asyncmy path reads each
     fallbacks: list[str] = field(default_factory=list)
-    _queue: collections.deque[KeyRange] = field(default_factory=collections.deque)
+    _queue: collections.deque[_Part] = field(default_factory=collections.deque)
     _lock: anyio.Lock = field(default_factory=anyio.Lock)
-    _bounds: tuple[int, int] = (0, 0)
     _guarded: bool = False  # dates through the guard (``fast_select``): since a range panicked on one
 
     @property
@@ -298,10 +313,19 @@ class FastRead:
         assert key is not None
         return key
 
-    @property
-    def unique(self) -> bool:
-        """The range column is the whole key: one row per value (else the first of a composite key)."""
-        return len(self.schema.primary_key) == 1
+    def _column(self, part: _Part) -> str:
+        """The key column ``part`` is a range of."""
+        return self.schema.primary_key[len(part.fixed)]
+
+    def _unique(self, part: _Part) -> bool:
+        """``part``'s column ends the key: one row per value (else a value may hold many)."""
+        return len(part.fixed) + 1 == len(self.schema.primary_key)
+
+    def _condition(self, part: _Part) -> str:
+        """SQL text of ``part`` (its values are ints we read or computed, formatted as literals)."""
+        key = self.schema.primary_key
+        held = [f"{quote_mysql(c)} = {int(v)}" for c, v in zip(key, part.fixed, strict=False)]
+        return " AND ".join([*held, part.keys.condition(self._column(part))])
 
     @property
     def window(self) -> KeyRange:
@@ -317,9 +341,9 @@ class FastRead:
         if layout is None:
             self.stats.path = {"path": "connectorx", "ranges": 0}
             return
-        self._bounds, self.range_rows = (layout.low, layout.high), layout.range_rows
+        self.range_rows = layout.range_rows
         ranges = self.ranges or split_window(layout, window, estimated_rows, self.workers)
-        self._queue.extend(ranges)
+        self._queue.extend(_Part(r, (layout.low, layout.high)) for r in ranges)
         planned = len(self._queue)
         refused = self.blocked or await connectorx_refused(self.source, self.database)
         async with self.source.reserve(0 if refused else self.workers) as workers:
@@ -327,7 +351,7 @@ class FastRead:
                 reason = refused or "no free connection in the source's budget for connectorx"
                 self.stats.path = {"path": "asyncmy", "reason": reason}
                 for part in ranges if self.ranges else (window,):
-                    await self._canonical(part)
+                    await self._canonical(_Part(part, (layout.low, layout.high)))
                 return
             async with anyio.create_task_group() as tg:
                 for _ in range(workers):
@@ -345,27 +369,49 @@ class FastRead:
             if self.source.connectorx_error:  # refused meanwhile (``refuse``): asyncmy reads the rest
                 await self._canonical(part)
                 continue
-            halves = part.halves(*self._bounds)
-            # An integer key holds at most one row per value: only a wide span can be too big. The first
-            # column of a composite key can hold any number: each of its ranges is estimated.
-            wide = halves is not None and part.span(*self._bounds) > 2 * self.range_rows
-            if (wide or not self.unique) and (rows := await self._estimate_range(part)) > 2 * self.range_rows:
+            halves = part.keys.halves(*part.bounds)
+            # An integer key holds at most one row per value: only a wide span can be too big. A column
+            # of a composite key before its last can hold any number: each of its ranges is estimated.
+            wide = halves is not None and part.keys.span(*part.bounds) > 2 * self.range_rows
+            unique = self._unique(part)
+            if (wide or not unique) and (rows := await self._estimate_range(part)) > 2 * self.range_rows:
                 if halves:
-                    self._queue.extendleft(reversed(halves))
+                    self._queue.extendleft(replace(part, keys=half) for half in reversed(halves))
                     continue
-                # one value of the key's first column, too many rows for a worker to hold: streamed
-                self.fallbacks.append(f"about {rows} rows share one key value ({part}): streamed")
-                await self._canonical(part)
+                if inner := await self._split_value(part, rows):  # one value: ranges of the next column
+                    self._queue.extendleft(reversed(inner))
+                    continue
+                self.fallbacks.append(f"about {rows} rows share one key value {part}: streamed")
+                await self._canonical(part)  # too many rows for a worker to hold
                 continue
             await self._read(url, part)
 
-    async def _estimate_range(self, part: KeyRange) -> int:
+    async def _estimate_range(self, part: _Part) -> int:
         source = qualify_mysql(self.database, self.table)
-        sql = f"SELECT {quote_mysql(self.key.name)} FROM {source} WHERE {part.condition(self.key.name)}"
+        sql = f"SELECT {quote_mysql(self._column(part))} FROM {source} WHERE {self._condition(part)}"
         async with self._lock:
             return await explain_rows(self.conn, sql, [])
 
-    async def _read(self, url: str, part: KeyRange) -> None:
+    async def _split_value(self, part: _Part, rows: int) -> list[_Part]:
+        """The ranges of the key's next column that read ``part``, a range of a single value holding
+        ``rows`` (estimated); none when that column is not an integer (or the value holds no row)."""
+        key = self.schema.primary_key
+        depth = len(part.fixed) + 1
+        if depth >= len(key) or not integer_key(self.schema.column(key[depth])):
+            return []
+        value = part.bounds[0] if part.keys.low is None else part.keys.low
+        inner = _Part(KeyRange(None, None), (0, 0), (*part.fixed, value))
+        column, source = quote_mysql(key[depth]), qualify_mysql(self.database, self.table)
+        sql = f"SELECT MIN({column}), MAX({column}) FROM {source} WHERE {self._condition(inner)}"
+        async with self._lock:
+            found = await self.conn.fetchall(sql)
+        if not found or found[0][0] is None:
+            return []
+        bounds = (int(found[0][0]), int(found[0][1]))
+        ranges = split(*bounds, rows, self.range_rows, self.workers)
+        return [replace(inner, keys=r, bounds=bounds) for r in ranges]
+
+    async def _read(self, url: str, part: _Part) -> None:
         try:
             await self._read_range(url, part)
         finally:  # connectorx allocates each range's Arrow buffers with the C allocator, from a new
@@ -373,10 +419,11 @@ class FastRead:
             # ranges) peak RSS crept from 215 to 255 MB over the read; 210-240 MB with this (measured)
             release_freed_memory()
 
-    async def _read_range(self, url: str, part: KeyRange) -> None:
+    async def _read_range(self, url: str, part: _Part) -> None:
         last: int | None = None
-        key_index = self.schema.names.index(self.key.name)
-        where = with_filter(part.condition(self.key.name), self.where, bound=False) or ""
+        key_index = self.schema.names.index(self._column(part))
+        unique = self._unique(part)
+        where = with_filter(self._condition(part), self.where, bound=False) or ""
         guarded = self._guarded
         sql = fast_select(self.database, self.table, self.schema, where, guarded)
         try:
@@ -389,7 +436,7 @@ class FastRead:
                 )
                 if batch is None:
                     raise _Handover("a zero or invalid date")
-                if not self.unique:  # the rest of a range cannot start inside one key value: the whole
+                if not unique:  # the rest of a range cannot start inside one key value: the whole
                     held.append((batch, coerced))  # range is converted before any of it is sent
                 elif batch.num_rows:
                     await self._send(batch, coerced)
@@ -410,13 +457,13 @@ class FastRead:
             if not guarded and type(exc).__name__ == "PanicException":  # a zero or invalid date, most likely
                 log.debug("%s: dates read through the guard from %s on: %s", self.rules.ref, part, reason)
                 self._guarded = True
-                await self._read_range(url, part if last is None else part.after(last))
+                await self._read_range(url, part if last is None else self._after(part, last))
                 return
             if _NO_CONNECTION in text or (refusal and int(refusal[1]) in _LOGIN_REFUSED):
                 reason = refuse(self.source, exc)
             log.debug("%s: range %s handed to the asyncmy path: %s", self.rules.ref, part, reason)
             self.fallbacks.append(reason)
-            await self._canonical(part if last is None else part.after(last))
+            await self._canonical(part if last is None else self._after(part, last))
 
     async def _send(self, batch: pa.RecordBatch, coerced: Coercions) -> None:
         if batch.num_rows:
@@ -435,8 +482,13 @@ class FastRead:
                 self.source.connectorx_reads.discard(scope)
         raise _Handover(f"given up: {self.source.connectorx_error}")
 
-    async def _canonical(self, part: KeyRange) -> None:
-        condition = with_filter(part.condition(self.key.name), self.where, bound=False)
+    @staticmethod
+    def _after(part: _Part, last: int) -> _Part:
+        """The rest of ``part`` after ``last``, the last value of its column read."""
+        return replace(part, keys=part.keys.after(last))
+
+    async def _canonical(self, part: _Part) -> None:
+        condition = with_filter(self._condition(part), self.where, bound=False)
         async with self._lock:
             await stream_query(
                 self.conn,

@@ -78,9 +78,12 @@ def split_key(schema: TableSchema) -> Column | None:
     if not schema.primary_key:
         return None
     column = schema.column(schema.primary_key[0])
-    if column.logical in KEY_LOGICAL or (column.logical == "decimal" and data_type_of(column) == "bigint"):
-        return column
-    return None
+    return column if integer_key(column) else None
+
+
+def integer_key(column: Column) -> bool:
+    """A key column whose values are Python ints (BIGINT UNSIGNED is planned as decimal(20,0))."""
+    return column.logical in KEY_LOGICAL or (column.logical == "decimal" and data_type_of(column) == "bigint")
 
 
 def split(lowest: int, highest: int, estimated_rows: int, range_rows: int, workers: int) -> list[KeyRange]:
