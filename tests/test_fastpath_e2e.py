@@ -289,3 +289,60 @@ def test_composite_key_through_ranges_of_its_first_column(
         assert_tables_equal(mysql_db, "order_lines", pg_schema, "order_lines", ("order_id", "line_no"))
         == 3300
     )
+
+
+CODES = """CREATE TABLE codes (
+  code VARCHAR(20) NOT NULL, n INT NOT NULL, d DATETIME(6) NULL, amount DECIMAL(30,12) NOT NULL,
+  note VARCHAR(40) NULL, PRIMARY KEY (COLS)) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"""
+# codes that sort by the collation, not by their bytes ('É' before 'z', 'B' before 'o'), a % and a quote
+CODES_FILL = """INSERT INTO codes
+  SELECT CONCAT(ELT(1 + seq % 5, 'a%', 'o''', 'É', 'z', 'B'), LPAD(seq DIV 2, 5, '0')),
+  seq % 2, '2024-01-01' + INTERVAL seq MINUTE, seq / 7, IF(seq % 9 = 0, 'skip %', CONCAT('n ', seq))
+  FROM seq_0_to_2999"""
+
+
+@pytest.mark.parametrize(
+    ("strategy", "key"), [("full_sync", "code"), ("full_sync", "code, n"), ("timestamp_only", "code")]
+)
+def test_text_key_through_one_stream_in_key_order(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+    strategy: str,
+    key: str,
+) -> None:
+    """A key whose first column is text is read by one connectorx stream in key order. A zero date part
+    way makes connectorx fail after batches were sent: the canonical path reads the rest after the last
+    key sent (a bound position, beside a row filter holding a %), every row once, value by value."""
+    mysql_exec(
+        mysql_db,
+        CODES.replace("COLS", key),
+        CODES_FILL,
+        "SET SESSION sql_mode = ''",
+        "UPDATE codes SET d = '0000-00-00' WHERE code = 'o''00500'",  # the 4th fifth in key order
+        "ANALYZE TABLE codes",
+    )
+    table = f"{mysql_db}.codes"
+    spec = {"cdc_strategy": strategy, "lag_seconds": "0", "where": "note NOT LIKE '%skip%'"}
+    if strategy != "full_sync":
+        spec["cdc_timestamp_column"] = "d"
+    cfg = config(tmp_path, source_conn, pg_target, s3_conn, {table: spec}, batch_size=100)
+    plan, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table, "--dry-run")
+    assert proc.returncode == 0, plan
+    assert plan["tables"][table]["extract_path"] == "connectorx: one stream in primary-key order"
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table)
+    assert proc.returncode == 0, doc
+    result = doc["table_results"][table]
+    extract = result["extract"]
+    assert extract["path"] == "connectorx" and extract["stream"] == "key order", extract
+    assert [f.split(":")[0] for f in extract["fallbacks"]] == ["PanicException"], extract
+    expected = "SELECT code, n, IF(d = 0, NULL, d) AS d, amount, note FROM codes WHERE note NOT LIKE '%skip%'"
+    assert result["coercions"] == {"d": {"zero_date_to_null": 1}}  # a first window holds it too
+    mysql_exec(mysql_db, f"CREATE VIEW expected AS {expected}")
+    rows = mysql_rows(mysql_db, "SELECT COUNT(*) FROM expected")[0][0]
+    assert result["rows_processed"] == rows > 2000
+    keys = tuple(k.strip() for k in key.split(","))
+    assert assert_tables_equal(mysql_db, "expected", pg_schema, "codes", keys) == rows

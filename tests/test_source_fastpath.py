@@ -425,6 +425,7 @@ async def test_blockers_name_the_column(source_conn: SourceConn, mysql_db: str) 
         "CREATE TABLE t_geo (id INT PRIMARY KEY, g POINT)",
         "CREATE TABLE t_pair (a INT, b INT, PRIMARY KEY (a, b))",
         "CREATE TABLE t_text_pair (k VARCHAR(10), b INT, PRIMARY KEY (k, b))",
+        "CREATE TABLE t_enum_key (k ENUM('z', 'a'), b INT, PRIMARY KEY (k, b))",
         "CREATE TABLE t_text_key (k VARCHAR(10) PRIMARY KEY)",
         "CREATE TABLE t_none (a INT)",
         "CREATE TABLE t_ok (id INT UNSIGNED PRIMARY KEY, d DECIMAL(18,0), e DECIMAL(28,10), "
@@ -433,9 +434,8 @@ async def test_blockers_name_the_column(source_conn: SourceConn, mysql_db: str) 
     expected = {
         "t_time": "column 'tm': time",
         "t_geo": "column 'g': point",
-        "t_text_pair": "the primary key's first column is not an integer",
-        "t_text_key": "the primary key's first column is not an integer",
-        "t_none": "the table has no primary key to split into key ranges",
+        "t_enum_key": "the primary key holds an ENUM or SET",
+        "t_none": "the table has no primary key (or a nullable configured one) to read in key order",
     }
     async with MySQLSource(source_conn) as source, source.connection() as conn:
         for table, reason in expected.items():
@@ -443,6 +443,8 @@ async def test_blockers_name_the_column(source_conn: SourceConn, mysql_db: str) 
             assert reason in (blocker(schema) or ""), table
         assert blocker(await describe_table(conn, mysql_db, "t_ok")) is None
         assert blocker(await describe_table(conn, mysql_db, "t_pair")) is None  # split on a
+        for streamed in ("t_text_key", "t_text_pair"):  # one stream in key order
+            assert blocker(await describe_table(conn, mysql_db, streamed)) is None
 
 
 def test_split_plans_spans_from_the_row_estimate() -> None:

@@ -510,3 +510,26 @@ def test_a_sync_unit_whose_window_holds_no_row_leaves_nothing_in_s3(
     assert staged() == before, [k for k in staged() if k not in before]
     assert "manifest" not in result and result["rows_loaded"] == 0
     assert _state_rows(pg_schema) == states
+
+
+def test_an_extract_unit_of_a_table_whose_key_has_no_integer_first_column_is_refused(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
+) -> None:
+    """Such a table is planned as one sync unit (its key cannot be split); an extract unit of key ranges
+    made of it by hand is refused before it reads a row, not read as the whole table."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE codes (code VARCHAR(8) PRIMARY KEY, n INT)",
+        "INSERT INTO codes VALUES ('a', 1)",
+    )
+    table = f"{mysql_db}.codes"
+    cfg = write_config(
+        tmp_path / "config", source_conn, pg_target, s3_conn, {table: {"cdc_strategy": "full_sync"}}
+    )
+    (unit,) = _plan(cfg, table)["units"]
+    assert unit["kind"] == "sync"
+    edited = {**unit, "kind": "extract", "id": f"{table}:extract-0000", "ranges": [[None, None]]}
+    doc, code = _run(cfg, edited)
+    assert code == 1, doc
+    assert "has no integer first column to split" in _result(doc)["error_message"], doc
+    assert not [k for k in _objects(s3_conn) if "/_plans/" in k and k.endswith(".parquet")]

@@ -22,7 +22,7 @@ from src.source.fastpath import FastRead
 from src.source.fastpath import blocker as fast_blocker
 from src.source.introspect import Catalog, describe_table
 from src.source.mysql import SourceConnection
-from src.source.ranges import KeyRange, range_key, split_key
+from src.source.ranges import KeyRange, range_key
 from src.source.text import ReadRules
 from src.source.window import (
     check_window,
@@ -166,8 +166,6 @@ def fast_window(ctx: RunContext, schema: TableSchema, win: Window) -> tuple[int 
             return "the window is empty"
         return fast_blocker(schema) or ((win.start.id if win.start else None), win.end.id)
     if win.strategy != "full_sync":
-        if split_key(schema) is None:
-            return f"key ranges of a {win.strategy} window need an integer first primary-key column"
         try:  # its predicate goes into connectorx's SQL, which binds nothing: integers and dates only
             window_filter("", "", schema, win)
         except TypeError:

@@ -27,7 +27,7 @@ from src.report.models import TableResult, TableSuccess, utc_now
 from src.source.extract import ExtractStats
 from src.source.fastpath import key_window
 from src.source.mysql import SourceConnection
-from src.source.ranges import KeyRange
+from src.source.ranges import KeyRange, split_key
 from src.source.window import check_window, upper_bound
 from src.stage.manifest import MANIFEST_NAME, build_manifest, stage_from_manifest, stage_result
 from src.stage.models import StageResult
@@ -120,6 +120,8 @@ async def _extract(ctx: RunContext, plan: TablePlan, unit: Unit, progress: _Prog
         if cursor != (unit.window.ts_column, unit.window.id_column):
             raise stale_plan(unit, f"the cursor columns of {plan.table} are {cursor} now in the pipeline")
         check_window(plan.table, schema, unit.window)
+        if unit.ranges and split_key(schema) is None:  # a key changed since, or a unit edited by hand
+            raise stale_plan(unit, f"the primary key of {plan.table} has no integer first column to split")
         await _check_end(conn, plan, schema, unit)
         meta = stage_meta(ctx, plan, schema, resolved, unit.window, parse_ts(unit.extracted_at))
         meta["unit"] = unit.id

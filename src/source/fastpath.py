@@ -67,14 +67,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from src.common.errors import S3ShiftError
+from src.common.keyorder import after_position
 from src.common.log import get_logger
 from src.common.memory import release_freed_memory
-from src.common.naming import qualify_mysql, quote_mysql
+from src.common.naming import escape_percent, qualify_mysql, quote_mysql
 from src.common.schema import Column, TableSchema
 from src.common.secret import Secret, scrub
 from src.config.models import SourceConn
 from src.source.convert import Coercions, numbers_to_bool
 from src.source.extract import ExtractStats, stream_query, with_filter
+from src.source.keyset import member_ordered, unique_key
 from src.source.mysql import MySQLSource, SourceConnection, session_sql, source_error
 from src.source.ranges import KeyRange, integer_key, key_bounds, row_bytes, split, split_key
 from src.source.text import ReadRules, text_rules
@@ -141,17 +143,26 @@ def column_blocker(column: Column) -> str | None:
 
 
 def blocker(schema: TableSchema) -> str | None:
-    """Why the table cannot take the fast path (None: it can)."""
+    """Why the table cannot take the fast path (None: it can): key ranges when its key's first column is
+    an integer, else one stream in key order (``streamed``)."""
     if connectorx is None:
         return "connectorx is not installed on this platform"
     if split_key(schema) is None:
-        if not schema.primary_key:
-            return "the table has no primary key to split into key ranges"
-        return "the primary key's first column is not an integer"
+        key = unique_key(schema)
+        if key is None:
+            return "the table has no primary key (or a nullable configured one) to read in key order"
+        if any(member_ordered(c) for c in key):
+            return "the primary key holds an ENUM or SET, whose order its values do not compare in"
     for column in schema.columns:
         if reason := column_blocker(column):
             return f"column {column.name!r}: {reason}"
     return None
+
+
+def streamed(schema: TableSchema) -> bool:
+    """The fast path reads the table in one stream ordered by its key, not in key ranges: the key's first
+    column is no integer (a UUID, a code, a ``(code, n)`` key)."""
+    return split_key(schema) is None
 
 
 def connection_url(cfg: SourceConn, database: str, *, tls: bool | None) -> str:
@@ -334,6 +345,9 @@ class FastRead:
 
     async def run(self, estimated_rows: int) -> None:
         """Read every range into ``send`` (left open), with at most ``workers`` connectorx connections."""
+        if streamed(self.schema):
+            await self._stream()
+            return
         window = self.window
         layout = await key_layout(
             self.conn, self.database, self.table, self.key.name, window, self.range_rows
@@ -361,6 +375,114 @@ class FastRead:
             self.stats.path["guarded_dates"] = True
         if self.fallbacks:
             self.stats.path["fallbacks"] = self.fallbacks[:10]
+
+    async def _stream(self) -> None:
+        """The window in one connectorx stream ordered by the key, on one connection (its first column is
+        no integer to split on). What a failure leaves, after the last key sent, the canonical path reads."""
+        refused = self.blocked or await connectorx_refused(self.source, self.database)
+        async with self.source.reserve(0 if refused else 1) as workers:
+            if workers == 0:
+                reason = refused or "no free connection in the source's budget for connectorx"
+                self.stats.path = {"path": "asyncmy", "reason": reason}
+                await self._canonical_after(None)
+                return
+            await self._stream_from(connection_url(self.source.cfg, self.database, tls=self.source.tls))
+        self.stats.path = {"path": "connectorx", "workers": 1, "stream": "key order"}
+        if self._guarded:
+            self.stats.path["guarded_dates"] = True
+        if self.fallbacks:
+            self.stats.path["fallbacks"] = self.fallbacks[:10]
+
+    async def _stream_from(self, url: str) -> None:
+        key = [self.schema.names.index(k) for k in self.schema.primary_key]
+        last: tuple[Any, ...] | None = None
+        guarded = self._guarded
+        sql = fast_select(self.database, self.table, self.schema, self.where or "TRUE", guarded)
+        try:
+            reader = await self._connectorx(self._stream_reader(url, sql))
+            while (raw := await self._connectorx(partial(_next_batch, reader))) is not None:
+                batch, coerced = await anyio.to_thread.run_sync(
+                    to_planned, raw, self.schema, self.rules, guarded, limiter=self.cpu_limiter
+                )
+                if batch is None:
+                    raise _Handover("a zero or invalid date")
+                if batch.num_rows:
+                    await self._send(batch, coerced)
+                    last = tuple(raw.column(i)[-1].as_py() for i in key)  # as read: no policy applied
+        except (S3ShiftError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            raise
+        except BaseException as exc:  # connectorx raises PanicException, a BaseException
+            reason = self._failed(exc)
+            if not guarded and last is None and type(exc).__name__ == "PanicException":
+                log.debug("%s: dates read through the guard: %s", self.rules.ref, reason)
+                self._guarded = True
+                await self._stream_from(url)
+                return
+            log.debug("%s: the stream handed to the asyncmy path after %s: %s", self.rules.ref, last, reason)
+            self.fallbacks.append(reason)
+            await self._canonical_after(last)
+        finally:
+            release_freed_memory()
+
+    def _stream_reader(self, url: str, sql: str) -> Callable[[], pa.RecordBatchReader]:
+        setup = session_sql(self.source.cfg)
+        return partial(
+            connectorx.read_sql,
+            url,
+            sql,
+            return_type="arrow_stream",
+            batch_size=self.batch_size,
+            pre_execution_query=[setup],
+        )
+
+    async def _connectorx(self, call: Callable[[], T]) -> T:
+        """``call`` in a daemon thread, bounded by the source's ``read_timeout``, and given up
+        (``_Handover``) when a login of the run is refused."""
+        with anyio.CancelScope() as scope:
+            self.source.connectorx_reads.add(scope)
+            try:
+                with anyio.fail_after(self.source.cfg.read_timeout):
+                    return await in_daemon_thread(call)
+            finally:
+                self.source.connectorx_reads.discard(scope)
+        raise _Handover(f"given up: {self.source.connectorx_error}")
+
+    def _failed(self, exc: BaseException) -> str:
+        """Why connectorx's read failed, when the canonical path may read on (else raised: a
+        cancellation, or a lock wait the canonical path would wait as long again)."""
+        if isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt | SystemExit):
+            raise exc
+        text = " ".join(str(exc).split())
+        refusal = _SERVER_ERROR.search(text)
+        if refusal and int(refusal[1]) in _NOT_HANDED_OVER:
+            server = asyncmy.errors.OperationalError(int(refusal[1]), refusal[2])
+            raise source_error(self.source.cfg, server, doing="a connectorx read") from exc
+        if _NO_CONNECTION in text or (refusal and int(refusal[1]) in _LOGIN_REFUSED):
+            return refuse(self.source, exc)
+        return _reason(exc)
+
+    async def _canonical_after(self, last: tuple[Any, ...] | None) -> None:
+        """The window by the canonical path, after the key ``last`` (None: all of it)."""
+        condition, args = self.where, []
+        if last is not None:
+            names = [quote_mysql(k) for k in self.schema.primary_key]
+            after, order = after_position(names, last, lambda _: "%s")
+            rest = escape_percent(self.where, names=False, rest=True) if self.where else None
+            condition, args = (f"{after} AND ({rest})" if rest else after), [last[i] for i in order]
+        async with self._lock:
+            await stream_query(
+                self.conn,
+                self.database,
+                self.table,
+                self.schema,
+                self.send,
+                self.rules,
+                condition,
+                args,
+                self.batch_size,
+                self.stats,
+                self.cpu_limiter,
+            )
 
     async def _worker(self) -> None:
         url = connection_url(self.source.cfg, self.database, tls=self.source.tls)
@@ -426,9 +548,8 @@ class FastRead:
         where = with_filter(self._condition(part), self.where, bound=False) or ""
         guarded = self._guarded
         sql = fast_select(self.database, self.table, self.schema, where, guarded)
-        try:
-            with anyio.fail_after(self.source.cfg.read_timeout):  # a hung server: hand the range over
-                fetched = await self._fetch_range(url, sql)
+        try:  # a hung server (``read_timeout``): the range handed over
+            fetched = await self._connectorx(partial(_fetch, url, sql, session_sql(self.source.cfg)))
             held: list[tuple[pa.RecordBatch, Coercions]] = []
             for raw in fetched.to_batches(max_chunksize=self.batch_size):
                 batch, coerced = await anyio.to_thread.run_sync(
@@ -446,21 +567,12 @@ class FastRead:
         except (S3ShiftError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             raise  # a policy of the table refused a value (so would the canonical path), or the stage failed
         except BaseException as exc:  # connectorx raises PanicException, a BaseException
-            if isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt | SystemExit):
-                raise
-            text = " ".join(str(exc).split())
-            refusal = _SERVER_ERROR.search(text)
-            if refusal and int(refusal[1]) in _NOT_HANDED_OVER:
-                server = asyncmy.errors.OperationalError(int(refusal[1]), refusal[2])
-                raise source_error(self.source.cfg, server, doing="a connectorx read") from exc
-            reason = _reason(exc)
+            reason = self._failed(exc)
             if not guarded and type(exc).__name__ == "PanicException":  # a zero or invalid date, most likely
                 log.debug("%s: dates read through the guard from %s on: %s", self.rules.ref, part, reason)
                 self._guarded = True
                 await self._read_range(url, part if last is None else self._after(part, last))
                 return
-            if _NO_CONNECTION in text or (refusal and int(refusal[1]) in _LOGIN_REFUSED):
-                reason = refuse(self.source, exc)
             log.debug("%s: range %s handed to the asyncmy path: %s", self.rules.ref, part, reason)
             self.fallbacks.append(reason)
             await self._canonical(part if last is None else self._after(part, last))
@@ -471,16 +583,6 @@ class FastRead:
             self.stats.rows += batch.num_rows
             self.stats.batches += 1
             await self.send.send(batch)
-
-    async def _fetch_range(self, url: str, sql: str) -> pa.Table:
-        """One range through connectorx, given up (``_Handover``) when a login of the run is refused."""
-        with anyio.CancelScope() as scope:
-            self.source.connectorx_reads.add(scope)
-            try:
-                return await in_daemon_thread(partial(_fetch, url, sql, session_sql(self.source.cfg)))
-            finally:
-                self.source.connectorx_reads.discard(scope)
-        raise _Handover(f"given up: {self.source.connectorx_error}")
 
     @staticmethod
     def _after(part: _Part, last: int) -> _Part:
@@ -607,6 +709,13 @@ async def in_daemon_thread(fn: Callable[[], T]) -> T:
 
 class _Handover(Exception):
     """A batch the canonical path must read (not an error of the table)."""
+
+
+def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
+    try:
+        return reader.read_next_batch()
+    except StopIteration:
+        return None
 
 
 def _fetch(url: str, sql: str, setup: str) -> pa.Table:

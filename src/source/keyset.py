@@ -76,10 +76,15 @@ def keyset_for(schema: TableSchema, window: Window) -> Keyset:
     key = unique_key(schema)
     rest = () if key is None else tuple(c for c in key if c.name not in {o.name for o in cursor})
     unique = key is not None and not (window.strategy == "timestamp_only" and len(cursor) == 1)
-    if not unique or any(data_type_of(c) in _MEMBER_ORDER for c in cursor[1:] + rest):
+    if not unique or any(member_ordered(c) for c in cursor[1:] + rest):
         plain = cursor if window.strategy != "timestamp_only" else cursor[:1]
         return Keyset(window.strategy, plain, paged=False)
     return Keyset(window.strategy, cursor + rest, paged=True)
+
+
+def member_ordered(column: Column) -> bool:
+    """An ENUM or SET: sorted by member position, compared with a bound value as text."""
+    return data_type_of(column) in _MEMBER_ORDER
 
 
 def unique_key(schema: TableSchema) -> tuple[Column, ...] | None:
