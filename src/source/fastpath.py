@@ -74,7 +74,7 @@ from src.common.naming import escape_percent, qualify_mysql, quote_mysql
 from src.common.schema import Column, TableSchema
 from src.common.secret import Secret, scrub
 from src.config.models import SourceConn
-from src.source.convert import Coercions, numbers_to_bool
+from src.source.convert import ZERO_DATE, Coercions, numbers_to_bool
 from src.source.extract import ExtractStats, stream_query, with_filter
 from src.source.keyset import member_ordered, unique_key
 from src.source.mysql import MySQLSource, SourceConnection, session_sql, source_error
@@ -219,19 +219,21 @@ def _as_text(column: Column) -> bool:
     return scale > 10 or precision - scale + 10 > DECIMAL_DIGITS
 
 
-def _invalid_dates(raw: pa.RecordBatch, schema: TableSchema) -> bool:
-    """A date column is NULL where the source value is not: a zero or invalid date (``fast_select``)."""
+def _invalid_dates(raw: pa.RecordBatch, schema: TableSchema) -> dict[str, int]:
+    """Per date column, how many of its values are NULL where the source's are not: zero or invalid
+    dates, which the guard (``fast_select``) made NULL."""
     mask = raw.column(len(schema.columns))
     bit = {name: 1 << i for i, name in enumerate(_nullable_dates(schema))}
+    found: dict[str, int] = {}
     for index, column in enumerate(schema.columns):
         if column.logical not in _DATES or not raw.column(index).null_count:
             continue
         nulls = pc.is_null(raw.column(index))
         if column.name in bit:  # NULL at the source too: not a bad date
             nulls = pc.and_(nulls, pc.equal(pc.bit_wise_and(mask, bit[column.name]), 0))
-        if pc.any(nulls).as_py():
-            return True
-    return False
+        if count := pc.sum(nulls.cast(pa.int64())).as_py():
+            found[column.name] = count
+    return found
 
 
 # The first day Python's datetime holds (0001-01-01), in Arrow's units: connectorx reads year 0 as a date
@@ -254,15 +256,18 @@ def to_planned(
     raw: pa.RecordBatch, schema: TableSchema, rules: ReadRules, guarded: bool = True
 ) -> tuple[pa.RecordBatch | None, Coercions]:
     """connectorx's batch (``fast_select(..., guarded)``) -> one of exactly the planned schema with the
-    table's policies applied; None when a row holds a zero, invalid or year-0 date (the canonical path
-    must read it). CPU work: call it in a worker thread."""
+    table's policies applied; None when the canonical path must read it: a year-0 date (unguarded), or
+    a zero or invalid date under ``zero_date: fail`` (its error names the value). Under ``zero_date:
+    null`` such a date read through the guard is already NULL, and counted as the canonical path counts
+    it. CPU work: call it in a worker thread."""
     width = len(schema.columns)
     if raw.num_columns != width + guarded or tuple(raw.schema.names[:width]) != schema.names:
         raise ValueError(f"connectorx returned columns {raw.schema.names}, not {list(schema.names)}")
-    if _invalid_dates(raw, schema) if guarded else _year_zero(raw, schema):
+    bad = _invalid_dates(raw, schema) if guarded else {}
+    if (bad and rules.policy.zero_date != "null") or (not guarded and _year_zero(raw, schema)):
         return None, {}
     arrays: list[pa.Array] = []
-    coerced: Coercions = {}
+    coerced: Coercions = {name: {ZERO_DATE: count} for name, count in bad.items()}
     for index, column in enumerate(schema.columns):
         array = raw.column(index)
         if column.logical == "bool":
