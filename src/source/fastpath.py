@@ -16,8 +16,8 @@ The asyncmy path (``src.source.extract``) stays canonical: this one must give th
   DATE/DATETIME/TIMESTAMP selected as ``col + INTERVAL 0 DAY`` (NULL for exactly those dates), next to
   one integer column whose bits say which nullable date columns are NULL at the source (``ISNULL``:
   far cheaper for the server than a second date expression per column); a NULL the source does not
-  have is such a date, and a batch holding one goes to the canonical path, which applies
-  ``type_policies.zero_date``. A year-0 date ('0000-01-01') does not panic: a batch holding one goes to
+  have is such a date, which stays NULL and is counted (``zero_date: null``, as the canonical path
+  does), or under ``zero_date: fail`` sends its batch to the canonical path, whose error names it. A year-0 date ('0000-01-01') does not panic: a batch holding one goes to
   the canonical path too (Python has no year 0). The panic's report on stderr is the CLI's to drop
   (``src.common.log.NativeStderr``);
 - any error of connectorx on a range (and a flagged batch) hands the rest of that range, after the last
