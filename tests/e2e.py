@@ -45,6 +45,7 @@ def write_config(
                     "max_connections": source.max_connections,
                     "driver": source.driver,
                     "ssl_mode": source.ssl_mode,
+                    "read_timeout": source.read_timeout,
                     **({"ssl_ca": source.ssl_ca} if source.ssl_ca else {}),
                 }
             },

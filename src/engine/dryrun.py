@@ -259,8 +259,8 @@ async def _extract_path(
         return f"asyncmy: {keys}"
     if reason := await too_few_rows(ctx, conn, plan, schema, reading, estimate):
         return f"asyncmy: {reason}"
-    if streamed(schema):
-        return "connectorx: one stream in primary-key order"
+    if order := streamed(schema):
+        return f"connectorx: one stream ({order})"
     return "connectorx: primary-key ranges read in parallel"
 
 

@@ -17,8 +17,9 @@ The asyncmy path (``src.source.extract``) stays canonical: this one must give th
   one integer column whose bits say which nullable date columns are NULL at the source (``ISNULL``:
   far cheaper for the server than a second date expression per column); a NULL the source does not
   have is such a date, which stays NULL and is counted (``zero_date: null``, as the canonical path
-  does), or under ``zero_date: fail`` sends its batch to the canonical path, whose error names it. A year-0 date ('0000-01-01') does not panic: a batch holding one goes to
-  the canonical path too (Python has no year 0). The panic's report on stderr is the CLI's to drop
+  does), or under ``zero_date: fail`` sends its batch to the canonical path, whose error names it. A
+  year-0 date ('0000-01-01') does not panic: read unguarded, a batch holding one goes to the canonical
+  path too (Python has no year 0). The panic's report on stderr is the CLI's to drop
   (``src.common.log.NativeStderr``);
 - any error of connectorx on a range (and a flagged batch) hands the rest of that range, after the last
   key already sent, to the canonical path on the table's own connection; but a lock wait that timed out
@@ -66,7 +67,7 @@ import asyncmy.errors
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from src.common.errors import S3ShiftError
+from src.common.errors import S3ShiftError, SourceError
 from src.common.keyorder import after_position
 from src.common.log import get_logger
 from src.common.memory import release_freed_memory
@@ -144,25 +145,24 @@ def column_blocker(column: Column) -> str | None:
 
 def blocker(schema: TableSchema) -> str | None:
     """Why the table cannot take the fast path (None: it can): key ranges when its key's first column is
-    an integer, else one stream in key order (``streamed``)."""
+    an integer, else one stream (``streamed``)."""
     if connectorx is None:
         return "connectorx is not installed on this platform"
-    if split_key(schema) is None:
-        key = unique_key(schema)
-        if key is None:
-            return "the table has no primary key (or a nullable configured one) to read in key order"
-        if any(member_ordered(c) for c in key):
-            return "the primary key holds an ENUM or SET, whose order its values do not compare in"
     for column in schema.columns:
         if reason := column_blocker(column):
             return f"column {column.name!r}: {reason}"
     return None
 
 
-def streamed(schema: TableSchema) -> bool:
-    """The fast path reads the table in one stream ordered by its key, not in key ranges: the key's first
-    column is no integer (a UUID, a code, a ``(code, n)`` key)."""
-    return split_key(schema) is None
+def streamed(schema: TableSchema) -> str | None:
+    """How the fast path streams the table when its key cannot be split into ranges (None: it can): in
+    key order (its first column no integer: a UUID, a code, a ``(code, n)`` key), or with no key to
+    resume after (none, a nullable configured one, or one holding an ENUM or SET, whose order its values
+    do not compare in)."""
+    if split_key(schema) is not None:
+        return None
+    key = unique_key(schema)
+    return "key order" if key is not None and not any(member_ordered(c) for c in key) else "no key"
 
 
 def connection_url(cfg: SourceConn, database: str, *, tls: bool | None) -> str:
@@ -207,7 +207,7 @@ def fast_select(database: str, table: str, schema: TableSchema, where: str, guar
         items.append(" | ".join(bits) if bits else "0")
     order = ", ".join(quote_mysql(k) for k in schema.primary_key)  # InnoDB's own order: no sort
     source = qualify_mysql(database, table)
-    return f"SELECT {', '.join(items)} FROM {source} WHERE {where} ORDER BY {order}"
+    return f"SELECT {', '.join(items)} FROM {source} WHERE {where}" + (f" ORDER BY {order}" if order else "")
 
 
 def _as_text(column: Column) -> bool:
@@ -350,8 +350,8 @@ class FastRead:
 
     async def run(self, estimated_rows: int) -> None:
         """Read every range into ``send`` (left open), with at most ``workers`` connectorx connections."""
-        if streamed(self.schema):
-            await self._stream()
+        if order := streamed(self.schema):
+            await self._stream(order)
             return
         window = self.window
         layout = await key_layout(
@@ -381,10 +381,17 @@ class FastRead:
         if self.fallbacks:
             self.stats.path["fallbacks"] = self.fallbacks[:10]
 
-    async def _stream(self) -> None:
-        """The window in one connectorx stream ordered by the key, on one connection (its first column is
-        no integer to split on). What a failure leaves, after the last key sent, the canonical path reads."""
-        refused = self.blocked or await connectorx_refused(self.source, self.database)
+    async def _stream(self, order: str) -> None:
+        """The window in one connectorx stream on one connection, ordered by the key (its first column is
+        no integer to split on): what a failure leaves, after the last key sent, the canonical path reads.
+        With no key to resume after (``order``: "no key"), dates are read through the guard from the
+        start (no panic may cut the stream), and a failure after rows were sent fails the table."""
+        refused: str | None = self.blocked
+        if order == "no key":
+            self._guarded = True
+            if self.rules.policy.zero_date != "null":  # a zero date's batch must go to the canonical path
+                refused = refused or "zero_date: fail, and no key to resume a stream after"
+        refused = refused or await connectorx_refused(self.source, self.database)
         async with self.source.reserve(0 if refused else 1) as workers:
             if workers == 0:
                 reason = refused or "no free connection in the source's budget for connectorx"
@@ -392,14 +399,18 @@ class FastRead:
                 await self._canonical_after(None)
                 return
             await self._stream_from(connection_url(self.source.cfg, self.database, tls=self.source.tls))
-        self.stats.path = {"path": "connectorx", "workers": 1, "stream": "key order"}
+        self.stats.path = {"path": "connectorx", "workers": 1, "stream": order}
         if self._guarded:
             self.stats.path["guarded_dates"] = True
         if self.fallbacks:
             self.stats.path["fallbacks"] = self.fallbacks[:10]
 
     async def _stream_from(self, url: str) -> None:
-        key = [self.schema.names.index(k) for k in self.schema.primary_key]
+        key = (
+            []
+            if streamed(self.schema) == "no key"
+            else [self.schema.names.index(k) for k in self.schema.primary_key]
+        )
         last: tuple[Any, ...] | None = None
         guarded = self._guarded
         sql = fast_select(self.database, self.table, self.schema, self.where or "TRUE", guarded)
@@ -423,6 +434,13 @@ class FastRead:
                 self._guarded = True
                 await self._stream_from(url)
                 return
+            if last == ():  # rows were sent, and there is no key to resume after
+                raise SourceError(
+                    f"connectorx's read of {self.rules.ref} broke off after {self.stats.rows} rows "
+                    f"({reason}), and the table has no primary key to resume after — rerun the table",
+                    table=self.rules.ref,
+                    retryable=True,
+                ) from exc
             log.debug("%s: the stream handed to the asyncmy path after %s: %s", self.rules.ref, last, reason)
             self.fallbacks.append(reason)
             await self._canonical_after(last)
