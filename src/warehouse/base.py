@@ -19,6 +19,10 @@ A load (DESIGN.md section 4, research/reliability.md sections 1.7-1.8):
    lock), change the target by mode (``statements.apply_steps``), drop the staging table, append the
    state row, COMMIT.
 
+A table's first merge on PostgreSQL (``first_merge``) takes step 3 before step 2, and under its LOCKs
+COPYs the stage straight into the target when the target is empty and that gives the merge's rows
+(``direct``); else it fills the staging table there and goes on as any merge.
+
 Steps 2-4 are ONE transaction on PostgreSQL, in READ COMMITTED: the guard's SELECT sees every commit
 that the LOCK waited for. On Redshift a transaction's snapshot is fixed by its first query, so step 2
 runs before the transaction and the LOCKs are its first statements (``Dialect.snapshot_per_transaction``);
