@@ -1,7 +1,9 @@
 """What a load sends, message by message: each message is a round trip and, on a small box, a context
 switch each way, which W4's many small tables pay per table. A replace of a table loaded before sends
 six (BEGIN, the LOCKs and TRUNCATE as one message, guard, the target's shape read once, COPY, state row,
-COMMIT), streamed or not; a merge eleven; on Redshift both eleven. ``render_load`` (the dry run) lists
+COMMIT), streamed or not; a merge eleven; a table's first merge into an empty target eight (no staging
+table: BEGIN with the LOCKs, guard, shape, the emptiness check, SAVEPOINT, COPY into the target, state
+row, COMMIT); on Redshift both eleven. ``render_load`` (the dry run) lists
 exactly these messages. Recorded by a connection class that logs every statement
 s3shift sends through asyncpg (asyncpg's own Parse of a new statement on a new connection is cached per
 connection and not counted). A target dropped after its table was loaded, which the load then no longer
@@ -77,6 +79,7 @@ def kinds(sent: list[str], schema: str) -> list[str]:
     begin = "BEGIN ISOLATION LEVEL READ COMMITTED"
     names = {
         f"{begin}; {locks}; TRUNCATE {target}": "begin+truncate",
+        f"{begin}; {locks}": "begin+locks",
         locks: "locks",
         begin: "begin",
         "COMMIT": "commit",
@@ -85,6 +88,8 @@ def kinds(sent: list[str], schema: str) -> list[str]:
     for sql in sent:
         if sql in names:
             out.append(names[sql])
+        elif sql.startswith(f"SELECT NOT EXISTS (SELECT 1 FROM {target})"):
+            out.append("empty")
         elif sql.startswith("SELECT") and "s3shift_state" in sql and "ORDER BY" in sql:
             out.append("guard")
         elif "pg_catalog.pg_attribute" in sql and "relkind" in sql:
@@ -154,6 +159,40 @@ async def test_a_replace_loaded_after_staging_sends_six_and_a_merge_eleven(
         *("delete", "insert", "drop", "state", "commit"),
     ]
     assert await content(pg_schema) == [(2, ts(2), "b2"), (3, ts(2), "c"), (4, ts(3), "d")]
+
+
+async def test_a_first_merge_into_an_empty_target_sends_eight_messages(
+    pg_schema: str, s3_conn: S3Conn
+) -> None:
+    """It takes its LOCKs first and COPYs into the target under them; a first merge whose target has rows
+    stages under the LOCKs and merges: the eleven messages of any merge, and the emptiness check."""
+    async with recording(target_conn("postgres", pg_schema), s3_conn) as wh:
+        first = request(staged(s3_conn, rows((1, 1, "a"), (2, 1, "b"))), mode="merge")
+        await wh.load(first)
+        sent = list(Recording.sent)
+        assert as_sent(sent[sent.index(first_begin(pg_schema)) :]) == rendered(wh, first)
+        await pg(f'DELETE FROM "{pg_schema}".s3shift_state')  # the next load is a first load again
+        again = request(staged(s3_conn, rows((2, 2, "b2"), (3, 2, "c"))), mode="merge")
+        Recording.sent.clear()
+        await wh.load(again)
+        merged = list(Recording.sent)
+    assert kinds(sent[sent.index(first_begin(pg_schema)) :], pg_schema) == [
+        *("begin+locks", "guard", "shape", "empty", "savepoint", "copy", "state", "commit")
+    ]
+    assert kinds(merged[merged.index(first_begin(pg_schema)) :], pg_schema) == [
+        *("begin+locks", "guard", "shape", "empty", "create", "copy"),  # the staging table, under the LOCKs
+        *("delete", "insert", "drop", "state", "commit"),
+    ]
+    assert await content(pg_schema) == [(1, ts(1), "a"), (2, ts(2), "b2"), (3, ts(2), "c")]
+
+
+def first_begin(schema: str) -> str:
+    """The first message of a first merge's transaction: BEGIN with the LOCKs."""
+    target, state = f'"{schema}"."t"', f'"{schema}"."s3shift_state"'
+    return (
+        f"BEGIN ISOLATION LEVEL READ COMMITTED; LOCK TABLE {target} IN SHARE ROW EXCLUSIVE MODE; "
+        f"LOCK TABLE {state} IN ROW EXCLUSIVE MODE"
+    )
 
 
 @pytest.mark.parametrize("mode", ["replace", "merge"])

@@ -19,6 +19,10 @@ A load (DESIGN.md section 4, research/reliability.md sections 1.7-1.8):
    lock), change the target by mode (``statements.apply_steps``), drop the staging table, append the
    state row, COMMIT.
 
+A table's first merge on PostgreSQL (``first_merge``) takes step 3 before step 2, and under its LOCKs
+COPYs the stage straight into the target when the target is empty and that gives the merge's rows
+(``direct``); else it fills the staging table there and goes on as any merge.
+
 Steps 2-4 are ONE transaction on PostgreSQL, in READ COMMITTED: the guard's SELECT sees every commit
 that the LOCK waited for. On Redshift a transaction's snapshot is fixed by its first query, so step 2
 runs before the transaction and the LOCKs are its first statements (``Dialect.snapshot_per_transaction``);
@@ -58,7 +62,8 @@ from src.warehouse.catalog import (
     table_shape,
 )
 from src.warehouse.ddl import check_distsort, check_identifiers
-from src.warehouse.errors import outcome_unknown, sqlstate_of
+from src.warehouse.direct import Direct, copy_if_empty, direct_sqls, takes_created
+from src.warehouse.errors import NOT_NULL_VIOLATION, UNIQUE_VIOLATION, outcome_unknown, sqlstate_of
 from src.warehouse.state import Clear, LoadRequest, Mode, StateRow
 from src.warehouse.statements import (
     LoadSpec,
@@ -97,7 +102,6 @@ BatchOpener = Callable[[StageResult], AsyncIterator[pa.RecordBatch]]
 Fill = Callable[[str], Awaitable[int | None]]
 ROLLBACK_TIMEOUT = 30.0
 UNDEFINED_TABLE = "42P01"  # SQLSTATE of a LOCK on a missing table (both warehouses)
-UNIQUE_VIOLATION, NOT_NULL_VIOLATION = "23505", "23502"  # a new primary key the target's rows do not fit
 log = get_logger("warehouse")
 
 
@@ -234,23 +238,39 @@ def truncate_sqls(spec: LoadSpec) -> list[str]:
     return [sql for kind, sql in apply_steps(spec) if kind == "truncate"]
 
 
-def opening_sqls(spec: LoadSpec, commit: Commit | None) -> list[str]:
+def opening_sqls(spec: LoadSpec, commit: Commit | None, *, first: bool = False) -> list[str]:
     """The commit transaction's first messages: BEGIN with the LOCKs (and ``truncate_sqls``), or
-    (``stages_inside``) BEGIN, and the LOCKs once the staging table is filled."""
+    (``stages_inside``, unless ``first``: a ``first_merge``) BEGIN, and the LOCKs once the staging table
+    is filled."""
     begin, locking = spec.dialect.begin_sql, [*lock_sqls(spec, commit), *truncate_sqls(spec)]
-    if stages_inside(spec):
+    if stages_inside(spec) and not first:
         return [begin, batch(*locking)]
     return [batch(begin, *locking)]
 
 
+def first_merge(spec: LoadSpec, commit: Commit | None, direct: Direct | None) -> Direct | None:
+    """``direct`` when this load is a merge planned from no state row (a table's first) into a warehouse
+    that can COPY into the target: its staging table is filled only once the LOCKs are held, and only if
+    the target cannot take the stage directly (``direct.copy_if_empty``)."""
+    if direct is None or spec.mode != "merge" or not stages_inside(spec):
+        return None
+    return direct if commit is None or not commit.expect_stage else None
+
+
 async def run_load(
-    ex: Executor, spec: LoadSpec, fill: Fill, commit: Commit | None, ready: set[str] | None = None
+    ex: Executor,
+    spec: LoadSpec,
+    fill: Fill,
+    commit: Commit | None,
+    ready: set[str] | None = None,
+    direct: Direct | None = None,
 ) -> LoadResult:
     """The protocol in the module docstring; ``commit`` None = no state row and no guard; ``ready`` as in
-    ``prepare``."""
+    ``prepare``; ``direct``: how this warehouse COPYs a stage into the target (``first_merge``)."""
     prepared = await prepare(ex, spec, commit, ready)
     if stages_inside(spec):
-        async with committing(ex, spec, commit, prepared, fill=fill) as (result, _):
+        first = first_merge(spec, commit, direct)
+        async with committing(ex, spec, commit, prepared, fill=fill, first=first) as (result, _):
             pass
         return result
     try:
@@ -272,21 +292,24 @@ async def committing(
     *,
     fill: Fill | None = None,
     record: bool = True,
+    first: Direct | None = None,
 ) -> AsyncIterator[tuple[LoadResult, Shape]]:
     """The commit transaction (``opening_sqls``, the staging fill between them when ``fill`` is given,
     then ``apply``) around the body, which gets ``apply``'s result; leaving commits, an error rolls back.
+    ``first`` (``first_merge``): ``apply`` fills the staging table, unless it COPYs into the target.
     A target not prepared before (``prepared`` None) that turns out missing or to need a change no
     transaction can make is prepared now and the transaction run again: only until the body starts."""
+    late = (first, fill) if first is not None and fill is not None else None
     while True:
         started = False
         try:
-            begin, *then = opening_sqls(spec, commit)
+            begin, *then = opening_sqls(spec, commit, first=late is not None)
             async with transaction(ex, begin, commit.confirm if commit is not None else None):
-                if fill is not None:
+                if fill is not None and late is None:
                     await load_staging(ex, spec, fill)
                 for sql in then:
                     await ex.execute(sql)
-                applied = await apply(ex, spec, commit, prepared, record=record)
+                applied = await apply(ex, spec, commit, prepared, record=record, late=late)
                 started = True
                 yield applied
             return
@@ -365,14 +388,19 @@ async def fill_staging(ex: Executor, spec: LoadSpec, fill: Fill) -> int:
 async def load_staging(ex: Executor, spec: LoadSpec, fill: Fill) -> int:
     """``fill_staging`` when the stage has files; its row count, which must equal the stage's."""
     loaded = await fill_staging(ex, spec, fill) if spec.has_staging else 0
-    if loaded != spec.stage.rows:
-        raise WarehouseError(
-            f"loaded {loaded} rows into staging for {spec.target_name} but the stage manifest "
-            f"{spec.stage.manifest_url} promised {spec.stage.rows}: nothing was changed; re-run the table",
-            table=spec.target_name,
-            file=spec.stage.manifest_url,
-        )
+    check_rows(spec, spec.stage, loaded, f"staging for {spec.target_name}")
     return loaded
+
+
+def check_rows(spec: LoadSpec, stage: StageResult, loaded: int, into: str) -> None:
+    """The rows loaded ``into`` the staging table or the target must be the rows ``stage`` promised."""
+    if loaded != stage.rows:
+        raise WarehouseError(
+            f"loaded {loaded} rows into {into} but the stage manifest {stage.manifest_url} promised "
+            f"{stage.rows}: nothing was changed; re-run the table",
+            table=spec.target_name,
+            file=stage.manifest_url,
+        )
 
 
 async def apply(
@@ -382,14 +410,24 @@ async def apply(
     prepared: tuple[str, ...] | None,
     *,
     record: bool = True,
+    late: tuple[Direct, Fill] | None = None,
 ) -> tuple[LoadResult, Shape]:
     """Inside the commit transaction, its LOCKs held (``opening_sqls``): guard, schema evolution, target
     changes, state row (not when ``record`` is false: the caller appends it once the rows it loads are
-    known). Returns the result and the target's shape as read under the lock (``MISSING`` when the
-    evolution changed it)."""
+    known). ``late``: the staging table is not filled yet (``first_merge``): COPY into the target if it
+    can (``direct.copy_if_empty``), else fill it now. Returns the result and the target's shape as read
+    under the lock (``MISSING`` when the evolution changed it)."""
     if commit is not None:
         await guard(ex, spec, commit)
     notes, shape, key = await evolve_locked(ex, spec, prepared)
+    if late is not None:
+        copied = await copy_if_empty(ex, spec, shape, key, late[0])
+        if copied is not None:
+            check_rows(spec, spec.stage, copied, spec.target_name)
+            if commit is not None and record:
+                await st.insert(ex, spec.dialect, commit.state_schema, commit.row)
+            return LoadResult(copied, spec.target_name, schema_changes=(*(prepared or ()), *notes)), shape
+        await load_staging(ex, spec, late[1])
     counts = {"delete": 0, "insert": 0}
     if (clear := clear_step(spec)) is not None:
         counts["delete"] += _affected(await ex.execute(clear[0], *clear[1]))
@@ -563,12 +601,21 @@ def _affected(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
-def render(spec: LoadSpec, fill_sql: str, commit: Commit | None, *, fill_counts: bool = False) -> list[str]:
+def render(
+    spec: LoadSpec,
+    fill_sql: str,
+    commit: Commit | None,
+    *,
+    fill_counts: bool = False,
+    direct: Direct | None = None,
+) -> list[str]:
     """Every message ``run_load`` may send, in order (creation statements run only when needed; several
     statements in one entry are one message); pure: no I/O. ``fill_sql`` stands for the COPY that fills
     the staging table (``fill_counts``: its command tag gives the row count, so the staging table is not
-    counted). The catalog reads before the transaction (on a table's first load) and schema evolution
-    statements depend on the catalog at load time and are not shown."""
+    counted). A ``first_merge`` is shown COPYing into the target when a target as created would take it
+    (under the lock it checks that the target is so, and empty; else it stages and merges). The catalog
+    reads before the transaction (on a table's first load) and schema evolution statements depend on the
+    catalog at load time and are not shown."""
     check_spec(spec)
     d = spec.dialect
     out = [f"CREATE SCHEMA IF NOT EXISTS {d.ident(spec.schema_name)}"]
@@ -581,11 +628,20 @@ def render(spec: LoadSpec, fill_sql: str, commit: Commit | None, *, fill_counts:
     out.append(target_create_sql(spec))
     counting = [] if fill_counts else [count_sql(spec)]
     staging = [staging_create_sql(spec), fill_sql, *counting] if spec.has_staging else []
-    begin, *then = opening_sqls(spec, commit)
-    out += [begin, *staging, *then] if stages_inside(spec) else [*staging, begin]
+    first = first_merge(spec, commit, direct)
+    begin, *then = opening_sqls(spec, commit, first=first is not None)
+    if first is not None:
+        out.append(begin)
+    else:
+        out += [begin, *staging, *then] if stages_inside(spec) else [*staging, begin]
     if commit is not None:
         out.append(st.latest_sql(d, commit.state_schema))
     out.append(shape_sql(d))
+    if first is not None and takes_created(spec, first):
+        out += direct_sqls(spec, first)
+        return [*out, *([st.insert_sql(d, commit.state_schema)] if commit is not None else []), "COMMIT"]
+    if first is not None:
+        out += staging
     if (clear := clear_step(spec)) is not None:
         out.append(clear[0])
     out += [sql for _, sql in changing_steps(spec)]

@@ -28,6 +28,7 @@ RETRYABLE_SQLSTATES = frozenset(
 )
 # SQLSTATE classes that are retryable as a whole: connection exceptions, insufficient resources.
 RETRYABLE_CLASSES = frozenset({"08", "53"})
+UNIQUE_VIOLATION, NOT_NULL_VIOLATION = "23505", "23502"  # e.g. rows a new primary key does not fit
 
 
 class AnswerLost(WarehouseError):

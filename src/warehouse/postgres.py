@@ -37,6 +37,7 @@ from src.config.models import TargetConn
 from src.warehouse.base import BatchOpener, Fill, fill_staging
 from src.warehouse.catalog import Executor, Shape
 from src.warehouse.ddl import POSTGRES, postgres_type, staging_name
+from src.warehouse.direct import Direct
 from src.warehouse.errors import classify, client_side_cause, lost_connection, where
 from src.warehouse.evolve import parse_type
 from src.warehouse.sqlwarehouse import Refill, SqlWarehouse
@@ -326,6 +327,19 @@ class PostgresWarehouse(SqlWarehouse):
 
         return refill
 
+    def _direct(self, spec: LoadSpec) -> Direct:
+        """A binary COPY into the target (no FREEZE: the target was not emptied by this transaction)."""
+        columns = ", ".join(POSTGRES.ident(n) for n in spec.schema.names)
+
+        async def copy(ex: Executor) -> int | None:
+            return await self._copy(ex, spec, direct=True, freeze=False)
+
+        return Direct(
+            sql=f"COPY {spec.target_sql} ({columns}) FROM STDIN (FORMAT binary)",
+            fits=lambda shape: copies_directly(spec.schema, *shape),
+            copy=copy,
+        )
+
     def _load_slot_free(self) -> bool:
         return self._load_limiter is None or self._load_limiter.available_tokens >= 1
 
@@ -339,14 +353,16 @@ class PostgresWarehouse(SqlWarehouse):
         spec: LoadSpec,
         *,
         direct: bool,
+        freeze: bool = True,
         batches: AsyncIterator[pa.RecordBatch] | None = None,
     ) -> int | None:
-        """COPY the stage (or ``batches``) into the staging table, or (``direct``) into the target with
-        FREEZE; the rows copied. The batches are read and encoded ahead, in a task of their own."""
+        """COPY the stage (or ``batches``) into the staging table, or (``direct``) into the target, with
+        FREEZE unless told not to (only a table this transaction created or emptied takes it); the rows
+        copied. The batches are read and encoded ahead, in a task of their own."""
         conn: Any = ex
         into: dict[str, Any] = {"table_name": spec.staging_table}
         if direct:
-            into = {"table_name": spec.target_table, "schema_name": spec.schema_name, "freeze": True}
+            into = {"table_name": spec.target_table, "schema_name": spec.schema_name, "freeze": freeze}
             into["columns"] = list(spec.schema.names)
         send, receive = anyio.create_memory_object_stream[Chunk](CHUNKS_AHEAD)
         failure: Exception | None = None

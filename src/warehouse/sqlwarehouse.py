@@ -29,6 +29,7 @@ from src.warehouse.base import (
     LoadResult,
     StreamedLoad,
     batch,
+    check_rows,
     check_spec,
     committing,
     prepare,
@@ -38,6 +39,7 @@ from src.warehouse.base import (
 )
 from src.warehouse.catalog import Executor, Shape, existing_tables
 from src.warehouse.ddl import Dialect
+from src.warehouse.direct import Direct
 from src.warehouse.errors import AnswerLost, classify, where
 from src.warehouse.state import LoadRequest, StateRow
 from src.warehouse.statements import LoadSpec, emptied, target_lock_sql
@@ -101,6 +103,10 @@ class SqlWarehouse:
     ) -> Refill:
         """Loads the emptied target from the stage's files, or from ``batches`` when given."""
         raise NotImplementedError
+
+    def _direct(self, spec: LoadSpec) -> Direct | None:
+        """How this warehouse COPYs the stage straight into the target, if it can (``base.first_merge``)."""
+        return None
 
     def _load_slot_free(self) -> bool:
         """A load could start now without waiting for a slot."""
@@ -302,7 +308,8 @@ class SqlWarehouse:
                 if self._refilling(spec):
                     result = await run_refill(ex, spec, self._refill(ex, spec), commit, self._ready)
                 else:
-                    result = await run_load(ex, spec, self._fill(ex, spec), commit, self._ready)
+                    fill, direct = self._fill(ex, spec), self._direct(spec)
+                    result = await run_load(ex, spec, fill, commit, self._ready, direct)
                 if req.committed is not None:  # no checkpoint since the COMMIT: before the session's exit
                     req.committed(result.rows_loaded)
                 return result
@@ -353,7 +360,8 @@ class SqlWarehouse:
         commit = self._commit(req, spec)
         if self._refilling(spec):
             return render_refill(spec, self._refill_sql(spec), commit)
-        return render(spec, self._fill_sql(spec), commit, fill_counts=self.fill_counts)
+        direct = self._direct(spec)
+        return render(spec, self._fill_sql(spec), commit, fill_counts=self.fill_counts, direct=direct)
 
     def _error(self, exc: Exception, action: str, table: str) -> S3ShiftError:
         return classify(exc, cfg=self.cfg, action=action, table=table)
@@ -395,24 +403,13 @@ class _Streamed:
                 table=spec.target_name,
                 file=stage.manifest_url,
             )
-        check_loaded(spec, stage, self._copied)
+        check_rows(spec, stage, self._copied, spec.target_name)
         try:
             await st.insert(self._ex, spec.dialect, commit.state_schema, replace(commit.row, rows=stage.rows))
         except Exception as exc:
             raise self._error(exc) from exc
         self.finished = True
         return replace(self._emptying, rows_loaded=self._copied)
-
-
-def check_loaded(spec: LoadSpec, stage: StageResult, loaded: int) -> None:
-    """The rows a load wrote into the target must be the rows its stage manifest promised."""
-    if loaded != stage.rows:
-        raise WarehouseError(
-            f"loaded {loaded} rows into {spec.target_name} but the stage manifest "
-            f"{stage.manifest_url} promised {stage.rows}: nothing was changed; re-run the table",
-            table=spec.target_name,
-            file=stage.manifest_url,
-        )
 
 
 async def run_refill(
@@ -424,7 +421,7 @@ async def run_refill(
     (``Dialect.truncate_in_transaction``, not ``snapshot_per_transaction``)."""
     async with emptied_target(ex, spec, commit, ready) as (result, shape):
         loaded = await refill(shape)
-        check_loaded(spec, spec.stage, loaded)
+        check_rows(spec, spec.stage, loaded, spec.target_name)
     return replace(result, rows_loaded=loaded)
 
 
