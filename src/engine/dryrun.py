@@ -41,7 +41,7 @@ from src.engine.workers import process_count
 from src.plan.models import Window, format_ts
 from src.plan.planner import TablePlan, read_window
 from src.report.models import iso, new_execution_id, utc_now
-from src.source.fastpath import streamed
+from src.source.fastpath import paged
 from src.source.mysql import SourceConnection
 from src.source.window import estimate_rows, index_for, source_now, window_sql
 from src.stage.manifest import stage_result
@@ -259,8 +259,8 @@ async def _extract_path(
         return f"asyncmy: {keys}"
     if reason := await too_few_rows(ctx, conn, plan, schema, reading, estimate):
         return f"asyncmy: {reason}"
-    if order := streamed(schema):
-        return f"connectorx: one stream ({order})"
+    if paged(schema):
+        return "connectorx: keyset pages in primary-key order"
     return "connectorx: primary-key ranges read in parallel"
 
 

@@ -53,8 +53,9 @@ import collections
 import contextlib
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote
@@ -67,7 +68,7 @@ import asyncmy.errors
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from src.common.errors import S3ShiftError, SourceError
+from src.common.errors import S3ShiftError
 from src.common.keyorder import after_position
 from src.common.log import get_logger
 from src.common.memory import release_freed_memory
@@ -78,7 +79,7 @@ from src.config.models import SourceConn
 from src.source.convert import ZERO_DATE, Coercions, numbers_to_bool
 from src.source.extract import ExtractStats, stream_query, with_filter
 from src.source.keyset import member_ordered, unique_key
-from src.source.mysql import MySQLSource, SourceConnection, session_sql, source_error
+from src.source.mysql import MySQLSource, SourceConnection, inline_args, session_sql, source_error
 from src.source.ranges import KeyRange, integer_key, key_bounds, row_bytes, split, split_key
 from src.source.text import ReadRules, text_rules
 from src.source.typemap import data_type_of
@@ -101,6 +102,10 @@ _INTEGERS = frozenset({"tinyint", "smallint", "mediumint", "int", "bigint", "yea
 _TEXTS = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set", "json"})
 _BINARIES = frozenset({"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"})
 _DATES = {"date": "date", "timestamp": "datetime", "timestamptz": "timestamp"}  # logical -> DATA_TYPE
+# key columns a page can start after: their values written as literals no sql_mode reads otherwise
+_PAGE_KEYS = frozenset(
+    {"bool", "int16", "int32", "int64", "decimal", "string", "binary", "date", "timestamp"}
+)
 _URL = re.compile(r"mysql://\S*")
 _SERVER_ERROR = re.compile(
     r"ERROR (\d+) \(\w+\): (.*?)\s*\}?\s*$"
@@ -145,24 +150,26 @@ def column_blocker(column: Column) -> str | None:
 
 def blocker(schema: TableSchema) -> str | None:
     """Why the table cannot take the fast path (None: it can): key ranges when its key's first column is
-    an integer, else one stream (``streamed``)."""
+    an integer, else keyset pages (``paged``)."""
     if connectorx is None:
         return "connectorx is not installed on this platform"
+    if split_key(schema) is None:
+        key = unique_key(schema)
+        if key is None:
+            return "the table has no primary key (or a nullable configured one) to read in key order"
+        for column in key:
+            if member_ordered(column) or column.logical not in _PAGE_KEYS:
+                return f"the primary key's column {column.name!r} ({column.source_type}) cannot bound a page"
     for column in schema.columns:
         if reason := column_blocker(column):
             return f"column {column.name!r}: {reason}"
     return None
 
 
-def streamed(schema: TableSchema) -> str | None:
-    """How the fast path streams the table when its key cannot be split into ranges (None: it can): in
-    key order (its first column no integer: a UUID, a code, a ``(code, n)`` key), or with no key to
-    resume after (none, a nullable configured one, or one holding an ENUM or SET, whose order its values
-    do not compare in)."""
-    if split_key(schema) is not None:
-        return None
-    key = unique_key(schema)
-    return "key order" if key is not None and not any(member_ordered(c) for c in key) else "no key"
+def paged(schema: TableSchema) -> bool:
+    """The fast path reads the table in keyset pages, not in key ranges: the key's first column is no
+    integer (a UUID, a code, a ``(code, n)`` key)."""
+    return split_key(schema) is None
 
 
 def connection_url(cfg: SourceConn, database: str, *, tls: bool | None) -> str:
@@ -350,8 +357,8 @@ class FastRead:
 
     async def run(self, estimated_rows: int) -> None:
         """Read every range into ``send`` (left open), with at most ``workers`` connectorx connections."""
-        if order := streamed(self.schema):
-            await self._stream(order)
+        if paged(self.schema):
+            await self._pages()
             return
         window = self.window
         layout = await key_layout(
@@ -381,82 +388,71 @@ class FastRead:
         if self.fallbacks:
             self.stats.path["fallbacks"] = self.fallbacks[:10]
 
-    async def _stream(self, order: str) -> None:
-        """The window in one connectorx stream on one connection, ordered by the key (its first column is
-        no integer to split on): what a failure leaves, after the last key sent, the canonical path reads.
-        With no key to resume after (``order``: "no key"), dates are read through the guard from the
-        start (no panic may cut the stream), and a failure after rows were sent fails the table."""
-        refused: str | None = self.blocked
-        if order == "no key":
-            self._guarded = True
-            if self.rules.policy.zero_date != "null":  # a zero date's batch must go to the canonical path
-                refused = refused or "zero_date: fail, and no key to resume a stream after"
-        refused = refused or await connectorx_refused(self.source, self.database)
+    async def _pages(self) -> None:
+        """The window in keyset pages ordered by the key (its first column is no integer to split on),
+        one connectorx read at a time: each page starts after the last key of the one before, written
+        into its SQL (``key_literal``: connectorx binds nothing). What a failure leaves, after the last
+        key sent, the canonical path reads."""
+        refused = self.blocked or await connectorx_refused(self.source, self.database)
         async with self.source.reserve(0 if refused else 1) as workers:
             if workers == 0:
                 reason = refused or "no free connection in the source's budget for connectorx"
                 self.stats.path = {"path": "asyncmy", "reason": reason}
                 await self._canonical_after(None)
                 return
-            await self._stream_from(connection_url(self.source.cfg, self.database, tls=self.source.tls))
-        self.stats.path = {"path": "connectorx", "workers": 1, "stream": order}
+            async with self._lock:
+                width = await row_bytes(self.conn, self.database, self.table)
+            rows = min(self.range_rows, max(MIN_RANGE_ROWS, RANGE_BYTES // width))
+            url = connection_url(self.source.cfg, self.database, tls=self.source.tls)
+            pages = await self._pages_from(url, rows)
+        self.stats.path = {"path": "connectorx", "workers": 1, "pages": pages}
         if self._guarded:
             self.stats.path["guarded_dates"] = True
         if self.fallbacks:
             self.stats.path["fallbacks"] = self.fallbacks[:10]
 
-    async def _stream_from(self, url: str) -> None:
-        key = (
-            []
-            if streamed(self.schema) == "no key"
-            else [self.schema.names.index(k) for k in self.schema.primary_key]
-        )
+    async def _pages_from(self, url: str, rows: int) -> int:
+        """Read pages of ``rows`` until one comes back short; the number read."""
+        key = self.schema.primary_key
+        names, at = [quote_mysql(k) for k in key], [self.schema.names.index(k) for k in key]
+        columns = [self.schema.column(k) for k in key]
         last: tuple[Any, ...] | None = None
-        guarded = self._guarded
-        sql = fast_select(self.database, self.table, self.schema, self.where or "TRUE", guarded)
-        try:
-            reader = await self._connectorx(self._stream_reader(url, sql))
-            while (raw := await self._connectorx(partial(_next_batch, reader))) is not None:
-                batch, coerced = await anyio.to_thread.run_sync(
-                    to_planned, raw, self.schema, self.rules, guarded, limiter=self.cpu_limiter
-                )
-                if batch is None:
-                    raise _Handover("a zero or invalid date")
-                if batch.num_rows:
-                    await self._send(batch, coerced)
-                    last = tuple(raw.column(i)[-1].as_py() for i in key)  # as read: no policy applied
-        except (S3ShiftError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            raise
-        except BaseException as exc:  # connectorx raises PanicException, a BaseException
-            reason = self._failed(exc)
-            if not guarded and last is None and type(exc).__name__ == "PanicException":
-                log.debug("%s: dates read through the guard: %s", self.rules.ref, reason)
-                self._guarded = True
-                await self._stream_from(url)
-                return
-            if last == ():  # rows were sent, and there is no key to resume after
-                raise SourceError(
-                    f"connectorx's read of {self.rules.ref} broke off after {self.stats.rows} rows "
-                    f"({reason}), and the table has no primary key to resume after — rerun the table",
-                    table=self.rules.ref,
-                    retryable=True,
-                ) from exc
-            log.debug("%s: the stream handed to the asyncmy path after %s: %s", self.rules.ref, last, reason)
-            self.fallbacks.append(reason)
-            await self._canonical_after(last)
-        finally:
-            release_freed_memory()
-
-    def _stream_reader(self, url: str, sql: str) -> Callable[[], pa.RecordBatchReader]:
-        setup = session_sql(self.source.cfg)
-        return partial(
-            connectorx.read_sql,
-            url,
-            sql,
-            return_type="arrow_stream",
-            batch_size=self.batch_size,
-            pre_execution_query=[setup],
-        )
+        pages = 0
+        while True:
+            guarded = self._guarded
+            try:
+                after = None
+                if last is not None:
+                    after = after_position(names, last, partial(_literal, columns, last), range_first=True)[0]
+                where = " AND ".join(f"({c})" for c in (after, self.where) if c) or "TRUE"
+                sql = fast_select(self.database, self.table, self.schema, where, guarded) + f" LIMIT {rows}"
+                fetched = await self._connectorx(partial(_fetch, url, sql, session_sql(self.source.cfg)))
+                pages += 1
+                for raw in fetched.to_batches(max_chunksize=self.batch_size):
+                    batch, coerced = await anyio.to_thread.run_sync(
+                        to_planned, raw, self.schema, self.rules, guarded, limiter=self.cpu_limiter
+                    )
+                    if batch is None:
+                        raise _Handover("a zero or invalid date")
+                    if batch.num_rows:
+                        await self._send(batch, coerced)
+                        last = tuple(raw.column(i)[-1].as_py() for i in at)  # as read: no policy applied
+            except (S3ShiftError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                raise
+            except BaseException as exc:  # connectorx raises PanicException, a BaseException
+                reason = self._failed(exc)
+                if not guarded and type(exc).__name__ == "PanicException":  # a zero or invalid date
+                    log.debug("%s: dates read through the guard after %s: %s", self.rules.ref, last, reason)
+                    self._guarded = True
+                    continue
+                log.debug("%s: pages handed to the asyncmy path after %s: %s", self.rules.ref, last, reason)
+                self.fallbacks.append(reason)
+                await self._canonical_after(last)
+                return pages
+            finally:
+                release_freed_memory()
+            if fetched.num_rows < rows:
+                return pages
 
     async def _connectorx(self, call: Callable[[], T]) -> T:
         """``call`` in a daemon thread, bounded by the source's ``read_timeout``, and given up
@@ -734,11 +730,25 @@ class _Handover(Exception):
     """A batch the canonical path must read (not an error of the table)."""
 
 
-def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
-    try:
-        return reader.read_next_batch()
-    except StopIteration:
-        return None
+def key_literal(column: Column, value: Any) -> str:
+    """A key value, as connectorx read it, as SQL text (connectorx binds nothing): text as a hex literal
+    in the connection's character set (``_utf8mb4 X'…'``, compared in the column's collation: a literal
+    yields to a column), bytes as ``X'…'``, neither of which any byte or sql_mode can end early; a decimal
+    as its digits (``Decimal`` checks them; one read as text too); integers and dates as the driver writes
+    them (``inline_args``)."""
+    if column.logical == "string":
+        return f"_utf8mb4 X'{str(value).encode('utf-8').hex()}'"
+    if column.logical == "binary":
+        return f"X'{bytes(value).hex()}'"
+    if column.logical == "decimal":
+        return format(Decimal(value), "f")
+    if column.logical in ("date", "timestamp"):
+        return inline_args("%s", [value])
+    return str(int(value))
+
+
+def _literal(key: Sequence[Column], values: Sequence[Any], i: int) -> str:
+    return key_literal(key[i], values[i])
 
 
 def _fetch(url: str, sql: str, setup: str) -> pa.Table:
