@@ -31,6 +31,7 @@ from src.warehouse.base import (
     batch,
     check_spec,
     committing,
+    create_target,
     prepare,
     render,
     run_load,
@@ -308,6 +309,15 @@ class SqlWarehouse:
                 return result
         except Exception as exc:
             raise self._error(exc, f"{req.mode} load of", name) from exc
+
+    async def create_target(self, req: LoadRequest) -> bool:
+        name = self._target(req)
+        try:
+            spec = self._request_spec(req)
+            async with self._session(load=True) as ex:
+                return await create_target(ex, spec, self._ready)
+        except Exception as exc:
+            raise self._error(exc, "creation of", name) from exc
 
     def stream_replace(self, req: LoadRequest) -> AbstractAsyncContextManager[StreamedLoad] | None:
         """A refilling warehouse loads a replace while it is staged, when a load slot is free now (the
