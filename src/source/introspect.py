@@ -3,7 +3,9 @@
 One catalog round (a few queries, each filtered on the table names) describes any number of tables, so
 thousands of small tables stay cheap. The table's ``ColumnSelection`` (include, then exclude) is applied
 before types are mapped, so an excluded column of a type s3shift cannot carry never fails the
-table; the ``TypePolicy`` decides the types a policy governs (see ``src.source.typemap``).
+table; the ``TypePolicy`` decides the types a policy governs (see ``src.source.typemap``). A table whose
+columns the account may read only in part (a column-level grant hides the others from the catalog) fails
+unless its ``include_columns`` lists the columns to read (``check_column_grants``).
 """
 
 from __future__ import annotations
