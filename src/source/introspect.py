@@ -95,16 +95,18 @@ async def describe_tables(
     *,
     policy: TypePolicy = DEFAULT_POLICY,
     selection: ColumnSelection = ALL_COLUMNS,
+    grants: Grants | None = None,
 ) -> dict[str, TableSchema | S3ShiftError]:
     """Describe many tables of one database with one catalog round. Per table: its schema (the selected
     columns, typed by ``policy``), or the error that stops it (not found, unsupported type, a selection
     naming unknown or key columns, a TINYINT(1) that holds other values than 0/1 under ``tinyint1:
-    boolean``). The TINYINT(1) check costs one query per table that has such a column (only when opted in).
+    boolean``, a column-level grant: ``check_column_grants``). The TINYINT(1) check costs one query per
+    table that has such a column (only when opted in); ``grants`` (``read_grants``) are read when not given.
     """
     if not tables:
         return {}
     grouped = await _catalog(conn, database, tables)
-    grants = await read_grants(conn)
+    grants = grants or await read_grants(conn)
     found: dict[str, TableSchema | S3ShiftError] = {}
     for table in tables:
         rows = list(grouped.get(table, {}).values())
@@ -356,7 +358,7 @@ class Grants:
 
 async def read_grants(conn: SourceConnection) -> Grants:
     """The account's own SELECT grants (``_GRANTS``): two small queries, answered from the server's
-    privilege cache."""
+    privilege cache (0.16 ms measured, as root of a server with a few dozen accounts)."""
     user, _, host = _text((await conn.fetchall("SELECT CURRENT_USER()"))[0][0]).rpartition("@")
     account = f"'{user}'@'{host}'"
     rows = [tuple(map(_text, row)) for row in await conn.fetchall(_GRANTS, (account,) * 3)]
