@@ -127,6 +127,11 @@ class Warehouse(Protocol):
         ...
 
     @property
+    def max_row_bytes(self) -> int | None:
+        """The most bytes a row's values may hold in a load (None: unbounded)."""
+        ...
+
+    @property
     def loads_while_staging(self) -> bool:
         """A full replace can be loaded while it is staged (``stream_replace``)."""
         ...

@@ -76,6 +76,10 @@ class SqlWarehouse:
         return self.dialect.max_varchar_bytes
 
     @property
+    def max_row_bytes(self) -> int | None:
+        return self.dialect.max_row_bytes
+
+    @property
     def loads_while_staging(self) -> bool:
         return self.refills
 
