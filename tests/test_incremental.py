@@ -632,3 +632,53 @@ def test_a_primary_key_changed_at_the_source_rekeys_the_target(
     source = mysql_rows(mysql_db, "SELECT id, x, tenant FROM pkc ORDER BY id, x, tenant")
     target = pg_fetch(f'SELECT id, x, tenant FROM "{pg_schema}".pkc ORDER BY id, x, tenant')
     assert [tuple(r) for r in target] == [tuple(r) for r in source] and len(source) == 4
+
+
+@pytest.mark.parametrize("table", ["events_ts", "events", "log"])
+def test_a_first_incremental_run_over_an_empty_table_creates_the_empty_target(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    mysql_db: str,
+    pg_schema: str,
+    table: str,
+) -> None:
+    """CI jobs query the target after a run: a first timestamp_only / hybrid / id_only run over an empty
+    table creates it, empty, with the planned columns, as full_sync does; it sets no watermark, so the
+    rows written afterwards are all read by the next run."""
+    mysql_exec(mysql_db, EVENTS, LOG, EVENTS.replace("events", "events_ts"))
+    tables = tables_cfg(mysql_db)
+    tables[f"{mysql_db}.events_ts"] = {
+        "cdc_strategy": "timestamp_only",
+        "cdc_timestamp_column": "updated_at",
+        "lag_seconds": 0,
+    }
+    cfg = write_config(tmp_path / "cfg", source_conn, pg_target, s3_conn, tables)
+    name = f"{mysql_db}.{table}"
+
+    doc = sync(cfg, name)
+    assert doc["status"] == "success", failures(doc)
+    result = doc["table_results"][name]
+    assert (result["rows_processed"], result["files_created"], result["rows_loaded"]) == (0, 0, 0), result
+    assert result["stages_loaded"] == [] and result["target"] == f"{pg_schema}.{table}", result
+    columns = pg_fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 "
+        "ORDER BY ordinal_position",
+        pg_schema,
+        table,
+    )
+    expected = ["seq", "msg"] if table == "log" else ["id", "kind", "amount", "updated_at"]
+    assert [c["column_name"] for c in columns][: len(expected)] == expected
+    assert pg_fetch(f'SELECT count(*) AS n FROM "{pg_schema}"."{table}"')[0]["n"] == 0
+    state_table = "SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 's3shift_state'"
+    assert not pg_fetch(state_table, pg_schema) or state_rows(pg_schema, name) == []  # no watermark set
+
+    if table == "log":
+        mysql_exec(mysql_db, "INSERT INTO log VALUES (1, 'a'), (2, 'b')")
+    else:
+        mysql_exec(mysql_db, f"INSERT INTO {table} VALUES (1, 'a', 1.5, '2001-01-01'), (2, 'b', 2, NOW(6))")
+    doc = sync(cfg, name)
+    assert doc["status"] == "success", failures(doc)
+    assert doc["table_results"][name]["rows_processed"] == 2
+    assert pg_fetch(f'SELECT count(*) AS n FROM "{pg_schema}"."{table}"')[0]["n"] == 2

@@ -1,5 +1,5 @@
-"""SIGTERM/SIGINT stop a real `sync` promptly while it reads a big table: on the asyncmy path, and inside
-a connectorx read (a Rust call in a thread that cannot be cancelled: it is left behind in its daemon
+"""SIGTERM/SIGINT/SIGHUP stop a real `sync` promptly while it reads a big table: on the asyncmy path, and
+inside a connectorx read (a Rust call in a thread that cannot be cancelled: it is left behind in its daemon
 thread). Within 2 s of the signal the process has exited 1 with the report on stdout, the table failed
 ``interrupted`` and retryable, the target untouched and no multipart upload left open."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from src.config.models import S3Conn, SourceConn, TargetConn
-from tests.conftest import mysql_exec, mysql_rows, pg_fetch
+from tests.conftest import ROOT, mysql_exec, mysql_rows, pg_fetch
 from tests.e2e import CLI, check_contract, write_config
 from tests.test_crash import Setup, open_uploads, start_sync, wait_until
 
@@ -25,7 +26,7 @@ SLOW = "SLEEP(0.001) = 0"
 BOUND = 2.0  # seconds from the signal to the exit
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
 @pytest.mark.parametrize("path", ["connectorx", "asyncmy"])
 def test_a_signal_during_a_big_read_ends_the_run_within_2_seconds(
     tmp_path: Path,
@@ -77,13 +78,48 @@ def test_a_signal_during_a_big_read_ends_the_run_within_2_seconds(
     assert open_uploads(s3_conn) == []
 
 
+def test_a_hang_up_leaves_a_run_started_under_nohup_alone(
+    tmp_path: Path, source_conn: SourceConn, pg_target: TargetConn, s3_conn: S3Conn, mysql_db: str
+) -> None:
+    """A run started with SIGHUP ignored (``nohup``) was asked to outlive its session: a hang-up during
+    its read neither stops nor kills it."""
+    rows = 1000
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE t (id BIGINT PRIMARY KEY, v VARCHAR(64) NOT NULL)",
+        f"INSERT INTO t SELECT seq, SHA2(seq, 256) FROM seq_1_to_{rows}",
+    )
+    table = f"{mysql_db}.t"
+    processing = {"fast_path": False, "batch_size": 100}
+    cfg = write_config(
+        tmp_path / "cfg", source_conn, pg_target, s3_conn, {table: {"where": SLOW}}, processing=processing
+    )
+    run = subprocess.Popen(
+        [*CLI, "--config-dir", str(cfg), "sync", "-p", "p", "-t", table, "--json-output"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # what nohup does
+    )
+    query = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND INFO LIKE %s"
+    wait_until(run, lambda: bool(mysql_rows(mysql_db, query, ("%SLEEP(0.001)%",))[0][0]), "the read")
+    run.send_signal(signal.SIGHUP)
+    out, err = run.communicate(timeout=60)
+
+    assert run.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["table_results"][table]["rows_processed"] == rows, doc
+    assert pg_fetch(f'SELECT count(*) AS n FROM "{pg_target.schema}".t')[0]["n"] == rows
+
+
 def _catches_sigterm(pid: int) -> bool:
     status = Path(f"/proc/{pid}/status").read_text()
     caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
     return bool(caught & (1 << (signal.SIGTERM - 1)))
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_signal_while_the_cli_starts_still_gives_the_report(
     tmp_path: Path,
     source_conn: SourceConn,

@@ -12,7 +12,14 @@ from src.common.policy import ColumnSelection
 from src.common.schema import TableSchema
 from src.config.models import SourceConn
 from src.plan.models import Window
-from src.source.introspect import Catalog, SourceClock, describe_table, describe_tables, server_now
+from src.source.introspect import (
+    Catalog,
+    SourceClock,
+    describe_table,
+    describe_tables,
+    read_grants,
+    server_now,
+)
 from src.source.mysql import MySQLSource, SourceConnection
 from src.source.window import estimate_rows
 from tests.conftest import mysql_exec
@@ -23,6 +30,7 @@ pytestmark = pytest.mark.anyio
 
 
 ROUND = 4  # queries per catalog round on MariaDB: columns, primary keys, table rows, column checks
+GRANTS = 2  # queries per run: the account (CURRENT_USER()), its own SELECT grants (``read_grants``)
 
 
 async def _selects(conn: SourceConnection) -> int:
@@ -46,14 +54,14 @@ async def test_a_batch_of_tables_costs_one_query_and_matches_describe_table(
     async with MySQLSource(source_conn) as src, src.connection() as conn:
         before = await _selects(conn)
         got = [await describe_table(conn, mysql_db, n, catalog=catalog) for n in names[:4]]
-        assert await _selects(conn) - before == ROUND  # t0..t3 in one round
+        assert await _selects(conn) - before == GRANTS + ROUND  # t0..t3 in one round
         got += [await describe_table(conn, mysql_db, n, catalog=catalog) for n in names[4:]]
-        assert await _selects(conn) - before == 2 * ROUND  # t4, t5, t6 and nokey in the next one
+        assert await _selects(conn) - before == GRANTS + 2 * ROUND  # t4, t5, t6 and nokey in the next one
         key = await describe_table(conn, mysql_db, "nokey", primary_key=("b", "a"), catalog=catalog)
         with pytest.raises(SourceError, match=rf"table {mysql_db}\.missing not found"):
             await describe_table(conn, mysql_db, "missing", catalog=catalog)
         # no column found: the round stops there, and one query asks whether it is a view MySQL cannot resolve
-        assert await _selects(conn) - before == 2 * ROUND + 2
+        assert await _selects(conn) - before == GRANTS + 2 * ROUND + 2
         assert got == [await describe_table(conn, mysql_db, n) for n in names]
         with pytest.raises(ConfigError, match="include_columns"):  # described again: read again
             await describe_table(
@@ -70,8 +78,9 @@ async def test_a_catalog_round_reads_only_the_named_tables(source_conn: SourceCo
         mysql_db, *[f"CREATE TABLE t{i} (id INT PRIMARY KEY, a INT, b TEXT, c DATE)" for i in range(60)]
     )
     async with MySQLSource(source_conn) as src, src.connection() as conn:
+        grants = await read_grants(conn)  # once per run, whatever the number of tables
         before = await _status(conn, "Handler_tmp_write")
-        found = await describe_tables(conn, mysql_db, ["t0", "t1"])
+        found = await describe_tables(conn, mysql_db, ["t0", "t1"], grants=grants)
         written = await _status(conn, "Handler_tmp_write") - before
     assert [len(schema.columns) for schema in found.values() if isinstance(schema, TableSchema)] == [4, 4]
     assert written <= 4 * 8, f"{written} rows written to describe 8 columns"  # 2 tables of a 60-table schema

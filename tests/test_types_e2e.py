@@ -283,3 +283,56 @@ def test_thousand_column_table(
     assert doc["status"] == "success" and doc["table_results"][table]["rows_processed"] == 20, doc
     row = pg_fetch(f'SELECT c0, c1, c2, c3, c4, c998 FROM "{pg_schema}".wide WHERE id = 7')[0]
     assert tuple(row) == (1, "x", -3, date(2024, 1, 1), 2.5, date(2024, 1, 1))
+
+
+@pytest.mark.parametrize("fast_path", [False, True], ids=["asyncmy", "connectorx"])
+def test_a_row_over_redshifts_4_mb_limit_names_its_columns(
+    tmp_path: Path,
+    source_conn: SourceConn,
+    pg_target: TargetConn,
+    s3_conn: S3Conn,
+    s3_endpoint: str,
+    mysql_db: str,
+    pg_schema: str,
+    fast_path: bool,
+) -> None:
+    """Redshift's COPY refuses an input row over 4 MB and names neither row nor column: the run fails such
+    a table as it reads it, naming the columns that hold the row's bytes, before anything is staged.
+    Here no value is over 4 MB alone: two columns of 2.5 MB make the row."""
+    mysql_exec(
+        mysql_db,
+        "CREATE TABLE docs (id INT PRIMARY KEY, note VARCHAR(20), body LONGBLOB, scan LONGBLOB)",
+        f"INSERT INTO docs SELECT seq, 'small', 'b', NULL FROM seq_1_to_{120_000 if fast_path else 3000}",
+        "UPDATE docs SET body = REPEAT('x', 2500000), scan = REPEAT('y', 2500000) WHERE id = 2000",
+        "ANALYZE TABLE docs",
+    )
+    conn, cli = as_redshift(pg_target, s3_endpoint)
+    table = f"{mysql_db}.docs"
+    processing = {"fast_path": fast_path, "batch_size": 500, "range_rows": 1000}
+    cfg = write_config(tmp_path / "cfg", source_conn, conn, s3_conn, processing=processing)
+    plan, _ = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table, "--dry-run", cli=cli)
+    assert plan["tables"][table]["extract_path"].startswith("connectorx" if fast_path else "asyncmy"), plan
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table, cli=cli)
+    assert proc.returncode == 1, proc.stderr
+    result = doc["table_results"][table]
+    assert (result["phase"], result["retryable"]) == ("extract", False), result
+    message = result["error_message"]
+    assert "'body' 2,500,000 bytes, 'scan' 2,500,000 bytes" in message and "exclude_columns" in message, (
+        message
+    )
+    assert "'note' 5 bytes" in message and "holds 5,000,005 bytes" in message, message
+    assert not pg_fetch("SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'docs'", pg_schema)
+
+    cfg = write_config(
+        tmp_path / "cfg2",
+        source_conn,
+        conn,
+        s3_conn,
+        {table: {"exclude_columns": ["scan"]}},
+        processing=processing,
+    )
+    doc, proc = run_json("--config-dir", str(cfg), "sync", "-p", "p", "-t", table, cli=cli)
+    assert proc.returncode == 0, doc
+    assert (
+        pg_fetch(f'SELECT octet_length(body) AS n FROM "{pg_schema}".docs WHERE id = 2000')[0]["n"] == 2500000
+    )

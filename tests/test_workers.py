@@ -61,6 +61,7 @@ def start(cfg: Path, cli: tuple[str, ...], tables: list[str]) -> subprocess.Pope
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, as a job's under a shell
     )
 
 
@@ -145,20 +146,30 @@ def test_processes_share_the_tables_and_sync_each_exactly(
     assert assert_tables_equal(mysql_db, "t7", pg_schema, "t7", "id") == 50
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_sigterm_rolls_back_every_process_and_reports_every_table(
-    setup: tuple[Path, tuple[str, ...], list[str]], mysql_db: str, pg_schema: str, s3_conn: S3Conn
+    setup: tuple[Path, tuple[str, ...], list[str]],
+    mysql_db: str,
+    pg_schema: str,
+    s3_conn: S3Conn,
+    signum: signal.Signals,
 ) -> None:
+    """SIGTERM to the run's process; SIGHUP to its whole process group, as a shell whose terminal or ssh
+    session hung up sends it to its jobs (the workers get it too, and leave it to the parent)."""
     cfg, cli, tables = setup
     with blocked_run(setup, mysql_db, pg_schema, "terminated") as (proc, before):
         workers = children(proc.pid)
         assert workers, "no worker process was forked"
-        proc.send_signal(signal.SIGTERM)
+        if signum == signal.SIGHUP:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
         out, _ = proc.communicate(timeout=90)
     doc = json.loads(out)
     assert proc.returncode == 1 and doc["status"] == "failed", doc
     assert sorted(doc["table_results"]) == sorted(tables)
     for result in doc["table_results"].values():
-        assert result["status"] == "failed" and "SIGTERM" in result["error_message"], result
+        assert result["status"] == "failed" and signum.name in result["error_message"], result
         assert result["retryable"] is True, result
     wait_for(lambda: not any(alive(p) for p in workers), "the workers to end", timeout=30)
     assert contents(pg_schema) == before  # every process's transaction rolled back

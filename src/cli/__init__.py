@@ -12,10 +12,10 @@ loads: Arrow's allocator, glibc's mmap threshold, and quiet Rust logging.
   1.08x; measured in session 10). MALLOC_MMAP_THRESHOLD_ in the environment wins.
 - connectorx's connection pool logs each refused login to stderr; our own message says what happened,
   once (RUST_LOG in the environment wins).
-- SIGTERM and SIGINT are held (``hold_signals``) from the first moment of a CLI process: the imports
-  that follow take a second or more, and a SIGTERM then killed the process with nothing on stdout
-  (SIGINT: a traceback). A held signal ends the run at its start, reported as interrupted; during the
-  run the engine watches the signals itself (``engine.run.watching_signals``).
+- SIGTERM, SIGINT and SIGHUP (``src.common.signals``) are held (``hold_signals``) from the first moment
+  of a CLI process: the imports that follow take a second or more, and a SIGTERM then killed the process
+  with nothing on stdout (SIGINT: a traceback). A held signal ends the run at its start, reported as
+  interrupted; during the run the engine watches the signals itself (``engine.run.watching_signals``).
 """
 
 import gc
@@ -28,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 
 from src.common.memory import fix_mmap_threshold
+from src.common.signals import STOP_SIGNALS
 
 MMAP_THRESHOLD_BYTES = 256 * 1024
 
@@ -48,9 +49,9 @@ _holding: list[bool] = []  # [True] once this process holds them: it is the CLI'
 
 
 def hold_signals() -> None:
-    """From now on SIGTERM/SIGINT only append to ``HELD`` (until an event loop's own handler takes over)."""
+    """From now on the stop signals only append to ``HELD`` (until an event loop's own handler takes over)."""
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, _hold)
         _holding[:] = [True]
 

@@ -59,7 +59,7 @@ async def plan_sync(
     interrupted: list[str] | None = None,
 ) -> dict[str, Any]:
     """The JSON plan: ``{"dry_run": true, "execution_id", "pipeline", "mode", "processes",
-    "tables": {table: plan | error}}``. ``interrupted`` (the CLI's held signals): SIGTERM/SIGINT, held
+    "tables": {table: plan | error}}``. ``interrupted`` (the CLI's held signals): SIGTERM/SIGINT/SIGHUP, held
     before or received during it, end it at once, every table not yet planned an ``error`` naming it."""
     start = utc_now()
     tables = unique(request.tables)
@@ -102,7 +102,7 @@ async def plan_each(
 ) -> dict[str, dict[str, Any]]:
     """Each requested table's ``plan_one`` (or ``{"status": "error", "error_message"}``), read-only, in
     request order, in the context a run ``execution_id`` would have (``configured`` is told the config).
-    ``interrupted`` (the CLI's held signals): SIGTERM/SIGINT, held before or received during it, end it
+    ``interrupted`` (the CLI's held signals): SIGTERM/SIGINT/SIGHUP, held before or received during it, end it
     at once, every table not yet planned an error naming it (``what`` was interrupted)."""
     tables = unique(request.tables)
     results: dict[str, dict[str, Any]] = {}

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from src.common.schema import TableSchema
 from src.engine.context import RunContext
-from src.engine.streams import CheckedReceive, Completion, Tap
+from src.engine.streams import CheckedReceive, Completion, RowBytesLimit, Tap
 from src.plan.models import Watermark, Window
 from src.plan.planner import Resolved, TablePlan, resolve, window
 from src.source.extract import ExtractStats, with_filter
@@ -139,11 +139,13 @@ async def extract_and_stage(
     async with anyio.create_task_group() as tg:
         tg.start_soon(produce)
         async with CheckedReceive(receive, completion, f"extract of {plan.table}") as checked:
+            limit = ctx.warehouse.max_row_bytes
+            rows = checked if limit is None else RowBytesLimit(checked, limit, plan.table)
             result = await write_parquet(
                 ctx.s3,
                 prefix=prefix,
                 schema=schema.arrow_schema(),
-                receive=checked if tap is None else Tap(checked, tap),
+                receive=rows if tap is None else Tap(rows, tap),
                 file_size_bytes=plan.file_size_bytes,
                 cpu_limiter=ctx.limits.cpu,
                 schema_hash=schema.schema_hash(),

@@ -19,6 +19,7 @@ import pyarrow as pa
 from src.common.errors import ConfigError, S3ShiftError, StageError, describe, first_error
 from src.common.jsonio import dumps_bytes
 from src.common.log import get_logger
+from src.common.signals import STOP_SIGNALS
 from src.config.loader import config_dir, load_pipeline
 from src.config.models import Pipeline
 from src.engine.context import RunContext, RunMode
@@ -365,14 +366,14 @@ async def _persist(s3: S3Stage, pipeline: Pipeline, report: RunReport) -> None:
 async def watching_signals(
     interrupted: list[str],
     on_signal: Callable[[], None] | None = None,
-    signums: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+    signums: tuple[signal.Signals, ...] = STOP_SIGNALS,
 ) -> AsyncIterator[anyio.CancelScope]:
-    """SIGTERM/SIGINT cancel the run: the yielded scope, which the block enters around its work; in-flight
-    loads roll back, uploads are aborted (shielded cleanup), and the report still names every table.
-    ``on_signal`` first (the parent's workers get SIGTERM). The signals stay caught until the block ends:
-    a later one is logged and ignored, never the default death half-way through a rollback (the cleanup
-    is time-boxed, so the run still ends). A worker gets SIGTERM once per thread of a dying parent: the
-    kernel hands it from thread to thread (``PR_SET_PDEATHSIG``)."""
+    """SIGTERM/SIGINT/SIGHUP (``STOP_SIGNALS``) cancel the run: the yielded scope, which the block enters
+    around its work; in-flight loads roll back, uploads are aborted (shielded cleanup), and the report
+    still names every table. ``on_signal`` first (the parent's workers get SIGTERM). The signals stay
+    caught until the block ends: a later one is logged and ignored, never the default death half-way
+    through a rollback (the cleanup is time-boxed, so the run still ends). A worker gets SIGTERM once per
+    thread of a dying parent: the kernel hands it from thread to thread (``PR_SET_PDEATHSIG``)."""
     scope = anyio.CancelScope()
 
     async def watch(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -403,8 +404,9 @@ async def watching_signals(
 
 
 async def unless_signalled(interrupted: list[str] | None, work: Callable[[], Awaitable[T]]) -> T | None:
-    """``work()``, cancelled at once by SIGTERM/SIGINT, held before it (``interrupted``: the CLI's) or
-    received during it: then None. Without ``interrupted`` (not the CLI) the signals are not watched."""
+    """``work()``, cancelled at once by a stop signal (``STOP_SIGNALS``), held before it (``interrupted``:
+    the CLI's) or received during it: then None. Without ``interrupted`` (not the CLI) the signals are not
+    watched."""
     if interrupted is None:
         return await work()
     result: T | None = None

@@ -101,6 +101,7 @@ class _Backup:
     window: Window
     loaded: LoadResult | None = None  # the stage was loaded while it was written (``_stage_and_load``)
     unread: UnreadCursors = field(default_factory=UnreadCursors)  # rows no window reads (NULL cursors, ...)
+    planned: StageResult | None = None  # no stage (nothing new): the one it would have been, with no files
 
 
 Settled = Callable[[TableResult], Awaitable[None]]
@@ -180,10 +181,11 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
     if ctx.mode == "load_only" and state is None and not chain.load:
         raise _nothing_to_load(ctx, plan)
     streamed: LoadResult | None = None
+    planned: StageResult | None = None
     if ctx.mode != "load_only":
         backup = await _backup(ctx, plan, chain, progress, markers=runs.markers, state=state)
         progress.rows_extracted = backup.stats.rows
-        streamed = backup.loaded
+        streamed, planned = backup.loaded, backup.planned
         if backup.stage is not None:
             if plan.strategy == "full_sync":  # a fresh snapshot supersedes every pending one
                 fresh = () if streamed else (backup.stage,)  # already loaded with its extraction
@@ -206,6 +208,8 @@ async def _run(ctx: RunContext, plan: TablePlan, progress: _Progress) -> TableSu
         progress.extra["stages_skipped"] = [describe_stage(s) for s in chain.skipped]
     if ctx.mode != "backup_only":
         await _load_chain(ctx, plan, chain, state, progress, streamed)
+        if planned is not None and state is None and not progress.loaded:
+            await _create_target(ctx, plan, planned, progress)
     for stage in unloadable(chain.skipped, state, loaded=bool(progress.loaded)):
         try:  # reported once: no later run reads it again
             await delete_stage_later(ctx.s3, stage)
@@ -277,9 +281,11 @@ async def _backup(
         progress.phase = "introspect"
         schema, resolved, win = await plan_window(conn, plan, chain.position, ctx.catalog)
         stats = ExtractStats()
-        if window_is_empty(win):
-            return _Backup(None, stats, win, unread=await unread_cursors(conn, plan, schema, win))
         meta = stage_meta(ctx, plan, schema, resolved, win, await source_now(conn, ctx.clock))
+        planned = planned_stage(ctx, plan, meta)
+        if window_is_empty(win):
+            unread = await unread_cursors(conn, plan, schema, win)
+            return _Backup(None, stats, win, unread=unread, planned=planned)
         check_early(ctx, plan, meta, state, progress)
         unread = await unread_cursors(conn, plan, schema, win)
         progress.phase = "extract"
@@ -295,7 +301,7 @@ async def _backup(
         if stage.rows == 0 and plan.strategy != "full_sync":
             await delete_stage(ctx.s3, stage)  # nothing new: no COPY, state untouched
             progress.timed("extract_stage", mark)
-            return _Backup(None, stats, win, unread=unread)
+            return _Backup(None, stats, win, unread=unread, planned=planned)
         progress.timed("extract_stage", mark)
     return _Backup(stage, stats, win, loaded, unread)
 
@@ -467,6 +473,17 @@ async def _load_chain(
     if changes:
         progress.extra["schema_changes"] = changes
     progress.timed("load", mark)
+
+
+async def _create_target(ctx: RunContext, plan: TablePlan, planned: StageResult, progress: _Progress) -> None:
+    """A table's first window found nothing to load still leaves its target, empty with the planned
+    columns, as a full_sync of an empty table does (jobs query it after the run). No state row: the next
+    run reads the table from its start again."""
+    progress.phase = "load"
+    req = load_request(ctx, plan, planned, None)
+    if await ctx.warehouse.create_target(req):
+        log.info("%s: no rows yet; created its target %s, empty", plan.table, req.state.target)
+    progress.extra["target"] = req.state.target
 
 
 def _read_again(ctx: RunContext, plan: TablePlan, stage: StageResult) -> str:

@@ -40,7 +40,7 @@ async def run_watermark(
     interrupted: list[str] | None = None,
 ) -> dict[str, Any]:
     """Returns the table's state after the action. Raises S3ShiftError with a one-line message.
-    ``interrupted`` (the CLI's held signals): SIGTERM/SIGINT, held before or received during it, cancel
+    ``interrupted`` (the CLI's held signals): SIGTERM/SIGINT/SIGHUP, held before or received during it, cancel
     the action (a lock wait, a stalled server) instead of being ignored until it ends."""
     result = await unless_signalled(interrupted, partial(_run_watermark, req, redshift_connect))
     if result is not None:

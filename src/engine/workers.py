@@ -14,9 +14,10 @@ connections, warehouse loads, tables in flight or S3 parts than configured. Resu
 aggregator; the parent alone writes the report and removes the run marker.
 
 Failures:
-- SIGTERM/SIGINT to the parent: it hands out no more tables and forwards SIGTERM to every worker, whose
-  tables roll back exactly as in one process; it then collects their results (``drain``, bounded by
-  ``DRAIN_TIMEOUT``). Workers ignore SIGINT: a terminal's Ctrl-C reaches them once, through the parent.
+- SIGTERM/SIGINT/SIGHUP to the parent: it hands out no more tables and forwards SIGTERM to every worker,
+  whose tables roll back exactly as in one process; it then collects their results (``drain``, bounded
+  by ``DRAIN_TIMEOUT``). Workers ignore SIGINT and SIGHUP: a terminal's Ctrl-C or hang-up (sent to the
+  whole process group) reaches them once, through the parent.
 - the parent dies, even by SIGKILL: the kernel sends each worker SIGTERM (``PR_SET_PDEATHSIG``).
 - a worker dies: each table it had not reported is failed, saying so (its open transaction died with
   its connection, so the warehouse rolled it back); the other processes run the rest.
@@ -408,7 +409,8 @@ def _worker_main(
 ) -> None:
     code = 0
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the workers through the parent
+        for signum in (signal.SIGINT, signal.SIGHUP):  # a Ctrl-C or a hang-up reaches them through the parent
+            signal.signal(signum, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not held as the parent's (``src.cli``)
         _die_with_parent()
         if os.getppid() != parent:  # the parent died before the line above took effect

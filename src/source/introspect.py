@@ -3,7 +3,9 @@
 One catalog round (a few queries, each filtered on the table names) describes any number of tables, so
 thousands of small tables stay cheap. The table's ``ColumnSelection`` (include, then exclude) is applied
 before types are mapped, so an excluded column of a type s3shift cannot carry never fails the
-table; the ``TypePolicy`` decides the types a policy governs (see ``src.source.typemap``).
+table; the ``TypePolicy`` decides the types a policy governs (see ``src.source.typemap``). A table whose
+columns the account may read only in part (a column-level grant hides the others from the catalog) fails
+unless its ``include_columns`` lists the columns to read (``check_column_grants``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -20,7 +23,7 @@ from src.common.errors import ConfigError, S3ShiftError, SourceError, Unsupporte
 from src.common.naming import qualify_mysql, quote_mysql
 from src.common.policy import ColumnSelection, TypePolicy
 from src.common.schema import TableSchema
-from src.source.mysql import SourceConnection
+from src.source.mysql import SourceConnection, driver_error_code
 from src.source.typemap import DEFAULT_POLICY, ColumnInfo, data_type_of, map_column
 
 ALL_COLUMNS = ColumnSelection()
@@ -53,7 +56,7 @@ async def _check_view(conn: SourceConnection, database: str, table: str) -> None
 _COLUMNS = """
 SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, CHARACTER_MAXIMUM_LENGTH,
        CHARACTER_OCTET_LENGTH, NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION, CHARACTER_SET_NAME,
-       COLUMN_KEY
+       COLUMN_KEY, PRIVILEGES
 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME IN ({names})
 ORDER BY TABLE_NAME, ORDINAL_POSITION
 """
@@ -70,6 +73,18 @@ _COLUMN_CHECKS = """
 SELECT TABLE_NAME, CONSTRAINT_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS
 WHERE CONSTRAINT_SCHEMA = %s AND TABLE_NAME IN ({names}) AND LEVEL = 'Column'
 """
+# The SELECT grants of the session's own account on whole tables, schemas and the server; the views show an
+# account its own grants only (MariaDB 10.11: not its roles', nor PUBLIC's), and every account's to one that
+# may read the mysql schema, hence the filter on GRANTEE ('user'@'host', as CURRENT_USER() names it).
+_GRANTS = """
+SELECT 'global', '', '' FROM information_schema.USER_PRIVILEGES
+WHERE GRANTEE = %s AND PRIVILEGE_TYPE = 'SELECT'
+UNION ALL SELECT 'schema', TABLE_SCHEMA, '' FROM information_schema.SCHEMA_PRIVILEGES
+WHERE GRANTEE = %s AND PRIVILEGE_TYPE = 'SELECT'
+UNION ALL SELECT 'table', TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLE_PRIVILEGES
+WHERE GRANTEE = %s AND PRIVILEGE_TYPE = 'SELECT'
+"""
+_DENIED = (1142, 1143)  # SELECT denied on the table, on a column
 _JSON_VALID = re.compile(r"^\s*json_valid\(\s*`?(?P<col>(?:[^`]|``)+?)`?\s*\)\s*$", re.IGNORECASE)
 
 
@@ -80,19 +95,22 @@ async def describe_tables(
     *,
     policy: TypePolicy = DEFAULT_POLICY,
     selection: ColumnSelection = ALL_COLUMNS,
+    grants: Grants | None = None,
 ) -> dict[str, TableSchema | S3ShiftError]:
     """Describe many tables of one database with one catalog round. Per table: its schema (the selected
     columns, typed by ``policy``), or the error that stops it (not found, unsupported type, a selection
     naming unknown or key columns, a TINYINT(1) that holds other values than 0/1 under ``tinyint1:
-    boolean``). The TINYINT(1) check costs one query per table that has such a column (only when opted in).
+    boolean``, a column-level grant: ``check_column_grants``). The TINYINT(1) check costs one query per
+    table that has such a column (only when opted in); ``grants`` (``read_grants``) are read when not given.
     """
     if not tables:
         return {}
     grouped = await _catalog(conn, database, tables)
+    grants = grants or await read_grants(conn)
     found: dict[str, TableSchema | S3ShiftError] = {}
     for table in tables:
         rows = list(grouped.get(table, {}).values())
-        found[table] = await _describe(conn, database, table, rows, policy, selection, None)
+        found[table] = await _describe(conn, database, table, rows, policy, selection, None, grants)
     return found
 
 
@@ -110,10 +128,11 @@ async def describe_table(
     selected). With the run's ``catalog``, its rows come from a batch read for many tables. Raises the
     error ``describe_tables`` would report."""
     if catalog is not None:
-        rows = await catalog.rows(conn, database, table)
+        rows, grants = await catalog.rows(conn, database, table), await catalog.grants(conn)
     else:
         rows = list((await _catalog(conn, database, [table])).get(table, {}).values())
-    result = await _describe(conn, database, table, rows, policy, selection, primary_key)
+        grants = await read_grants(conn)
+    result = await _describe(conn, database, table, rows, policy, selection, primary_key, grants)
     if isinstance(result, S3ShiftError):
         raise result
     return result
@@ -140,7 +159,15 @@ class Catalog:
         self._max_age = max_age
         self._rows: dict[tuple[str, str], tuple[float, list[tuple[Any, ...]]]] = {}
         self._table_rows: dict[tuple[str, str], int] = {}
+        self._grants: Grants | None = None
         self._lock = anyio.Lock()
+
+    async def grants(self, conn: SourceConnection) -> Grants:
+        """The account's own SELECT grants (``read_grants``): read once for the run."""
+        async with self._lock:
+            if self._grants is None:
+                self._grants = await read_grants(conn)
+            return self._grants
 
     def table_rows(self, database: str, table: str) -> int | None:
         """``information_schema.TABLES.TABLE_ROWS`` (the engine's estimate) of a table this catalog has
@@ -182,8 +209,8 @@ async def _catalog(
     """The catalog round: per table, per column (in order), one row ``(TABLE_NAME, COLUMN_NAME, DATA_TYPE,
     COLUMN_TYPE, IS_NULLABLE, CHARACTER_MAXIMUM_LENGTH, CHARACTER_OCTET_LENGTH, NUMERIC_PRECISION,
     NUMERIC_SCALE, DATETIME_PRECISION, CHARACTER_SET_NAME, SEQ_IN_INDEX, CHECK_CLAUSE, TABLE_ROWS,
-    COLUMN_KEY)``: SEQ_IN_INDEX of the PRIMARY KEY (or None), the column's CHECK clause (MariaDB; the
-    JSON one when there are several, else None), the table's TABLE_ROWS."""
+    COLUMN_KEY, PRIVILEGES)``: SEQ_IN_INDEX of the PRIMARY KEY (or None), the column's CHECK clause
+    (MariaDB; the JSON one when there are several, else None), the table's TABLE_ROWS."""
     names = ", ".join(["%s"] * len(tables))
     args = (database, *tables)
     columns = await conn.fetchall(_COLUMNS.format(names=names), args)
@@ -210,6 +237,7 @@ async def _catalog(
             checks.get(at),
             counts.get(table),
             row[11],
+            row[12],
         )
     return grouped
 
@@ -222,11 +250,14 @@ async def _describe(
     policy: TypePolicy,
     selection: ColumnSelection,
     primary_key: tuple[str, ...] | None,
+    grants: Grants,
 ) -> TableSchema | S3ShiftError:
     try:
         if not rows:
             await _check_view(conn, database, table)
         schema = _schema(conn, f"{database}.{table}", rows, policy, selection, primary_key)
+        if not selection.include:
+            await check_column_grants(conn, database, table, rows, grants)
         await check_booleans(conn, database, table, schema)
     except S3ShiftError as exc:
         return exc
@@ -309,6 +340,62 @@ def select_columns(
             key=config_key,
         )
     return kept
+
+
+@dataclass(frozen=True)
+class Grants:
+    """The session account's own SELECT grants on whole tables, schemas (exact names; a wildcard pattern
+    proves nothing here) or the server: each lets it read every column of a table."""
+
+    account: str  # 'user'@'host'
+    everything: bool
+    schemas: frozenset[str]
+    tables: frozenset[tuple[str, str]]
+
+    def whole_table(self, database: str, table: str) -> bool:
+        return self.everything or database in self.schemas or (database, table) in self.tables
+
+
+async def read_grants(conn: SourceConnection) -> Grants:
+    """The account's own SELECT grants (``_GRANTS``): two small queries, answered from the server's
+    privilege cache (0.16 ms measured, as root of a server with a few dozen accounts)."""
+    user, _, host = _text((await conn.fetchall("SELECT CURRENT_USER()"))[0][0]).rpartition("@")
+    account = f"'{user}'@'{host}'"
+    rows = [tuple(map(_text, row)) for row in await conn.fetchall(_GRANTS, (account,) * 3)]
+    return Grants(
+        account=account,
+        everything=any(level == "global" for level, _, _ in rows),
+        schemas=frozenset(re.sub(r"\\([_%\\])", r"\1", db) for level, db, _ in rows if level == "schema"),
+        tables=frozenset((db, name) for level, db, name in rows if level == "table"),
+    )
+
+
+async def check_column_grants(
+    conn: SourceConnection, database: str, table: str, rows: list[tuple[Any, ...]], grants: Grants
+) -> None:
+    """An account granted SELECT on only some columns of a table (``GRANT SELECT (a, b) ON db.t``) sees
+    only those in the catalog, and the table would be synced without the others, silently. Unless its own
+    grants cover the whole table, the server is asked whether every column is readable (``SELECT *``,
+    no row): the answer counts its roles' grants too, which the privilege views do not show. Denied, the
+    table fails, saying to grant SELECT on the table or to list the columns to read (include_columns)."""
+    readable = [_text(row[1]) for row in rows if "select" in _text(row[15] or "").split(",")]
+    if not readable or grants.whole_table(database, table):  # none readable: the read fails, as it is
+        return
+    try:
+        await conn.fetchall(f"SELECT * FROM {qualify_mysql(database, table)} LIMIT 0")
+    except SourceError as exc:
+        if driver_error_code(exc.__cause__ or exc) not in _DENIED:
+            raise
+        ref = f"{database}.{table}"
+        raise SourceError(
+            f"MySQL account {grants.account} of source {conn.cfg.name!r} may read only some columns of {ref} "
+            f"({_preview(readable)}): the catalog hides the others, and the table would be synced without "
+            f"them — GRANT SELECT ON {qualify_mysql(database, table)} TO {grants.account}, or list the "
+            f"columns to sync in include_columns of {ref} in the pipeline",
+            table=ref,
+            key="include_columns",
+            retryable=False,
+        ) from exc
 
 
 async def check_booleans(conn: SourceConnection, database: str, table: str, schema: TableSchema) -> None:

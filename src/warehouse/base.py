@@ -131,6 +131,11 @@ class Warehouse(Protocol):
         ...
 
     @property
+    def max_row_bytes(self) -> int | None:
+        """The most bytes a row's values may hold in a load (None: unbounded)."""
+        ...
+
+    @property
     def loads_while_staging(self) -> bool:
         """A full replace can be loaded while it is staged (``stream_replace``)."""
         ...
@@ -156,6 +161,11 @@ class Warehouse(Protocol):
         ...
 
     async def load(self, req: LoadRequest) -> LoadResult: ...
+
+    async def create_target(self, req: LoadRequest) -> bool:
+        """The target ``load(req)`` would create, created empty if missing (no rows, no state row): what a
+        table's first window shows when it is empty. True when it was missing."""
+        ...
 
     def stream_replace(self, req: LoadRequest) -> AbstractAsyncContextManager[StreamedLoad] | None:
         """A load of the replace ``req`` that takes the rows while they are staged, if this warehouse can
@@ -348,15 +358,28 @@ async def prepare(
     this warehouse's earlier loads (updated here), which are not asked about again."""
     check_spec(spec)
     ready = set() if ready is None else ready
-    if (schema := f"schema {spec.dialect.fold(spec.schema_name)}") not in ready:
-        await ensure_schema(ex, spec.dialect, spec.schema_name)
-        ready.add(schema)
+    await _ensure_schema(ex, spec, ready)
     if commit is not None and (state := f"state {spec.dialect.fold(commit.state_schema)}") not in ready:
         await st.ensure(ex, spec.dialect, commit.state_schema)
         ready.add(state)
     if commit is not None and commit.expect_stage:
         return None
     return await prepare_target(ex, spec)
+
+
+async def _ensure_schema(ex: Executor, spec: LoadSpec, ready: set[str]) -> None:
+    if (schema := f"schema {spec.dialect.fold(spec.schema_name)}") not in ready:
+        await ensure_schema(ex, spec.dialect, spec.schema_name)
+        ready.add(schema)
+
+
+async def create_target(ex: Executor, spec: LoadSpec, ready: set[str]) -> bool:
+    """The target of a load with no rows to bring (an incremental table's first window, empty), created
+    empty as ``prepare`` creates it, its schema too; an existing one is left as it is (no evolution
+    without a load), and no state row is written. True when it was missing."""
+    check_spec(spec)
+    await _ensure_schema(ex, spec, ready)
+    return await ensure_table(ex, spec.dialect, spec.schema_name, spec.target_table, target_create_sql(spec))
 
 
 def check_spec(spec: LoadSpec) -> None:

@@ -18,6 +18,7 @@ from src.common.schema import Column, TableSchema
 
 REDSHIFT_MAX_VARCHAR = 65_535
 REDSHIFT_MAX_VARBYTE = 16_777_216
+REDSHIFT_MAX_ROW = 4 * 1024 * 1024  # COPY's limit on one input row (4 MB)
 REDSHIFT_MAX_PRECISION = 38
 PG_SYSTEM_COLUMNS = frozenset({"tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"})  # "oid" since PG 12: no
 SYSTEM_COLUMNS = PG_SYSTEM_COLUMNS | {"oid"}  # Redshift's
@@ -37,7 +38,8 @@ class Dialect:
     statements are the LOCKs. PostgreSQL runs the commit transaction in READ COMMITTED instead, where
     every statement sees what committed before it. ``now_sql``: the server's UTC wall clock.
     ``max_varchar_bytes``: the longest text a column holds (None: unbounded), which the extractor's
-    ``long_text`` policy needs. ``alter_type_in_transaction``: ALTER COLUMN TYPE may run inside a
+    ``long_text`` policy needs; ``max_row_bytes``: the most bytes one row may hold (None: unbounded),
+    which the run checks while it reads. ``alter_type_in_transaction``: ALTER COLUMN TYPE may run inside a
     transaction (PostgreSQL; Redshift only widens a VARCHAR, and never inside one).
     ``truncate_in_transaction``: TRUNCATE is transactional (PostgreSQL: rolled back with the load), so a
     replace may empty the target with it instead of DELETE (Redshift's TRUNCATE commits implicitly:
@@ -52,6 +54,7 @@ class Dialect:
     snapshot_per_transaction: bool = False
     now_sql: str = "(clock_timestamp() AT TIME ZONE 'UTC')"
     max_varchar_bytes: int | None = None
+    max_row_bytes: int | None = None
     alter_type_in_transaction: bool = True
     truncate_in_transaction: bool = False
     system_columns: frozenset[str] = PG_SYSTEM_COLUMNS  # names a column cannot have (after folding)
@@ -84,6 +87,7 @@ REDSHIFT = Dialect(
     snapshot_per_transaction=True,
     now_sql="GETDATE()",
     max_varchar_bytes=REDSHIFT_MAX_VARCHAR,
+    max_row_bytes=REDSHIFT_MAX_ROW,
     alter_type_in_transaction=False,
     system_columns=SYSTEM_COLUMNS,
 )

@@ -32,6 +32,7 @@ from src.warehouse.base import (
     check_rows,
     check_spec,
     committing,
+    create_target,
     prepare,
     render,
     run_load,
@@ -75,6 +76,10 @@ class SqlWarehouse:
     @property
     def max_varchar_bytes(self) -> int | None:
         return self.dialect.max_varchar_bytes
+
+    @property
+    def max_row_bytes(self) -> int | None:
+        return self.dialect.max_row_bytes
 
     @property
     def loads_while_staging(self) -> bool:
@@ -315,6 +320,15 @@ class SqlWarehouse:
                 return result
         except Exception as exc:
             raise self._error(exc, f"{req.mode} load of", name) from exc
+
+    async def create_target(self, req: LoadRequest) -> bool:
+        name = self._target(req)
+        try:
+            spec = self._request_spec(req)
+            async with self._session(load=True) as ex:
+                return await create_target(ex, spec, self._ready)
+        except Exception as exc:
+            raise self._error(exc, "creation of", name) from exc
 
     def stream_replace(self, req: LoadRequest) -> AbstractAsyncContextManager[StreamedLoad] | None:
         """A refilling warehouse loads a replace while it is staged, when a load slot is free now (the
