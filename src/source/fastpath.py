@@ -488,20 +488,7 @@ class FastRead:
             after, order = after_position(names, last, lambda _: "%s")
             rest = escape_percent(self.where, names=False, rest=True) if self.where else None
             condition, args = (f"{after} AND ({rest})" if rest else after), [last[i] for i in order]
-        async with self._lock:
-            await stream_query(
-                self.conn,
-                self.database,
-                self.table,
-                self.schema,
-                self.send,
-                self.rules,
-                condition,
-                args,
-                self.batch_size,
-                self.stats,
-                self.cpu_limiter,
-            )
+        await self._asyncmy(condition, args)
 
     async def _worker(self) -> None:
         url = connection_url(self.source.cfg, self.database, tls=self.source.tls)
@@ -609,7 +596,10 @@ class FastRead:
         return replace(part, keys=part.keys.after(last))
 
     async def _canonical(self, part: _Part) -> None:
-        condition = with_filter(self._condition(part), self.where, bound=False)
+        await self._asyncmy(with_filter(self._condition(part), self.where, bound=False), ())
+
+    async def _asyncmy(self, condition: str | None, args: Sequence[object]) -> None:
+        """The rows of ``condition`` by the canonical path, on the table's own connection."""
         async with self._lock:
             await stream_query(
                 self.conn,
@@ -619,7 +609,7 @@ class FastRead:
                 self.send,
                 self.rules,
                 condition,
-                (),
+                args,
                 self.batch_size,
                 self.stats,
                 self.cpu_limiter,
