@@ -55,9 +55,9 @@ def test_a_signal_during_a_big_read_ends_the_run_within_2_seconds(
     def reading() -> bool:
         query = (
             "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
-            "WHERE ID <> CONNECTION_ID() AND INFO LIKE %s AND COMMAND = %s"
-        )
-        return bool(mysql_rows(mysql_db, query, ("%SLEEP(0.001)%", command))[0][0])
+            "WHERE ID <> CONNECTION_ID() AND DB = %s AND INFO LIKE %s AND COMMAND = %s"
+        )  # this test's database: another test's reads (pytest -n) are not this run's
+        return bool(mysql_rows(mysql_db, query, (mysql_db, "%SLEEP(0.001)%", command))[0][0])
 
     wait_until(run, reading, f"the {path} read")
     time.sleep(0.3)  # well inside the read

@@ -47,7 +47,8 @@ def test_sigterm_ends_a_watermark_set_waiting_for_a_lock(
             waiting = (
                 "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1"
             )
-            wait_until(run, lambda: pg_fetch(waiting, "%s3shift_state%")[0]["n"] > 0, "the lock wait")
+            state = f"%{pg_schema}%s3shift_state%"  # this test's state table, not another test's (pytest -n)
+            wait_until(run, lambda: pg_fetch(waiting, state)[0]["n"] > 0, "the lock wait")
             run.send_signal(signal.SIGTERM)
             out, err = run.communicate(timeout=10)
         finally:

@@ -157,7 +157,7 @@ async def test_backend_killed_mid_copy_is_retryable_and_target_untouched(
 ) -> None:
     schema = TableSchema((col("id", "int64"),))
     inner = s3_batches(s3_conn)
-    copying = "COPY %s3shift_stage_%" if mode == "append" else f'COPY "{pg_schema}"."t"%'
+    copying = f'COPY "{pg_schema}"."t"%'  # append: this run's staging table, set below (pytest -n)
 
     async def killing(result: StageResult) -> AsyncIterator[pa.RecordBatch]:
         async for batch in inner(result):
@@ -175,9 +175,14 @@ async def test_backend_killed_mid_copy_is_retryable_and_target_untouched(
     many = stage(s3_conn, [arrow_table(schema, [{"id": i} for i in range(10)])])
     async with warehouse(cfg, s3_conn, batches=killing) as wh:
         state = await wh.read_state("test", "db.t")
-        req = replace_request(schema, many, expect=state.stage_id if state else None)
+        req = dataclasses.replace(
+            replace_request(schema, many, expect=state.stage_id if state else None), mode=mode
+        )
+        if mode == "append":
+            run = f"{req.execution_id}\x1f{req.stage.manifest_url}"  # as build_spec names it
+            copying = f"COPY %{staging_name(run, pg_schema, 't')}%"
         with pytest.raises(WarehouseError) as err:
-            await wh.load(dataclasses.replace(req, mode=mode))
+            await wh.load(req)
         assert err.value.retryable and err.value.sqlstate is not None, err.value
         assert await wh.read_state("test", "db.t") == state
         assert [r["id"] for r in await target_rows(pg_schema, "t", schema)] == [1]
