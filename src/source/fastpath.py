@@ -1,12 +1,14 @@
 """The bulk extract path: primary-key ranges read in parallel by connectorx (Rust, MySQL binary protocol,
 straight into Arrow), for full reads, id_only windows and wide timestamp windows (their predicate a
 filter of every range: ``src.source.window.window_filter``) of big tables whose every column it carries
-exactly.
+exactly. A key whose first column is no integer has no ranges to compute: its table is read in keyset
+pages instead (``FastRead._pages``), one connectorx read at a time, each after the last key of the one
+before (``key_literal``).
 
 The asyncmy path (``src.source.extract``) stays canonical: this one must give the same Arrow data, which
 ``tests/test_source_fastpath.py`` proves type by type on edge values. How it stays exact:
 - only columns whose connectorx type converts losslessly are allowed (``blocker`` names the first that is
-  not: TIME, GEOMETRY, DECIMAL as text, MariaDB's UUID/INET types); each batch is cast to the planned
+  not: TIME, GEOMETRY, MariaDB's UUID/INET types); each batch is cast to the planned
   Arrow types with safe casts (DECIMAL arrives as decimal128(38,10), or as text when wider than that
   holds, BIT as its number, unsigned and small integers widened), then the canonical path's text
   policies and the TINYINT(1)-as-BOOLEAN check run on the arrays;
@@ -742,9 +744,10 @@ def _literal(key: Sequence[Column], values: Sequence[Any], i: int) -> str:
 
 
 def _fetch(url: str, sql: str, setup: str) -> pa.Table:
-    """One range as an Arrow table, in a session set up as the pool's are (``session_sql``). Its Arrow
-    mode lets go of the GIL for the whole read, and holds only the range in memory (the stream mode keeps
-    a read-ahead of tens of MB per connection whatever the batch size, measured)."""
+    """One range (or page) as an Arrow table, in a session set up as the pool's are (``session_sql``). Its
+    Arrow mode lets go of the GIL for the whole read, and holds only the range in memory. Its stream mode
+    (``arrow_stream``) keeps a read-ahead of tens of MB per connection whatever the batch size, and its
+    reader holds the GIL while it waits for the server: a stalled server froze the process (measured)."""
     table: pa.Table = connectorx.read_sql(url, sql, return_type="arrow", pre_execution_query=[setup])
     return table
 
