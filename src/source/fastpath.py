@@ -214,8 +214,10 @@ def fast_select(database: str, table: str, schema: TableSchema, where: str, guar
     if guarded:
         bits = [f"ISNULL({quote_mysql(n)}) << {i}" for i, n in enumerate(_nullable_dates(schema))]
         items.append(" | ".join(bits) if bits else "0")
-    order = ", ".join(quote_mysql(k) for k in schema.primary_key)  # InnoDB's own order: no sort
     source = qualify_mysql(database, table)
+    # InnoDB's own order: no sort. Each key column qualified: its bare name would be the select item it
+    # names (a wide DECIMAL's text, a guarded date), whose order is not the key's
+    order = ", ".join(f"{source}.{quote_mysql(k)}" for k in schema.primary_key)
     return f"SELECT {', '.join(items)} FROM {source} WHERE {where}" + (f" ORDER BY {order}" if order else "")
 
 
