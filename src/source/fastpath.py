@@ -158,6 +158,9 @@ def blocker(schema: TableSchema) -> str | None:
     if split_key(schema) is None:
         key = unique_key(schema)
         if key is None:
+            date = next((c for c in map(schema.column, schema.primary_key) if c.logical in _DATES), None)
+            if date is not None:  # planned nullable: a zero date is read as NULL, which follows no key
+                return f"the primary key's column {date.name!r} ({date.source_type}) may hold a zero date"
             return "the table has no primary key (or a nullable configured one) to read in key order"
         for column in key:
             if member_ordered(column) or column.logical not in _PAGE_KEYS:
