@@ -431,6 +431,7 @@ async def test_blockers_name_the_column(source_conn: SourceConn, mysql_db: str) 
         "CREATE TABLE t_enum_key (k ENUM('z', 'a'), b INT, PRIMARY KEY (k, b))",
         "CREATE TABLE t_text_key (k VARCHAR(10) PRIMARY KEY)",
         "CREATE TABLE t_none (a INT)",
+        "CREATE TABLE t_day_key (d DATE NOT NULL, n INT NOT NULL, PRIMARY KEY (d, n))",
         "CREATE TABLE t_ok (id INT UNSIGNED PRIMARY KEY, d DECIMAL(18,0), e DECIMAL(28,10), "
         "f DECIMAL(38,12), b BIT(3))",
     )
@@ -439,6 +440,7 @@ async def test_blockers_name_the_column(source_conn: SourceConn, mysql_db: str) 
         "t_geo": "column 'g': point",
         "t_enum_key": "the primary key's column 'k' (enum('z','a')) cannot bound a page",
         "t_none": "the table has no primary key (or a nullable configured one) to read in key order",
+        "t_day_key": "the primary key's column 'd' (date) may hold a zero date",  # read as NULL: no bound
     }
     async with MySQLSource(source_conn) as source, source.connection() as conn:
         for table, reason in expected.items():

@@ -158,6 +158,9 @@ def blocker(schema: TableSchema) -> str | None:
     if split_key(schema) is None:
         key = unique_key(schema)
         if key is None:
+            date = next((c for c in map(schema.column, schema.primary_key) if c.logical in _DATES), None)
+            if date is not None:  # planned nullable: a zero date is read as NULL, which follows no key
+                return f"the primary key's column {date.name!r} ({date.source_type}) may hold a zero date"
             return "the table has no primary key (or a nullable configured one) to read in key order"
         for column in key:
             if member_ordered(column) or column.logical not in _PAGE_KEYS:
@@ -214,8 +217,10 @@ def fast_select(database: str, table: str, schema: TableSchema, where: str, guar
     if guarded:
         bits = [f"ISNULL({quote_mysql(n)}) << {i}" for i, n in enumerate(_nullable_dates(schema))]
         items.append(" | ".join(bits) if bits else "0")
-    order = ", ".join(quote_mysql(k) for k in schema.primary_key)  # InnoDB's own order: no sort
     source = qualify_mysql(database, table)
+    # InnoDB's own order: no sort. Each key column qualified: its bare name would be the select item it
+    # names (a wide DECIMAL's text, a guarded date), whose order is not the key's
+    order = ", ".join(f"{source}.{quote_mysql(k)}" for k in schema.primary_key)
     return f"SELECT {', '.join(items)} FROM {source} WHERE {where}" + (f" ORDER BY {order}" if order else "")
 
 
