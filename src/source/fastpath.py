@@ -81,7 +81,7 @@ from src.config.models import SourceConn
 from src.source.convert import ZERO_DATE, Coercions, numbers_to_bool
 from src.source.extract import ExtractStats, stream_query, with_filter
 from src.source.keyset import member_ordered, unique_key
-from src.source.mysql import MySQLSource, SourceConnection, inline_args, session_sql, source_error
+from src.source.mysql import MySQLSource, SourceConnection, session_sql, source_error
 from src.source.ranges import KeyRange, integer_key, key_bounds, row_bytes, split, split_key
 from src.source.text import ReadRules, text_rules
 from src.source.typemap import data_type_of
@@ -105,9 +105,7 @@ _TEXTS = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longte
 _BINARIES = frozenset({"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"})
 _DATES = {"date": "date", "timestamp": "datetime", "timestamptz": "timestamp"}  # logical -> DATA_TYPE
 # key columns a page can start after: their values written as literals no sql_mode reads otherwise
-_PAGE_KEYS = frozenset(
-    {"bool", "int16", "int32", "int64", "decimal", "string", "binary", "date", "timestamp"}
-)
+_PAGE_KEYS = frozenset({"bool", "int16", "int32", "int64", "decimal", "string", "binary"})
 _URL = re.compile(r"mysql://\S*")
 _SERVER_ERROR = re.compile(
     r"ERROR (\d+) \(\w+\): (.*?)\s*\}?\s*$"
@@ -443,7 +441,8 @@ class FastRead:
                         raise _Handover("a zero or invalid date")
                     if batch.num_rows:
                         await self._send(batch, coerced)
-                        last = tuple(raw.column(i)[-1].as_py() for i in at)  # as read: no policy applied
+                        ends = (raw.column(i)[-1].as_py() for i in at)  # as read: no policy applied
+                        last = tuple(map(key_value, columns, ends))
             except (S3ShiftError, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 raise
             except BaseException as exc:  # connectorx raises PanicException, a BaseException
@@ -516,7 +515,9 @@ class FastRead:
                 if inner := await self._split_value(part, rows):  # one value: ranges of the next column
                     self._queue.extendleft(reversed(inner))
                     continue
-                self.fallbacks.append(f"about {rows} rows share one key value {part}: streamed")
+                value = part.bounds[0] if part.keys.low is None else part.keys.low
+                held = ", ".join(map(str, (*part.fixed, value)))
+                self.fallbacks.append(f"about {rows} rows share the key value ({held}): streamed")
                 await self._canonical(part)  # too many rows for a worker to hold
                 continue
             await self._read(url, part)
@@ -731,17 +732,22 @@ def key_literal(column: Column, value: Any) -> str:
     """A key value, as connectorx read it, as SQL text (connectorx binds nothing): text as a hex literal
     in the connection's character set (``_utf8mb4 X'…'``, compared in the column's collation: a literal
     yields to a column), bytes as ``X'…'``, neither of which any byte or sql_mode can end early; a decimal
-    as its digits (``Decimal`` checks them; one read as text too); integers and dates as the driver writes
-    them (``inline_args``)."""
+    as its digits (``key_value`` made it a ``Decimal``), an integer as its digits. (A date column is
+    planned nullable, its zero dates read as NULL: it is never a page's key.)"""
     if column.logical == "string":
         return f"_utf8mb4 X'{str(value).encode('utf-8').hex()}'"
     if column.logical == "binary":
         return f"X'{bytes(value).hex()}'"
     if column.logical == "decimal":
         return format(Decimal(value), "f")
-    if column.logical in ("date", "timestamp"):
-        return inline_args("%s", [value])
     return str(int(value))
+
+
+def key_value(column: Column, value: Any) -> Any:
+    """A key value as connectorx read it, as the position's value: a DECIMAL read as text (``_as_text``)
+    a ``Decimal`` again, so that asyncmy binds a number (MySQL compares a DECIMAL with a string as
+    floating point)."""
+    return Decimal(value) if column.logical == "decimal" and isinstance(value, str) else value
 
 
 def _literal(key: Sequence[Column], values: Sequence[Any], i: int) -> str:
