@@ -74,7 +74,7 @@ from src.common.errors import S3ShiftError
 from src.common.keyorder import after_position
 from src.common.log import get_logger
 from src.common.memory import release_freed_memory
-from src.common.naming import escape_percent, qualify_mysql, quote_mysql
+from src.common.naming import qualify_mysql, quote_mysql
 from src.common.schema import Column, TableSchema
 from src.common.secret import Secret, scrub
 from src.config.models import SourceConn
@@ -308,6 +308,11 @@ class _Part:
         inside = "".join(f"{v}, " for v in self.fixed)
         return f"[{inside}{self.keys.low}, {self.keys.high})"
 
+    @property
+    def low(self) -> int:
+        """The lowest value the part's column can hold in it (the only one, when its span is one)."""
+        return self.bounds[0] if self.keys.low is None else self.keys.low
+
 
 @dataclass
 class FastRead:
@@ -387,7 +392,11 @@ class FastRead:
             async with anyio.create_task_group() as tg:
                 for _ in range(workers):
                     tg.start_soon(self._worker)
-        self.stats.path = {"path": "connectorx", "workers": workers, "ranges": planned}
+        self._report({"workers": workers, "ranges": planned})
+
+    def _report(self, read: dict[str, Any]) -> None:
+        """The report's ``extract`` of a read by connectorx: how it was read, and what it handed over."""
+        self.stats.path = {"path": "connectorx", **read}
         if self._guarded:
             self.stats.path["guarded_dates"] = True
         if self.fallbacks:
@@ -406,15 +415,10 @@ class FastRead:
                 await self._canonical_after(None)
                 return
             async with self._lock:
-                width = await row_bytes(self.conn, self.database, self.table)
-            rows = min(self.range_rows, max(MIN_RANGE_ROWS, RANGE_BYTES // width))
+                rows = await held_rows(self.conn, self.database, self.table, self.range_rows)
             url = connection_url(self.source.cfg, self.database, tls=self.source.tls)
             pages = await self._pages_from(url, rows)
-        self.stats.path = {"path": "connectorx", "workers": 1, "pages": pages}
-        if self._guarded:
-            self.stats.path["guarded_dates"] = True
-        if self.fallbacks:
-            self.stats.path["fallbacks"] = self.fallbacks[:10]
+        self._report({"workers": 1, "pages": pages})
 
     async def _pages_from(self, url: str, rows: int) -> int:
         """Read pages of ``rows`` until one comes back short; the number read."""
@@ -429,16 +433,12 @@ class FastRead:
                 after = None
                 if last is not None:
                     after = after_position(names, last, partial(_literal, columns, last), range_first=True)[0]
-                where = " AND ".join(f"({c})" for c in (after, self.where) if c) or "TRUE"
+                where = with_filter(after, self.where, bound=False) or "TRUE"
                 sql = fast_select(self.database, self.table, self.schema, where, guarded) + f" LIMIT {rows}"
                 fetched = await self._connectorx(partial(_fetch, url, sql, session_sql(self.source.cfg)))
                 pages += 1
                 for raw in fetched.to_batches(max_chunksize=self.batch_size):
-                    batch, coerced = await anyio.to_thread.run_sync(
-                        to_planned, raw, self.schema, self.rules, guarded, limiter=self.cpu_limiter
-                    )
-                    if batch is None:
-                        raise _Handover("a zero or invalid date")
+                    batch, coerced = await self._planned(raw, guarded)
                     if batch.num_rows:
                         await self._send(batch, coerced)
                         ends = (raw.column(i)[-1].as_py() for i in at)  # as read: no policy applied
@@ -488,13 +488,11 @@ class FastRead:
 
     async def _canonical_after(self, last: tuple[Any, ...] | None) -> None:
         """The window by the canonical path, after the key ``last`` (None: all of it)."""
-        condition, args = self.where, []
-        if last is not None:
-            names = [quote_mysql(k) for k in self.schema.primary_key]
-            after, order = after_position(names, last, lambda _: "%s")
-            rest = escape_percent(self.where, names=False, rest=True) if self.where else None
-            condition, args = (f"{after} AND ({rest})" if rest else after), [last[i] for i in order]
-        await self._asyncmy(condition, args)
+        if last is None:
+            await self._asyncmy(self.where, ())
+            return
+        after, order = after_position([quote_mysql(k) for k in self.schema.primary_key], last, lambda _: "%s")
+        await self._asyncmy(with_filter(after, self.where, bound=True), [last[i] for i in order])
 
     async def _worker(self) -> None:
         url = connection_url(self.source.cfg, self.database, tls=self.source.tls)
@@ -515,8 +513,7 @@ class FastRead:
                 if inner := await self._split_value(part, rows):  # one value: ranges of the next column
                     self._queue.extendleft(reversed(inner))
                     continue
-                value = part.bounds[0] if part.keys.low is None else part.keys.low
-                held = ", ".join(map(str, (*part.fixed, value)))
+                held = ", ".join(map(str, (*part.fixed, part.low)))
                 self.fallbacks.append(f"about {rows} rows share the key value ({held}): streamed")
                 await self._canonical(part)  # too many rows for a worker to hold
                 continue
@@ -535,8 +532,7 @@ class FastRead:
         depth = len(part.fixed) + 1
         if depth >= len(key) or not integer_key(self.schema.column(key[depth])):
             return []
-        value = part.bounds[0] if part.keys.low is None else part.keys.low
-        inner = _Part(KeyRange(None, None), (0, 0), (*part.fixed, value))
+        inner = _Part(KeyRange(None, None), (0, 0), (*part.fixed, part.low))
         column, source = quote_mysql(key[depth]), qualify_mysql(self.database, self.table)
         sql = f"SELECT MIN({column}), MAX({column}) FROM {source} WHERE {self._condition(inner)}"
         async with self._lock:
@@ -566,11 +562,7 @@ class FastRead:
             fetched = await self._connectorx(partial(_fetch, url, sql, session_sql(self.source.cfg)))
             held: list[tuple[pa.RecordBatch, Coercions]] = []
             for raw in fetched.to_batches(max_chunksize=self.batch_size):
-                batch, coerced = await anyio.to_thread.run_sync(
-                    to_planned, raw, self.schema, self.rules, guarded, limiter=self.cpu_limiter
-                )
-                if batch is None:
-                    raise _Handover("a zero or invalid date")
+                batch, coerced = await self._planned(raw, guarded)
                 if not unique:  # the rest of a range cannot start inside one key value: the whole
                     held.append((batch, coerced))  # range is converted before any of it is sent
                 elif batch.num_rows:
@@ -590,6 +582,16 @@ class FastRead:
             log.debug("%s: range %s handed to the asyncmy path: %s", self.rules.ref, part, reason)
             self.fallbacks.append(reason)
             await self._canonical(part if last is None else self._after(part, last))
+
+    async def _planned(self, raw: pa.RecordBatch, guarded: bool) -> tuple[pa.RecordBatch, Coercions]:
+        """connectorx's batch as planned (``to_planned``, in a worker thread); ``_Handover`` when the
+        canonical path must read it."""
+        batch, coerced = await anyio.to_thread.run_sync(
+            to_planned, raw, self.schema, self.rules, guarded, limiter=self.cpu_limiter
+        )
+        if batch is None:
+            raise _Handover("a zero or invalid date")
+        return batch, coerced
 
     async def _send(self, batch: pa.RecordBatch, coerced: Coercions) -> None:
         if batch.num_rows:
@@ -645,8 +647,14 @@ async def key_layout(
     high = bounds[1] if window.high is None else min(bounds[1], window.high - 1)
     if low > high:
         return None
+    return KeyLayout(low, high, await held_rows(conn, database, table, range_rows))
+
+
+async def held_rows(conn: SourceConnection, database: str, table: str, range_rows: int) -> int:
+    """The rows one read (a range, a page) may bring: ``range_rows``, fewer for wide rows (a worker holds
+    one read in memory: ``RANGE_BYTES`` of MySQL's average row length)."""
     width = await row_bytes(conn, database, table)
-    return KeyLayout(low, high, min(range_rows, max(MIN_RANGE_ROWS, RANGE_BYTES // width)))
+    return min(range_rows, max(MIN_RANGE_ROWS, RANGE_BYTES // width))
 
 
 def split_window(layout: KeyLayout, window: KeyRange, estimated_rows: int, workers: int) -> list[KeyRange]:
