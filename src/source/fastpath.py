@@ -153,7 +153,7 @@ def blocker(schema: TableSchema) -> str | None:
     an integer, else keyset pages (``paged``)."""
     if connectorx is None:
         return "connectorx is not installed on this platform"
-    if split_key(schema) is None:
+    if paged(schema):
         key = unique_key(schema)
         if key is None:
             date = next((c for c in map(schema.column, schema.primary_key) if c.logical in _DATES), None)
